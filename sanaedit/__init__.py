@@ -1,0 +1,14 @@
+"""sanaedit: on-device image editing with a SANA linear diffusion transformer."""
+
+__version__ = "0.1.0"
+
+__all__ = ["SanaEditPipeline", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy so `import sanaedit` (and the CLI's --help) does not pay for torch/diffusers.
+    if name == "SanaEditPipeline":
+        from .pipeline import SanaEditPipeline
+
+        return SanaEditPipeline
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Model pieces: edit transformer, autoencoder wrappers, meta-query text encoder (connector, projector)."""

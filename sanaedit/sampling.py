@@ -1,0 +1,64 @@
+"""Flow-matching sampling as small pure functions (in the spirit of k-diffusion's sampling.py).
+
+Convention: x_sigma = (1 - sigma) x0 + sigma noise, the model predicts v = noise - x0, so
+dx/dsigma = v and an Euler step is x += v * (sigma_next - sigma). The DiT is fed timestep = 1000 * sigma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+SCHEDULES = ("default", "published")
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float = 3.0) -> torch.Tensor:
+    """SD3/SANA timestep shift: s -> shift*s / (1 + (shift-1)*s)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_sigmas(num_steps: int, shift: float = 3.0, schedule: str = "default") -> torch.Tensor:
+    """Noise levels for `num_steps` model calls, `num_steps + 1` values ending at 0 (float64).
+
+    - "default": shift(linspace(1, 1/1000, N)) then 0: N calls, N updates, ends exactly at sigma 0 (what diffusers'
+      FlowMatchEulerDiscreteScheduler gives with these sigmas).
+    - "published": the MNN-Sana-Edit-V2 engine: shift(linspace(0.999, 0, N)). Its last model call sits at sigma 0
+      and changes nothing (N calls, N-1 updates); the trailing 0 appended here reproduces that zero step.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if schedule == "default":
+        base = torch.linspace(1.0, 1.0 / 1000, num_steps, dtype=torch.float64)
+    elif schedule == "published":
+        base = torch.linspace(0.999, 0.0, num_steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    return torch.cat([shift_sigmas(base, shift), base.new_zeros(1)])
+
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def euler_sample(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Integrate dx/dsigma = v(x, sigma) from sigmas[0] to sigmas[-1] with Euler steps.
+
+    `velocity(x, sigma)` gets sigma as a 0-d float tensor. A step whose size is 0 (the published schedule's last
+    call) cannot change x, so it is skipped instead of paying for a model call. The latent is a fresh tensor
+    after every step, so no autograd graph ever grows across steps.
+    """
+    total = len(sigmas) - 1
+    for i in range(total):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if sigma_next != sigma:
+            v = velocity(x, sigma.to(torch.float32))
+            x = (x.to(torch.float32) + v.to(torch.float32) * float(sigma_next - sigma)).to(x.dtype)
+        if callback is not None:
+            callback(i + 1, total)
+    return x
