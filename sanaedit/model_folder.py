@@ -52,7 +52,9 @@ def read_index(model_dir: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFolderError(f"{index_path}: not valid JSON ({err})") from err
     if index.get("_class_name") != "SanaEditPipeline":
-        raise ModelFolderError(f"{index_path}: _class_name is {index.get('_class_name')!r}, expected 'SanaEditPipeline'")
+        raise ModelFolderError(
+            f"{index_path}: _class_name is {index.get('_class_name')!r}, expected 'SanaEditPipeline'"
+        )
     missing = [name for name in REQUIRED if not (model_dir / name).is_dir()]
     if not (model_dir / META_QUERIES_FILE).is_file():
         missing.append(META_QUERIES_FILE)

@@ -205,12 +205,16 @@ class SanaEditPipeline:
             )
         if self.config.resolution % self.vae_scale:
             raise ModelFolderError(
-                f"resolution {self.config.resolution} is not a multiple of the autoencoder's {self.vae_scale}x compression"
+                f"resolution {self.config.resolution} is not a multiple of the autoencoder's "
+                f"{self.vae_scale}x compression"
             )
         if self._text_encoder is not None:
-            out = self._text_encoder.projector.config.out_features
-            if out != t.caption_channels:
-                raise ModelFolderError(f"projector out_features {out} != transformer caption_channels {t.caption_channels}")
+            self._check_projector(self._text_encoder)
+
+    def _check_projector(self, encoder: MetaQueryTextEncoder) -> None:
+        out, caption = encoder.projector.config.out_features, self.transformer.config.caption_channels
+        if out != caption:
+            raise ModelFolderError(f"projector out_features {out} != transformer caption_channels {caption}")
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
         for module in (self.transformer, self.vae, self._text_encoder):
@@ -241,16 +245,8 @@ class SanaEditPipeline:
         )
         pipe.model_dir = model_dir
         if not prompt_cache:  # nothing cached: check the text path now, so a broken folder fails at load time
-            pipe._check_text_path()
+            pipe._check_projector(pipe.text_encoder)
         return pipe
-
-    def _check_text_path(self) -> None:
-        encoder = self.text_encoder
-        out = encoder.projector.config.out_features
-        if out != self.transformer.config.caption_channels:
-            raise ModelFolderError(
-                f"projector out_features {out} != transformer caption_channels {self.transformer.config.caption_channels}"
-            )
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
         """Write the model folder atomically (an existing folder is replaced only once the new one is complete).

@@ -54,7 +54,9 @@ def load_variant(name_or_path: str | Path) -> Variant:
     data = json.loads(path.read_text())
     known = set(Variant.__dataclass_fields__) - {"name", "extra"}
     return Variant(
-        name=path.stem, **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+        name=path.stem,
+        **{k: v for k, v in data.items() if k in known},
+        extra={k: v for k, v in data.items() if k not in known},
     )
 
 
@@ -89,7 +91,9 @@ def build_llm(variant: Variant, vocab_size: int | None = None):
     return AutoModelForCausalLM.from_config(config)
 
 
-def build_conditioner_parts(variant: Variant, llm_width: int, caption_channels: int, generator: torch.Generator | None = None):
+def build_conditioner_parts(
+    variant: Variant, llm_width: int, caption_channels: int, generator: torch.Generator | None = None
+):
     """Fresh meta-queries, connector and projector for an LLM of width `llm_width`."""
     from .models.connector import Connector
     from .models.projector import Projector

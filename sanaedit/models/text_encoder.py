@@ -65,7 +65,9 @@ class MetaQueryTextEncoder(nn.Module):
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [self.template.replace("{prompt}", p) for p in prompts]
         if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token_id = QWEN_PAD_ID if len(self.tokenizer) > QWEN_PAD_ID else self.tokenizer.eos_token_id
+            self.tokenizer.pad_token_id = (
+                QWEN_PAD_ID if len(self.tokenizer) > QWEN_PAD_ID else self.tokenizer.eos_token_id
+            )
         enc = self.tokenizer(
             texts,
             padding=True,
