@@ -47,7 +47,7 @@ def variant_names() -> list[str]:
 def load_variant(name_or_path: str | Path) -> Variant:
     """A variant by name (`sana-0.6b`, `sana-1.6b`, `sana-4.8b`, `tiny`) or from a JSON file."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if str(name_or_path) in variant_names():
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no model variant {name_or_path!r}; known: {', '.join(variant_names())}")
