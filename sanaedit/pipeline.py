@@ -54,6 +54,7 @@ class PipelineConfig:
     shift: float = 3.0
     schedule: str = "default"
     template: str = PROMPT_TEMPLATE
+    fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -156,6 +157,8 @@ class SanaEditPipeline:
         self._text_encoder = text_encoder
         self._text_encoder_loader = text_encoder_loader
         self._check_fit()
+        if self.config.fp16_clipping:
+            transformer.set_fp16_clipping(True)
 
     # ----------------------------------------------------------------------------------------------- components
     @property

@@ -35,7 +35,9 @@ def test_broken_index(model_copy):
         SanaEditPipeline.from_pretrained(model_copy)
 
 
-@pytest.mark.parametrize("component", ["transformer", "vae", "llm", "connector", "projector", "meta_queries.safetensors"])
+@pytest.mark.parametrize(
+    "component", ["transformer", "vae", "llm", "connector", "projector", "meta_queries.safetensors"]
+)
 def test_missing_component_is_named(model_copy, component):
     path = model_copy / component
     shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -61,3 +61,23 @@ def test_llm_frozen_but_gradient_reaches_meta_queries(tiny_pipe):
     assert all(not p.requires_grad for p in enc.llm.parameters())
     assert all(p.grad is not None for p in enc.connector.parameters())
     enc.zero_grad(set_to_none=True)
+
+
+def test_any_hf_causal_lm_folder_works(tiny_pipe, tmp_path):
+    """Not just Qwen3: a Llama-architecture LM saved by transformers drives the same query path."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from sanaedit.models.text_encoder import MetaQueryTextEncoder
+
+    tok = tiny_pipe.text_encoder.tokenizer
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path / "llama")
+    old = tiny_pipe.text_encoder
+    enc = MetaQueryTextEncoder(llm, tok, old.meta_queries.data.clone(), old.connector, old.projector)
+    with torch.no_grad():
+        batch = enc(PROMPTS)[0]
+        torch.testing.assert_close(batch[1:2], enc([PROMPTS[1]])[0], atol=1e-5, rtol=1e-5)
+    assert batch.shape == (3, enc.num_queries, 24)

@@ -40,7 +40,9 @@ def test_diffusers_folder_loads_through_our_code_with_same_output(base, tmp_path
     theirs = SanaTransformer2DModel.from_pretrained(tmp_path / "t2i").eval()
     sample, text, timestep, mask = _inputs(base)
     with torch.no_grad():
-        assert torch.equal(ours(sample, text, timestep, mask), theirs(sample, text, timestep, encoder_attention_mask=mask).sample)
+        assert torch.equal(
+            ours(sample, text, timestep, mask), theirs(sample, text, timestep, encoder_attention_mask=mask).sample
+        )
     # ...and our editing folder is a diffusers folder: diffusers' own class reads it and agrees on the concat input
     edit = SanaEditTransformer2DModel.from_base(base)
     torch.nn.init.normal_(edit.patch_embed.proj.weight)
@@ -88,13 +90,28 @@ def test_published_variant_configs(name):
     with torch.device("meta"):
         model = SanaTransformer2DModel(**t)
     params = sum(p.numel() for p in model.parameters())
-    assert {"sana-0.6b": 0.55e9, "sana-1.6b": 1.5e9, "sana-4.8b": 4.4e9}[name] < params < {
-        "sana-0.6b": 0.65e9,
-        "sana-1.6b": 1.7e9,
-        "sana-4.8b": 5.0e9,
-    }[name]
+    low, high = {"sana-0.6b": (0.55e9, 0.65e9), "sana-1.6b": (1.5e9, 1.7e9), "sana-4.8b": (4.4e9, 5.0e9)}[name]
+    assert low < params < high
 
 
 def test_unknown_variant_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="sana-0.6b"):
         load_variant("sana-9b")
+
+
+def test_fp16_clipping_bounds_linear_attention_outputs(base):
+    edit = SanaEditTransformer2DModel.from_base(base).eval()
+    with torch.no_grad():
+        edit.transformer_blocks[0].attn1.to_out[0].weight.mul_(1e7)  # an fp16-trained checkpoint's huge activations
+    attn = edit.transformer_blocks[0].attn1
+    outputs = []
+    sample, text, timestep, mask = _inputs(base)
+    with torch.no_grad():
+        edit.set_fp16_clipping(True)
+        spy = attn.register_forward_hook(lambda m, i, o: outputs.append(o.abs().max()))  # runs after the clip
+        clipped = edit(sample, text, timestep, mask)
+        assert outputs[-1] <= 65504 and torch.isfinite(clipped).all()
+        edit.set_fp16_clipping(False)
+        edit(sample, text, timestep, mask)
+        assert outputs[-1] > 65504  # unclipped, the same weights overflow fp16
+        spy.remove()

@@ -44,6 +44,20 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
             return_dict=False,
         )[0]
 
+    def set_fp16_clipping(self, enabled: bool = True) -> None:
+        """Clip every linear-attention output to the fp16 range (+-65504), in any dtype.
+
+        SANA checkpoints trained in fp16 rely on diffusers clipping this output in fp16 only; in fp32/bf16 the
+        same weights blow up (diffusers issue 10336: activations of 5e5-1.3e6). This reproduces the clipping.
+        """
+        for handle in getattr(self, "_clip_handles", []):
+            handle.remove()
+        self._clip_handles = []
+        if enabled:
+            for block in self.transformer_blocks:
+                hook = block.attn1.register_forward_hook(lambda _m, _in, out: out.clamp(-65504, 65504))
+                self._clip_handles.append(hook)
+
     @classmethod
     def from_base(cls, base: SanaTransformer2DModel) -> SanaEditTransformer2DModel:
         """Expand a text-to-image SANA transformer for editing.
