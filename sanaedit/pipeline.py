@@ -39,6 +39,7 @@ from .models.transformer import SanaEditTransformer2DModel
 from .models.vae import VaeDecoder, VaeEncoder, spatial_compression
 from .sampling import euler_sample, flow_sigmas
 
+PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
 
@@ -298,6 +299,12 @@ class SanaEditPipeline:
             hidden, mask = self._encode_with_llm(missing)
             for i, p in enumerate(missing):
                 self.prompt_cache[p] = (hidden[i : i + 1].cpu(), mask[i : i + 1].cpu())
+            # bounded: a server fed user prompts must not grow without limit. The oldest entries go first; the
+            # model's own prompts stay (they are what spares loading the LLM at all).
+            pinned = {self.config.prompt, self.config.negative_prompt, *prompts}
+            evictable = [p for p in self.prompt_cache if p not in pinned]
+            for p in evictable[: max(0, len(self.prompt_cache) - PROMPT_CACHE_SIZE)]:
+                del self.prompt_cache[p]
         hidden = torch.cat([self.prompt_cache[p][0] for p in prompts]).to(self.device, self.dtype)
         mask = torch.cat([self.prompt_cache[p][1] for p in prompts]).to(self.device)
         return hidden, mask

@@ -97,3 +97,14 @@ def test_prompt_cache_gives_the_same_image_as_the_llm(tiny_model_dir):
     # a new prompt loads the LLM on demand
     run(cached, img, prompt="make it night", num_inference_steps=2)
     assert cached.text_encoder_loaded
+
+
+def test_in_memory_prompt_cache_is_bounded_and_keeps_the_model_prompts(tiny_pipe, monkeypatch):
+    import sanaedit.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "PROMPT_CACHE_SIZE", 4)
+    tiny_pipe.encode_prompt([tiny_pipe.config.prompt])
+    for i in range(10):
+        tiny_pipe.encode_prompt([f"prompt number {i}"])
+    assert len(tiny_pipe.prompt_cache) <= 4
+    assert tiny_pipe.config.prompt in tiny_pipe.prompt_cache and "prompt number 9" in tiny_pipe.prompt_cache
