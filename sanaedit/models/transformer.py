@@ -74,7 +74,9 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
         config["out_channels"] = latent_channels
         config["in_channels"] = 2 * latent_channels
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        model = cls.from_config(config).to(dtype=base.dtype)
+        model = cls.from_config(config)
+        if base.dtype != model.dtype:
+            model = model.to(dtype=base.dtype)
         state = base.state_dict()
         weight = state["patch_embed.proj.weight"]
         state["patch_embed.proj.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
