@@ -1,0 +1,73 @@
+"""The training stages as named recipes of what trains and on what data.
+
+    autoencoder  the DC-AE alone, reconstructing images (how the bundled model gets its small autoencoder)
+    stage1       meta-queries + connector + projector (LLM, DiT, DC-AE frozen), text-image pairs
+    stage2       stage 1 + the DiT, text-image pairs
+    stage3       stage 2's parts on editing triples, the source latent fed as `ref_latents`
+
+A config may override `trainable` (any of COMPONENTS except the LLM, which stays frozen: the design reads it
+through the queries, never changes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae")
+DATA_KINDS = ("images", "text_image", "edit")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable: tuple[str, ...]
+    data: str  # one of DATA_KINDS
+
+    @property
+    def uses_text(self) -> bool:
+        return self.data != "images"
+
+
+STAGES = {
+    "autoencoder": Stage("autoencoder", ("vae",), "images"),
+    "stage1": Stage("stage1", ("meta_queries", "connector", "projector"), "text_image"),
+    "stage2": Stage("stage2", ("meta_queries", "connector", "projector", "transformer"), "text_image"),
+    "stage3": Stage("stage3", ("meta_queries", "connector", "projector", "transformer"), "edit"),
+}
+
+
+def get_stage(name: str, trainable: list[str] | None = None) -> Stage:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")
+    stage = STAGES[name]
+    if trainable is None:
+        return stage
+    bad = [c for c in trainable if c not in COMPONENTS]
+    if bad:
+        hint = " (the LLM is always frozen)" if "llm" in bad else ""
+        raise ValueError(f"unknown trainable component(s) {bad}{hint}; choose from {', '.join(COMPONENTS)}")
+    return Stage(stage.name, tuple(trainable), stage.data)
+
+
+def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters of each named component of a `TrainParts` module (see loop.py)."""
+    te = parts.text_encoder
+    return {
+        "meta_queries": [te.meta_queries],
+        "connector": list(te.connector.parameters()),
+        "projector": list(te.projector.parameters()),
+        "transformer": list(parts.transformer.parameters()),
+        "vae": list(parts.vae.parameters()),
+        "llm": list(te.llm.parameters()),
+    }
+
+
+def apply_stage(parts: nn.Module, stage: Stage) -> list[str]:
+    """Freeze everything, then unfreeze the stage's components. Returns the names of the trainable parameters."""
+    parts.requires_grad_(False)
+    for name in stage.trainable:
+        for p in component_parameters(parts)[name]:
+            p.requires_grad_(True)
+    return [n for n, p in parts.named_parameters() if p.requires_grad]
