@@ -1,5 +1,9 @@
 """Flow-matching sampling as small pure functions (in the spirit of k-diffusion's sampling.py).
 
+Why not diffusers' FlowMatchEulerDiscreteScheduler: for the default schedule it gives the same sigmas (tested in
+tests/test_sampling.py), but it cannot express the published engine's schedule (whose last call is a zero step), and
+a 10-line pure function is what every runtime (torch, ONNX Runtime, MNN) shares without a scheduler object.
+
 Convention: x_sigma = (1 - sigma) x0 + sigma noise, the model predicts v = noise - x0, so
 dx/dsigma = v and an Euler step is x += v * (sigma_next - sigma). The DiT is fed timestep = 1000 * sigma.
 """
