@@ -321,7 +321,7 @@ class SanaEditPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        image: Image.Image | None = None,
+        image: Image.Image | str | Path | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
         num_inference_steps: int | None = None,
@@ -341,6 +341,10 @@ class SanaEditPipeline:
         size = cfg.resolution // self.vae_scale
         latent_shape = (1, self.latent_channels, size, size)
 
+        if isinstance(image, (str, Path)):
+            from .image_io import load_image
+
+            image = load_image(image)
         if image is not None:
             pixels, restore = preprocess(image, cfg.resolution)
             ref_latents = self.encode_image(pixels)

@@ -108,3 +108,8 @@ def test_in_memory_prompt_cache_is_bounded_and_keeps_the_model_prompts(tiny_pipe
         tiny_pipe.encode_prompt([f"prompt number {i}"])
     assert len(tiny_pipe.prompt_cache) <= 4
     assert tiny_pipe.config.prompt in tiny_pipe.prompt_cache and "prompt number 9" in tiny_pipe.prompt_cache
+
+
+def test_accepts_a_path(tiny_pipe, tmp_path):
+    photo(33, 17).save(tmp_path / "p.jpg")
+    assert tiny_pipe(str(tmp_path / "p.jpg"), num_inference_steps=1).size == (33, 17)

@@ -1,0 +1,95 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from sanaedit.cli import main
+from sanaedit.defaults import SAMPLE_PHOTO
+
+
+def test_edit_one_photo(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "comic.png"
+    assert main(["edit", str(SAMPLE_PHOTO), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "2"]) == 0
+    assert Image.open(out).size == Image.open(SAMPLE_PHOTO).size
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_edit_many_into_a_folder(tiny_model_dir, tmp_path):
+    a, b = tmp_path / "a.jpg", tmp_path / "b.png"
+    Image.new("RGB", (30, 20), "red").save(a)
+    Image.new("RGB", (17, 41), "blue").save(b)
+    out = tmp_path / "out"
+    assert main(["edit", str(a), str(b), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "1", "-q"]) == 0
+    assert Image.open(out / "a.png").size == (30, 20) and Image.open(out / "b.png").size == (17, 41)
+
+
+def test_corrupt_input_is_reported_and_leaves_no_output(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:50])
+    out = tmp_path / "x.png"
+    assert main(["edit", str(bad), "-o", str(out), "--model", str(tiny_model_dir)]) == 1
+    assert "broken.jpg" in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["broken.jpg"]
+
+
+def test_missing_input_and_bad_model_fail_before_work(tiny_model_dir, tmp_path, capsys):
+    assert main(["edit", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o.png")]) == 1
+    assert "input not found" in capsys.readouterr().err
+    assert main(["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path)]) == 1
+    assert "no model_index.json" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_duplicate_output_names_are_refused(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    a, b = tmp_path / "a.jpg", tmp_path / "x" / "a.png"
+    Image.new("RGB", (8, 8)).save(a)
+    Image.new("RGB", (8, 8)).save(b)
+    assert main(["edit", str(a), str(b), "-o", str(tmp_path / "out")]) == 1
+    assert "would both be written" in capsys.readouterr().err
+
+
+def test_info(tiny_model_dir, capsys):
+    assert main(["info", str(tiny_model_dir)]) == 0
+    text = capsys.readouterr().out
+    for name in ("transformer", "vae", "llm", "connector", "projector", "meta_queries", "prompt cache", "F32"):
+        assert name in text
+
+
+def test_assemble_from_published_style_parts(tiny_pipe, tmp_path):
+    """A diffusers T2I transformer folder + a diffusers DC-AE folder + an HF LLM folder -> a working model."""
+    from diffusers import SanaTransformer2DModel
+
+    from sanaedit.pipeline import SanaEditPipeline
+
+    cfg = {k: v for k, v in tiny_pipe.transformer.config.items() if not k.startswith("_")}
+    cfg.update(in_channels=4, out_channels=4)
+    SanaTransformer2DModel(**cfg).save_pretrained(tmp_path / "sana" / "transformer")  # a pipeline-root layout
+    tiny_pipe.vae.save_pretrained(tmp_path / "dcae")
+    tiny_pipe.text_encoder.llm.save_pretrained(tmp_path / "qwen")
+    tiny_pipe.text_encoder.tokenizer.save_pretrained(tmp_path / "qwen")
+    out = tmp_path / "assembled"
+    args = ["assemble", "--transformer", str(tmp_path / "sana"), "--vae", str(tmp_path / "dcae")]
+    assert main([*args, "--llm", str(tmp_path / "qwen"), "--out", str(out), "--variant", "tiny"]) == 0
+    pipe = SanaEditPipeline.from_pretrained(out)
+    assert pipe.transformer.config.in_channels == 8 and pipe.transformer.patch_embed.proj.weight[:, 4:].eq(0).all()
+    assert pipe(Image.new("RGB", (20, 10)), num_inference_steps=1).size == (20, 10)
+
+
+@pytest.mark.slow
+def test_console_script_runs_the_readme_job(tmp_path):
+    """The installed `sanaedit` command edits the bundled photo with the default model."""
+    exe = shutil.which("sanaedit") or pytest.skip("console script not installed")
+    out = tmp_path / "comic.png"
+    done = subprocess.run(
+        [exe, "edit", str(SAMPLE_PHOTO), "-o", str(out), "--steps", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == Image.open(SAMPLE_PHOTO).size
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "sanaedit.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "edit" in done.stdout and "assemble" in done.stdout
