@@ -40,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise FileNotFoundError(f"input not found: {', '.join(missing)}")
-    plan = plan_outputs(inputs, Path(args.output))
+    folder_mode = len(inputs) == 1 and inputs[0].is_dir()
+    if not folder_mode:
+        if any(p.is_dir() for p in inputs):
+            raise ValueError("give either one folder or image files, not a mix")
+        plan = plan_outputs(inputs, Path(args.output))
     pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     settings = dict(
         prompt=args.prompt,
@@ -49,6 +53,17 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         schedule=args.schedule,
     )
+    if folder_mode:
+        from ..batch import edit_folder
+
+        def edit_one(image):  # every image gets the same seed, whatever its place in the batch
+            return pipe(image, generator=torch.Generator().manual_seed(args.seed), **settings)
+
+        summary = edit_folder(
+            edit_one, inputs[0], args.output, recursive=args.recursive, resume=args.resume, progress=not args.quiet
+        )
+        print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
+        return 1 if summary.failed else 0
     single = len(plan) == 1
     failures: list[str] = []
     bar = tqdm(plan.items(), desc="editing", unit="image", disable=single or args.quiet)
@@ -71,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("edit", help="edit one photo or many (default: into the model's comic style)")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s)")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image, or a folder for many inputs")
     p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the bundled model)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 10)")
@@ -82,5 +97,7 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=["default", "published"], default=None, help="sigma schedule")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
+    p.add_argument("--resume", action="store_true", help="folder input: skip images whose output exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
