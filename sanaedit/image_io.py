@@ -8,6 +8,7 @@ names the file and the problem. `save_image_atomic` never leaves a partial file 
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -51,19 +52,30 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageLoadError(f"{path}: is a directory, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    return _decode(path, str(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`load_image` for bytes in memory (an upload): nothing is written to disk."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below names the size; PIL still raises its error beyond 2x its limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(
-                        f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                        f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                         "(decompression-bomb guard); downscale it first"
                     )
                 if width < 1 or height < 1:
-                    raise ImageLoadError(f"{path}: image has no pixels ({width}x{height})")
+                    raise ImageLoadError(f"{name}: image has no pixels ({width}x{height})")
                 image.seek(0)  # animations: the first frame
                 image.load()
                 image = ImageOps.exif_transpose(image)
@@ -71,12 +83,12 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image (unrecognised or corrupt content)") from None
+        raise ImageLoadError(f"{name}: not an image (unrecognised or corrupt content)") from None
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{path}: refused as a decompression bomb ({err})") from None
+        raise ImageLoadError(f"{name}: refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # PIL reports truncated and damaged files as OSError ("image file is truncated", "broken data stream")
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({err})") from None
+        raise ImageLoadError(f"{name}: corrupt or truncated image ({err})") from None
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:
