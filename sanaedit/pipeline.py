@@ -222,7 +222,11 @@ class SanaEditPipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
         for module in (self.transformer, self.vae, self._text_encoder):
-            if module is not None:
+            if module is None:
+                continue
+            param = next(module.parameters())
+            same_device = device is None or param.device == torch.device(device)
+            if not (same_device and (dtype is None or param.dtype == dtype)):  # a no-op .to() still warns
                 module.to(device=device, dtype=dtype)
         return self
 
