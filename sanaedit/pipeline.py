@@ -157,6 +157,7 @@ class SanaEditPipeline:
         self.prompt_cache = dict(prompt_cache or {})
         self._text_encoder = text_encoder
         self._text_encoder_loader = text_encoder_loader
+        self.model_dir: Path | None = None  # set by from_pretrained
         self._check_fit()
         if self.config.fp16_clipping:
             transformer.set_fp16_clipping(True)
