@@ -1,0 +1,33 @@
+"""bench/edit_speed.py on the tiny model: it runs, times every stage, and our torch path matches the fp32 peer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_edit_speed_bench_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "bench/edit_speed.py"), "--variant", "tiny", "--backends", "peer", "torch"]
+    cmd += ["--cfg", "on", "--steps", "3", "--work", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    peer, ours = report["results"]
+    assert (peer["backend"], ours["backend"]) == ("peer", "torch")
+    for r in (peer, ours):
+        assert "error" not in r, r
+        assert r["transformer_calls"] == 3
+        assert r["peak_rss_mb"] > 0
+        assert sum(r[f"{s}_s"] for s in ("llm", "vae_encode", "steps", "vae_decode")) <= r["end_to_end_s"]
+    assert peer["llm_calls"] == 1 and ours["llm_calls"] == 0  # ours reads the prompt cache of the model folder
+    # prompt cache + text K/V cache + threads change no pixel beyond float noise
+    assert ours["psnr_vs_fp32_db"] == "inf" or ours["psnr_vs_fp32_db"] >= 40
+    assert "| torch | on |" in proc.stdout
