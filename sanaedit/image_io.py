@@ -1,9 +1,9 @@
 """Reading photos we do not trust and writing results we must not lose.
 
 `load_image` decodes by content (never by extension), refuses decompression bombs before decoding pixels, and
-returns an upright 8-bit RGB image whatever came in (EXIF rotation, CMYK, 16-bit, palette with transparency,
-alpha, grayscale, animations -> first frame). Every failure is an `ImageLoadError` whose one-line message
-names the file and the problem. `save_image_atomic` never leaves a partial file behind.
+returns an upright 8-bit sRGB image whatever came in (EXIF rotation, CMYK, 16-bit, palette with transparency,
+alpha, grayscale, animations -> first frame, embedded colour profiles). Every failure is an `ImageLoadError`
+whose one-line message names the file and the problem. `save_image_atomic` never leaves a partial file behind.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000: far beyond a 512 px model input, far below a bomb
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF"}
@@ -23,6 +23,23 @@ SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
 
 class ImageLoadError(ValueError):
     """An input that is not a usable image; the message names the file and the problem."""
+
+
+def _apply_icc_profile(image: Image.Image) -> Image.Image:
+    """Convert to sRGB through an embedded ICC profile (print CMYK, Display P3 phone photos) so colours are right.
+
+    Without it CMYK is converted by a naive formula (visibly wrong for real print files). A broken profile is
+    ignored rather than fatal: the pixels are still usable.
+    """
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "RGBA", "CMYK"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        output_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode=output_mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -43,6 +60,26 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK (PIL applies the inversion Adobe JPEGs need), YCbCr, LAB, RGB
 
 
+# EXIF orientation -> the transpose that makes the image upright (what ImageOps.exif_transpose does, minus
+# rewriting the EXIF block, which raises struct.error / TypeError / AttributeError on damaged EXIF)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # damaged EXIF is advisory data: treat the image as stored upright
+        return 1
+
+
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open `path` as an upright RGB image, or raise ImageLoadError naming the file and the problem."""
     path = Path(path)
@@ -50,6 +87,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageLoadError(f"{path}: file not found")
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise ImageLoadError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
     return _decode(path, str(path), max_pixels)
@@ -67,6 +106,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
         with warnings.catch_warnings():
             # our own max_pixels check below names the size; PIL still raises its error beyond 2x its limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # "Corrupt EXIF data" noise
             with Image.open(source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
@@ -78,17 +118,22 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
                     raise ImageLoadError(f"{name}: image has no pixels ({width}x{height})")
                 image.seek(0)  # animations: the first frame
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                orientation = _orientation(image)
+                image = _to_rgb(_apply_icc_profile(image))
+                return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image (unrecognised or corrupt content)") from None
+    except PermissionError:
+        raise ImageLoadError(f"{name}: cannot read it (permission denied)") from None
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"{name}: refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # PIL reports truncated and damaged files as OSError ("image file is truncated", "broken data stream")
         raise ImageLoadError(f"{name}: corrupt or truncated image ({err})") from None
+    except Exception as err:  # decoders meet hostile bytes with other types too; never let one escape raw
+        raise ImageLoadError(f"{name}: cannot decode it ({type(err).__name__}: {err})") from None
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:

@@ -149,3 +149,83 @@ def test_save_atomic_replaces_and_leaves_nothing_on_failure(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["r.png"]
     with pytest.raises(ValueError, match="unknown image extension"):
         save_image_atomic(gradient(), tmp_path / "r.xyz")
+
+
+def test_embedded_colour_profiles(tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gradient().save(tmp_path / "tagged.png", icc_profile=srgb)
+    tagged = np.asarray(load_image(tmp_path / "tagged.png"), dtype=int)
+    assert np.abs(tagged - np.asarray(gradient(), dtype=int)).max() <= 2  # sRGB -> sRGB changes nothing
+    gradient().save(tmp_path / "bad_profile.png", icc_profile=b"not a profile")
+    assert load_image(tmp_path / "bad_profile.png").size == (40, 30)  # a broken profile is ignored, not fatal
+
+
+def test_damaged_exif_still_gives_an_upright_image(tmp_path):
+    # orientation 6 next to a damaged tag: PIL's exif_transpose raises on it (struct.error), we still rotate
+    exif = bytearray(b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x04")
+    exif += b"\x01\x07\x00\x02\x00\x00\x00\x07\x00\x00\x00>"  # tag 0x0107 as ASCII pointing at text
+    exif += b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"  # orientation = 6
+    exif += b"\x01\x1a\x00\x05\x00\x00\x00\x01\x00\x00\x00F\x012\x00\x02\x00\x00\x00\x14\x00\x00\x00N\x00\x00\x00\x00"
+    exif += b"Camera\x00\x00\x00\x00\x00H\x00\x00\x00\x012020:01:01 00:00:00\x00"
+    gradient().save(tmp_path / "odd_exif.jpg", exif=bytes(exif))
+    assert load_image(tmp_path / "odd_exif.jpg").size == (30, 40)
+    exif_garbage = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\xff\xff\xff\xff"
+    gradient().save(tmp_path / "garbage_exif.jpg", exif=exif_garbage)
+    assert load_image(tmp_path / "garbage_exif.jpg").size == (40, 30)
+
+
+def test_unreadable_and_special_files(tmp_path, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    expect_error(tmp_path / "pipe.png", "not a regular file")  # and does not block reading it
+    gradient().save(tmp_path / "locked.png")
+
+    def denied(*args, **kwargs):  # chmod 000 does not stop root, so simulate the OS refusing
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", denied)
+    expect_error(tmp_path / "locked.png", "permission denied")
+
+
+def test_random_corruption_never_escapes_as_a_raw_exception():
+    """Seeded fuzz: damaged bytes of every format give an RGB image or an ImageLoadError, nothing else."""
+    import io
+    import random
+
+    from sanaedit.image_io import decode_image
+
+    rng = random.Random(0)
+    pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    sources = []
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
+        buf = io.BytesIO()
+        pixels.save(buf, format=fmt)
+        sources.append(buf.getvalue())
+    outcomes = {"image": 0, "error": 0}
+    for _ in range(600):
+        data = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        try:
+            assert decode_image(bytes(data), "fuzz").mode == "RGB"
+            outcomes["image"] += 1
+        except ImageLoadError as err:
+            assert str(err).startswith("fuzz: ") and "\n" not in str(err)
+            outcomes["error"] += 1
+    assert outcomes["image"] > 50 and outcomes["error"] > 50  # both paths really exercised
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pil(tmp_path, orientation):
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    gradient().save(tmp_path / "o.png", exif=exif)  # PNG: lossless, so pixels compare exactly
+    expected = ImageOps.exif_transpose(Image.open(tmp_path / "o.png")).convert("RGB")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "o.png")), np.asarray(expected))
