@@ -1,22 +1,25 @@
 """Edit a whole folder: keep names, skip what is done, write atomically, never stop for one bad file.
 
-Outputs are PNG (lossless: a comic's flat colours and ink lines band and ring in JPEG) at the input's relative
-path with the suffix replaced: `in/trip/a.jpg -> out/trip/a.png`. With `resume`, an output that already exists
-is skipped; since outputs are written atomically, an existing output is always a complete one.
+Outputs are PNG (lossless: a comic's flat colours and ink lines band and ring in JPEG; every input format we read
+that is lossless converts to PNG without loss too) at the input's relative path with the suffix replaced:
+`in/trip/a.jpg -> out/trip/a.png`. Two inputs that would share an output (`a.jpg` and `a.png`) keep their whole
+name instead: `a.jpg.png`, `a.png.png`. With `resume`, an output that already exists is skipped; outputs are
+written atomically, so an existing output is always a complete one.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .image_io import ImageLoadError, load_image, save_image_atomic
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
@@ -24,30 +27,47 @@ class BatchSummary:
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)  # files without an image extension
 
     def report(self) -> str:
         lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)}"]
+        if self.ignored:
+            lines[0] += f"; {len(self.ignored)} other file(s) ignored (not an image extension)"
         lines += [f"  failed: {reason}" for _, reason in self.failed]
         return "\n".join(lines)
 
 
-def find_images(folder: Path, recursive: bool = False) -> Iterator[Path]:
-    """Image files under `folder` by extension, sorted, hidden files and folders left out."""
-    pattern = "**/*" if recursive else "*"
-    for path in sorted(folder.glob(pattern)):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
+def find_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(image files by extension, other files) under `folder`, sorted; hidden files and folders left out.
+
+    Symlinked files are followed (they are the user's photos); symlinked folders are not walked (no loops).
+    """
+    images, others = [], []
+    for path in sorted(folder.glob("**/*" if recursive else "*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_symlink():
-            yield path
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
+    return images, others
 
 
-def output_path(src: Path, in_dir: Path, out_dir: Path) -> Path:
-    return (out_dir / src.relative_to(in_dir)).with_suffix(".png")
+def plan_outputs(sources: list[Path], in_dir: Path, out_dir: Path) -> dict[Path, Path]:
+    """Each input's output path. Names that would collide (case-insensitively, for macOS/Windows disks) keep
+    the input's whole name; anything still colliding after that is left out (the caller reports it)."""
+    plan = {src: (out_dir / src.relative_to(in_dir)).with_suffix(".png") for src in sources}
+    counts = Counter(str(dst).lower() for dst in plan.values())
+    for src, dst in plan.items():
+        if counts[str(dst).lower()] > 1:
+            plan[src] = dst.with_name(src.name + ".png")
+    seen: set[str] = set()
+    for src, dst in list(plan.items()):
+        if str(dst).lower() in seen:
+            del plan[src]
+        seen.add(str(dst).lower())
+    return plan
 
 
 def edit_folder(
-    edit: Callable,
+    edit: Callable[..., Image.Image],
     in_dir: str | Path,
     out_dir: str | Path,
     recursive: bool = False,
@@ -65,28 +85,28 @@ def edit_folder(
         )
     if recursive and in_dir.resolve() in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: the output folder must not be inside the input folder for a recursive walk")
-    sources = list(find_images(in_dir, recursive))
-    summary = BatchSummary()
-    bar = tqdm(sources, desc="editing", unit="image", disable=not progress, dynamic_ncols=True)
-    for src in bar:
-        dst = output_path(src, in_dir, out_dir)
+    sources, others = find_files(in_dir, recursive)
+    summary = BatchSummary(ignored=others)
+    plan = plan_outputs(sources, in_dir, out_dir)
+    for src in sources:
+        if src not in plan:
+            summary.failed.append((src, f"{src}: its output name collides with another input's; rename it"))
+    todo = {}
+    for src, dst in plan.items():
         if resume and dst.is_file():
             summary.skipped.append(src)
-            continue
-        try:
-            image = load_image(src)
-            result = edit(image, **edit_kwargs)
-            save_image_atomic(result, dst)
-        except ImageLoadError as err:
-            summary.failed.append((src, str(err)))
-        except (RuntimeError, OSError, ValueError) as err:  # one bad file (or a NaN result) never stops the batch
-            summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
         else:
-            summary.done.append(src)
-        bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
-    bar.close()
+            todo[src] = dst
+    # one bar over the work actually left, so its rate and ETA mean something on a resumed run
+    with tqdm(todo.items(), desc="editing", unit="image", disable=not progress, dynamic_ncols=True) as bar:
+        for src, dst in bar:
+            try:
+                save_image_atomic(edit(load_image(src), **edit_kwargs), dst)
+            except ImageLoadError as err:
+                summary.failed.append((src, str(err)))
+            except Exception as err:  # one bad file (a NaN result, a full disk) never stops the batch
+                summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
+            else:
+                summary.done.append(src)
+            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
     return summary
-
-
-def print_summary(summary: BatchSummary, file=sys.stderr) -> None:
-    print(summary.report(), file=file)
