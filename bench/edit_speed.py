@@ -10,6 +10,8 @@ Same random weights for everyone (one model folder, built once, seed 0), the bun
                cache), plain attention, PyTorch's default threads. Its output is the fp32 reference for PSNR.
 - torch:       ours in PyTorch: prompt cache from the model folder (no LLM loaded), text K/V cache, threads = cores,
                compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
+- torch-int8:  the same, with the DiT and DC-AE weights streamed into 8-bit layers (sanaedit.speed.lowmem):
+               less memory, float compute.
 - onnxruntime / mnn: `sanaedit export` of the same folder (8-bit weights, LLM 4-bit), run through
                `sanaedit.runtime.load_pipeline`; skipped with the reason when export or loading fails.
 Each (backend, CFG) runs in its own process, so peak RSS (ru_maxrss: load + edit) is that backend's alone.
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["peer", "torch", "onnxruntime", "mnn"]
+BACKENDS = ["peer", "torch", "torch-int8", "onnxruntime", "mnn"]
 STAGES = ["llm", "vae_encode", "steps", "vae_decode"]
 
 
@@ -75,6 +77,12 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         pipe = SanaEditPipeline.from_pretrained(model, dtype=dtype)
         enable_text_kv_cache(pipe.transformer)
         return pipe, {"threads": threads, "dtype": str(dtype).removeprefix("torch.")}
+    if backend == "torch-int8":
+        from sanaedit.speed import set_threads
+        from sanaedit.speed.lowmem import load_low_memory_pipeline
+
+        threads = set_threads()
+        return load_low_memory_pipeline(model, bits=8), {"threads": threads, "dtype": "float32, int8 weights"}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
     from sanaedit.runtime import load_pipeline
