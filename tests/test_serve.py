@@ -72,7 +72,7 @@ def test_full_queue_answers_503_and_recovers(tiny_pipe, tmp_path):
         gate.wait(30)  # hold the worker so the queue fills up
         return edit(image, **kw)
 
-    app = create_app(slow_edit, tmp_path / "r", max_queued=2)
+    app = create_app(slow_edit, tmp_path / "r", max_queued=2, max_upload_bytes=10_000)
     with TestClient(app) as c:
         first = c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"]
         while c.get(f"/api/jobs/{first}").json()["state"] != "running":
@@ -82,6 +82,8 @@ def test_full_queue_answers_503_and_recovers(tiny_pipe, tmp_path):
         # one running + two waiting fit; the rest are refused at once
         assert codes == [202, 202, 503, 503], codes
         assert responses[2].headers["retry-after"] == "10"
+        # refused before the body is read: an oversized upload gets 503, not 413, while the queue is full
+        assert c.post("/api/jobs", content=b"x" * 20_000).status_code == 503
         gate.set()
         for job_id in [first] + [r.json()["id"] for r in responses[:2]]:
             assert wait_done(c, job_id)["state"] == "done"
@@ -103,3 +105,20 @@ def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
         assert first["state"] == "failed" and "NaN" in first["error"]
         second = wait_done(c, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"])
         assert second["state"] == "done"
+
+
+def test_cli_builds_the_app_from_a_model_folder(tiny_model_dir, tmp_path, monkeypatch):
+    import uvicorn
+
+    from sanaedit.cli import main
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    args = ["serve", "--model", str(tiny_model_dir), "--out", str(tmp_path / "res"), "--port", "7999", "--queue", "3"]
+    assert main(args) == 0
+    assert (started["host"], started["port"]) == ("127.0.0.1", 7999)  # this machine only, unless asked
+    with TestClient(started["app"]) as c:
+        assert c.get("/api/config").json()["max_queued"] == 3
+        job = c.post("/api/jobs?steps=1", content=png_bytes((20, 12))).json()["id"]
+        assert wait_done(c, job)["state"] == "done"
+    assert [p.suffix for p in (tmp_path / "res").iterdir()] == [".png"]

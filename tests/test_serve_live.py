@@ -3,6 +3,7 @@
 import concurrent.futures
 import gc
 import io
+import os
 import shutil
 import socket
 import threading
@@ -25,19 +26,27 @@ def free_port():
 
 
 @pytest.fixture
-def live_server(tiny_pipe, tmp_path):
-    port = free_port()
-    app = create_app(pipeline_editor(tiny_pipe), tmp_path / "results", max_queued=4)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tmp_path / "results"
-    server.should_exit = True
-    thread.join(60)
+def start_server(tmp_path):
+    """Start a real uvicorn server on a free loopback port; returns (url, results folder)."""
+    servers = []
+
+    def start(edit, **options):
+        port = free_port()
+        app = create_app(edit, tmp_path / "results", **options)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", tmp_path / "results"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(60)
 
 
 def rss_mb():
@@ -49,14 +58,23 @@ def rss_mb():
 
 
 @pytest.mark.slow
-def test_browser_uploads_a_photo_and_gets_the_comic_back(live_server, tmp_path):
+def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    if not shutil.which("chromium") and not __import__("os").path.exists(CHROMIUM):
+    if not os.path.exists(CHROMIUM):
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    url, results = live_server
-    photo = tmp_path / "photo.png"
-    Image.new("RGB", (60, 40), (200, 120, 40)).save(photo)
+    edit = pipeline_editor(tiny_pipe)
+
+    def slow_edit(image, **kw):  # long enough that three photos at once overflow a queue of one
+        time.sleep(1.0)
+        return edit(image, **kw)
+
+    url, results = start_server(slow_edit, max_queued=1, retry_after=1)
+    sizes = [(60, 40), (33, 47), (50, 50)]
+    photos = []
+    for i, size in enumerate(sizes):
+        photos.append(tmp_path / f"photo{i}.png")
+        Image.new("RGB", size, (200, 120, 40 * i)).save(photos[-1])
     args = [
         "--no-sandbox",
         "--disable-gpu",
@@ -69,29 +87,35 @@ def test_browser_uploads_a_photo_and_gets_the_comic_back(live_server, tmp_path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         page = browser.new_page()
+        statuses = []
+        page.on("response", lambda r: statuses.append(r.status) if "/api/jobs?" in r.url else None)
         page.goto(url)
         page.wait_for_function("document.getElementById('steps').value !== ''")  # defaults loaded
         page.fill("#steps", "3")
-        page.set_input_files("#file", str(photo))
+        page.set_input_files("#file", [str(p) for p in photos])
         page.click("#go")
-        page.wait_for_selector("img.after", timeout=60_000)
-        page.wait_for_function("document.querySelector('img.after').complete")
-        assert page.inner_text(".card .status") == "done"
-        src = page.get_attribute("img.after", "src")
-        size = page.evaluate(
-            "[document.querySelector('img.after').naturalWidth, document.querySelector('img.after').naturalHeight]"
-        )
-        assert size == [60, 40]
-        assert page.get_attribute("a.download", "href") == src
+        page.wait_for_function("document.querySelectorAll('img.after').length === 3", timeout=90_000)
+        page.wait_for_function("[...document.querySelectorAll('img.after')].every(i => i.complete)")
+        assert 503 in statuses and statuses.count(202) == 3  # the page waited out a full queue and retried
+        cards = page.query_selector_all(".card")
+        got = {}
+        for card in cards:
+            assert card.query_selector(".status").inner_text() == "done"
+            assert card.query_selector("img.before") and card.query_selector("input.slider")
+            src = card.query_selector("img.after").get_attribute("src")
+            assert card.query_selector("a.download").get_attribute("href") == src
+            size = card.query_selector("img.after").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            got[card.query_selector("h2").inner_text()] = (tuple(size), src)
         browser.close()
-    data = httpx.get(url + src).content
-    assert Image.open(io.BytesIO(data)).size == (60, 40)
-    assert len(list(results.iterdir())) == 1
+    assert {name: size for name, (size, _) in got.items()} == {p.name: s for p, s in zip(photos, sizes)}
+    for size, src in got.values():
+        assert Image.open(io.BytesIO(httpx.get(url + src).content)).size == size
+    assert len(list(results.iterdir())) == 3  # the results, and nothing else, in the output folder
 
 
 @pytest.mark.slow
-def test_fifty_concurrent_uploads_complete_or_get_503(live_server):
-    url, _ = live_server
+def test_fifty_concurrent_uploads_complete_or_get_503(start_server, tiny_pipe):
+    url, _ = start_server(pipeline_editor(tiny_pipe), max_queued=4)
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), "purple").save(buf, format="PNG")
     body = buf.getvalue()

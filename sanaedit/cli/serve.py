@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from ..defaults import load_pipeline
     from ..serve.app import create_app, pipeline_editor
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     cfg = pipe.config
     app = create_app(
         pipeline_editor(pipe),
@@ -34,4 +35,6 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="sanaedit-results", help="folder for results (the only place it writes)")
     p.add_argument("--queue", type=int, default=8, help="jobs that may wait; more get HTTP 503")
     p.add_argument("--max-upload-mb", type=float, default=25.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=run)

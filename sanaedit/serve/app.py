@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..image_io import ImageLoadError, decode_image
 from .jobs import JobQueue, QueueFull
@@ -34,6 +35,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     max_pixels: int = 40_000_000,
     defaults: dict | None = None,
+    retry_after: int = 10,
 ) -> FastAPI:
     """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work."""
     jobs = JobQueue(edit, Path(out_dir), max_queued=max_queued)
@@ -59,14 +61,9 @@ def create_app(
     def config() -> dict:
         return {**defaults, "max_upload_bytes": max_upload_bytes, "max_queued": max_queued}
 
-    @app.post("/api/jobs", status_code=202)
-    async def submit(
-        request: Request,
-        steps: int = Query(defaults["steps"], ge=1, le=50),
-        guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
-        seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
-        name: str = Query("upload", max_length=200),
-    ) -> dict:
+    uploading = 0  # uploads being read or decoded: they count against the queue's room, so memory stays bounded
+
+    async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             raise HTTPException(413, f"upload is {int(declared):,} bytes; the limit is {max_upload_bytes:,}")
@@ -75,16 +72,35 @@ def create_app(
             body += chunk
             if len(body) > max_upload_bytes:
                 raise HTTPException(413, f"upload is over the limit of {max_upload_bytes:,} bytes")
-        label = "".join(c for c in name if c.isprintable())  # only ever echoed in messages, never a path
+        return bytes(body)
+
+    @app.post("/api/jobs", status_code=202)
+    async def submit(
+        request: Request,
+        steps: int = Query(defaults["steps"], ge=1, le=50),
+        guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
+        seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
+        name: str = Query("upload", max_length=200),
+    ) -> dict:
+        nonlocal uploading
+        if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
+            raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
+        uploading += 1
         try:
-            image = decode_image(bytes(body), label, max_pixels=max_pixels)
-        except ImageLoadError as err:
-            raise HTTPException(415, str(err)) from None
-        settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
-        try:
-            job = jobs.submit(image, settings)
-        except QueueFull as err:
-            raise HTTPException(503, str(err), headers={"Retry-After": "10"}) from None
+            body = await read_body(request)
+            label = "".join(c for c in name if c.isprintable())  # only ever echoed in messages, never a path
+            try:
+                # decoding a large photo takes a while: off the event loop, so status polls stay answered
+                image = await run_in_threadpool(decode_image, body, label, max_pixels=max_pixels)
+            except ImageLoadError as err:
+                raise HTTPException(415, str(err)) from None
+            settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
+            try:
+                job = jobs.submit(image, settings)
+            except QueueFull as err:
+                raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
+        finally:
+            uploading -= 1
         return {**job.public(), "position": jobs.position(job)}
 
     @app.get("/api/jobs/{job_id}")

@@ -25,7 +25,7 @@ class QueueFull(Exception):
     """No room for another job right now (HTTP 503)."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compare by identity, never field by field (pixels included)
 class Job:
     id: str
     settings: dict
@@ -69,7 +69,7 @@ class JobQueue:
             try:
                 self._pending.put_nowait(job)
             except queue.Full:
-                raise QueueFull(f"{self._pending.maxsize} jobs are already waiting; try again shortly") from None
+                raise QueueFull(self.full_message) from None
             self._jobs[job.id] = job
         return job
 
@@ -86,6 +86,10 @@ class JobQueue:
     @property
     def queued(self) -> int:
         return self._pending.qsize()
+
+    @property
+    def full_message(self) -> str:
+        return f"{self._pending.maxsize} jobs are already waiting; try again shortly"
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish the running job and stop the worker (queued jobs are dropped), so no thread dies mid-compute."""
