@@ -139,6 +139,7 @@ def make_hostile_folder(root):
     return good, bad
 
 
+@pytest.mark.slow  # 11 images through the tiny pipeline: ~8 s on an idle 2-core CPU
 def test_every_hostile_input_gives_an_output_or_a_one_line_reason(tiny_pipe, tmp_path):
     import torch
 
