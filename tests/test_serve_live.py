@@ -146,3 +146,16 @@ def test_fifty_concurrent_uploads_complete_or_get_503(start_server, tiny_pipe):
     assert httpx.get(f"{url}/api/health").json()["status"] == "ok"  # still up
     gc.collect()
     assert rss_mb() < baseline + 150, (baseline, rss_mb())  # no per-request growth left behind
+
+
+def test_a_stalled_upload_times_out_and_frees_its_place(start_server, tiny_pipe):
+    url, _ = start_server(pipeline_editor(tiny_pipe), max_queued=1, upload_timeout_s=1.0)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
+        assert httpx.post(f"{url}/api/jobs", content=b"x").status_code == 503  # the stalled upload holds the room
+        reply = s.recv(4096)  # ... until the server gives up on it
+    assert reply.startswith(b"HTTP/1.1 408")
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, format="PNG")
+    assert httpx.post(f"{url}/api/jobs?steps=1", content=buf.getvalue()).status_code == 202

@@ -14,6 +14,7 @@ the server makes (uuid4).
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def create_app(
     max_pixels: int = 40_000_000,
     defaults: dict | None = None,
     retry_after: int = 10,
+    upload_timeout_s: float = 120.0,
 ) -> FastAPI:
     """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work."""
     jobs = JobQueue(edit, Path(out_dir), max_queued=max_queued)
@@ -87,7 +89,11 @@ def create_app(
             raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
         uploading += 1
         try:
-            body = await read_body(request)
+            try:  # a stalled upload must not hold its place in the queue forever
+                async with asyncio.timeout(upload_timeout_s):
+                    body = await read_body(request)
+            except TimeoutError:
+                raise HTTPException(408, f"upload not finished within {upload_timeout_s:g} s") from None
             label = "".join(c for c in name if c.isprintable())  # only ever echoed in messages, never a path
             try:
                 # decoding a large photo takes a while: off the event loop, so status polls stay answered
