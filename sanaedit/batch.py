@@ -19,7 +19,22 @@ from tqdm.auto import tqdm
 
 from .image_io import ImageLoadError, load_image, save_image_atomic
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# .heic is listed so an iPhone folder gets a per-file reason ("export it as JPEG"), not silence
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".webp",
+    ".avif",
+    ".heic",
+    ".heif",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+}
 
 
 @dataclass

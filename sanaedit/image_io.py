@@ -101,6 +101,19 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     return _decode(io.BytesIO(data), name, max_pixels)
 
 
+def _is_heif(source: Path | io.BytesIO) -> bool:
+    """An ISO media file with a HEIC/HEIF brand (iPhone photos): worth a message of its own."""
+    try:
+        if isinstance(source, Path):
+            with source.open("rb") as f:
+                head = f.read(12)
+        else:
+            head = source.getvalue()[:12]
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1")
+
+
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -124,6 +137,10 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
+        if _is_heif(source):
+            raise ImageLoadError(
+                f"{name}: HEIC/HEIF photo, which this install cannot read; export it as JPEG"
+            ) from None
         raise ImageLoadError(f"{name}: not an image (unrecognised or corrupt content)") from None
     except PermissionError:
         raise ImageLoadError(f"{name}: cannot read it (permission denied)") from None

@@ -229,3 +229,8 @@ def test_every_exif_orientation_matches_pil(tmp_path, orientation):
     gradient().save(tmp_path / "o.png", exif=exif)  # PNG: lossless, so pixels compare exactly
     expected = ImageOps.exif_transpose(Image.open(tmp_path / "o.png")).convert("RGB")
     assert np.array_equal(np.asarray(load_image(tmp_path / "o.png")), np.asarray(expected))
+
+
+def test_heic_gets_a_message_of_its_own(tmp_path):
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    expect_error(tmp_path / "IMG_0001.HEIC", "HEIC", "export it as JPEG")
