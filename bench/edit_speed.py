@@ -99,6 +99,7 @@ def child(args: argparse.Namespace) -> None:
 
     totals = dict.fromkeys(STAGES, 0.0)
     calls = dict.fromkeys(STAGES, 0)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     pipe, info = load_backend(args.backend, Path(args.model), json.loads(args.exports))
     load_s = time.perf_counter() - start
@@ -126,6 +127,7 @@ def child(args: argparse.Namespace) -> None:
         "transformer_calls": calls["steps"],
         "llm_calls": calls["llm"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loadavg_1min": [load_before, os.getloadavg()[0]],  # other work on the machine inflates the times
         **info,
     }
     Path(args.record).write_text(json.dumps(record))

@@ -12,14 +12,35 @@ BUNDLED_MODEL = ASSETS / "comic-model"
 SAMPLE_PHOTO = ASSETS / "sample.jpg"
 
 
-def load_pipeline(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The pipeline for `model` (a model folder); with None, the bundled model or a tiny random stand-in."""
+def load_pipeline(
+    model: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+):
+    """The pipeline for `model`: a model folder (PyTorch) or an exported folder (the runtime its manifest names,
+    or `backend`); with None, the bundled model or a tiny random stand-in. PyTorch pipelines get the text K/V
+    cache (exact: the text's cross-attention keys/values are computed once per conditioning)."""
     from .pipeline import SanaEditPipeline
+    from .speed import enable_text_kv_cache
 
     if model is not None:
-        return SanaEditPipeline.from_pretrained(model, device=device, dtype=dtype)
+        from .runtime import is_export
+        from .runtime import load_pipeline as load_runtime_pipeline
+
+        if is_export(model) or backend not in (None, "torch"):
+            if device != "cpu" or dtype != torch.float32:
+                raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
+            return load_runtime_pipeline(model, backend=backend)
+        pipe = SanaEditPipeline.from_pretrained(model, device=device, dtype=dtype)
+        enable_text_kv_cache(pipe.transformer)
+        return pipe
+    if backend not in (None, "torch"):
+        raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
     if (BUNDLED_MODEL / "model_index.json").is_file():
-        return SanaEditPipeline.from_pretrained(BUNDLED_MODEL, device=device, dtype=dtype)
+        pipe = SanaEditPipeline.from_pretrained(BUNDLED_MODEL, device=device, dtype=dtype)
+        enable_text_kv_cache(pipe.transformer)
+        return pipe
     from .testing import build_tiny_pipeline
 
     print(

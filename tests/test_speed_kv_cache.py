@@ -110,3 +110,18 @@ def test_pipeline_image_unchanged_with_cache():
     diff = (torch.tensor(list(ref.getdata())) - torch.tensor(list(out.getdata()))).abs()
     assert int(diff.max()) <= 1  # uint8 rounding of float-identical math
     assert text_kv_cache_stats(pipe.transformer)["hits"] > 0
+
+
+def test_traced_graph_keeps_the_mask():
+    """While tracing (ONNX export) nothing is cached or specialised: a graph traced with an all-ones mask still
+    honours a padded mask."""
+    plain = _model()
+    cached = enable_text_kv_cache(copy.deepcopy(plain))
+    text, ones = _inputs()
+    x = torch.randn(2, 4, 2, 2)
+    t = torch.full((2,), 500.0)
+    with torch.no_grad():
+        traced = torch.jit.trace(cached, (x, text, t, ones, torch.ones_like(x)), check_trace=False)
+        _, padded = _inputs(mask_zeros=3)
+        ref = plain(x, text, t, padded, torch.ones_like(x))
+        torch.testing.assert_close(traced(x, text, t, padded, torch.ones_like(x)), ref, rtol=1e-5, atol=1e-6)

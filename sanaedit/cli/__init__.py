@@ -8,7 +8,7 @@ import sys
 
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
 # `add_parser(subparsers)` which registers its parser and sets `func=run(args) -> int`.
-COMMANDS = ["edit", "info", "assemble", "train", "serve"]
+COMMANDS = ["edit", "info", "assemble", "export", "train", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

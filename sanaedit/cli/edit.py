@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if any(p.is_dir() for p in inputs):
             raise ValueError("give either one folder or image files, not a mix")
         plan = plan_outputs(inputs, Path(args.output))
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
     settings = dict(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -97,6 +97,12 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=["default", "published"], default=None, help="sigma schedule")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "mnn"],
+        default=None,
+        help="runtime (default: torch for a model folder, the export's own for an exported folder)",
+    )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="folder input: skip images whose output exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from ..defaults import load_pipeline
     from ..serve.app import create_app, pipeline_editor
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
     cfg = pipe.config
     app = create_app(
         pipeline_editor(pipe),
@@ -37,4 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=25.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "mnn"],
+        default=None,
+        help="runtime (default: torch for a model folder, the export's own for an exported folder)",
+    )
     p.set_defaults(func=run)

@@ -69,8 +69,8 @@ class CachedTextAttnProcessor(SanaAttnProcessor2_0):
         if encoder_hidden_states is None:  # self-attention: nothing constant to cache
             return super().__call__(attn, hidden_states, None, attention_mask)
         batch_size, sequence_length, _ = encoder_hidden_states.shape
-        if attention_mask is not None and not attention_mask.any():
-            attention_mask = None  # all-zero bias (all-ones text mask): dropping it is exact
+        if attention_mask is not None and _active() and not attention_mask.any():
+            attention_mask = None  # all-zero bias (all-ones text mask): dropping it is exact (never while tracing)
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])

@@ -84,7 +84,12 @@ def evaluate(models: dict[str, object], photos: list[tuple[str, Image.Image]], s
     for name, pipe in models.items():
         rows, outs = [], []
         for _, photo in photos:
-            out = photo if pipe is None else pipe(photo, generator=torch.Generator().manual_seed(seed))
+            if pipe is None:
+                out = photo
+            elif callable(getattr(pipe, "transformer", None)):  # a SanaEditPipeline
+                out = pipe(photo, generator=torch.Generator().manual_seed(seed))
+            else:  # any photo -> image function
+                out = pipe(photo)
             rows.append(score(out, photo))
             outs.append(out)
         results[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -96,7 +101,7 @@ def evaluate(models: dict[str, object], photos: list[tuple[str, Image.Image]], s
 def grid(photos: list[tuple[str, Image.Image]], outputs: dict[str, list[Image.Image]], cell: int = 192):
     """Rows: photos; columns: input, the filter's target, then each model's output."""
     cols = [("input", [p for _, p in photos]), ("comic filter", [comic(p) for _, p in photos])]
-    cols += [(n, o) for n, o in outputs.items() if n != "input photo"]
+    cols += [(n, o) for n, o in outputs.items() if n != "input photo" and "ceiling" not in n]
     canvas = Image.new("RGB", (cell * len(cols), cell * len(photos)), (255, 255, 255))
     for c, (_, images) in enumerate(cols):
         for r, im in enumerate(images):
@@ -104,6 +109,17 @@ def grid(photos: list[tuple[str, Image.Image]], outputs: dict[str, list[Image.Im
             im.thumbnail((cell, cell))
             canvas.paste(im, (c * cell + (cell - im.width) // 2, r * cell + (cell - im.height) // 2))
     return canvas, [n for n, _ in cols]
+
+
+def autoencoder_ceiling(pipe):
+    """The filter's output through the model's DC-AE (encode + decode): the best any DiT on it could score."""
+    from ..pipeline import postprocess, preprocess
+
+    def recon(photo: Image.Image) -> Image.Image:
+        pixels, restore = preprocess(comic(photo), pipe.config.resolution)
+        return postprocess(pipe.decode_latents(pipe.encode_image(pixels)), restore)
+
+    return recon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, object] = {"input photo": None}
     if args.untrained:
         models["untrained model"] = untrained_pipeline(args.untrained)
-    models["trained model"] = SanaEditPipeline.from_pretrained(args.model)
+    models["trained model"] = trained = SanaEditPipeline.from_pretrained(args.model)
+    models["its DC-AE on the filter's output (ceiling)"] = autoencoder_ceiling(trained)
     results = evaluate(models, photos)
     outputs = results.pop("_outputs")
     print(f"{len(photos)} held-out images (scored against the comic filter's output)\n")

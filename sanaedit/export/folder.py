@@ -1,0 +1,168 @@
+"""`export_model`: a model folder -> a folder of ONNX or MNN graphs plus a manifest a runtime loads.
+
+Layout (the published names): connector, projector, transformer, vae_encoder, vae_decoder (.onnx or .mnn, weights
+in a side file when large), `llm/` (the frozen LLM as a transformers folder + `meta_queries.safetensors`: only needed
+for prompts outside the prompt cache), `prompt_cache.safetensors`, `model_index.json` (`_class_name` SanaEditExport).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..model_folder import MODEL_INDEX, PROMPT_CACHE_FILE, atomic_folder, save_meta_queries, save_prompt_cache
+from .graphs import graph_specs
+from .onnx_export import check_onnx, export_onnx, quantize_onnx_weights
+
+EXPORT_CLASS = "SanaEditExport"
+COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"]
+FORMATS = {"onnx": "onnxruntime", "mnn": "mnn"}
+LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
+FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
+
+
+def parse_quant(text: str | None) -> dict[str, int | None]:
+    """'llm=4,rest=8' -> bits per component (None = fp32). Keys: components or 'rest'; values 4, 8 or 32."""
+    bits: dict[str, int | None] = dict.fromkeys(COMPONENTS)
+    if not text:
+        return bits
+    rest = None
+    given = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or key not in [*COMPONENTS, "rest"] or value not in ("4", "8", "32"):
+            raise ValueError(
+                f"bad --quant entry {part!r}: use NAME=BITS with NAME in {COMPONENTS + ['rest']} and BITS 4, 8 or 32"
+            )
+        number = None if value == "32" else int(value)
+        if key == "rest":
+            rest = number
+        else:
+            given[key] = number
+    return {name: given.get(name, rest) for name in COMPONENTS}
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    quant: str | dict[str, int | None] | None = None,
+    progress: bool = True,
+    pipe=None,
+) -> Path:
+    """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked."""
+    from ..pipeline import SanaEditPipeline
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)}")
+    bits = quant if isinstance(quant, dict) else parse_quant(quant)
+    if bits["llm"] not in (None, 4, 8):
+        raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
+    pipe = pipe or SanaEditPipeline.from_pretrained(model_dir)
+    encoder = pipe.text_encoder
+    out = Path(out)
+    started = time.perf_counter()
+    graphs: dict[str, dict] = {}
+    with atomic_folder(out) as tmp, torch.no_grad():
+        specs = graph_specs(pipe)
+        for i, spec in enumerate(specs, 1):
+            t0 = time.perf_counter()
+            _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
+            entry = _export_graph(spec, tmp, fmt, bits[spec.name])
+            graphs[spec.name] = entry
+            _say(
+                progress,
+                f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, "
+                f"{entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
+            )
+        _say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/, meta-queries, prompt cache ...")
+        encoder.llm.save_pretrained(tmp / "llm")
+        encoder.tokenizer.save_pretrained(tmp / "llm")
+        save_meta_queries(encoder.meta_queries, tmp / "llm")
+        cache_src = Path(model_dir) / PROMPT_CACHE_FILE if model_dir else None
+        if cache_src is not None and cache_src.is_file():
+            shutil.copy2(cache_src, tmp / PROMPT_CACHE_FILE)
+        else:
+            prompts = dict.fromkeys([pipe.config.prompt, pipe.config.negative_prompt])
+            save_prompt_cache({p: tuple(t[:1] for t in encoder([p])) for p in prompts}, tmp)
+        t = pipe.transformer
+        manifest = {
+            "_class_name": EXPORT_CLASS,
+            "_sanaedit_version": __version__,
+            "format": fmt,
+            "backend": FORMATS[fmt],
+            "graphs": graphs,
+            "llm": {
+                "folder": "llm",
+                "meta_queries": "llm/meta_queries.safetensors",
+                "bits": bits["llm"],
+                "group_size": LLM_GROUP_SIZE,
+                "note": "PyTorch; quantized at load when bits is set",
+            },
+            "prompt_cache": PROMPT_CACHE_FILE,
+            "transformer": {
+                "out_channels": t.config.out_channels,
+                "ref_channels": t.ref_channels,
+                "caption_channels": t.config.caption_channels,
+            },
+            "vae": {"scale_factor": pipe.vae_scale},
+            "pipeline": dataclasses.asdict(pipe.config),
+        }
+        (tmp / MODEL_INDEX).write_text(json.dumps(manifest, indent=2) + "\n")
+    _say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
+    entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": bits}
+    if fmt == "onnx":
+        path = export_onnx(spec, folder / f"{spec.name}.onnx")
+        if bits is not None:
+            entry["quant"] = quantize_onnx_weights(path, bits)
+        entry["max_rel_error"] = check_onnx(spec, path)
+    else:
+        from ..runtime.mnn_backend import MnnGraph
+        from .mnn_convert import onnx_to_mnn
+
+        with tempfile.TemporaryDirectory(dir=folder) as scratch:
+            onnx_path = export_onnx(spec, Path(scratch) / f"{spec.name}.onnx")
+            path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=_mnn_block(bits))
+        if bits is not None:
+            entry["quant"] = {"bits": bits, "block_size": _mnn_block(bits), "scheme": "MNN asymmetric weights"}
+        entry["max_rel_error"] = _check(spec, MnnGraph(path, spec.inputs, spec.outputs))
+    error = entry["max_rel_error"]
+    if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):
+        # The folder is written atomically: a broken graph leaves no export (and an older one untouched).
+        raise RuntimeError(
+            f"the exported {spec.name} graph does not match PyTorch (max relative error {error:.2e}); "
+            f"nothing was written. Please report this with your model's config."
+        )
+    entry["file"] = path.name
+    entry["bytes"] = sum(p.stat().st_size for p in folder.glob(path.name + "*"))
+    return entry
+
+
+def _mnn_block(bits: int | None) -> int | None:
+    return LLM_GROUP_SIZE if bits == 4 else None  # 8-bit: per channel
+
+
+def _check(spec, graph: Callable) -> float:
+    with torch.no_grad():
+        ref = spec.module(*spec.example).float()
+    out = graph(*spec.example)
+    return float((out - ref).abs().max() / ref.abs().max().clamp(min=1e-12))

@@ -1,0 +1,106 @@
+"""The sub-models as the graphs we export, with the published input/output names.
+
+Each entry says which ONNX exporter works for it (measured here, see docs/deployment.md): the TorchScript exporter
+for the DiT (the dynamo graph of a DiT with a text mask gave NaN), the dynamo exporter for DC-AE (the TorchScript
+graph of the decoder is rejected by ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TRANSFORMER_INPUTS = ["sample", "encoder_hidden_states", "timestep", "encoder_attention_mask", "ref_latents"]
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+    dynamo: bool
+    dynamic_batch: bool  # batch axis left free (CFG runs batch 2, no CFG batch 1)
+    # How a dynamo graph is cleaned up after export, for both runtimes (measured here on the tiny model):
+    # - "fold": constant folding only. The raw DC-AE graphs crash the converter (segfault); folded, they convert.
+    # - "optimize": onnxscript's whole optimizer. The connector needs it (MNN cannot infer its reshapes otherwise),
+    #   but it must not touch DC-AE: its `x + 0` rule treats the `+ 1e-15` before each linear-attention division
+    #   as zero (np.allclose), and a query with no positive feature then divides 0/0 (NaN).
+    # Folding also turns the weights' transposes into constants, so ORT's MatMulNBits can quantize them.
+    cleanup: str = "fold"
+
+
+class _Transformer(nn.Module):
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents):
+        return self.transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+
+
+def graph_specs(pipe) -> list[GraphSpec]:
+    """The five graphs of a pipeline (LLM and meta-queries stay a PyTorch folder, see export/__init__.py)."""
+    t = pipe.transformer
+    channels, size = t.config.out_channels, pipe.config.resolution // pipe.vae_scale
+    encoder = pipe.text_encoder
+    width, queries = encoder.meta_queries.shape[1], encoder.num_queries
+    caption = t.config.caption_channels
+    latents = torch.randn(2, channels, size, size)
+    return [
+        GraphSpec(
+            "connector",
+            encoder.connector,
+            (torch.randn(2, queries, width),),
+            ["llm_features"],
+            ["connector_features"],
+            dynamo=True,
+            dynamic_batch=True,
+            cleanup="optimize",
+        ),
+        GraphSpec(
+            "projector",
+            encoder.projector,
+            (torch.randn(2, queries, width),),
+            ["connector_features"],
+            ["encoder_hidden_states"],
+            dynamo=False,
+            dynamic_batch=True,
+        ),
+        GraphSpec(
+            "transformer",
+            _Transformer(t),
+            (
+                latents,
+                torch.randn(2, queries, caption),
+                torch.tensor([999.0, 500.0]),
+                torch.ones(2, queries),
+                torch.randn_like(latents),
+            ),
+            TRANSFORMER_INPUTS,
+            ["noise_pred"],
+            dynamo=False,
+            dynamic_batch=True,
+        ),
+        GraphSpec(
+            "vae_encoder",
+            pipe.vae_encoder,
+            (torch.rand(1, 3, pipe.config.resolution, pipe.config.resolution) * 2 - 1,),
+            ["pixels"],
+            ["latents"],
+            dynamo=True,
+            dynamic_batch=False,
+        ),
+        GraphSpec(
+            "vae_decoder",
+            pipe.vae_decoder,
+            (torch.randn(1, channels, size, size),),
+            ["latents"],
+            ["pixels"],
+            dynamo=True,
+            dynamic_batch=False,
+        ),
+    ]

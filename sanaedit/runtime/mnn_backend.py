@@ -1,0 +1,43 @@
+"""One exported .mnn graph as a callable on torch tensors (the `mnn` wheel's Module API, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .onnxruntime_backend import default_threads
+
+
+class MnnGraph:
+    """`graph(*tensors) -> tensor` for a .mnn file with the given input/output names."""
+
+    def __init__(self, path: str | Path, inputs: list[str], outputs: list[str], threads: int | None = None):
+        import MNN.nn as mnn_nn
+
+        path = Path(path)
+        if not path.is_file() or path.stat().st_size == 0:
+            raise FileNotFoundError(f"{path}: exported MNN graph not found or empty")
+        config = {"backend": "CPU", "numThread": threads or default_threads(), "precision": "high"}
+        self.runtime = mnn_nn.create_runtime_manager((config,))
+        # External weights (`--saveExternalData`) are found beside the .mnn file, so load from its folder.
+        self.module = mnn_nn.load_module_from_file(
+            str(path), inputs, outputs, runtime_manager=self.runtime, rearrange=True
+        )
+        self.inputs, self.path = inputs, path
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        import MNN.expr as mnn_expr
+
+        if len(tensors) != len(self.inputs):
+            raise ValueError(f"{self.path.name}: expects {len(self.inputs)} inputs {self.inputs}, got {len(tensors)}")
+        # The arrays stay referenced until forward has run (MNN's const may read them in place).
+        arrays = [np.ascontiguousarray(t.detach().cpu().float().numpy()) for t in tensors]
+        feed = [mnn_expr.const(a, list(a.shape), mnn_expr.NCHW, mnn_expr.float) for a in arrays]
+        out = self.module.forward(feed)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        if out.data_format == mnn_expr.NC4HW4:
+            out = mnn_expr.convert(out, mnn_expr.NCHW)
+        # Copy out: the next step must not share (or grow) MNN's buffers.
+        return torch.from_numpy(np.array(out.read(), dtype=np.float32).reshape(out.shape))

@@ -1,0 +1,45 @@
+"""One exported .onnx graph as a callable on torch tensors (ONNX Runtime, CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def default_threads() -> int:
+    """All cores: the graphs are GEMM-bound and one edit runs at a time."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OrtGraph:
+    """`graph(*tensors) -> tensor`: inputs in the graph's declared order, converted to its declared types."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: exported graph not found")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [(i.name, _NUMPY_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
+        self.path = path
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if len(tensors) != len(self.inputs):
+            names = [name for name, _ in self.inputs]
+            raise ValueError(f"{self.path.name}: expects {len(self.inputs)} inputs {names}, got {len(tensors)}")
+        feed = {
+            name: np.ascontiguousarray(t.detach().cpu().float().numpy().astype(dtype, copy=False))
+            for (name, dtype), t in zip(self.inputs, tensors)
+        }
+        # A fresh output array each call: nothing from one step is kept or grown into the next.
+        return torch.from_numpy(self.session.run(None, feed)[0])
