@@ -153,8 +153,7 @@ def export(model: Path, fmt: str, out: Path, quant: str, timeout: int) -> tuple[
     if (out / "model_index.json").is_file():
         return str(out), "reused"
     cmd = [sys.executable, "-m", "sanaedit.cli", "export", str(model), "--format", fmt, "--out", str(out)]
-    if quant:
-        cmd += ["--quant", quant]
+    cmd += ["--quant", quant or "none"]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     try:
