@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -55,19 +56,25 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
                 onnx_optimizer.remove_unused_nodes(program.model)
             program.save(str(path), external_data=big)
         else:
-            torch.onnx.export(
-                module,
-                spec.example,
-                str(path),
-                dynamo=False,
-                input_names=spec.inputs,
-                output_names=spec.outputs,
-                opset_version=OPSET,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-            if big or path.stat().st_size > ONNX_SIZE_LIMIT:
-                _move_weights_out(path)
+            # Over 2 GB the TorchScript exporter writes one file per tensor beside the graph: export into a scratch
+            # folder and keep one weight file.
+            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                raw = Path(scratch) / path.name
+                torch.onnx.export(
+                    module,
+                    spec.example,
+                    str(raw),
+                    dynamo=False,
+                    input_names=spec.inputs,
+                    output_names=spec.outputs,
+                    opset_version=OPSET,
+                    dynamic_axes=dynamic_axes,
+                    do_constant_folding=True,
+                )
+                if big or raw.stat().st_size > ONNX_SIZE_LIMIT:
+                    _save_with_one_weight_file(raw, path)
+                else:
+                    raw.replace(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise RuntimeError(f"ONNX export of {spec.name} wrote no file at {path}")
     return path
@@ -87,10 +94,10 @@ def _quiet_logs():
             lg.setLevel(level)
 
 
-def _move_weights_out(path: Path) -> None:
+def _save_with_one_weight_file(src: Path, path: Path) -> None:
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(src))  # reads the external tensors from beside `src`
     onnx.save_model(
         model,
         str(path),
