@@ -158,6 +158,9 @@ class SanaEditPipeline:
         self._text_encoder = text_encoder
         self._text_encoder_loader = text_encoder_loader
         self.model_dir: Path | None = None  # set by from_pretrained
+        # False: free the LLM as soon as a new prompt's features exist (one-shot use: they go into the prompt
+        # cache, and the LLM is reloaded only for yet another prompt). A server keeps it.
+        self.keep_text_encoder = True
         self._check_fit()
         if self.config.fp16_clipping:
             transformer.set_fp16_clipping(True)
@@ -302,6 +305,8 @@ class SanaEditPipeline:
         missing = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
         if missing:
             hidden, mask = self._encode_with_llm(missing)
+            if not self.keep_text_encoder:
+                self.release_text_encoder()
             for i, p in enumerate(missing):
                 self.prompt_cache[p] = (hidden[i : i + 1].cpu(), mask[i : i + 1].cpu())
             # bounded: a server fed user prompts must not grow without limit. The oldest entries go first; the

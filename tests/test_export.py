@@ -136,7 +136,7 @@ def test_pipeline_on_exported_graphs_matches_torch(exported, tiny_model_dir):
         else:
             assert _psnr(out, want) > 25, kwargs  # random tiny weights; real ones: see bench/edit_speed.py
     # a prompt outside the cache ran the LLM, which is released as soon as its features exist
-    assert not pipe.text_encoder_loaded or pipe.text_encoder.__class__.__name__ == "ExportedTextEncoder"
+    assert "turn the sky purple" in pipe.prompt_cache and not pipe.text_encoder_loaded
 
 
 def test_text_to_image_on_exported_graphs(exported, tiny_model_dir):

@@ -99,6 +99,16 @@ def test_prompt_cache_gives_the_same_image_as_the_llm(tiny_model_dir):
     assert cached.text_encoder_loaded
 
 
+def test_one_shot_use_frees_the_llm_once_the_features_exist(tiny_model_dir):
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir)
+    pipe.keep_text_encoder = False
+    img = photo(40, 60)
+    first = run(pipe, img, prompt="make it night", num_inference_steps=2)
+    assert not pipe.text_encoder_loaded and "make it night" in pipe.prompt_cache
+    assert np.array_equal(first, run(pipe, img, prompt="make it night", num_inference_steps=2))
+    assert not pipe.text_encoder_loaded  # the same prompt again comes from the cache
+
+
 def test_in_memory_prompt_cache_is_bounded_and_keeps_the_model_prompts(tiny_pipe, monkeypatch):
     import sanaedit.pipeline as pipeline_module
 

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give either one folder or image files, not a mix")
         plan = plan_outputs(inputs, Path(args.output))
     pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
+    pipe.keep_text_encoder = False  # a new --prompt is encoded once; the LLM is freed before the first step
     settings = dict(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,

@@ -103,6 +103,8 @@ class ExportedPipeline(SanaEditPipeline):
         encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], self.config.template)
         self._text_encoder = None
         self._text_encoder_loader = lambda: encoder
+        self.keep_text_encoder = False  # the published runtime's rule: the LLM goes as soon as its features exist
+        self.model_dir = folder
 
     def _load_graph(self, name: str, threads: int | None):
         entry = self.manifest["graphs"][name]
