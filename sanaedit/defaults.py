@@ -21,9 +21,6 @@ def load_pipeline(
     """The pipeline for `model`: a model folder (PyTorch) or an exported folder (the runtime its manifest names,
     or `backend`); with None, the bundled model or a tiny random stand-in. PyTorch pipelines get the text K/V
     cache (exact: the text's cross-attention keys/values are computed once per conditioning)."""
-    from .pipeline import SanaEditPipeline
-    from .speed import enable_text_kv_cache
-
     if model is not None:
         from .runtime import is_export
         from .runtime import load_pipeline as load_runtime_pipeline
@@ -32,15 +29,11 @@ def load_pipeline(
             if device != "cpu" or dtype != torch.float32:
                 raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
             return load_runtime_pipeline(model, backend=backend)
-        pipe = SanaEditPipeline.from_pretrained(model, device=device, dtype=dtype)
-        enable_text_kv_cache(pipe.transformer)
-        return pipe
+        return _torch_pipeline(model, device, dtype)
     if backend not in (None, "torch"):
         raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
     if (BUNDLED_MODEL / "model_index.json").is_file():
-        pipe = SanaEditPipeline.from_pretrained(BUNDLED_MODEL, device=device, dtype=dtype)
-        enable_text_kv_cache(pipe.transformer)
-        return pipe
+        return _torch_pipeline(BUNDLED_MODEL, device, dtype)
     from .testing import build_tiny_pipeline
 
     print(
@@ -49,3 +42,12 @@ def load_pipeline(
         file=sys.stderr,
     )
     return build_tiny_pipeline().to(device=device, dtype=dtype)
+
+
+def _torch_pipeline(folder: str | Path, device: str, dtype: torch.dtype):
+    from .pipeline import SanaEditPipeline
+    from .speed import enable_text_kv_cache
+
+    pipe = SanaEditPipeline.from_pretrained(folder, device=device, dtype=dtype)
+    enable_text_kv_cache(pipe.transformer)
+    return pipe

@@ -205,3 +205,26 @@ def test_large_models_keep_weights_in_one_side_file(tiny_model_dir, tmp_path, mo
     out_image = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0))
     want = ref(photo, generator=torch.Generator().manual_seed(0))
     assert np.abs(np.asarray(out_image, dtype=int) - np.asarray(want, dtype=int)).max() <= 2
+
+
+def test_cli_edit_picks_the_runtime_from_the_folder(exported, tmp_path, capsys):
+    from sanaedit.cli import main
+    from sanaedit.defaults import SAMPLE_PHOTO
+
+    fmt, _, folder = exported
+    out = tmp_path / "comic.png"
+    assert main(["edit", str(SAMPLE_PHOTO), "-o", str(out), "--model", str(folder), "--steps", "2", "-q"]) == 0
+    assert Image.open(out).size == Image.open(SAMPLE_PHOTO).size
+    wrong = "mnn" if fmt == "onnx" else "onnxruntime"
+    args = ["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "x.png"), "--model", str(folder), "--backend", wrong]
+    assert main(args) == 1
+    assert "cannot run" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_cli_export_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):
+    from sanaedit.cli import main
+
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert "model folder not found" in capsys.readouterr().err
+    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--quant", "llm=5"]) == 1
+    assert "--quant" in capsys.readouterr().err and not (tmp_path / "o").exists()
