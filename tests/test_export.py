@@ -26,7 +26,7 @@ CASES = [("onnx", None), ("onnx", "llm=4,rest=8"), ("mnn", None), ("mnn", "llm=4
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{'q8' if c[1] else 'fp32'}")
 def exported(request, tiny_model_dir, tmp_path_factory):
     fmt, quant = request.param
-    out = tmp_path_factory.mktemp("exports") / f"{fmt}-{'q' if quant else 'f'}"
+    out = tmp_path_factory.getbasetemp() / "exports" / f"{fmt}-{'q' if quant else 'f'}"
     export_model(tiny_model_dir, out, fmt=fmt, quant=quant, progress=False)
     return fmt, quant, out
 
@@ -106,18 +106,6 @@ def test_published_layout_and_names(exported):
     assert (folder / "llm" / "config.json").is_file() and (folder / "llm" / "meta_queries.safetensors").is_file()
     assert (folder / "prompt_cache.safetensors").is_file()
     assert manifest["llm"]["bits"] == (4 if quant else None)
-
-
-def test_quantized_files_are_smaller(exported, tmp_path_factory):
-    fmt, quant, folder = exported
-    if quant is None:
-        pytest.skip("compares the 8-bit export with the fp32 one")
-    fp32 = folder.parent / f"{fmt}-f"
-    if not fp32.is_dir():
-        pytest.skip("fp32 export of this format not built in this session")
-    weights = json.loads((folder / "model_index.json").read_text())["graphs"]["transformer"]["bytes"]
-    reference = json.loads((fp32 / "model_index.json").read_text())["graphs"]["transformer"]["bytes"]
-    assert weights < reference
 
 
 def test_pipeline_on_exported_graphs_matches_torch(exported, tiny_model_dir):
