@@ -1,4 +1,4 @@
-"""PyTorch module -> one .onnx file (external weight data above 2 GB), checked against PyTorch with ONNX Runtime."""
+"""PyTorch module -> one .onnx file (external weight data above 2 GB), and weight-only quantization of it."""
 
 from __future__ import annotations
 
@@ -176,13 +176,3 @@ def _dequantize_conv_weights(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     return done
-
-
-def check_onnx(spec: GraphSpec, path: Path, threads: int = 1) -> float:
-    """Max |ORT - torch| / max|torch| on the spec's example inputs."""
-    from ..runtime.onnxruntime_backend import OrtGraph
-
-    with torch.no_grad():
-        ref = spec.module(*spec.example).float().numpy()
-    out = OrtGraph(path, threads=threads)(*spec.example).numpy()
-    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnxruntime_backend import default_threads
+from ..speed.cpu import physical_cores
 
 
 class MnnGraph:
@@ -19,7 +19,7 @@ class MnnGraph:
         path = Path(path)
         if not path.is_file() or path.stat().st_size == 0:
             raise FileNotFoundError(f"{path}: exported MNN graph not found or empty")
-        config = {"backend": "CPU", "numThread": threads or default_threads(), "precision": "high"}
+        config = {"backend": "CPU", "numThread": threads or physical_cores(), "precision": "high"}
         self.runtime = mnn_nn.create_runtime_manager((config,))
         # External weights (`--saveExternalData`) are found beside the .mnn file, so load from its folder.
         self.module = mnn_nn.load_module_from_file(

@@ -93,7 +93,7 @@ class ExportedPipeline(SanaEditPipeline):
     """SanaEditPipeline whose networks are exported graphs (CPU, fp32 I/O)."""
 
     def __init__(self, folder: Path, manifest: dict, backend: str, threads: int | None = None):
-        self.folder, self.manifest, self.backend = folder, manifest, backend
+        self.model_dir, self.manifest, self.backend = folder, manifest, backend
         graphs = {name: self._load_graph(name, threads) for name in manifest["graphs"]}
         self.transformer = TransformerGraph(graphs["transformer"], manifest["transformer"])
         self.vae = None
@@ -104,13 +104,12 @@ class ExportedPipeline(SanaEditPipeline):
         self._text_encoder = None
         self._text_encoder_loader = lambda: encoder
         self.keep_text_encoder = False  # the published runtime's rule: the LLM goes as soon as its features exist
-        self.model_dir = folder
 
     def _load_graph(self, name: str, threads: int | None):
         entry = self.manifest["graphs"][name]
-        path = self.folder / entry["file"]
+        path = self.model_dir / entry["file"]
         if not path.is_file():
-            raise ModelFolderError(f"{self.folder}: exported graph {entry['file']} is missing")
+            raise ModelFolderError(f"{self.model_dir}: exported graph {entry['file']} is missing")
         if self.backend == "onnxruntime":
             from .onnxruntime_backend import OrtGraph
 
