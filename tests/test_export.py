@@ -19,7 +19,15 @@ from sanaedit.runtime.onnxruntime_backend import OrtGraph
 pytest.importorskip("onnxruntime")
 pytest.importorskip("MNN")
 
-QUANT_BOUND = {"connector": 0.01, "projector": 0.01, "transformer": 0.01, "vae_encoder": 0.05, "vae_decoder": 0.05}
+# 4-bit blocks of 64 for the LLM (the published scheme); 8 bits per channel for the rest
+QUANT_BOUND = {
+    "llm": 0.1,
+    "connector": 0.01,
+    "projector": 0.01,
+    "transformer": 0.01,
+    "vae_encoder": 0.05,
+    "vae_decoder": 0.05,
+}
 CASES = [("onnx", None), ("onnx", "llm=4,rest=8"), ("mnn", None), ("mnn", "llm=4,rest=8")]
 
 
@@ -55,7 +63,15 @@ def _fresh_inputs(spec, batch: int) -> tuple[torch.Tensor, ...]:
     inputs = []
     for name, example in zip(spec.inputs, spec.example):
         shape = (batch, *example.shape[1:])
-        if name == "timestep":
+        if name in spec.length_inputs:
+            shape = (batch, example.shape[1] + 4, *example.shape[2:])  # a longer prompt than at export
+        if name == "attention_mask":  # the LLM's: right-padded text, then the meta-queries (never masked)
+            mask = torch.ones(shape)
+            mask[0, 3 : shape[1] - spec.module.num_queries] = 0
+            inputs.append(mask)
+        elif name == "inputs_embeds":
+            inputs.append(torch.randn(shape, generator=gen) * 0.05)
+        elif name == "timestep":
             inputs.append(torch.rand(batch, generator=gen) * 1000)
         elif name == "encoder_attention_mask":
             mask = torch.ones(shape)
@@ -68,7 +84,7 @@ def _fresh_inputs(spec, batch: int) -> tuple[torch.Tensor, ...]:
     return tuple(inputs)
 
 
-@pytest.mark.parametrize("name", ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"])
+@pytest.mark.parametrize("name", ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_every_graph_matches_pytorch(exported, tiny_pipe, name, batch):
     fmt, quant, folder = exported
@@ -85,7 +101,7 @@ def test_every_graph_matches_pytorch(exported, tiny_pipe, name, batch):
     if quant is None:
         assert error < 1e-4, f"{fmt} fp32 {name}: relative error {error:.2e}"
     else:  # > 0: really quantized; the DiT within 1% is the deployment target, DC-AE's random deep convs add up
-        assert 0 < error < QUANT_BOUND[name], f"{fmt} 8-bit {name}: relative error {error:.2e}"
+        assert 0 < error < QUANT_BOUND[name], f"{fmt} quantized {name}: relative error {error:.2e}"
 
 
 def test_published_layout_and_names(exported):
@@ -103,9 +119,29 @@ def test_published_layout_and_names(exported):
         "ref_latents",
     ]
     assert manifest["graphs"]["transformer"]["outputs"] == ["noise_pred"]
-    assert (folder / "llm" / "config.json").is_file() and (folder / "llm" / "meta_queries.safetensors").is_file()
+    assert manifest["graphs"]["llm"]["file"] == f"llm/llm{ext}"
+    assert manifest["graphs"]["llm"]["inputs"] == ["inputs_embeds", "attention_mask"]
+    for name in [f"llm{ext}", "embeddings.safetensors", "meta_queries.safetensors", "tokenizer.json"]:
+        assert (folder / "llm" / name).stat().st_size > 0, name
+    assert not list((folder / "llm").glob("model*.safetensors"))  # no PyTorch copy of the LLM
     assert (folder / "prompt_cache.safetensors").is_file()
-    assert manifest["llm"]["bits"] == (4 if quant else None)
+    assert manifest["llm"]["bits"] == manifest["graphs"]["llm"]["bits"] == (4 if quant else None)
+
+
+def test_exported_text_path_matches_pytorch(exported, tiny_pipe):
+    """Tokenizer + embedding rows + meta-queries + LLM graph, for prompts of different lengths in one batch."""
+    fmt, quant, folder = exported
+    prompts = ["a cat", "turn the sky purple, make it night, add snow"]
+    encoder = load_pipeline(folder).text_encoder
+    with torch.no_grad():
+        ref = tiny_pipe.text_encoder.llm_features(prompts)
+    llm = encoder.load_graph("llm")
+    features = llm(*encoder.llm_inputs(prompts))
+    assert features.shape == ref.shape
+    assert _rel_l2(features, ref) < (1e-4 if quant is None else QUANT_BOUND["llm"])
+    hidden, mask = encoder(prompts)
+    want, _ = tiny_pipe.text_encoder(prompts)
+    assert _rel_l2(hidden, want) < (1e-4 if quant is None else 0.1) and mask.shape == want.shape[:2]
 
 
 def test_pipeline_on_exported_graphs_matches_torch(exported, tiny_model_dir):
@@ -140,6 +176,9 @@ def test_broken_exports_say_what_is_wrong(exported, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
     graph = json.loads((broken / "model_index.json").read_text())["graphs"]["transformer"]["file"]
+    (broken / "llm" / "embeddings.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match="embeddings"):
+        load_pipeline(broken)(None, prompt="a prompt outside the cache")
     (broken / graph).unlink()
     with pytest.raises(ModelFolderError, match="transformer"):
         load_pipeline(broken)

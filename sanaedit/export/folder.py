@@ -1,8 +1,10 @@
 """`export_model`: a model folder -> a folder of ONNX or MNN graphs plus a manifest a runtime loads.
 
 Layout (the published names): connector, projector, transformer, vae_encoder, vae_decoder (.onnx or .mnn, weights
-in a side file when large), `llm/` (the frozen LLM as a transformers folder + `meta_queries.safetensors`: only needed
-for prompts outside the prompt cache), `prompt_cache.safetensors`, `model_index.json` (`_class_name` SanaEditExport).
+in a side file when large); `llm/`: the frozen LLM's body as a graph (`llm/llm.onnx|mnn`, 4-bit by default), its
+token embedding table (`embeddings.safetensors`, bf16 when the LLM is quantized: a lookup, read row by row), the
+tokenizer and `meta_queries.safetensors` (only needed for prompts outside the prompt cache);
+`prompt_cache.safetensors`; `model_index.json` (`_class_name` SanaEditExport).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..model_folder import MODEL_INDEX, PROMPT_CACHE_FILE, atomic_folder, save_meta_queries, save_prompt_cache
@@ -28,6 +31,7 @@ EXPORT_CLASS = "SanaEditExport"
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"]
 FORMATS = {"onnx": "onnxruntime", "mnn": "mnn"}
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
+EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
 
 
@@ -80,18 +84,25 @@ def export_model(
     graphs: dict[str, dict] = {}
     with atomic_folder(out) as tmp, torch.no_grad():
         specs = graph_specs(pipe)
+        (tmp / "llm").mkdir()
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
             _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
-            entry = _export_graph(spec, tmp, fmt, bits[spec.name])
+            where = tmp / "llm" if spec.name == "llm" else tmp
+            entry = _export_graph(spec, where, fmt, bits[spec.name])
+            entry["file"] = str((where / entry["file"]).relative_to(tmp))
             graphs[spec.name] = entry
             _say(
                 progress,
                 f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, "
                 f"{entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
             )
-        _say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/, meta-queries, prompt cache ...")
-        encoder.llm.save_pretrained(tmp / "llm")
+        _say(
+            progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ..."
+        )
+        embed_dtype = torch.float32 if bits["llm"] is None else torch.bfloat16
+        table = encoder.llm.get_input_embeddings().weight.detach().to(embed_dtype).contiguous()
+        save_file({EMBEDDINGS_KEY: table}, tmp / EMBEDDINGS_FILE)
         encoder.tokenizer.save_pretrained(tmp / "llm")
         save_meta_queries(encoder.meta_queries, tmp / "llm")
         cache_src = Path(model_dir) / PROMPT_CACHE_FILE if model_dir else None
@@ -109,10 +120,12 @@ def export_model(
             "graphs": graphs,
             "llm": {
                 "folder": "llm",
+                "graph": "llm",  # its entry in "graphs"
+                "embeddings": EMBEDDINGS_FILE,
                 "meta_queries": "llm/meta_queries.safetensors",
+                "max_prompt_tokens": encoder.max_prompt_tokens,
                 "bits": bits["llm"],
                 "group_size": LLM_GROUP_SIZE,
-                "note": "PyTorch; quantized at load when bits is set",
             },
             "prompt_cache": PROMPT_CACHE_FILE,
             "transformer": {
@@ -135,7 +148,7 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
 
         path = export_onnx(spec, folder / f"{spec.name}.onnx")
         if bits is not None:
-            entry["quant"] = quantize_onnx_weights(path, bits)
+            entry["quant"] = quantize_onnx_weights(path, bits, block_size=_onnx_block(bits))
         entry["max_rel_error"] = _check(spec, OrtGraph(path, threads=1))
     else:
         from ..runtime.mnn_backend import MnnGraph
@@ -161,6 +174,10 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
 
 def _mnn_block(bits: int | None) -> int | None:
     return LLM_GROUP_SIZE if bits == 4 else None  # 8-bit: per channel
+
+
+def _onnx_block(bits: int) -> int:
+    return LLM_GROUP_SIZE if bits == 4 else 128  # MatMulNBits needs blocks; 128 is its default
 
 
 def _check(spec, graph: Callable) -> float:

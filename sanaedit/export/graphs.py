@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .llm_graph import LlmFeatures
+
 TRANSFORMER_INPUTS = ["sample", "encoder_hidden_states", "timestep", "encoder_attention_mask", "ref_latents"]
 
 
@@ -31,6 +33,7 @@ class GraphSpec:
     #   as zero (np.allclose), and a query with no positive feature then divides 0/0 (NaN).
     # Folding also turns the weights' transposes into constants, so ORT's MatMulNBits can quantize them.
     cleanup: str = "fold"
+    length_inputs: tuple[str, ...] = ()  # inputs whose axis 1 is free too (the LLM's sequence length)
 
 
 class _Transformer(nn.Module):
@@ -43,14 +46,28 @@ class _Transformer(nn.Module):
 
 
 def graph_specs(pipe) -> list[GraphSpec]:
-    """The five graphs of a pipeline (LLM and meta-queries stay a PyTorch folder, see export/__init__.py)."""
+    """The graphs of a pipeline: the LLM body, connector, projector, DiT, DC-AE encoder and decoder."""
     t = pipe.transformer
     channels, size = t.config.out_channels, pipe.config.resolution // pipe.vae_scale
     encoder = pipe.text_encoder
     width, queries = encoder.meta_queries.shape[1], encoder.num_queries
     caption = t.config.caption_channels
     latents = torch.randn(2, channels, size, size)
+    text_mask = torch.ones(2, 7)
+    text_mask[1, 4:] = 0  # a shorter prompt, right padded
+    llm_mask = torch.cat([text_mask, torch.ones(2, queries)], dim=1)
     return [
+        GraphSpec(
+            "llm",
+            LlmFeatures(encoder.llm, queries),
+            (torch.randn(2, llm_mask.shape[1], width) * 0.05, llm_mask),
+            ["inputs_embeds", "attention_mask"],
+            ["llm_features"],
+            dynamo=True,
+            dynamic_batch=True,
+            cleanup="optimize",
+            length_inputs=("inputs_embeds", "attention_mask"),
+        ),
         GraphSpec(
             "connector",
             encoder.connector,

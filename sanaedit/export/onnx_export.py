@@ -29,14 +29,17 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
         raise ValueError(f"unknown ONNX cleanup {cleanup!r}")
     path = Path(path)
     module = spec.module.eval()
-    dynamic_axes = {name: {0: "batch"} for name in spec.inputs + spec.outputs} if spec.dynamic_batch else None
+    dynamic_axes = {name: {0: "batch"} for name in spec.inputs + spec.outputs} if spec.dynamic_batch else {}
+    for name in spec.length_inputs:
+        dynamic_axes.setdefault(name, {})[1] = "length"
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > ONNX_SIZE_LIMIT // 2
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
         warnings.simplefilter("ignore")
         if spec.dynamo:
-            shapes = None
-            if spec.dynamic_batch:
-                shapes = tuple({0: torch.export.Dim("batch")} for _ in spec.inputs)
+            dims = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
+            shapes = tuple({axis: dims[d] for axis, d in dynamic_axes.get(name, {}).items()} for name in spec.inputs)
+            if not any(shapes):
+                shapes = None
             program = torch.onnx.export(
                 module,
                 spec.example,
@@ -68,7 +71,7 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
                     input_names=spec.inputs,
                     output_names=spec.outputs,
                     opset_version=OPSET,
-                    dynamic_axes=dynamic_axes,
+                    dynamic_axes=dynamic_axes or None,
                     do_constant_folding=True,
                 )
                 if big or raw.stat().st_size > ONNX_SIZE_LIMIT:

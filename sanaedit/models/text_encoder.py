@@ -24,6 +24,33 @@ def init_meta_queries(num_queries: int, width: int, generator: torch.Generator |
     return torch.randn(num_queries, width, generator=generator) / width**0.5
 
 
+def tokenize(tokenizer, template: str, prompts: list[str], max_tokens: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts in the chat template -> (input_ids, attention_mask), right padded with Qwen's pad id."""
+    texts = [template.replace("{prompt}", p) for p in prompts]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = QWEN_PAD_ID if len(tokenizer) > QWEN_PAD_ID else tokenizer.eos_token_id
+    enc = tokenizer(
+        texts,
+        padding=True,
+        padding_side="right",
+        truncation=True,
+        max_length=max_tokens,
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def llm_inputs(
+    token_embeds: torch.Tensor, text_mask: torch.Tensor, meta_queries: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[token embeddings ; meta-queries] and its mask: what the LLM reads (the PyTorch and exported paths alike)."""
+    batch = token_embeds.shape[0]
+    queries = meta_queries.to(token_embeds.dtype).expand(batch, -1, -1)
+    mask = torch.cat([text_mask, text_mask.new_ones(batch, meta_queries.shape[0])], dim=1)
+    return torch.cat([token_embeds, queries], dim=1), mask
+
+
 class MetaQueryTextEncoder(nn.Module):
     def __init__(
         self,
@@ -63,30 +90,14 @@ class MetaQueryTextEncoder(nn.Module):
         return self
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [self.template.replace("{prompt}", p) for p in prompts]
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token_id = (
-                QWEN_PAD_ID if len(self.tokenizer) > QWEN_PAD_ID else self.tokenizer.eos_token_id
-            )
-        enc = self.tokenizer(
-            texts,
-            padding=True,
-            padding_side="right",
-            truncation=True,
-            max_length=self.max_prompt_tokens,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        return enc["input_ids"], enc["attention_mask"]
+        return tokenize(self.tokenizer, self.template, prompts, self.max_prompt_tokens)
 
     def llm_features(self, prompts: list[str]) -> torch.Tensor:
         """Final-norm LLM hidden states at the meta-query positions: [B, num_queries, width]."""
         device = self.meta_queries.device
         input_ids, text_mask = (t.to(device) for t in self.tokenize(prompts))
         token_embeds = self.llm.get_input_embeddings()(input_ids)
-        queries = self.meta_queries.to(token_embeds.dtype).expand(len(prompts), -1, -1)
-        inputs_embeds = torch.cat([token_embeds, queries], dim=1)
-        mask = torch.cat([text_mask, text_mask.new_ones(len(prompts), self.num_queries)], dim=1)
+        inputs_embeds, mask = llm_inputs(token_embeds, text_mask, self.meta_queries)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # queries continue right after the real tokens
         out = self.llm.base_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False

@@ -2,8 +2,8 @@
 
 The sampling, CFG, pre/post-processing and prompt cache are the torch pipeline's own code; only the five networks
 are swapped for ONNX Runtime or MNN graphs. Each graph call returns a fresh tensor, so nothing accumulates across
-steps. A prompt outside the prompt cache runs the LLM with PyTorch from the export's `llm/` folder (then the
-connector and projector graphs), and the LLM is released again right after.
+steps. A prompt outside the prompt cache runs the LLM graph (loaded for that call and released right after), then
+the connector and projector graphs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..model_folder import MODEL_INDEX, ModelFolderError, load_prompt_cache
 from ..pipeline import PipelineConfig, SanaEditPipeline
 
 BACKENDS = {"onnxruntime": "onnx", "mnn": "mnn"}
+GRAPHS = ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"]  # loaded up front
 
 
 def is_export(folder: str | Path) -> bool:
@@ -46,47 +47,46 @@ class TransformerGraph:
 
 
 class ExportedTextEncoder:
-    """prompts -> (encoder_hidden_states, mask): LLM features in PyTorch, connector + projector as graphs."""
+    """prompts -> (encoder_hidden_states, mask), all as graphs: the LLM graph is loaded for the call and released
+    right after; the token embeddings are read row by row from the export's table (only the prompt's rows)."""
 
-    def __init__(self, folder: Path, manifest: dict, connector, projector, template: str):
-        self.folder, self.manifest = folder, manifest
-        self.connector, self.projector, self.template = connector, projector, template
+    def __init__(self, folder: Path, manifest: dict, connector, projector, load_graph, template: str):
+        self.folder, self.manifest, self.template = folder, manifest, template
+        self.connector, self.projector, self.load_graph = connector, projector, load_graph
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self._llm_features(prompts)
+        llm = self.load_graph(self.manifest["llm"]["graph"])
+        try:
+            features = llm(*self.llm_inputs(prompts))
+        finally:
+            del llm  # released as soon as the features exist
         hidden = self.projector(self.connector(features))
         return hidden, torch.ones(hidden.shape[:2], dtype=torch.long)
 
-    @torch.no_grad()
-    def _llm_features(self, prompts: list[str]) -> torch.Tensor:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def llm_inputs(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors import safe_open
+        from transformers import AutoTokenizer
 
+        from ..export.folder import EMBEDDINGS_KEY
         from ..model_folder import load_meta_queries
-        from ..models.text_encoder import MetaQueryTextEncoder
+        from ..models.text_encoder import llm_inputs, tokenize
 
-        llm_dir = self.folder / self.manifest["llm"]["folder"]
-        if not (llm_dir / "config.json").is_file():
-            raise ModelFolderError(
-                f"{self.folder}: this export has no LLM ({llm_dir} missing), so it can only use its cached prompts "
-                f"(the model's own prompt and negative prompt); export again with the llm/ folder for new prompts"
-            )
-        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32, local_files_only=True).eval()
-        bits = self.manifest["llm"].get("bits")
-        if bits:
-            from ..quant import quantize_model
-
-            # The tied embedding / LM head stays float (it is a lookup here; the head is never used).
-            quantize_model(llm.base_model.layers, bits, self.manifest["llm"].get("group_size"))
-        tokenizer = AutoTokenizer.from_pretrained(llm_dir, local_files_only=True)
-        queries = load_meta_queries(llm_dir)
-        encoder = MetaQueryTextEncoder.__new__(MetaQueryTextEncoder)  # only the LLM half is needed
-        torch.nn.Module.__init__(encoder)
-        encoder.llm, encoder.tokenizer, encoder.template, encoder.max_prompt_tokens = llm, tokenizer, self.template, 300
-        encoder.meta_queries = torch.nn.Parameter(queries, requires_grad=False)
+        info = self.manifest["llm"]
         try:
-            return encoder.llm_features(prompts)
-        finally:
-            del encoder, llm  # released as soon as the features exist
+            tokenizer = AutoTokenizer.from_pretrained(self.folder / info["folder"], local_files_only=True)
+            input_ids, text_mask = tokenize(tokenizer, self.template, prompts, info["max_prompt_tokens"])
+            wanted = input_ids.unique()  # sorted
+            with safe_open(self.folder / info["embeddings"], "pt") as table:
+                rows = table.get_slice(EMBEDDINGS_KEY)
+                found = torch.cat([rows[int(i) : int(i) + 1] for i in wanted]).float()
+        except Exception as err:  # tokenizer / safetensors errors vary in type
+            raise ModelFolderError(
+                f"{self.folder}: cannot read the LLM's tokenizer or embeddings ({err}); export again"
+            ) from err
+        token_embeds = found[torch.searchsorted(wanted, input_ids)]
+        queries = load_meta_queries(self.folder / info["folder"]).float()
+        embeds, mask = llm_inputs(token_embeds, text_mask, queries)
+        return embeds, mask.float()
 
 
 class ExportedPipeline(SanaEditPipeline):
@@ -94,18 +94,26 @@ class ExportedPipeline(SanaEditPipeline):
 
     def __init__(self, folder: Path, manifest: dict, backend: str, threads: int | None = None):
         self.model_dir, self.manifest, self.backend = folder, manifest, backend
-        graphs = {name: self._load_graph(name, threads) for name in manifest["graphs"]}
+        self.threads = threads
+        missing = [n for n in ("llm", *GRAPHS) if n not in manifest["graphs"]]
+        if missing:
+            raise ModelFolderError(
+                f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
+            )
+        graphs = {name: self._load_graph(name) for name in GRAPHS}  # the LLM only when a new prompt needs it
         self.transformer = TransformerGraph(graphs["transformer"], manifest["transformer"])
         self.vae = None
         self.vae_encoder, self.vae_decoder = graphs["vae_encoder"], graphs["vae_decoder"]
         self.config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
         self.prompt_cache = load_prompt_cache(folder)
-        encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], self.config.template)
+        encoder = ExportedTextEncoder(
+            folder, manifest, graphs["connector"], graphs["projector"], self._load_graph, self.config.template
+        )
         self._text_encoder = None
         self._text_encoder_loader = lambda: encoder
         self.keep_text_encoder = False  # the published runtime's rule: the LLM goes as soon as its features exist
 
-    def _load_graph(self, name: str, threads: int | None):
+    def _load_graph(self, name: str):
         entry = self.manifest["graphs"][name]
         path = self.model_dir / entry["file"]
         if not path.is_file():
@@ -113,10 +121,10 @@ class ExportedPipeline(SanaEditPipeline):
         if self.backend == "onnxruntime":
             from .onnxruntime_backend import OrtGraph
 
-            return OrtGraph(path, threads)
+            return OrtGraph(path, self.threads)
         from .mnn_backend import MnnGraph
 
-        return MnnGraph(path, entry["inputs"], entry["outputs"], threads)
+        return MnnGraph(path, entry["inputs"], entry["outputs"], self.threads)
 
     @property
     def device(self) -> torch.device:
