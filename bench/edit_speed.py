@@ -8,10 +8,10 @@ Same random weights for everyone (one model folder, built once, seed 0), the bun
 - peer:        SanaEditPipeline reduced to the library classes in fp32: diffusers `SanaTransformer2DModel` (+ ref
                latents on channels) and `AutoencoderDC`, transformers Qwen3; the LLM runs on every edit (no prompt
                cache), plain attention, PyTorch's default threads. Its output is the fp32 reference for PSNR.
-- torch:       ours in PyTorch: prompt cache from the model folder (no LLM loaded), text K/V cache, threads = cores,
-               compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
-- torch-int8:  the same, with the DiT and DC-AE weights streamed into 8-bit layers (sanaedit.speed.lowmem):
-               less memory, float compute.
+- torch:       ours in PyTorch, as `sanaedit edit` loads it (`--dtype auto`): weights streamed from the files (no
+               file-sized RSS spike), prompt cache from the model folder (no LLM loaded), text K/V cache,
+               threads = cores, compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
+- torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.speed.int8).
 - onnxruntime / mnn: `sanaedit export` of the same folder (8-bit weights, LLM 4-bit), run through
                `sanaedit.runtime.load_pipeline`; skipped with the reason when export or loading fails.
 Each (backend, CFG) runs in its own process, so peak RSS (ru_maxrss: load + edit) is that backend's alone.
@@ -69,20 +69,12 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         pipe.prompt_cache.clear()  # the peer has no prompt cache: the LLM runs on every edit
         pipe.text_encoder  # loaded now, so its loading counts as loading, not as LLM time  # noqa: B018
         return pipe, {"threads": torch.get_num_threads(), "dtype": "float32"}
-    if backend == "torch":
-        from sanaedit.speed import best_compute_dtype, enable_text_kv_cache, set_threads
+    if backend in ("torch", "torch-int8"):
+        from sanaedit.defaults import load_pipeline as load_torch_pipeline
 
-        threads = set_threads()
-        dtype = best_compute_dtype()
-        pipe = SanaEditPipeline.from_pretrained(model, dtype=dtype)
-        enable_text_kv_cache(pipe.transformer)
-        return pipe, {"threads": threads, "dtype": str(dtype).removeprefix("torch.")}
-    if backend == "torch-int8":
-        from sanaedit.speed import set_threads
-        from sanaedit.speed.lowmem import load_low_memory_pipeline
-
-        threads = set_threads()
-        return load_low_memory_pipeline(model, bits=8), {"threads": threads, "dtype": "float32, int8 weights"}
+        pipe = load_torch_pipeline(model, dtype="int8" if backend == "torch-int8" else "auto")
+        dtype = str(pipe.dtype).removeprefix("torch.") + (", int8 DiT matmuls" if backend == "torch-int8" else "")
+        return pipe, {"threads": torch.get_num_threads(), "dtype": dtype}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
     from sanaedit.runtime import load_pipeline

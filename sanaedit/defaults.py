@@ -12,10 +12,32 @@ BUNDLED_MODEL = ASSETS / "comic-model"
 SAMPLE_PHOTO = ASSETS / "sample.jpg"
 
 
+DTYPES = ["auto", "float32", "bfloat16", "int8"]
+
+
+def resolve_dtype(dtype: torch.dtype | str, device: str = "cpu") -> tuple[torch.dtype, bool]:
+    """(float compute dtype, int8 DiT matmuls?) for a `--dtype` value.
+
+    'auto': bf16 on CPUs with native bf16 instructions, else fp32 (emulated bf16 is slower; see speed/cpu.py);
+    fp32 off the CPU. 'int8': the DiT blocks' matmuls in int8 (speed/int8.py), everything else as 'auto'.
+    """
+    from .speed import best_compute_dtype
+
+    if isinstance(dtype, torch.dtype):
+        return dtype, False
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
+    if dtype == "int8" and torch.device(device).type != "cpu":
+        raise ValueError("--dtype int8 is a CPU path (oneDNN int8 GEMM); on a GPU use bfloat16")
+    if dtype in ("auto", "int8"):
+        return (best_compute_dtype() if torch.device(device).type == "cpu" else torch.float32), dtype == "int8"
+    return getattr(torch, dtype), False
+
+
 def load_pipeline(
     model: str | Path | None = None,
     device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "auto",
     backend: str | None = None,
 ):
     """The pipeline for `model`: a model folder (PyTorch) or an exported folder (the runtime its manifest names,
@@ -26,7 +48,7 @@ def load_pipeline(
         from .runtime import load_pipeline as load_runtime_pipeline
 
         if is_export(model) or backend not in (None, "torch"):
-            if device != "cpu" or dtype != torch.float32:
+            if device != "cpu" or dtype not in ("auto", "float32", torch.float32):
                 raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
             return load_runtime_pipeline(model, backend=backend)
         return _torch_pipeline(model, device, dtype)
@@ -41,13 +63,18 @@ def load_pipeline(
         "so the output is noise, not a comic. Pass --model DIR for real weights.",
         file=sys.stderr,
     )
-    return build_tiny_pipeline().to(device=device, dtype=dtype)
+    return build_tiny_pipeline().to(device=device, dtype=resolve_dtype(dtype, device)[0])
 
 
-def _torch_pipeline(folder: str | Path, device: str, dtype: torch.dtype):
+def _torch_pipeline(folder: str | Path, device: str, dtype: torch.dtype | str):
     from .pipeline import SanaEditPipeline
-    from .speed import enable_text_kv_cache
+    from .speed import enable_text_kv_cache, quantize_dit_int8, set_threads
 
-    pipe = SanaEditPipeline.from_pretrained(folder, device=device, dtype=dtype)
+    float_dtype, int8 = resolve_dtype(dtype, device)
+    if torch.device(device).type == "cpu":
+        set_threads()  # threads = cores: PyTorch's default can exceed what a container grants
+    pipe = SanaEditPipeline.from_pretrained(folder, device=device, dtype=float_dtype)
+    if int8:
+        quantize_dit_int8(pipe.transformer)
     enable_text_kv_cache(pipe.transformer)
     return pipe

@@ -106,14 +106,26 @@ def postprocess(pixels: torch.Tensor, restore: Restore | None) -> Image.Image:
     return image.resize((restore.width, restore.height), Image.Resampling.BILINEAR, box=box)
 
 
+def _load_diffusers_model(cls, path: Path, dtype: torch.dtype):
+    """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
+    speed/lowmem.py); diffusers' own loader for anything else (e.g. .bin checkpoints)."""
+    from .speed.lowmem import load_model, weight_files
+
+    try:
+        weight_files(path)
+    except FileNotFoundError:
+        return cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    return load_model(cls, path, dtype)
+
+
 def _load_transformer(path: Path, dtype: torch.dtype) -> SanaEditTransformer2DModel:
-    return SanaEditTransformer2DModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype)
 
 
 def _load_vae(path: Path, dtype: torch.dtype):
     from diffusers import AutoencoderDC
 
-    return AutoencoderDC.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    return _load_diffusers_model(AutoencoderDC, path, dtype)
 
 
 def load_text_encoder(model_dir: Path, template: str, dtype: torch.dtype = torch.float32) -> MetaQueryTextEncoder:

@@ -11,6 +11,24 @@ import sys
 COMMANDS = ["edit", "info", "assemble", "export", "train", "serve"]
 
 
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """--device / --dtype / --backend, shared by the commands that run the pipeline."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="PyTorch compute: auto = bf16 where the CPU has native bf16, else fp32; int8 = also int8 DiT matmuls "
+        "(faster on CPUs with VNNI, slightly different images)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "mnn"],
+        default=None,
+        help="runtime (default: torch for a model folder, the export's own for an exported folder)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sanaedit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import add_runtime_args
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if any(p.is_dir() for p in inputs):
             raise ValueError("give either one folder or image files, not a mix")
         plan = plan_outputs(inputs, Path(args.output))
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     pipe.keep_text_encoder = False  # a new --prompt is encoded once; the LLM is freed before the first step
     settings = dict(
         prompt=args.prompt,
@@ -96,14 +98,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", default=None, help="edit instruction (default: the model's fixed style prompt)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--schedule", choices=["default", "published"], default=None, help="sigma schedule")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime", "mnn"],
-        default=None,
-        help="runtime (default: torch for a model folder, the export's own for an exported folder)",
-    )
+    add_runtime_args(p)
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="folder input: skip images whose output exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_runtime_args
+
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
     from ..defaults import load_pipeline
     from ..serve.app import create_app, pipeline_editor
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     cfg = pipe.config
     app = create_app(
         pipeline_editor(pipe),
@@ -35,12 +36,5 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="sanaedit-results", help="folder for results (the only place it writes)")
     p.add_argument("--queue", type=int, default=8, help="jobs that may wait; more get HTTP 503")
     p.add_argument("--max-upload-mb", type=float, default=25.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime", "mnn"],
-        default=None,
-        help="runtime (default: torch for a model folder, the export's own for an exported folder)",
-    )
+    add_runtime_args(p)
     p.set_defaults(func=run)

@@ -1,18 +1,21 @@
-"""Low-memory PyTorch loading: weights streamed from safetensors straight into 8-bit (or 4-bit) layers.
+"""Low-memory PyTorch loading: weights read from safetensors one tensor at a time, cast (or quantized) and placed.
 
-`from_pretrained` then `quantize_model` would first hold the whole fp32 model (2.4 GB for Sana-0.6B): the peak
-is the fp32 size, whatever happens after. Here the model is built on the meta device (no memory), and each
-Linear/Conv2d weight is read alone from the file, quantized and dropped, so the peak is the quantized model plus
-one fp32 tensor. Everything else (norms, embeddings, tables) is loaded as stored.
+Peak RSS is what a phone or a small laptop has to have, and the ordinary loaders peak far above the model:
+- safetensors' `safe_open` (which diffusers uses) memory-maps the file, and every page read stays in the process's
+  RSS until the file is closed: loading Sana-0.6B's 2.4 GB fp32 file as bf16 peaks at 2.4 + 1.2 GB (3.8 GB with the
+  DC-AE, measured in bench/edit_speed.py), for a 1.2 GB model.
+- `from_pretrained` then `quantize_model` holds the whole fp32 model before quantizing it.
+Here the model is built on the meta device (no memory) and each tensor is read with plain file reads into its own
+buffer, cast to the compute dtype (or quantized), and placed; the peak is the loaded model plus one stored tensor.
 
-The cost is compute: quantized layers rebuild their float weight on every call (sanaedit.quant), which is cheap
-next to the convolutions of the DC-AE and a few percent of a DiT step (measured in bench/edit_speed.py).
+Files are chosen as diffusers chooses them (`diffusion_pytorch_model.safetensors`, or the shards its index names),
+and every stored tensor must fit a parameter and vice versa, so a mismatched checkpoint fails with the names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +24,118 @@ from torch import nn
 from ..quant import QuantizedConv2d, QuantizedLinear
 
 QUANTIZED = {nn.Linear: QuantizedLinear, nn.Conv2d: QuantizedConv2d}
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each tensor of a .safetensors file, read with plain reads (no memory map), in file order."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        except (ValueError, MemoryError) as err:
+            raise ValueError(f"{path}: not a safetensors file ({err})") from err
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            if info["dtype"] not in _DTYPES:
+                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(8 + size + start)
+            if f.readinto(memoryview(raw.numpy())) != end - start:
+                raise ValueError(f"{path}: truncated file (tensor {name!r} is cut off); the download is incomplete")
+            yield name, raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors file(s) diffusers loads from a model folder: the single file, or the shards of its index."""
+    single, index = folder / WEIGHTS_NAME, folder / (WEIGHTS_NAME + ".index.json")
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (or its .index.json)")
+
+
+def load_model(
+    cls,
+    folder: str | Path,
+    dtype: torch.dtype = torch.float32,
+    replace: Callable[[str, nn.Module], nn.Module | None] | None = None,
+):
+    """A diffusers model (`cls`) from `folder`, tensor by tensor; float tensors are cast to `dtype`.
+
+    `replace(name, module)` is called as soon as all of a module's own tensors are loaded; what it returns (e.g. a
+    quantized layer) takes the module's place, so at most one float layer is held beside the converted model.
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    folder = Path(folder)
+    files = weight_files(folder)
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(folder))
+    model.register_to_config(_name_or_path=folder)  # as diffusers' from_pretrained records it
+    expected = set(model.state_dict())
+    pending: dict[str, set[str]] = {}  # module name -> its own tensors not loaded yet
+    if replace is not None:
+        for name, module in model.named_modules():
+            own = {f"{name}.{key}" if name else key for key, _ in module.named_parameters(recurse=False)}
+            if own:
+                pending[name] = own
+    unexpected = []
+    for file in files:
+        for key, tensor in iter_safetensors(file):
+            if key not in expected:
+                unexpected.append(key)
+                continue
+            value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            set_module_tensor_to_device(model, key, "cpu", value=value, dtype=value.dtype)
+            expected.discard(key)
+            owner = key.rpartition(".")[0]
+            if owner in pending:
+                pending[owner].discard(key)
+                if not pending[owner]:
+                    del pending[owner]
+                    new = replace(owner, model.get_submodule(owner))
+                    if new is not None:
+                        _set_submodule(model, owner, new)  # the float layer is freed here
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if unexpected or left:
+        detail = []
+        if left:
+            detail.append(f"no stored value for {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
+        if unexpected:
+            detail.append(f"stored weights the model does not have: {', '.join(unexpected[:5])}")
+        raise ValueError(f"{folder}: checkpoint does not fit its config: {'; '.join(detail)}")
+    release_freed_memory()
+    return model.eval().requires_grad_(False)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by Python/PyTorch back to the OS (glibc keeps freed heap pages, and after large frees it
+    raises its mmap threshold, so the read buffers of a load stay in RSS: ~300 MB after loading Sana-0.6B)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def load_quantized_model(
@@ -35,71 +150,14 @@ def load_quantized_model(
 
     Layers with fewer than `min_params` weights, or for which `keep_float(name, module)` is true, stay float.
     """
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
-    from safetensors import safe_open
 
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no .safetensors weights")
-    with init_empty_weights():
-        model = cls.from_config(cls.load_config(folder))
-    with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(f, "pt")) for f in files]
-        where = {key: h for h in handles for key in h.keys()}
+    def quantize(name: str, module: nn.Module) -> nn.Module | None:
+        quant_cls = QUANTIZED.get(type(module))
+        if quant_cls is None or module.weight.numel() < min_params or (keep_float and keep_float(name, module)):
+            return None
+        return quant_cls(module, bits, group_size)
 
-        def read(key: str) -> torch.Tensor:
-            if key not in where:
-                raise ValueError(f"{folder}: weight {key!r} missing from the safetensors files")
-            return where[key].get_tensor(key)
-
-        used: set[str] = set()
-        for name, module in list(model.named_modules()):
-            quant_cls = QUANTIZED.get(type(module))
-            if quant_cls is None or module.weight.numel() < min_params or (keep_float and keep_float(name, module)):
-                continue
-            module.weight = nn.Parameter(read(f"{name}.weight"), requires_grad=False)
-            used.add(f"{name}.weight")
-            if module.bias is not None:
-                module.bias = nn.Parameter(read(f"{name}.bias"), requires_grad=False)
-                used.add(f"{name}.bias")
-            _set_submodule(model, name, quant_cls(module, bits, group_size))  # the fp32 weight is freed here
-        for key in model.state_dict():
-            if key not in used and key in where:
-                set_module_tensor_to_device(model, key, "cpu", value=read(key))
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise ValueError(f"{folder}: no stored value for {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
-    return model.eval().requires_grad_(False)
-
-
-def load_low_memory_pipeline(model_dir: str | Path, bits: int = 8, text_kv_cache: bool = True):
-    """SanaEditPipeline with an 8-bit DiT and DC-AE streamed from the model folder (LLM: lazily, as usual)."""
-    from diffusers import AutoencoderDC
-
-    from ..model_folder import load_component, load_prompt_cache, read_index
-    from ..models.transformer import SanaEditTransformer2DModel
-    from ..pipeline import PipelineConfig, SanaEditPipeline, load_text_encoder
-    from .text_kv_cache import enable_text_kv_cache
-
-    model_dir = Path(model_dir)
-    config = PipelineConfig.from_dict(read_index(model_dir).get("pipeline", {}))
-    transformer = load_component(
-        model_dir, "transformer", lambda p: load_quantized_model(SanaEditTransformer2DModel, p, bits)
-    )
-    vae = load_component(model_dir, "vae", lambda p: load_quantized_model(AutoencoderDC, p, bits))
-    if text_kv_cache:
-        enable_text_kv_cache(transformer)
-    pipe = SanaEditPipeline(
-        transformer,
-        vae,
-        config=config,
-        prompt_cache=load_prompt_cache(model_dir),
-        text_encoder_loader=lambda: load_text_encoder(model_dir, config.template),
-    )
-    pipe.model_dir = model_dir
-    return pipe
+    return load_model(cls, folder, torch.float32, replace=quantize)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -1,0 +1,82 @@
+"""int8 DiT matmuls: each layer close to its float original, the swap complete, the pipeline close to fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sanaedit.defaults import load_pipeline, resolve_dtype
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.speed import best_compute_dtype, quantize_dit_int8
+from sanaedit.speed.int8 import Int8Conv1x1, Int8Linear
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.detach().float() - ref.detach().float()).norm() / ref.detach().float().norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_linear_close_to_float(dtype):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(2, 7, 96)
+    layer = Int8Linear.from_linear(linear)
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (2, 7, 40)
+    assert layer.weight_t.dtype == torch.int8
+    assert 0 < _rel(out, linear(x)) < 0.02  # quantized (not exact), within 2%
+
+
+def test_int8_pointwise_conv_close_to_float():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(48, 64, 1)
+    x = torch.randn(2, 48, 5, 3)
+    out = Int8Conv1x1.from_conv(conv)(x)
+    assert out.shape == (2, 64, 5, 3)
+    assert 0 < _rel(out, conv(x)) < 0.02
+
+
+def test_dit_swap_is_complete_and_close(tiny_model_dir):
+    transformer = SanaEditPipeline.from_pretrained(tiny_model_dir).transformer
+    g = torch.Generator().manual_seed(0)
+    c = transformer.config.out_channels
+    args = (
+        torch.randn(2, c, 2, 2, generator=g),
+        torch.randn(2, 8, transformer.config.caption_channels, generator=g),
+        torch.tensor([700.0, 300.0]),
+        torch.ones(2, 8),
+        torch.randn(2, c, 2, 2, generator=g),
+    )
+    with torch.no_grad():
+        ref = transformer(*args)
+        swapped = quantize_dit_int8(transformer)
+        out = transformer(*args)
+    blocks = transformer.transformer_blocks
+    assert swapped == sum(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in blocks.modules()) > 0
+    assert not any(type(m) is nn.Linear for m in blocks.modules())
+    assert not any(type(m) is nn.Conv2d and m.kernel_size == (1, 1) for m in blocks.modules())
+    assert 0 < _rel(out, ref) < 0.05
+
+
+def test_int8_pipeline_close_to_fp32(tiny_model_dir):
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    want = load_pipeline(tiny_model_dir, dtype="float32")(photo, generator=torch.Generator().manual_seed(0))
+    pipe = load_pipeline(tiny_model_dir, dtype="int8")
+    assert any(isinstance(m, Int8Linear) for m in pipe.transformer.modules())
+    out = pipe(photo, generator=torch.Generator().manual_seed(0))
+    mse = np.mean((np.asarray(out, dtype=float) - np.asarray(want, dtype=float)) ** 2)
+    assert out.size == photo.size and 10 * np.log10(255**2 / max(mse, 1e-12)) > 25
+
+
+def test_resolve_dtype():
+    assert resolve_dtype("auto") == (best_compute_dtype(), False)
+    assert resolve_dtype("int8") == (best_compute_dtype(), True)
+    assert resolve_dtype("float32") == (torch.float32, False)
+    assert resolve_dtype(torch.bfloat16) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="CPU"):
+        resolve_dtype("int8", device="cuda")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int4")
