@@ -81,7 +81,6 @@ def quantize_dit_int8(transformer: nn.Module) -> int:
                 new = Int8Conv1x1.from_conv(module)
             else:
                 continue
-            parent, _, child = name.rpartition(".")
-            setattr(block.get_submodule(parent) if parent else block, child, new)
+            block.set_submodule(name, new)
             swapped += 1
     return swapped

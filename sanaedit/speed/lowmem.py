@@ -112,7 +112,7 @@ def load_model(
                     del pending[owner]
                     new = replace(owner, model.get_submodule(owner))
                     if new is not None:
-                        _set_submodule(model, owner, new)  # the float layer is freed here
+                        model.set_submodule(owner, new)  # the float layer is freed here
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if unexpected or left:
         detail = []
@@ -158,8 +158,3 @@ def load_quantized_model(
         return quant_cls(module, bits, group_size)
 
     return load_model(cls, folder, torch.float32, replace=quantize)
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
