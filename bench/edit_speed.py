@@ -133,7 +133,7 @@ def _seed(torch):
 def build_model(variant: str, folder: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
-    from sanaedit.testing import build_random_pipeline
+    from sanaedit.random_model import build_random_pipeline
 
     print(f"building random {variant} model folder at {folder} ...", flush=True)
     build_random_pipeline(variant, seed=0).save_pretrained(folder)

@@ -78,5 +78,5 @@ def assemble(
     )
     text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries.to(dtype), connector.to(dtype), projector.to(dtype))
     config = PipelineConfig(resolution=resolution or variant.resolution)
-    pipe = SanaEditPipeline(transformer.eval(), vae.eval(), text_encoder, config)
+    pipe = SanaEditPipeline.from_modules(transformer.eval(), vae.eval(), text_encoder, config)
     return pipe.save_pretrained(out_dir)

@@ -56,7 +56,7 @@ def load_pipeline(
         raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
     if (BUNDLED_MODEL / "model_index.json").is_file():
         return _torch_pipeline(BUNDLED_MODEL, device, dtype)
-    from .testing import build_tiny_pipeline
+    from .random_model import build_tiny_pipeline
 
     print(
         "note: no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "

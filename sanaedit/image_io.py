@@ -1,5 +1,9 @@
 """Reading photos we do not trust and writing results we must not lose.
 
+One image path for training, evaluation, batch, the server and every runtime: `load_image` / `decode_image` /
+`upright_rgb` make the picture, `preprocess` turns it into the model's input and `postprocess` turns the model's
+output back into a picture the input's own size.
+
 `load_image` decodes by content (never by extension), refuses decompression bombs before decoding pixels, and
 returns an upright 8-bit sRGB image whatever came in (EXIF rotation, CMYK, 16-bit, palette with transparency,
 alpha, grayscale, animations -> first frame, embedded colour profiles). Every failure is an `ImageLoadError`
@@ -12,9 +16,11 @@ import io
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000: far beyond a 512 px model input, far below a bomb
@@ -80,6 +86,14 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """An opened image as the model sees it: EXIF orientation applied, colour profile converted to sRGB, 8-bit RGB
+    with transparency over white. What `load_image` returns; datasets holding PIL images use it directly."""
+    orientation = _orientation(image)
+    image = _to_rgb(_apply_icc_profile(image))
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
 def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open `path` as an upright RGB image, or raise ImageLoadError naming the file and the problem."""
     path = Path(path)
@@ -131,9 +145,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
                     raise ImageLoadError(f"{name}: image has no pixels ({width}x{height})")
                 image.seek(0)  # animations: the first frame
                 image.load()
-                orientation = _orientation(image)
-                image = _to_rgb(_apply_icc_profile(image))
-                return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+                return upright_rgb(image)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -151,6 +163,49 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
         raise ImageLoadError(f"{name}: corrupt or truncated image ({err})") from None
     except Exception as err:  # decoders meet hostile bytes with other types too; never let one escape raw
         raise ImageLoadError(f"{name}: cannot decode it ({type(err).__name__}: {err})") from None
+
+
+@dataclass(frozen=True)
+class Restore:
+    """How to undo preprocessing: the input size and where it sits in the padded square."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    side: int
+
+
+def preprocess(image: Image.Image, resolution: int) -> tuple[torch.Tensor, Restore]:
+    """RGB PIL image -> [1,3,R,R] in [-1,1]: zero-pad to a centred square, bilinear resize to R."""
+    image = image.convert("RGB")
+    width, height = image.size
+    side = max(width, height)
+    left, top = (side - width) // 2, (side - height) // 2
+    if width != height:
+        square = Image.new("RGB", (side, side), (0, 0, 0))
+        square.paste(image, (left, top))
+        image = square
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255 * 2 - 1
+    return pixels[None], Restore(width, height, left, top, side)
+
+
+def postprocess(pixels: torch.Tensor, restore: Restore | None) -> Image.Image:
+    """[1,3,R,R] in [-1,1] -> PIL image; with `restore`, crop the padding and resize to the input's size."""
+    array = (pixels[0].float() * 0.5 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+    image = Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+    if restore is None:
+        return image
+    scale = image.width / restore.side
+    box = (
+        restore.left * scale,
+        restore.top * scale,
+        (restore.left + restore.width) * scale,
+        (restore.top + restore.height) * scale,
+    )
+    return image.resize((restore.width, restore.height), Image.Resampling.BILINEAR, box=box)
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:

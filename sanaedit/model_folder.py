@@ -1,4 +1,8 @@
-"""The model folder on disk: `model_index.json` plus one subfolder per component in its library's own layout.
+"""Folder formats on disk, in one leaf module (names, constants, index and prompt-cache writing): the PyTorch model
+folder and the exported folder. Everything that writes or reads either kind goes through here, so export ->
+runtime needs no import between them.
+
+A model folder is `model_index.json` plus one subfolder per component in its library's own layout:
 
     model_index.json            pipeline settings + which class loads each component
     transformer/                diffusers (SanaEditTransformer2DModel, readable as SanaTransformer2DModel)
@@ -8,7 +12,9 @@
     connector/, projector/      diffusers-style config.json + safetensors
     prompt_cache.safetensors    optional: final conditioning of the fixed prompts, so no LLM is needed for them
 
-Loading checks every piece and raises errors that name the folder and the problem.
+An exported folder (`sanaedit export`) has `model_index.json` with `_class_name` EXPORT_CLASS: one graph per
+sub-model, `llm/` (the LLM body as a graph, its token embedding table, tokenizer, meta-queries) and the prompt
+cache. Loading checks every piece and raises errors that name the folder and the problem.
 """
 
 from __future__ import annotations
@@ -29,13 +35,39 @@ MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
 PROMPT_CACHE_FILE = "prompt_cache.safetensors"
 REQUIRED = ("transformer", "vae", "llm", "connector", "projector")
+MODEL_CLASS = "SanaEditPipeline"  # model_index.json `_class_name` of a PyTorch model folder
+EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
+EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
 
 
 class ModelFolderError(ValueError):
     """A model folder is missing, incomplete or inconsistent."""
 
 
-def read_index(model_dir: Path) -> dict[str, Any]:
+def folder_kind(folder: str | Path) -> str | None:
+    """MODEL_CLASS, EXPORT_CLASS or None: what `model_index.json` says a folder is (not checked further)."""
+    try:
+        index = json.loads((Path(folder) / MODEL_INDEX).read_text())
+    except (OSError, ValueError):
+        return None
+    kind = index.get("_class_name") if isinstance(index, dict) else None
+    return kind if kind in (MODEL_CLASS, EXPORT_CLASS) else None
+
+
+def is_export(folder: str | Path) -> bool:
+    return folder_kind(folder) == EXPORT_CLASS
+
+
+def write_index(folder: Path, class_name: str, pipeline: dict[str, Any], **entries: Any) -> None:
+    """model_index.json: the folder's kind, the sanaedit version, the pipeline defaults and any other entries."""
+    from . import __version__
+
+    index = {"_class_name": class_name, "_sanaedit_version": __version__, **entries, "pipeline": pipeline}
+    (Path(folder) / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def read_index(model_dir: Path, kind: str = MODEL_CLASS) -> dict[str, Any]:
+    """The index of a folder of `kind`, its required pieces checked (for a model folder)."""
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise ModelFolderError(f"{model_dir}: model folder does not exist")
@@ -51,10 +83,11 @@ def read_index(model_dir: Path) -> dict[str, Any]:
         index = json.loads(index_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFolderError(f"{index_path}: not valid JSON ({err})") from err
-    if index.get("_class_name") != "SanaEditPipeline":
-        raise ModelFolderError(
-            f"{index_path}: _class_name is {index.get('_class_name')!r}, expected 'SanaEditPipeline'"
-        )
+    if not isinstance(index, dict) or index.get("_class_name") != kind:
+        found = index.get("_class_name") if isinstance(index, dict) else None
+        raise ModelFolderError(f"{index_path}: _class_name is {found!r}, expected {kind!r}")
+    if kind == EXPORT_CLASS:
+        return index
     missing = [name for name in REQUIRED if not (model_dir / name).is_dir()]
     if not (model_dir / META_QUERIES_FILE).is_file():
         missing.append(META_QUERIES_FILE)
@@ -100,6 +133,16 @@ def save_prompt_cache(entries: dict[str, tuple[torch.Tensor, torch.Tensor]], mod
     save_file(tensors, Path(model_dir) / PROMPT_CACHE_FILE, metadata={"prompts": json.dumps(prompts)})
 
 
+def write_prompt_cache(
+    folder: Path, encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], prompts: list[str]
+) -> None:
+    """Store the conditioning of `prompts` (a model's fixed prompt and negative prompt), so later runs with them
+    never need the LLM. `encode` is the pipeline's text path."""
+    with torch.no_grad():
+        entries = {p: tuple(t[:1] for t in encode([p])) for p in dict.fromkeys(prompts)}
+    save_prompt_cache(entries, folder)
+
+
 def load_prompt_cache(model_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     path = Path(model_dir) / PROMPT_CACHE_FILE
     if not path.is_file():
@@ -136,3 +179,14 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_folder(source: Path | None, target: Path) -> Path:
+    """Copy a whole folder (an exported model is already its deployable form), atomically."""
+    if source is None or not Path(source).is_dir():
+        raise ModelFolderError(f"nothing to copy: the pipeline's folder {source} does not exist")
+    if Path(target).resolve() == Path(source).resolve():
+        return Path(target)
+    with atomic_folder(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return Path(target)

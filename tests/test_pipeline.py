@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.pipeline import SanaEditPipeline, postprocess, preprocess
+from sanaedit.image_io import postprocess, preprocess
+from sanaedit.pipeline import SanaEditPipeline
 
 
 def photo(width, height, seed=0):

@@ -86,7 +86,7 @@ def test_quantize_model_report_and_state_dict():
 
 
 def test_quantized_tiny_transformer_stays_close():
-    from sanaedit.testing import build_tiny_pipeline
+    from sanaedit.random_model import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     t = pipe.transformer

@@ -15,7 +15,7 @@ from sanaedit.speed.lowmem import load_model, load_quantized_model
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sanaedit.testing import save_tiny_model
+    from sanaedit.random_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("lowmem") / "model")
 

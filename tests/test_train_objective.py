@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from sanaedit.flow import flow_matching_loss, interpolate, sample_t
 from sanaedit.sampling import euler_sample, shift_sigmas
-from sanaedit.train.objective import flow_matching_loss, interpolate, sample_t
 from sanaedit.train.optim import build_optimizer, warmup_constant
 
 

@@ -13,42 +13,14 @@ from torch import nn
 
 from .connector import Connector
 from .projector import Projector
+from .prompt import PROMPT_TEMPLATE, llm_inputs, tokenize
 
-# The published editor's Qwen chat template. `<|vision_bos|>` is not a Qwen3 special token: it tokenizes as text.
-PROMPT_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n<|vision_bos|>"
-QWEN_PAD_ID = 151643  # <|endoftext|>, the published runtime's right-padding id
+__all__ = ["PROMPT_TEMPLATE", "MetaQueryTextEncoder", "init_meta_queries", "llm_inputs", "tokenize"]
 
 
 def init_meta_queries(num_queries: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """OpenUni/MetaQuery initialisation: N(0, 1/width)."""
     return torch.randn(num_queries, width, generator=generator) / width**0.5
-
-
-def tokenize(tokenizer, template: str, prompts: list[str], max_tokens: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts in the chat template -> (input_ids, attention_mask), right padded with Qwen's pad id."""
-    texts = [template.replace("{prompt}", p) for p in prompts]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token_id = QWEN_PAD_ID if len(tokenizer) > QWEN_PAD_ID else tokenizer.eos_token_id
-    enc = tokenizer(
-        texts,
-        padding=True,
-        padding_side="right",
-        truncation=True,
-        max_length=max_tokens,
-        add_special_tokens=False,
-        return_tensors="pt",
-    )
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def llm_inputs(
-    token_embeds: torch.Tensor, text_mask: torch.Tensor, meta_queries: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[token embeddings ; meta-queries] and its mask: what the LLM reads (the PyTorch and exported paths alike)."""
-    batch = token_embeds.shape[0]
-    queries = meta_queries.to(token_embeds.dtype).expand(batch, -1, -1)
-    mask = torch.cat([text_mask, text_mask.new_ones(batch, meta_queries.shape[0])], dim=1)
-    return torch.cat([token_embeds, queries], dim=1), mask
 
 
 class MetaQueryTextEncoder(nn.Module):

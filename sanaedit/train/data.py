@@ -7,9 +7,10 @@ Manifest (JSONL, one object a line, or CSV with a header), paths relative to the
     {"source": "in/a.png", "target": "out/a.png", "prompt": "make it comic"}  editing triple (stage 3)
     {"image": "a.png"}                                                         image only (autoencoder stage)
 
-Images are prepared exactly as the pipeline prepares its input (centred square pad, bilinear resize, [-1, 1]),
-so what the model trains on is what it sees at inference. No random augmentation happens here: a sample is a
-pure function of its record, which is what makes pre-encoding and bit-exact resume possible.
+Images are read and prepared by the pipeline's own code (`sanaedit.image_io`: EXIF orientation, colour profile to
+sRGB, centred square pad, bilinear resize, [-1, 1]), so what the model trains on is what it sees at inference.
+No random augmentation happens here: a sample is a pure function of its record, which is what makes pre-encoding
+and bit-exact resume possible.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..pipeline import preprocess
+from ..image_io import ImageLoadError, load_image, preprocess, upright_rgb
 
 REQUIRED = {"images": ("image",), "text_image": ("image", "prompt"), "edit": ("source", "target", "prompt")}
 
@@ -85,17 +86,14 @@ def _normalise(record: dict[str, Any], kind: str, where: str, default_prompt: st
 
 
 def load_pixels(image: Image.Image | str | Path, resolution: int) -> torch.Tensor:
-    """A PIL image or a path -> [3, R, R] in [-1, 1], prepared like the pipeline's input."""
-    if not isinstance(image, Image.Image):
-        path = Path(image)
-        if not path.is_file():
-            raise DataError(f"{path}: image not found")
+    """A PIL image or a path -> [3, R, R] in [-1, 1]: exactly the pipeline's input for that image."""
+    if isinstance(image, Image.Image):
+        image = upright_rgb(image)
+    else:
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"{path}: unreadable image ({err})") from err
+            image = load_image(image)
+        except ImageLoadError as err:
+            raise DataError(str(err)) from err
     return preprocess(image, resolution)[0][0]
 
 

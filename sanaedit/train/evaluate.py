@@ -63,7 +63,7 @@ def load_eval_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
 
 def untrained_pipeline(recipe: str | Path):
     """The recipe's model at step 0: its random initialisation (same variant, same seed)."""
-    from ..testing import build_random_pipeline
+    from ..random_model import build_random_pipeline
     from ..variants import Variant
     from .config import load_config
 
@@ -113,7 +113,7 @@ def grid(photos: list[tuple[str, Image.Image]], outputs: dict[str, list[Image.Im
 
 def autoencoder_ceiling(pipe):
     """The filter's output through the model's DC-AE (encode + decode): the best any DiT on it could score."""
-    from ..pipeline import postprocess, preprocess
+    from ..image_io import postprocess, preprocess
 
     def recon(photo: Image.Image) -> Image.Image:
         pixels, restore = preprocess(comic(photo), pipe.config.resolution)

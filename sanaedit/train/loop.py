@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..flow import FlowModel, sample_t
 from ..pipeline import PipelineConfig, SanaEditPipeline
 from .data import LatentDataset, ManifestDataset, collate, pre_encode
 from .ema import EMA
-from .objective import interpolate, sample_t
 from .optim import build_optimizer, warmup_constant
 from .stages import Stage, apply_stage, get_stage
 
@@ -43,13 +43,13 @@ class TrainParts(nn.Module):
         super().__init__()
         self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
         self.stage, self.cfg = stage, cfg["train"]
-        self.scaling = float(self.vae.config.scaling_factor)
+        self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels).latent * self.scaling
+        return self.flow.encode(pixels)
 
     def llm_features(self, prompts: list[str]) -> torch.Tensor:
         if not self.cache_text:
@@ -72,11 +72,9 @@ class TrainParts(nn.Module):
                 ref = self.encode_images(batch["source"]) if self.stage.data == "edit" else None
         feats = batch["llm_features"] if "llm_features" in batch else self.llm_features(batch["prompt"])
         hidden, mask = self.text_encoder.condition(feats)
-        x_t, target = interpolate(x0, noise.to(x0), t.to(x0.device))
         if self.stage.data != "edit":
             ref = None  # text-to-image through the editing model: zeros, as the published runtime passes
-        pred = self.transformer(x_t, hidden, (t * 1000).to(x0), mask, ref_latents=ref)
-        return F.mse_loss(pred.float(), target.float())
+        return self.flow.loss(x0, noise, t, hidden, mask, ref)
 
     def reconstruction_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         recon = self.vae(pixels).sample.float()
@@ -93,7 +91,7 @@ def build_model(cfg: dict[str, Any]) -> SanaEditPipeline:
         return pipe
     if not m.get("variant"):
         raise ValueError("config needs model.from (a model folder) or model.variant (a size to start from scratch)")
-    from ..testing import build_random_pipeline
+    from ..random_model import build_random_pipeline
     from ..variants import Variant
 
     variant = m["variant"]
@@ -296,13 +294,13 @@ class Trainer:
     def export_pipeline(self) -> SanaEditPipeline:
         p = self.unwrapped()
         fields = {**vars(self.pipe.config), "resolution": self.resolution, **self.cfg["export"]}
-        return SanaEditPipeline(p.transformer, p.vae, p.text_encoder, PipelineConfig.from_dict(fields))
+        return SanaEditPipeline.from_modules(p.transformer, p.vae, p.text_encoder, PipelineConfig.from_dict(fields))
 
     @torch.no_grad()
     def write_samples(self, step: int) -> None:
         from PIL import Image
 
-        from ..pipeline import postprocess
+        from ..image_io import postprocess
 
         s = self.cfg["sample"]
         path = self.dir / "samples" / f"step-{step:08d}.png"

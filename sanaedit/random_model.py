@@ -1,4 +1,5 @@
-"""Tiny random pipelines built offline, for tests, examples and benchmarks (no download ever).
+"""Models of a named size with fresh random weights, built offline: training from scratch, the no-model fallback,
+tests and benchmarks (no download ever).
 
 The tokenizer is a small byte-level BPE trained here with the `tokenizers` library on a fixed corpus, with the
 Qwen chat special tokens, and saved in the Hugging Face format, so it loads through `AutoTokenizer` exactly like
@@ -71,7 +72,7 @@ def build_random_pipeline(variant: Variant | str = "tiny", seed: int = 0, tokeni
         variant, width, transformer.config.caption_channels, torch.Generator().manual_seed(seed)
     )
     text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries, connector.eval(), projector.eval())
-    return SanaEditPipeline(transformer, vae, text_encoder, PipelineConfig(resolution=variant.resolution))
+    return SanaEditPipeline.from_modules(transformer, vae, text_encoder, PipelineConfig(resolution=variant.resolution))
 
 
 def build_tiny_pipeline(seed: int = 0) -> SanaEditPipeline:

@@ -1,0 +1,171 @@
+"""The flow-matching model: how sampling and training call the networks (k-diffusion's `external.py`), and the
+objective they train with (minRF's `rf.py`), in one small place.
+
+    x_t = (1 - t) x0 + t noise,   target v = noise - x0,   loss = MSE(velocity(x_t, t), v)
+
+`FlowModel` owns the conventions every caller shares: the DiT is fed timestep = 1000 sigma, latents are the
+autoencoder's multiplied by its scaling factor (`models/vae.py`'s encoder/decoder, the modules the exported graphs
+are made of), CFG is one [uncond, cond] batch. Its networks are PyTorch modules or exported graphs alike: the
+pipeline, the training loop and the runtimes all go through it.
+
+t is drawn logit-normal (sigmoid of N(mean, std), as SANA / SD3 train) or uniform, then shifted
+(t -> shift t / (1 + (shift - 1) t), shift 3 as SANA): the same shift the sampler uses, so training spends its
+steps where sampling does. For editing, x0 is the target latent and the source latent goes in as `ref`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sampling import VelocityFn, shift_sigmas
+
+TIMESTEP_SCALE = 1000.0  # the DiT's timestep for noise level sigma (SANA, diffusers' flow schedulers)
+T_SAMPLING = ("logit_normal", "uniform")
+
+
+def sample_t(
+    n: int,
+    generator: torch.Generator | None = None,
+    mode: str = "logit_normal",
+    shift: float = 3.0,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
+    """n noise levels in (0, 1), float32, on the CPU (move them with the batch)."""
+    if mode == "logit_normal":
+        u = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+    elif mode == "uniform":
+        u = torch.rand(n, generator=generator)
+    else:
+        raise ValueError(f"unknown t sampling {mode!r}; choose one of {T_SAMPLING}")
+    return shift_sigmas(u, shift)
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target velocity) for clean latents x0, noise and per-sample t."""
+    t = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return (1 - t) * x0 + t * noise, noise - x0
+
+
+def flow_matching_loss(velocity: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """MSE between `velocity(x_t, t)` and noise - x0 (computed in float32)."""
+    x_t, target = interpolate(x0, noise, t)
+    pred = velocity(x_t, t.to(x0.device))
+    return F.mse_loss(pred.float(), target.float())
+
+
+class FlowModel:
+    """The networks of one editor behind the calls that sampling and training make.
+
+    `transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents) -> velocity`,
+    `encoder(pixels in [-1, 1]) -> scaled latents`, `decoder(scaled latents) -> pixels`: PyTorch modules
+    (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export).
+    """
+
+    def __init__(
+        self,
+        transformer: Callable[..., torch.Tensor],
+        encoder: Callable[[torch.Tensor], torch.Tensor],
+        decoder: Callable[[torch.Tensor], torch.Tensor],
+        latent_channels: int,
+        ref_channels: int,
+        vae_scale: int,
+        vae: Any = None,
+    ):
+        self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
+        self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
+        self.vae = vae
+
+    @classmethod
+    def from_torch(cls, transformer: nn.Module, vae: nn.Module) -> FlowModel:
+        """A diffusers-style SANA edit transformer and DC-AE; their shapes must fit (checked, named)."""
+        from .model_folder import ModelFolderError
+        from .models.vae import VaeDecoder, VaeEncoder, spatial_compression
+
+        t, v = transformer.config, vae.config
+        if t.out_channels != v.latent_channels:
+            raise ModelFolderError(
+                f"transformer out_channels {t.out_channels} != autoencoder latent_channels {v.latent_channels}"
+            )
+        if transformer.ref_channels not in (0, v.latent_channels):
+            raise ModelFolderError(
+                f"transformer in_channels {t.in_channels} fits neither a text-to-image ({v.latent_channels}) nor an "
+                f"editing ({2 * v.latent_channels}) model"
+            )
+        return cls(
+            transformer,
+            VaeEncoder(vae),
+            VaeDecoder(vae),
+            latent_channels=t.out_channels,
+            ref_channels=transformer.ref_channels,
+            vae_scale=spatial_compression(vae),
+            vae=vae,
+        )
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.transformer, self.vae) if isinstance(m, nn.Module)]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device if isinstance(self.transformer, nn.Module) else _CPU
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype if isinstance(self.transformer, nn.Module) else _FP32
+
+    # ------------------------------------------------------------------------------------------- the calls
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixels.to(self.device, self.dtype))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents.to(self.device, self.dtype))
+
+    def velocity(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        ref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The DiT's velocity at noise level `sigma` (a scalar or one per sample)."""
+        timestep = (torch.as_tensor(sigma) * TIMESTEP_SCALE).to(self.device, torch.float32).reshape(-1)
+        if not self.ref_channels:
+            ref = None  # a text-to-image model has no reference input
+        return self.transformer(x.to(self.dtype), hidden, timestep.expand(x.shape[0]), mask, ref)
+
+    def sampling_velocity(
+        self, hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None = None, guidance: float = 1.0
+    ) -> VelocityFn:
+        """`velocity(x, sigma)` for the sampler. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the
+        model runs once on that batch of two (CFG)."""
+        if guidance <= 1.0:
+            return lambda x, sigma: self.velocity(x, sigma, hidden, mask, ref)
+        pair_ref = ref.expand(2, -1, -1, -1) if ref is not None else None
+
+        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            uncond, cond = self.velocity(x.expand(2, -1, -1, -1), sigma, hidden, mask, pair_ref).float().chunk(2)
+            return uncond + guidance * (cond - uncond)
+
+        return guided
+
+    def loss(
+        self,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        ref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The training objective (`flow_matching_loss`) of this model on clean latents x0."""
+        return flow_matching_loss(lambda x_t, s: self.velocity(x_t, s, hidden, mask, ref), x0, noise.to(x0), t)
+
+
+_CPU, _FP32 = torch.device("cpu"), torch.float32
