@@ -77,7 +77,7 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         return pipe, {"threads": torch.get_num_threads(), "dtype": dtype}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
-    from sanaedit.runtime import load_pipeline
+    from sanaedit.defaults import load_pipeline
     from sanaedit.speed import physical_cores
 
     threads = physical_cores()
@@ -95,10 +95,16 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     pipe, info = load_backend(args.backend, Path(args.model), json.loads(args.exports))
     load_s = time.perf_counter() - start
-    pipe.transformer = Timed(pipe.transformer, "steps", totals, calls)
-    pipe.vae_encoder = Timed(pipe.vae_encoder, "vae_encode", totals, calls)
-    pipe.vae_decoder = Timed(pipe.vae_decoder, "vae_decode", totals, calls)
-    pipe._encode_with_llm = Timed(pipe._encode_with_llm, "llm", totals, calls)
+    flow = pipe.flow
+    flow.transformer = Timed(flow.transformer, "steps", totals, calls)
+    flow.encoder = Timed(flow.encoder, "vae_encode", totals, calls)
+    flow.decoder = Timed(flow.decoder, "vae_decode", totals, calls)
+    # the text path as the pipeline calls it, whether already loaded (peer) or loaded on demand
+    load_text = pipe._text_encoder_loader
+    if pipe.text_encoder_loaded:
+        pipe._text_encoder = Timed(pipe._text_encoder, "llm", totals, calls)
+    if load_text is not None:
+        pipe._text_encoder_loader = lambda: Timed(load_text(), "llm", totals, calls)
     image = Image.open(args.image).convert("RGB")
     runs = []
     for _ in range(args.repeats):

@@ -1,4 +1,5 @@
-"""Edit a whole folder: keep names, skip what is done, write atomically, never stop for one bad file.
+"""Edit many photos (a folder, or files named on the command line): keep names, skip what is done, write
+atomically, never stop for one bad file. The CLI's single-file, many-file and folder modes all run `edit_files`.
 
 Outputs are PNG (lossless: a comic's flat colours and ink lines band and ring in JPEG; every input format we read
 that is lossless converts to PNG without loss too) at the input's relative path with the suffix replaced:
@@ -65,10 +66,11 @@ def find_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[
     return images, others
 
 
-def plan_outputs(sources: list[Path], in_dir: Path, out_dir: Path) -> dict[Path, Path]:
-    """Each input's output path. Names that would collide (case-insensitively, for macOS/Windows disks) keep
-    the input's whole name; anything still colliding after that is left out (the caller reports it)."""
-    plan = {src: (out_dir / src.relative_to(in_dir)).with_suffix(".png") for src in sources}
+def plan_outputs(sources: list[Path], in_dir: Path | None, out_dir: Path) -> dict[Path, Path]:
+    """Each input's output path: its path relative to `in_dir` (or its name, for files named one by one) under
+    `out_dir`, as PNG. Names that would collide (case-insensitively, for macOS/Windows disks) keep the input's
+    whole name; anything still colliding after that is left out (`edit_files` reports it)."""
+    plan = {src: (out_dir / (src.relative_to(in_dir) if in_dir else src.name)).with_suffix(".png") for src in sources}
     counts = Counter(str(dst).lower() for dst in plan.values())
     for src, dst in plan.items():
         if counts[str(dst).lower()] > 1:
@@ -102,13 +104,31 @@ def edit_folder(
         raise ValueError(f"{out_dir}: the output folder must not be inside the input folder for a recursive walk")
     sources, others = find_files(in_dir, recursive)
     summary = BatchSummary(ignored=others)
-    plan = plan_outputs(sources, in_dir, out_dir)
-    for src in sources:
-        if src not in plan:
-            summary.failed.append((src, f"{src}: its output name collides with another input's; rename it"))
+    return edit_files(edit, sources, plan_outputs(sources, in_dir, out_dir), resume, progress, summary, **edit_kwargs)
+
+
+def edit_files(
+    edit: Callable[..., Image.Image],
+    sources: list[Path],
+    plan: dict[Path, Path],
+    resume: bool = False,
+    progress: bool = True,
+    summary: BatchSummary | None = None,
+    **edit_kwargs,
+) -> BatchSummary:
+    """Edit each source into its planned output; a source without a plan entry is reported as a name collision,
+    an output that is one of the inputs is refused (never overwrite a photo), any failure of one file is recorded
+    and the rest go on."""
+    summary = summary or BatchSummary()
+    inputs = {src.resolve() for src in sources}
     todo = {}
-    for src, dst in plan.items():
-        if resume and dst.is_file():
+    for src in sources:
+        dst = plan.get(src)
+        if dst is None:
+            summary.failed.append((src, f"{src}: its output name collides with another input's; rename it"))
+        elif dst.resolve() in inputs:
+            summary.failed.append((src, f"{dst}: is an input photo; refusing to overwrite it (choose another output)"))
+        elif resume and dst.is_file():
             summary.skipped.append(src)
         else:
             todo[src] = dst

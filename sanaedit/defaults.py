@@ -39,41 +39,65 @@ def load_pipeline(
     device: str = "cpu",
     dtype: torch.dtype | str = "auto",
     backend: str | None = None,
+    threads: int | None = None,
 ):
-    """The pipeline for `model`: a model folder (PyTorch) or an exported folder (the runtime its manifest names,
-    or `backend`); with None, the bundled model or a tiny random stand-in. PyTorch pipelines get the text K/V
-    cache (exact: the text's cross-attention keys/values are computed once per conditioning)."""
-    if model is not None:
-        from .runtime import is_export
-        from .runtime import load_pipeline as load_runtime_pipeline
+    """The pipeline for `model`, with one set of defaults whatever the folder's kind: a model folder (PyTorch) or an
+    exported folder (the runtime its manifest names, or `backend`); with None, the bundled model or a tiny random
+    stand-in (said loudly).
 
-        if is_export(model) or backend not in (None, "torch"):
-            if device != "cpu" or dtype not in ("auto", "float32", torch.float32):
-                raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
-            return load_runtime_pipeline(model, backend=backend)
-        return _torch_pipeline(model, device, dtype)
-    if backend not in (None, "torch"):
-        raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
-    if (BUNDLED_MODEL / "model_index.json").is_file():
-        return _torch_pipeline(BUNDLED_MODEL, device, dtype)
-    from .random_model import build_tiny_pipeline
+    Defaults: threads = physical cores on the CPU; the LLM freed as soon as a new prompt's features exist (they
+    stay in the prompt cache); on PyTorch the compute dtype from `dtype` ('auto': bf16 where the CPU has it) and
+    the exact text K/V cache. Exported graphs run on the CPU in float32.
+    """
+    from .model_folder import is_export
 
-    print(
-        "note: no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
-        "so the output is noise, not a comic. Pass --model DIR for real weights.",
-        file=sys.stderr,
-    )
-    return build_tiny_pipeline().to(device=device, dtype=resolve_dtype(dtype, device)[0])
+    if model is None:
+        if backend not in (None, "torch"):
+            raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
+        model = BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
+    if model is not None and (is_export(model) or backend not in (None, "torch")):
+        if device != "cpu" or dtype not in ("auto", "float32", torch.float32):
+            raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
+        if not is_export(model):
+            raise ValueError(
+                f"{model} is a PyTorch model folder; backend {backend!r} needs an exported folder "
+                f"(`sanaedit export {model} --format {'mnn' if backend == 'mnn' else 'onnx'} --out DIR`)"
+            )
+        from .runtime import load_exported
+
+        _set_threads(device, threads)
+        pipe = load_exported(model, backend=backend, threads=threads)
+    else:
+        pipe = _torch_pipeline(model, device, dtype, threads)
+    pipe.keep_text_encoder = False
+    return pipe
 
 
-def _torch_pipeline(folder: str | Path, device: str, dtype: torch.dtype | str):
-    from .pipeline import SanaEditPipeline
-    from .speed import enable_text_kv_cache, quantize_dit_int8, set_threads
+def _set_threads(device: str, threads: int | None) -> None:
+    from .speed import set_threads
+
+    if torch.device(device).type == "cpu":
+        set_threads(threads)  # threads = cores: PyTorch's default can exceed what a container grants
+
+
+def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None):
+    from .speed import enable_text_kv_cache, quantize_dit_int8
 
     float_dtype, int8 = resolve_dtype(dtype, device)
-    if torch.device(device).type == "cpu":
-        set_threads()  # threads = cores: PyTorch's default can exceed what a container grants
-    pipe = SanaEditPipeline.from_pretrained(folder, device=device, dtype=float_dtype)
+    _set_threads(device, threads)
+    if folder is None:
+        from .random_model import build_tiny_pipeline
+
+        print(
+            "note: no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
+            "so the output is noise, not a comic. Pass --model DIR for real weights.",
+            file=sys.stderr,
+        )
+        pipe = build_tiny_pipeline().to(device=device, dtype=float_dtype)
+    else:
+        from .torch_model import load_model_folder
+
+        pipe = load_model_folder(folder, device=device, dtype=float_dtype)
     if int8:
         quantize_dit_int8(pipe.transformer)
     enable_text_kv_cache(pipe.transformer)

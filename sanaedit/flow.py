@@ -113,11 +113,11 @@ class FlowModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device if isinstance(self.transformer, nn.Module) else _CPU
+        return next(self.transformer.parameters()).device if hasattr(self.transformer, "parameters") else _CPU
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype if isinstance(self.transformer, nn.Module) else _FP32
+        return next(self.transformer.parameters()).dtype if hasattr(self.transformer, "parameters") else _FP32
 
     # ------------------------------------------------------------------------------------------- the calls
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,10 @@ class SanaEditPipeline:
         prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         text_encoder_loader: Callable[[], TextEncoder] | None = None,
         model_dir: Path | None = None,
+        backend: str = "torch",
     ):
         self.flow = flow
+        self.backend = backend  # what runs the networks: torch, onnxruntime or mnn
         self.config = config or PipelineConfig()
         self.prompt_cache = dict(prompt_cache or {})
         self._text_encoder = text_encoder

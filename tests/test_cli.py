@@ -42,13 +42,40 @@ def test_missing_input_and_bad_model_fail_before_work(tiny_model_dir, tmp_path, 
     assert not (tmp_path / "o.png").exists()
 
 
-def test_duplicate_output_names_are_refused(tmp_path, capsys):
-    (tmp_path / "x").mkdir()
-    a, b = tmp_path / "a.jpg", tmp_path / "x" / "a.png"
-    Image.new("RGB", (8, 8)).save(a)
-    Image.new("RGB", (8, 8)).save(b)
-    assert main(["edit", str(a), str(b), "-o", str(tmp_path / "out")]) == 1
-    assert "would both be written" in capsys.readouterr().err
+def test_files_follow_the_folder_modes_naming_and_failure_rules(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """One code path (batch.edit_files): colliding names keep the whole name, a true collision and a failed edit
+    are per-file failures, the other photos are still written."""
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+    a, b, c = tmp_path / "a.jpg", tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"
+    for path in (a, b, c):
+        Image.new("RGB", (8, 8)).save(path)
+    out = tmp_path / "out"
+    assert main(["edit", str(a), str(b), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg.png", "a.png.png"]
+    capsys.readouterr()
+    assert main(["edit", str(b), str(c), "-o", str(tmp_path / "o2"), "--model", str(tiny_model_dir)]) == 1
+    assert "collides" in capsys.readouterr().err and len(list((tmp_path / "o2").iterdir())) == 1
+
+    import sanaedit.pipeline as pipeline_module
+
+    def nan_sample(velocity, x, sigmas, callback=None):
+        return x * float("nan")
+
+    monkeypatch.setattr(pipeline_module, "euler_sample", nan_sample)  # a NaN result fails that file, not the run
+    assert main(["edit", str(a), str(b), "-o", str(tmp_path / "o3"), "--model", str(tiny_model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "failed 2" in err and "NaN" in err
+
+
+def test_edit_never_overwrites_its_input(tiny_model_dir, tmp_path, capsys):
+    photo = tmp_path / "same.png"
+    Image.new("RGB", (8, 8), "red").save(photo)
+    before = photo.read_bytes()
+    assert main(["edit", str(photo), "-o", str(photo), "--model", str(tiny_model_dir), "--steps", "1"]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err and photo.read_bytes() == before
+    assert main(["edit", str(photo), "-o", str(tmp_path), "--model", str(tiny_model_dir), "--steps", "1"]) == 1
+    assert photo.read_bytes() == before
 
 
 def test_info(tiny_model_dir, capsys):

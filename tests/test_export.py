@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from sanaedit.backends.mnn_graph import MnnGraph
+from sanaedit.backends.ort_graph import OrtGraph
+from sanaedit.defaults import load_pipeline
 from sanaedit.export import export_model, parse_quant
 from sanaedit.export.graphs import graph_specs
 from sanaedit.model_folder import ModelFolderError
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.runtime import load_pipeline
-from sanaedit.runtime.mnn_backend import MnnGraph
-from sanaedit.runtime.onnxruntime_backend import OrtGraph
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("MNN")

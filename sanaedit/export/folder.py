@@ -10,9 +10,7 @@ tokenizer and `meta_queries.safetensors` (only needed for prompts outside the pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -22,16 +20,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .. import __version__
-from ..model_folder import MODEL_INDEX, PROMPT_CACHE_FILE, atomic_folder, save_meta_queries, save_prompt_cache
+from ..backends import FORMATS, load_graph
+from ..model_folder import (
+    EMBEDDINGS_FILE,
+    EMBEDDINGS_KEY,
+    EXPORT_CLASS,
+    PROMPT_CACHE_FILE,
+    atomic_folder,
+    save_meta_queries,
+    write_index,
+    write_prompt_cache,
+)
 from .graphs import graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
 
-EXPORT_CLASS = "SanaEditExport"
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"]
-FORMATS = {"onnx": "onnxruntime", "mnn": "mnn"}
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
-EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
 
 
@@ -70,14 +74,14 @@ def export_model(
     pipe=None,
 ) -> Path:
     """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked."""
-    from ..pipeline import SanaEditPipeline
+    from ..torch_model import load_model_folder
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)}")
     bits = quant if isinstance(quant, dict) else parse_quant(quant)
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
-    pipe = pipe or SanaEditPipeline.from_pretrained(model_dir)
+    pipe = pipe or load_model_folder(model_dir)
     encoder = pipe.text_encoder
     out = Path(out)
     started = time.perf_counter()
@@ -105,20 +109,16 @@ def export_model(
         save_file({EMBEDDINGS_KEY: table}, tmp / EMBEDDINGS_FILE)
         encoder.tokenizer.save_pretrained(tmp / "llm")
         save_meta_queries(encoder.meta_queries, tmp / "llm")
-        cache_src = Path(model_dir) / PROMPT_CACHE_FILE if model_dir else None
-        if cache_src is not None and cache_src.is_file():
-            shutil.copy2(cache_src, tmp / PROMPT_CACHE_FILE)
-        else:
-            prompts = dict.fromkeys([pipe.config.prompt, pipe.config.negative_prompt])
-            save_prompt_cache({p: tuple(t[:1] for t in encoder([p])) for p in prompts}, tmp)
+        write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
         t = pipe.transformer
-        manifest = {
-            "_class_name": EXPORT_CLASS,
-            "_sanaedit_version": __version__,
-            "format": fmt,
-            "backend": FORMATS[fmt],
-            "graphs": graphs,
-            "llm": {
+        write_index(
+            tmp,
+            EXPORT_CLASS,
+            dataclasses.asdict(pipe.config),
+            format=fmt,
+            backend=FORMATS[fmt],
+            graphs=graphs,
+            llm={
                 "folder": "llm",
                 "graph": "llm",  # its entry in "graphs"
                 "embeddings": EMBEDDINGS_FILE,
@@ -127,16 +127,14 @@ def export_model(
                 "bits": bits["llm"],
                 "group_size": LLM_GROUP_SIZE,
             },
-            "prompt_cache": PROMPT_CACHE_FILE,
-            "transformer": {
+            prompt_cache=PROMPT_CACHE_FILE,
+            transformer={
                 "out_channels": t.config.out_channels,
                 "ref_channels": t.ref_channels,
                 "caption_channels": t.config.caption_channels,
             },
-            "vae": {"scale_factor": pipe.vae_scale},
-            "pipeline": dataclasses.asdict(pipe.config),
-        }
-        (tmp / MODEL_INDEX).write_text(json.dumps(manifest, indent=2) + "\n")
+            vae={"scale_factor": pipe.vae_scale},
+        )
     _say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
     return out
 
@@ -144,14 +142,11 @@ def export_model(
 def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
     entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": bits}
     if fmt == "onnx":
-        from ..runtime.onnxruntime_backend import OrtGraph
-
         path = export_onnx(spec, folder / f"{spec.name}.onnx")
         if bits is not None:
             entry["quant"] = quantize_onnx_weights(path, bits, block_size=_onnx_block(bits))
-        entry["max_rel_error"] = _check(spec, OrtGraph(path, threads=1))
+        entry["max_rel_error"] = _check(spec, load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1))
     else:
-        from ..runtime.mnn_backend import MnnGraph
         from .mnn_convert import onnx_to_mnn
 
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
@@ -159,7 +154,7 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
             path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=_mnn_block(bits))
         if bits is not None:
             entry["quant"] = {"bits": bits, "block_size": _mnn_block(bits), "scheme": "MNN asymmetric weights"}
-        entry["max_rel_error"] = _check(spec, MnnGraph(path, spec.inputs, spec.outputs))
+        entry["max_rel_error"] = _check(spec, load_graph(path, "mnn", spec.inputs, spec.outputs))
     error = entry["max_rel_error"]
     if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):
         # The folder is written atomically: a broken graph leaves no export (and an older one untouched).

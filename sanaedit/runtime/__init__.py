@@ -1,5 +1,6 @@
-"""Run the pipeline on exported graphs: ONNX Runtime or MNN (`load_pipeline(folder, backend=None)`)."""
+"""Run an exported folder (ONNX Runtime or MNN graphs) through the one SanaEditPipeline: `load_exported(folder)`."""
 
-from .pipeline import BACKENDS, ExportedPipeline, is_export, load_pipeline
+from ..backends import BACKENDS
+from .exported import load_exported
 
-__all__ = ["BACKENDS", "ExportedPipeline", "is_export", "load_pipeline"]
+__all__ = ["BACKENDS", "load_exported"]

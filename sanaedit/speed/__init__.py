@@ -1,18 +1,26 @@
 """Speed paths for the PyTorch backend: text K/V cache (exact), compute dtype and threads per CPU, int8 DiT matmuls
-(opt-in: it changes results, within the PSNR the benchmark reports)."""
+(opt-in: it changes results, within the PSNR the benchmark reports).
 
-from .cpu import best_compute_dtype, cpu_flags, has_fast_bf16, physical_cores, set_threads
-from .int8 import quantize_dit_int8
-from .text_kv_cache import disable_text_kv_cache, enable_text_kv_cache, text_kv_cache_enabled
+Names load lazily: the exported runtime needs only `speed.cpu`, and must not pay for (or require) diffusers.
+"""
 
-__all__ = [
-    "best_compute_dtype",
-    "cpu_flags",
-    "disable_text_kv_cache",
-    "enable_text_kv_cache",
-    "has_fast_bf16",
-    "physical_cores",
-    "quantize_dit_int8",
-    "set_threads",
-    "text_kv_cache_enabled",
-]
+from importlib import import_module
+
+_WHERE = {
+    "best_compute_dtype": "cpu",
+    "cpu_flags": "cpu",
+    "has_fast_bf16": "cpu",
+    "physical_cores": "cpu",
+    "set_threads": "cpu",
+    "quantize_dit_int8": "int8",
+    "disable_text_kv_cache": "text_kv_cache",
+    "enable_text_kv_cache": "text_kv_cache",
+    "text_kv_cache_enabled": "text_kv_cache",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(name)
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -1,0 +1,25 @@
+"""Exported graphs as callables on torch tensors: ONNX Runtime and MNN, CPU.
+
+Used by the runtime (to run an exported folder) and by the exporter (to check each graph against PyTorch), so
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BACKENDS = {"onnxruntime": "onnx", "mnn": "mnn"}  # runtime -> the export format it runs
+FORMATS = {fmt: backend for backend, fmt in BACKENDS.items()}
+
+
+def load_graph(path: str | Path, backend: str, inputs: list[str], outputs: list[str], threads: int | None = None):
+    """`graph(*tensors) -> tensor` for one exported graph file."""
+    if backend == "onnxruntime":
+        from .ort_graph import OrtGraph
+
+        return OrtGraph(path, threads)
+    if backend == "mnn":
+        from .mnn_graph import MnnGraph
+
+        return MnnGraph(path, inputs, outputs, threads)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")

@@ -1,0 +1,122 @@
+"""The exported-folder factory: a SanaEditPipeline whose networks are ONNX Runtime or MNN graphs.
+
+Sampling, CFG, pre/post-processing and the prompt cache are the pipeline's own code; only the networks are graphs,
+behind the same `FlowModel` the PyTorch pipeline uses. Each graph call returns a fresh tensor, so nothing
+accumulates across steps. A prompt outside the prompt cache runs the LLM graph (loaded for that call and released
+right after), then the connector and projector graphs. Nothing here imports diffusers, and transformers only for
+the tokenizer of a new prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..backends import BACKENDS, load_graph
+from ..flow import FlowModel
+from ..model_folder import EMBEDDINGS_KEY, EXPORT_CLASS, ModelFolderError, load_prompt_cache, read_index
+from ..pipeline import PipelineConfig, SanaEditPipeline
+
+GRAPHS = ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"]  # loaded up front
+
+
+class TransformerGraph:
+    """The DiT graph with the published inputs; absent mask / ref become what the published runtime passes."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def __call__(self, sample, encoder_hidden_states, timestep, encoder_attention_mask=None, ref_latents=None):
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2])
+        if ref_latents is None:
+            ref_latents = torch.zeros_like(sample)
+        return self.graph(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+
+
+class ExportedTextEncoder:
+    """prompts -> (encoder_hidden_states, mask), all as graphs: the LLM graph is loaded for the call and released
+    right after; the token embeddings are read row by row from the export's table (only the prompt's rows)."""
+
+    def __init__(self, folder: Path, manifest: dict, connector, projector, load_graph, template: str):
+        self.folder, self.manifest, self.template = folder, manifest, template
+        self.connector, self.projector, self.load_graph = connector, projector, load_graph
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        llm = self.load_graph(self.manifest["llm"]["graph"])
+        try:
+            features = llm(*self.llm_inputs(prompts))
+        finally:
+            del llm  # released as soon as the features exist
+        hidden = self.projector(self.connector(features))
+        return hidden, torch.ones(hidden.shape[:2], dtype=torch.long)
+
+    def llm_inputs(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors import safe_open
+        from transformers import AutoTokenizer
+
+        from ..model_folder import load_meta_queries
+        from ..models.prompt import llm_inputs, tokenize
+
+        info = self.manifest["llm"]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.folder / info["folder"], local_files_only=True)
+            input_ids, text_mask = tokenize(tokenizer, self.template, prompts, info["max_prompt_tokens"])
+            wanted = input_ids.unique()  # sorted
+            with safe_open(self.folder / info["embeddings"], "pt") as table:
+                rows = table.get_slice(EMBEDDINGS_KEY)
+                found = torch.cat([rows[int(i) : int(i) + 1] for i in wanted]).float()
+        except Exception as err:  # tokenizer / safetensors errors vary in type
+            raise ModelFolderError(
+                f"{self.folder}: cannot read the LLM's tokenizer or embeddings ({err}); export again"
+            ) from err
+        token_embeds = found[torch.searchsorted(wanted, input_ids)]
+        queries = load_meta_queries(self.folder / info["folder"]).float()
+        embeds, mask = llm_inputs(token_embeds, text_mask, queries)
+        return embeds, mask.float()
+
+
+def load_exported(folder: str | Path, backend: str | None = None, threads: int | None = None) -> SanaEditPipeline:
+    """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format)."""
+    folder = Path(folder)
+    manifest = read_index(folder, kind=EXPORT_CLASS)
+    backend = backend or manifest["backend"]
+    if BACKENDS.get(backend) != manifest["format"]:
+        raise ValueError(
+            f"{folder} holds {manifest['format']} graphs; backend {backend!r} cannot run them "
+            f"(use {manifest['backend']!r}, or export with --format {BACKENDS.get(backend, '?')})"
+        )
+    missing = [n for n in ("llm", *GRAPHS) if n not in manifest["graphs"]]
+    if missing:
+        raise ModelFolderError(
+            f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
+        )
+
+    def load(name: str):
+        entry = manifest["graphs"][name]
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise ModelFolderError(f"{folder}: exported graph {entry['file']} is missing")
+        return load_graph(path, backend, entry["inputs"], entry["outputs"], threads)
+
+    graphs = {name: load(name) for name in GRAPHS}  # the LLM only when a new prompt needs it
+    info = manifest["transformer"]
+    flow = FlowModel(
+        TransformerGraph(graphs["transformer"]),
+        graphs["vae_encoder"],
+        graphs["vae_decoder"],
+        latent_channels=info["out_channels"],
+        ref_channels=info["ref_channels"],
+        vae_scale=manifest["vae"]["scale_factor"],
+    )
+    config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
+    encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], load, config.template)
+    return SanaEditPipeline(
+        flow,
+        config=config,
+        prompt_cache=load_prompt_cache(folder),
+        text_encoder_loader=lambda: encoder,
+        model_dir=folder,
+        backend=backend,
+    )
