@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SanaEditPipeline", "__version__"]
+__all__ = ["SanaEditPipeline", "__version__", "load_pipeline"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from .pipeline import SanaEditPipeline
 
         return SanaEditPipeline
+    if name == "load_pipeline":
+        from .defaults import load_pipeline
+
+        return load_pipeline
     raise AttributeError(name)
