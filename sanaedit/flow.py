@@ -143,14 +143,23 @@ class FlowModel:
     def sampling_velocity(
         self, hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None = None, guidance: float = 1.0
     ) -> VelocityFn:
-        """`velocity(x, sigma)` for the sampler. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the
-        model runs once on that batch of two (CFG)."""
+        """`velocity(x, sigma)` for the sampler: one conditioning (`hidden`/`mask` batch 1) and one `ref` shared by
+        every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the model runs once on the
+        batch [x; x] (CFG)."""
+
+        def rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+            return None if t is None else t.expand(n, *t.shape[1:])
+
         if guidance <= 1.0:
-            return lambda x, sigma: self.velocity(x, sigma, hidden, mask, ref)
-        pair_ref = ref.expand(2, -1, -1, -1) if ref is not None else None
+            return lambda x, sigma: self.velocity(x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)))
+
+        pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
 
         def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            uncond, cond = self.velocity(x.expand(2, -1, -1, -1), sigma, hidden, mask, pair_ref).float().chunk(2)
+            n = len(x)
+            if n not in pairs:
+                pairs[n] = (hidden.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), rows(ref, 2 * n))
+            uncond, cond = self.velocity(torch.cat([x, x]), sigma, *pairs[n]).float().chunk(2)
             return uncond + guidance * (cond - uncond)
 
         return guided

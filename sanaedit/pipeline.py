@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .flow import FlowModel
+from .flow import TIMESTEP_SCALE, FlowModel
 from .image_io import load_image, postprocess, preprocess
 from .model_folder import ModelFolderError
 from .models.prompt import PROMPT_TEMPLATE
@@ -32,6 +32,14 @@ PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's ar
 COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
 TextEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]  # prompts -> (hidden, mask)
+ImageInput = Image.Image | str | Path
+
+
+@dataclass
+class SanaEditOutput:
+    """What a pipeline call returns (diffusers' `ImagePipelineOutput` convention)."""
+
+    images: list[Image.Image]
 
 
 @dataclass
@@ -77,6 +85,7 @@ class SanaEditPipeline:
         # False: free the LLM as soon as a new prompt's features exist (one-shot use: they go into the prompt
         # cache, and the LLM is reloaded only for yet another prompt).
         self.keep_text_encoder = True
+        self._progress_bar_config: dict[str, Any] = {}
         if self.config.resolution % flow.vae_scale:
             raise ModelFolderError(
                 f"resolution {self.config.resolution} is not a multiple of the autoencoder's {flow.vae_scale}x "
@@ -172,12 +181,18 @@ class SanaEditPipeline:
     # -------------------------------------------------------------------------------------------- save / load
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        torch_dtype: torch.dtype | None = None,
     ) -> SanaEditPipeline:
         """Load a model folder (PyTorch; the LLM only if a prompt is not in its prompt cache) or an exported folder
-        (its own runtime: CPU, float32). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`."""
+        (its own runtime: CPU, float32). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`.
+        `torch_dtype` is diffusers' name for `dtype`."""
         from .model_folder import is_export
 
+        dtype = torch_dtype or dtype
         if is_export(model_dir):
             from .runtime import load_exported
 
@@ -230,53 +245,106 @@ class SanaEditPipeline:
         return self.flow.decode(latents)
 
     # -------------------------------------------------------------------------------------------------- call
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm settings for the denoising bar (diffusers' convention); `disable=False` shows it by default."""
+        self._progress_bar_config = dict(kwargs)
+
     @torch.no_grad()
     def __call__(
         self,
-        image: Image.Image | str | Path | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
-        progress: bool = False,
+        num_images_per_prompt: int = 1,
+        strength: float = 1.0,
+        progress: bool | None = None,
         callback: Callable[[int, int], None] | None = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
         schedule: str | None = None,
-    ) -> Image.Image:
-        """Edit `image` (or, with `image=None`, generate from text). Returns a PIL image the size of the input."""
-        cfg = self.config
-        prompt = cfg.prompt if prompt is None else prompt
-        negative_prompt = cfg.negative_prompt if negative_prompt is None else negative_prompt
-        steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-        scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
-        sigmas = flow_sigmas(steps, cfg.shift, schedule or cfg.schedule)
-        size = cfg.resolution // self.vae_scale
-        latent_shape = (1, self.latent_channels, size, size)
+        return_dict: bool = True,
+    ) -> SanaEditOutput | tuple[list[Image.Image]]:
+        """Edit `image` (a PIL image, a path, or a list of them), or with `image=None` generate from text.
 
+        Returns `SanaEditOutput(images)` (`return_dict=False`: a tuple `(images,)`), `num_images_per_prompt` images
+        per input in input order, each the size of its input. `strength` < 1 edits partially: sampling starts
+        part-way, from the source latent noised to that level (as diffusers' img2img pipelines do).
+        `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
+        return {"latents": ...} to replace them.
+        """
+        sources = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not sources or (None in sources and len(sources) > 1):
+            raise ValueError("image must be a picture, a path, a non-empty list of them, or None (text-to-image)")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if strength < 1.0 and sources == [None]:
+            raise ValueError("strength < 1 needs an input image to start from")
+        cfg = self.config
+        settings = dict(
+            prompt=cfg.prompt if prompt is None else prompt,
+            negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
+            steps=cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps),
+            scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
+            schedule=schedule or cfg.schedule,
+            count=num_images_per_prompt,
+            strength=strength,
+            generator=generator,
+            progress=(not self._progress_bar_config.get("disable", True)) if progress is None else progress,
+            callback=callback,
+            callback_on_step_end=callback_on_step_end,
+        )
+        images = [out for source in sources for out in self._edit(source, **settings)]  # one input at a time
+        return SanaEditOutput(images) if return_dict else (images,)
+
+    def _edit(
+        self, image, prompt, negative_prompt, steps, scale, schedule, count, strength, generator, progress, callback,
+        callback_on_step_end,
+    ) -> list[Image.Image]:  # fmt: skip
+        """`count` samples of one input, as one batch."""
+        size = self.config.resolution // self.vae_scale
+        latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if image is not None:
-            pixels, restore = preprocess(image, cfg.resolution)
+            pixels, restore = preprocess(image, self.config.resolution)
             ref_latents = self.encode_image(pixels)
         else:
             restore = None
-            ref_latents = torch.zeros(latent_shape, device=self.device, dtype=self.dtype)
+            ref_latents = torch.zeros((1, *latent_shape[1:]), device=self.device, dtype=self.dtype)
 
-        use_cfg = scale > 1.0
-        hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])
+        hidden, mask = self.encode_prompt([negative_prompt, prompt] if scale > 1.0 else [prompt])
         velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
+        sigmas = flow_sigmas(steps, self.config.shift, schedule)
+        # Noise drawn on the CPU in fp32 so a seed gives the same image on every device and dtype.
+        latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(self.device)
+        if strength < 1.0:
+            kept = int(steps * strength)
+            if kept < 1:
+                raise ValueError(f"strength {strength} x {steps} steps leaves no step to run; raise either")
+            sigmas = sigmas[steps - kept :]
+            latents = (1 - sigmas[0]) * ref_latents.float() + sigmas[0] * latents
 
-        bar = tqdm(total=steps, desc="denoising", unit="step", disable=not progress, leave=False)
+        total = len(sigmas) - 1
+        bar_config = {"desc": "denoising", "unit": "step", "leave": False, **self._progress_bar_config}
+        bar = tqdm(total=total, **{**bar_config, "disable": not progress})
 
         def on_step(i: int, total: int) -> None:
             bar.update(1)
             if callback is not None:
                 callback(i, total)
 
-        # Noise drawn on the CPU in fp32 so a seed gives the same image on every device and dtype.
-        noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+        def step_end(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+            timestep = sigma.float() * TIMESTEP_SCALE
+            return callback_on_step_end(self, i, timestep, {"latents": x}).get("latents")
+
         try:
-            latents = euler_sample(velocity, noise.to(self.device), sigmas, callback=on_step)
+            latents = euler_sample(
+                velocity, latents, sigmas, callback=on_step, step_end=step_end if callback_on_step_end else None
+            )
         finally:
             bar.close()
         if not torch.isfinite(latents).all():
@@ -284,4 +352,4 @@ class SanaEditPipeline:
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "
                 "try float32)"
             )
-        return postprocess(self.decode_latents(latents), restore)
+        return [postprocess(self.decode_latents(latents[i : i + 1]), restore) for i in range(count)]

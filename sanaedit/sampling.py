@@ -50,12 +50,14 @@ def euler_sample(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
+    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dsigma = v(x, sigma) from sigmas[0] to sigmas[-1] with Euler steps.
 
     `velocity(x, sigma)` gets sigma as a 0-d float tensor. A step whose size is 0 (the published schedule's last
     call) cannot change x, so it is skipped instead of paying for a model call. The latent is a fresh tensor
-    after every step, so no autograd graph ever grows across steps.
+    after every step, so no autograd graph ever grows across steps. `callback(step, total)` reports progress;
+    `step_end(step, sigma, x)` sees the latent after each step and may return a replacement.
     """
     total = len(sigmas) - 1
     for i in range(total):
@@ -63,6 +65,9 @@ def euler_sample(
         if sigma_next != sigma:
             v = velocity(x, sigma.to(torch.float32))
             x = (x.to(torch.float32) + v.to(torch.float32) * float(sigma_next - sigma)).to(x.dtype)
+        if step_end is not None:
+            replaced = step_end(i + 1, sigma, x)
+            x = x if replaced is None else replaced
         if callback is not None:
             callback(i + 1, total)
     return x

@@ -146,7 +146,7 @@ def test_every_hostile_input_gives_an_output_or_a_one_line_reason(tiny_pipe, tmp
     good, bad = make_hostile_folder(tmp_path / "in")
 
     def edit(image):
-        return tiny_pipe(image, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+        return tiny_pipe(image, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images[0]
 
     summary = edit_folder(edit, tmp_path / "in", tmp_path / "out", progress=False)
     assert sorted(p.name for p in summary.done) == sorted(good)

@@ -30,8 +30,8 @@ def test_bundled_model_beats_its_untrained_start_on_a_held_out_photo():
     from sanaedit.train.evaluate import score, untrained_pipeline
 
     photo = load_image(SAMPLE_PHOTO)
-    trained = load_pipeline(None)(photo, generator=torch.Generator().manual_seed(0))
-    untrained = untrained_pipeline(RECIPE)(photo, generator=torch.Generator().manual_seed(0))
+    trained = load_pipeline(None)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    untrained = untrained_pipeline(RECIPE)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     assert trained.size == photo.size
     ours, start = score(trained, photo), score(untrained, photo)
     assert ours["psnr"] > start["psnr"] + 3

@@ -59,7 +59,7 @@ def test_files_follow_the_folder_modes_naming_and_failure_rules(tiny_model_dir, 
 
     import sanaedit.pipeline as pipeline_module
 
-    def nan_sample(velocity, x, sigmas, callback=None):
+    def nan_sample(velocity, x, sigmas, **kwargs):
         return x * float("nan")
 
     monkeypatch.setattr(pipeline_module, "euler_sample", nan_sample)  # a NaN result fails that file, not the run
@@ -102,7 +102,7 @@ def test_assemble_from_published_style_parts(tiny_pipe, tmp_path):
     assert main([*args, "--llm", str(tmp_path / "qwen"), "--out", str(out), "--variant", "tiny"]) == 0
     pipe = SanaEditPipeline.from_pretrained(out)
     assert pipe.transformer.config.in_channels == 8 and pipe.transformer.patch_embed.proj.weight[:, 4:].eq(0).all()
-    assert pipe(Image.new("RGB", (20, 10)), num_inference_steps=1).size == (20, 10)
+    assert pipe(Image.new("RGB", (20, 10)), num_inference_steps=1).images[0].size == (20, 10)
 
 
 @pytest.mark.slow

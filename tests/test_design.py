@@ -86,7 +86,7 @@ import sys
 from PIL import Image
 from sanaedit.defaults import load_pipeline
 pipe = load_pipeline({str(exported)!r})
-out = pipe(Image.new("RGB", (40, 24), "red"), num_inference_steps=2)
+out = pipe(Image.new("RGB", (40, 24), "red"), num_inference_steps=2).images[0]
 assert out.size == (40, 24)
 heavy = sorted(m for m in ("diffusers", "transformers", "accelerate") if m in sys.modules)
 print("HEAVY", heavy)

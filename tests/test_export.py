@@ -151,8 +151,8 @@ def test_pipeline_on_exported_graphs_matches_torch(exported, tiny_model_dir):
     ref = SanaEditPipeline.from_pretrained(tiny_model_dir)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8))
     for kwargs in [{}, {"guidance_scale": 1.0}, {"prompt": "turn the sky purple"}]:
-        out = pipe(photo, generator=torch.Generator().manual_seed(0), **kwargs)
-        want = ref(photo, generator=torch.Generator().manual_seed(0), **kwargs)
+        out = pipe(photo, generator=torch.Generator().manual_seed(0), **kwargs).images[0]
+        want = ref(photo, generator=torch.Generator().manual_seed(0), **kwargs).images[0]
         assert out.size == photo.size
         if quant is None:
             diff = np.abs(np.asarray(out, dtype=int) - np.asarray(want, dtype=int))
@@ -165,8 +165,8 @@ def test_pipeline_on_exported_graphs_matches_torch(exported, tiny_model_dir):
 
 def test_text_to_image_on_exported_graphs(exported, tiny_model_dir):
     _, quant, folder = exported
-    out = load_pipeline(folder)(None, generator=torch.Generator().manual_seed(1))
-    want = SanaEditPipeline.from_pretrained(tiny_model_dir)(None, generator=torch.Generator().manual_seed(1))
+    out = load_pipeline(folder)(None, generator=torch.Generator().manual_seed(1)).images[0]
+    want = SanaEditPipeline.from_pretrained(tiny_model_dir)(None, generator=torch.Generator().manual_seed(1)).images[0]
     assert out.size == want.size
     assert _psnr(out, want) > (45 if quant is None else 25)
 
@@ -229,8 +229,8 @@ def test_large_models_keep_weights_in_one_side_file(tiny_model_dir, tmp_path, mo
     }
     ref = SanaEditPipeline.from_pretrained(tiny_model_dir)
     photo = Image.new("RGB", (40, 30), (20, 120, 220))
-    out_image = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0))
-    want = ref(photo, generator=torch.Generator().manual_seed(0))
+    out_image = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    want = ref(photo, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.abs(np.asarray(out_image, dtype=int) - np.asarray(want, dtype=int)).max() <= 2
 
 

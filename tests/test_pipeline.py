@@ -14,12 +14,12 @@ def photo(width, height, seed=0):
 
 
 def run(pipe, image, seed=0, **kw):
-    return np.asarray(pipe(image, generator=torch.Generator().manual_seed(seed), **kw))
+    return np.asarray(pipe(image, generator=torch.Generator().manual_seed(seed), **kw).images[0])
 
 
 @pytest.mark.parametrize("size", [(64, 64), (37, 21), (21, 37), (101, 303), (1, 1), (513, 511)])
 def test_output_has_the_input_size(tiny_pipe, size):
-    out = tiny_pipe(photo(*size), num_inference_steps=2)
+    out = tiny_pipe(photo(*size), num_inference_steps=2).images[0]
     assert out.size == size and out.mode == "RGB"
 
 
@@ -34,7 +34,7 @@ def test_reference_image_matters(tiny_pipe):
 
 
 def test_text_to_image_returns_model_resolution(tiny_pipe):
-    out = tiny_pipe(None, generator=torch.Generator().manual_seed(0), num_inference_steps=3)
+    out = tiny_pipe(None, generator=torch.Generator().manual_seed(0), num_inference_steps=3).images[0]
     assert out.size == (tiny_pipe.config.resolution,) * 2
 
 
@@ -123,4 +123,4 @@ def test_in_memory_prompt_cache_is_bounded_and_keeps_the_model_prompts(tiny_pipe
 
 def test_accepts_a_path(tiny_pipe, tmp_path):
     photo(33, 17).save(tmp_path / "p.jpg")
-    assert tiny_pipe(str(tmp_path / "p.jpg"), num_inference_steps=1).size == (33, 17)
+    assert tiny_pipe(str(tmp_path / "p.jpg"), num_inference_steps=1).images[0].size == (33, 17)

@@ -63,10 +63,10 @@ def test_dit_swap_is_complete_and_close(tiny_model_dir):
 
 def test_int8_pipeline_close_to_fp32(tiny_model_dir):
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
-    want = load_pipeline(tiny_model_dir, dtype="float32")(photo, generator=torch.Generator().manual_seed(0))
+    want = load_pipeline(tiny_model_dir, dtype="float32")(photo, generator=torch.Generator().manual_seed(0)).images[0]
     pipe = load_pipeline(tiny_model_dir, dtype="int8")
     assert any(isinstance(m, Int8Linear) for m in pipe.transformer.modules())
-    out = pipe(photo, generator=torch.Generator().manual_seed(0))
+    out = pipe(photo, generator=torch.Generator().manual_seed(0)).images[0]
     mse = np.mean((np.asarray(out, dtype=float) - np.asarray(want, dtype=float)) ** 2)
     assert out.size == photo.size and 10 * np.log10(255**2 / max(mse, 1e-12)) > 25
 

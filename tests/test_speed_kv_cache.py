@@ -104,9 +104,9 @@ def test_pipeline_image_unchanged_with_cache():
 
     pipe = build_tiny_pipeline()
     image = Image.new("RGB", (40, 56), (200, 120, 40))
-    ref = pipe(image, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    ref = pipe(image, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images[0]
     enable_text_kv_cache(pipe.transformer)
-    out = pipe(image, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    out = pipe(image, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images[0]
     diff = (torch.tensor(list(ref.getdata())) - torch.tensor(list(out.getdata()))).abs()
     assert int(diff.max()) <= 1  # uint8 rounding of float-identical math
     assert text_kv_cache_stats(pipe.transformer)["hits"] > 0

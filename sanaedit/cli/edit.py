@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def edit_one(image):  # every image gets the same seed, whatever its place in the batch
-        return pipe(image, generator=torch.Generator().manual_seed(args.seed), **settings)
+        return pipe(image, generator=torch.Generator().manual_seed(args.seed), **settings).images[0]
 
     if folder_mode:
         summary = edit_folder(

@@ -138,6 +138,6 @@ def pipeline_editor(pipe):
             guidance_scale=guidance_scale,
             generator=generator,
             callback=callback,
-        )
+        ).images[0]
 
     return edit

@@ -1,0 +1,98 @@
+"""The Python API follows diffusers' conventions: `.images` output, lists of images, num_images_per_prompt,
+strength, callback_on_step_end, set_progress_bar_config, torch_dtype."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sanaedit.pipeline import SanaEditOutput, SanaEditPipeline
+
+
+def photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_output_object_and_tuple(tiny_pipe):
+    out = tiny_pipe(photo(30, 20), num_inference_steps=2, generator=seeded())
+    assert isinstance(out, SanaEditOutput) and len(out.images) == 1 and out.images[0].size == (30, 20)
+    (images,) = tiny_pipe(photo(30, 20), num_inference_steps=2, generator=seeded(), return_dict=False)
+    assert np.array_equal(np.asarray(images[0]), np.asarray(out.images[0]))
+
+
+def test_a_list_of_images_gives_one_output_each_in_order(tiny_pipe):
+    a, b = photo(30, 20, 1), photo(17, 41, 2)
+    images = tiny_pipe([a, b], num_inference_steps=2, guidance_scale=1.0, generator=seeded()).images
+    assert [im.size for im in images] == [(30, 20), (17, 41)]
+    alone = tiny_pipe(a, num_inference_steps=2, guidance_scale=1.0, generator=seeded()).images[0]
+    assert np.array_equal(np.asarray(images[0]), np.asarray(alone))
+    with pytest.raises(ValueError, match="non-empty list"):
+        tiny_pipe([])
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.5])
+def test_num_images_per_prompt_is_one_batch_whose_first_is_the_single_result(tiny_pipe, guidance):
+    source = photo(24, 24)
+    many = tiny_pipe(
+        source, num_inference_steps=2, guidance_scale=guidance, num_images_per_prompt=3, generator=seeded()
+    )
+    one = tiny_pipe(source, num_inference_steps=2, guidance_scale=guidance, generator=seeded()).images[0]
+    assert len(many.images) == 3
+    first = np.asarray(many.images[0], dtype=int)
+    assert np.abs(first - np.asarray(one, dtype=int)).max() <= 1  # batch-of-3 vs batch-of-1 float rounding
+    assert not np.array_equal(np.asarray(many.images[1]), np.asarray(many.images[2]))  # different noise
+
+
+def test_strength_runs_the_last_steps_from_the_noised_source(tiny_pipe, monkeypatch):
+    calls = []
+    forward = tiny_pipe.transformer.forward
+
+    def spy(sample, hidden, timestep, *args, **kwargs):
+        calls.append(float(timestep[0]))
+        return forward(sample, hidden, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.transformer, "forward", spy)
+    tiny_pipe(photo(32, 32), num_inference_steps=10, strength=0.3, guidance_scale=1.0, generator=seeded())
+    assert len(calls) == 3 and calls[0] < 600  # the last 3 of 10 steps, starting at a low noise level
+    calls.clear()
+    tiny_pipe(photo(32, 32), num_inference_steps=10, guidance_scale=1.0, generator=seeded())
+    assert len(calls) == 10 and calls[0] > 990
+    with pytest.raises(ValueError, match="strength"):
+        tiny_pipe(photo(8, 8), strength=0.0)
+    with pytest.raises(ValueError, match="input image"):
+        tiny_pipe(None, strength=0.5)
+
+
+def test_callback_on_step_end_sees_and_may_replace_the_latents(tiny_pipe):
+    seen = []
+
+    def zero_at_the_end(pipe, step, timestep, kwargs):
+        seen.append((step, float(timestep), tuple(kwargs["latents"].shape)))
+        return {"latents": torch.zeros_like(kwargs["latents"])} if step == 3 else {}
+
+    out = tiny_pipe(None, num_inference_steps=3, callback_on_step_end=zero_at_the_end, generator=seeded()).images[0]
+    assert [s for s, _, _ in seen] == [1, 2, 3] and seen[0][1] == pytest.approx(1000.0, abs=1)
+    zeros = torch.zeros(1, tiny_pipe.latent_channels, *seen[0][2][2:])
+    from sanaedit.image_io import postprocess
+
+    assert np.array_equal(np.asarray(out), np.asarray(postprocess(tiny_pipe.decode_latents(zeros), None)))
+
+
+def test_progress_bar_config(tiny_pipe, capsys):
+    tiny_pipe.set_progress_bar_config(disable=False, desc="sampling")
+    try:
+        tiny_pipe(photo(8, 8), num_inference_steps=2)
+    finally:
+        tiny_pipe.set_progress_bar_config()
+    assert "sampling" in capsys.readouterr().err
+    tiny_pipe(photo(8, 8), num_inference_steps=2)
+    assert "sampling" not in capsys.readouterr().err
+
+
+def test_from_pretrained_takes_torch_dtype(tiny_model_dir):
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.bfloat16)
+    assert pipe.dtype == torch.bfloat16
