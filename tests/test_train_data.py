@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sanaedit.image_io import load_image, preprocess
 from sanaedit.train.data import DataError, LatentDataset, ManifestDataset, collate, pre_encode
 
 
@@ -104,3 +105,35 @@ def test_comic_dataset_holds_out_the_sample_photo(tmp_path):
     assert any("chelsea" in r["source"] for r in evals)
     src = np.asarray(Image.open(tmp_path / "d/train" / train[0]["source"]))
     assert src.shape == (32, 32, 3)
+
+
+def _rgb_profile_with_red_and_blue_swapped() -> bytes:
+    """A real (non-sRGB) RGB ICC profile: sRGB's, with the red and blue primaries' tags swapped."""
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", data[128:132])[0]
+    where = {bytes(data[132 + 12 * i : 136 + 12 * i]): 136 + 12 * i for i in range(count)}
+    r, b = where[b"rXYZ"], where[b"bXYZ"]
+    data[r : r + 8], data[b : b + 8] = data[b : b + 8], data[r : r + 8]
+    data[84:100] = bytes(16)  # no profile ID
+    return bytes(data)
+
+
+def test_exif_rotated_and_icc_profiled_images_train_as_inference_sees_them(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (30, 48, 3), dtype=np.uint8)  # not square: a rotation moves the padding
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(pixels).save(tmp_path / "profiled.png", icc_profile=_rgb_profile_with_red_and_blue_swapped())
+    rows = [{"image": "rotated.jpg"}, {"image": "profiled.png"}]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = ManifestDataset(tmp_path, kind="images", resolution=32)
+    for i, name in enumerate(["rotated.jpg", "profiled.png"]):
+        inference = preprocess(load_image(tmp_path / name), 32)[0][0]  # what the pipeline feeds the model
+        naive = preprocess(Image.open(tmp_path / name).convert("RGB"), 32)[0][0]  # orientation/profile ignored
+        assert torch.equal(ds[i]["target"], inference), name
+        assert not torch.allclose(ds[i]["target"], naive, atol=0.1), f"{name}: the test image tests nothing"

@@ -122,7 +122,7 @@ def test_accumulation_bf16_checkpointing_ema_samples(tmp_path, tiny_model_dir, p
     from sanaedit.pipeline import SanaEditPipeline
 
     pipe = SanaEditPipeline.from_pretrained(out)
-    assert pipe(Image.open(pairs / "s0.png"), num_inference_steps=2).size == (64, 64)
+    assert pipe(Image.open(pairs / "s0.png"), num_inference_steps=2).images[0].size == (64, 64)
 
 
 def test_config_overrides_and_errors(tmp_path):
@@ -130,9 +130,10 @@ def test_config_overrides_and_errors(tmp_path):
         "train: {steps: 5}\nstages: [{train: {stage: stage1}}, {train: {stage: stage3}}]\n"
     )
     stages = load_config(tmp_path / "c.yaml", ["--train.lr=0.5", "--stages.1.train.batch_size=3"])
-    assert [s["train"]["stage"] for s in stages] == ["stage1", "stage3"]
-    assert all(s["train"]["lr"] == 0.5 and s["train"]["steps"] == 5 for s in stages)
-    assert [s["train"]["batch_size"] for s in stages] == [4, 3]
+    assert [s.train.stage for s in stages] == ["stage1", "stage3"]
+    assert all(s.train.lr == 0.5 and s.train.steps == 5 for s in stages)
+    assert [s.train.batch_size for s in stages] == [4, 3]
+    assert [s.stage_dir for s in stages] == [Path("runs/train/0-stage1"), Path("runs/train/1-stage3")]
     with pytest.raises(ValueError, match="unknown config key 'train.stepz'"):
         load_config(tmp_path / "c.yaml", ["--train.stepz=1"])
     with pytest.raises(ValueError, match="not of the form"):

@@ -1,72 +1,292 @@
 """Training config: a YAML file, `--key=value` overrides (dotted keys, YAML values), defaults, and stages.
 
 A config is one stage, or a list under `stages:` run in order: each entry is merged over the top-level settings,
-starts from the previous stage's exported model folder and writes `output_dir/<i>-<stage>/`. Command-line
+starts from the previous stage's exported model folder and writes `output_dir/<i>-<name>/`. Command-line
 overrides apply to every stage (`--train.steps=10`), or to one (`--stages.1.train.steps=10`).
+
+`load_config` parses and checks everything once, into the frozen dataclasses below: an unknown key or a value of
+the wrong type is a ValueError naming the dotted key (and the expected type). Integers are accepted where a number
+is expected, and so are numeric strings (PyYAML reads `1e-4` -- no dot -- as a string). `mixed_precision: no`
+(which YAML reads as false) means "no". The free-form mappings stay dicts: `export` (PipelineConfig fields, keys
+checked), `train.optimizer_args`, `data.build_args`, `data.columns`, and `model.variant` (a name or a Variant's
+fields, keys checked). Nothing here changes the mapping it was given.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/train",
-    "seed": 0,
-    "device": "auto",  # "cpu" forces the CPU even where a GPU is present
-    "model": {"from": None, "variant": None, "seed": 0},
-    "data": {
-        "manifest": None,  # a JSONL/CSV file or a folder holding manifest.jsonl
-        "hf": None,  # a Hugging Face dataset name or a save_to_disk folder (needs `datasets`)
-        "split": "train",
-        "columns": None,
-        "eval_manifest": None,  # images for the periodic samples
-        "build": None,  # "comic": build the bundled comic training set into `data.root` first
-        "build_args": {},
-        "root": None,
-        "resolution": None,  # default: the model's
-        "default_prompt": None,
-        "skip_bad": False,
-        "pre_encode": False,
-        "num_workers": 0,
-    },
-    "train": {
-        "stage": "stage3",
-        "trainable": None,
-        "steps": 100,
-        "batch_size": 4,
-        "grad_accum": 1,
-        "optimizer": "came",
-        "optimizer_args": {},
-        "lr": 1e-4,
-        "warmup": 0,
-        "grad_clip": 0.1,
-        "t_sampling": "logit_normal",
-        "shift": 3.0,
-        "text_dropout": 0.0,  # chance of training on the negative prompt instead (needed for CFG)
-        "mixed_precision": "no",  # "bf16" / "fp16" as accelerate names them
-        "gradient_checkpointing": False,
-        "ema": 0.0,  # EMA decay; 0 = off
-        "reconstruction": {"l1": 1.0, "mse": 1.0},  # autoencoder stage loss weights
-    },
-    "log": {"every": 10, "tensorboard": False, "progress": True},
-    "sample": {"every": 0, "count": 4, "steps": 10},
-    "checkpoint": {"every": 100, "keep": 2},
-    "export": {},  # PipelineConfig fields for the exported model (prompt, guidance_scale, num_inference_steps, ...)
-}
+from ..flow import T_SAMPLING
+from .optim import OPTIMIZERS
+from .stages import STAGES, Stage, get_stage
+
+PRECISIONS = ("no", "fp16", "bf16", "fp8")  # accelerate's names
+DATA_BUILDERS = ("comic",)
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+def _spec(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **checks: Any) -> Any:
+    """A field with checks: choices=(...), min=number, aliases={yaml value: value}, derived=True (not a key)."""
+    return field(default=default, default_factory=factory, metadata=checks)
+
+
+# ------------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class ModelConfig:
+    from_: str | None = None  # `model.from`: a model folder to start from
+    variant: str | dict[str, Any] | None = None  # a named size or a Variant's fields: start from random weights
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str | None = None  # a JSONL/CSV file or a folder holding manifest.jsonl
+    hf: str | None = None  # a Hugging Face dataset name or a save_to_disk folder (needs `datasets`)
+    split: str = "train"
+    columns: dict[str, str] | None = None
+    eval_manifest: str | None = None  # images for the periodic samples
+    build: str | None = _spec(None, choices=DATA_BUILDERS)  # build a bundled training set into `root` first
+    build_args: dict[str, Any] = _spec(factory=dict)
+    root: str | None = None  # where `build` writes (default: <output_dir>/data)
+    resolution: int | None = _spec(None, min=1)  # default: the model's
+    default_prompt: str | None = None
+    skip_bad: bool = False
+    pre_encode: bool = False
+    num_workers: int = _spec(0, min=0)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Loss weights of the autoencoder stage."""
+
+    l1: float = 1.0
+    mse: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    stage: str = _spec("stage3", choices=tuple(STAGES))
+    trainable: tuple[str, ...] | None = None  # overrides the stage's list
+    steps: int = _spec(100, min=1)
+    batch_size: int = _spec(4, min=1)  # per process
+    grad_accum: int = _spec(1, min=1)
+    optimizer: str = _spec("came", choices=OPTIMIZERS)
+    optimizer_args: dict[str, Any] = _spec(factory=dict)
+    lr: float = _spec(1e-4, min=0)
+    warmup: int = _spec(0, min=0)
+    grad_clip: float = _spec(0.1, min=0)  # 0 = off
+    t_sampling: str = _spec("logit_normal", choices=T_SAMPLING)
+    shift: float = _spec(3.0, min=0)
+    text_dropout: float = _spec(0.0, min=0)  # chance of training on the negative prompt instead (needed for CFG)
+    mixed_precision: str = _spec("no", choices=PRECISIONS, aliases={False: "no"})
+    gradient_checkpointing: bool = False
+    ema: float = _spec(0.0, min=0)  # EMA decay; 0 = off
+    reconstruction: Reconstruction = _spec(factory=Reconstruction)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = _spec(10, min=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    every: int = _spec(0, min=0)  # 0 = never
+    count: int = _spec(4, min=1)
+    steps: int = _spec(10, min=1)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = _spec(100, min=0)  # 0 = never
+    keep: int = 2  # <= 0 keeps all
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The resolved settings of one stage: what `load_config` returns, one per stage."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    device: str = _spec("auto", choices=("auto", "cpu"))  # "cpu" forces the CPU even where a GPU is present
+    name: str | None = None  # the stage's folder name (default: train.stage)
+    model: ModelConfig = _spec(factory=ModelConfig)
+    data: DataConfig = _spec(factory=DataConfig)
+    train: TrainSettings = _spec(factory=TrainSettings)
+    log: LogConfig = _spec(factory=LogConfig)
+    sample: SampleConfig = _spec(factory=SampleConfig)
+    checkpoint: CheckpointConfig = _spec(factory=CheckpointConfig)
+    export: dict[str, Any] = _spec(factory=dict)  # PipelineConfig fields for the exported model
+    # derived by load_config (not config keys)
+    stage: Stage = _spec(STAGES["stage3"], derived=True)  # train.stage with train.trainable applied
+    stage_dir: Path = _spec(Path("runs/train"), derived=True)
+    stage_index: int = _spec(0, derived=True)
+    num_stages: int = _spec(1, derived=True)
+
+    def starting_from(self, folder: str | Path) -> StageConfig:
+        """This stage, starting from a model folder (the previous stage's export) instead of `model.*`."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, from_=str(folder), variant=None))
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+class _WrongType(Exception):
+    pass
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    if typing.get_origin(hint) is dict or hint is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return _TYPE_NAMES.get(hint, str(hint))
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _convert(arg, value, key)
+            except _WrongType:
+                continue
+        raise _WrongType
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _WrongType
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise _WrongType
+        return _parse(hint, value, key + ".")
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise _WrongType
+        return copy.deepcopy(dict(value))
+    if origin is tuple:  # tuple[str, ...]: a YAML list of strings
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _WrongType
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _WrongType
+    if hint is float:
+        if isinstance(value, bool):
+            raise _WrongType
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise _WrongType from None
+        else:
+            raise _WrongType
+        if not math.isfinite(number):
+            raise _WrongType
+        return number
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):  # a Path in a config given as a dict
+            return os.fspath(value)
+        raise _WrongType
+    raise TypeError(f"config field type {hint!r} not handled")  # a bug here, not in the config
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    """Config key -> field (`from_` is the key `from`), derived fields left out."""
+    return {f.name.rstrip("_"): f for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
+
+
+def _parse(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
+    fields, hints = _fields(cls), typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ValueError(f"unknown config key {where + str(key)!r}; known: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            continue
+        name, value = where + key, raw[key]
+        aliases = f.metadata.get("aliases", {})
+        if isinstance(value, bool) and value in aliases:
+            value = aliases[value]
+        try:
+            value = _convert(hints[f.name], value, name)
+        except _WrongType:
+            raise ValueError(
+                f"config key {name!r} must be {_describe(hints[f.name])}, got {value!r} ({type(value).__name__})"
+            ) from None
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"config key {name!r} is {value!r}; choose one of {', '.join(choices)}")
+        low = f.metadata.get("min")
+        if low is not None and value is not None and value < low:
+            raise ValueError(f"config key {name!r} must be >= {low}, got {value!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _check(cfg: StageConfig) -> StageConfig:
+    """Checks across keys; returns the config with its derived `stage`."""
+    try:
+        stage = get_stage(cfg.train.stage, cfg.train.trainable)
+    except ValueError as err:
+        raise ValueError(f"config key 'train.trainable': {err}") from None
+    if cfg.train.ema and not cfg.train.ema < 1:
+        raise ValueError(f"config key 'train.ema' is an EMA decay: 0 (off) or in (0, 1), got {cfg.train.ema}")
+    if cfg.train.text_dropout > 1:
+        raise ValueError(f"config key 'train.text_dropout' is a probability, got {cfg.train.text_dropout}")
+    if cfg.data.pre_encode and ("vae" in stage.trainable or stage.data == "images"):
+        raise ValueError("config key 'data.pre_encode' needs a frozen autoencoder (not the autoencoder stage)")
+    if isinstance(cfg.model.variant, dict):
+        from ..variants import Variant
+
+        known = [f.name for f in dataclasses.fields(Variant) if f.name != "name"]
+        for key in cfg.model.variant:
+            if key not in known:
+                raise ValueError(f"unknown config key 'model.variant.{key}'; known: {', '.join(known)}")
+    from ..pipeline import PipelineConfig
+
+    known = [f.name for f in dataclasses.fields(PipelineConfig)]
+    for key in cfg.export:
+        if key not in known:
+            raise ValueError(f"unknown config key 'export.{key}' (PipelineConfig fields: {', '.join(known)})")
+    return dataclasses.replace(cfg, stage=stage)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """A new mapping: `over` merged into `base`, recursively (neither is changed)."""
+    out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = deep_merge(out[k], v) if both else copy.deepcopy(v)
     return out
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """['--train.steps=5', 'data.skip_bad=true'] -> nested dict (values parsed as YAML)."""
     out: dict[str, Any] = {}
     for item in items:
@@ -77,45 +297,50 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override of {p!r}")
         node[leaf] = yaml.safe_load(value)
     return out
 
 
-def _check_keys(cfg: dict[str, Any], ref: dict[str, Any], where: str = "") -> None:
-    for k, v in cfg.items():
-        if k in ("stages", "name"):
-            continue
-        if k not in ref:
-            raise ValueError(f"unknown config key {where + k!r}; known: {', '.join(sorted(ref))}")
-        if isinstance(ref[k], dict) and ref[k] and isinstance(v, dict) and k not in ("export", "optimizer_args"):
-            _check_keys(v, ref[k], f"{where}{k}.")
+def read_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The raw mapping of a YAML file, or a copy of the mapping given."""
+    if isinstance(path, Mapping):
+        return copy.deepcopy(dict(path))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training config is a YAML mapping")
+    return raw
 
 
-def load_config(path: str | Path | dict[str, Any], overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """The resolved settings of each stage to run, in order."""
-    if isinstance(path, dict):
-        raw = copy.deepcopy(path)
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a training config is a YAML mapping")
+def load_config(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None) -> list[StageConfig]:
+    """The checked settings of each stage to run, in order (new objects: `config` is left as it was)."""
+    raw = read_config(config)
     over = parse_overrides(overrides or [])
-    for key, value in (over.pop("stages", None) or {}).items():  # --stages.<i>.key=value
-        stages = raw.get("stages") or []
-        if not str(key).isdigit() or int(key) >= len(stages):
-            raise ValueError(f"override stages.{key}: the config has {len(stages)} stage(s)")
-        stages[int(key)] = deep_merge(stages[int(key)], value)
-    base = deep_merge(DEFAULTS, {k: v for k, v in raw.items() if k != "stages"})
     entries = raw.get("stages") or [{}]
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ValueError("config key 'stages' must be a list of mappings (one per stage)")
+    entries = list(entries)
+    for key, value in (over.pop("stages", None) or {}).items():  # --stages.<i>.key=value
+        if not str(key).isdigit() or int(key) >= len(raw.get("stages") or []):
+            raise ValueError(f"override stages.{key}: the config has {len(raw.get('stages') or [])} stage(s)")
+        if not isinstance(value, dict):
+            raise ValueError(f"override stages.{key} must set keys of the stage (--stages.{key}.train.steps=10)")
+        entries[int(key)] = deep_merge(entries[int(key)], value)
+    base = {k: v for k, v in raw.items() if k != "stages"}
     resolved = []
     for i, entry in enumerate(entries):
-        cfg = deep_merge(deep_merge(base, entry), over)
-        _check_keys(cfg, DEFAULTS)
-        name = entry.get("name") or cfg["train"]["stage"]
-        cfg["stage_dir"] = str(Path(cfg["output_dir"]) / f"{i}-{name}") if len(entries) > 1 else cfg["output_dir"]
-        cfg["stage_index"], cfg["num_stages"] = i, len(entries)
-        resolved.append(cfg)
+        where = f" (stage {i})" if len(entries) > 1 else ""
+        try:
+            cfg = _check(_parse(StageConfig, deep_merge(deep_merge(base, entry), over)))
+        except ValueError as err:
+            raise ValueError(f"{err}{where}") from None
+        name = cfg.name or cfg.train.stage
+        stage_dir = Path(cfg.output_dir) / f"{i}-{name}" if len(entries) > 1 else Path(cfg.output_dir)
+        resolved.append(
+            dataclasses.replace(cfg, name=name, stage_dir=stage_dir, stage_index=i, num_stages=len(entries))
+        )
     return resolved

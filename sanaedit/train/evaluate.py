@@ -62,16 +62,14 @@ def load_eval_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
 
 
 def untrained_pipeline(recipe: str | Path):
-    """The recipe's model at step 0: its random initialisation (same variant, same seed)."""
-    from ..random_model import build_random_pipeline
-    from ..variants import Variant
+    """The recipe's model at step 0: what its first stage starts from (its random initialisation: same variant,
+    same seed), with the recipe's export settings."""
     from .config import load_config
+    from .model import build_model
 
     cfg = load_config(recipe)[0]
-    variant = cfg["model"]["variant"]
-    variant = Variant(name="custom", **variant) if isinstance(variant, dict) else variant
-    pipe = build_random_pipeline(variant, seed=int(cfg["model"].get("seed", 0)))
-    for k, v in (cfg.get("export") or {}).items():
+    pipe = build_model(cfg.model)
+    for k, v in cfg.export.items():
         setattr(pipe.config, k, v)
     return pipe
 
@@ -87,7 +85,7 @@ def evaluate(models: dict[str, object], photos: list[tuple[str, Image.Image]], s
             if pipe is None:
                 out = photo
             elif callable(getattr(pipe, "transformer", None)):  # a SanaEditPipeline
-                out = pipe(photo, generator=torch.Generator().manual_seed(seed))
+                out = pipe(photo, generator=torch.Generator().manual_seed(seed)).images[0]
             else:  # any photo -> image function
                 out = pipe(photo)
             rows.append(score(out, photo))

@@ -25,10 +25,6 @@ class Stage:
     trainable: tuple[str, ...]
     data: str  # one of DATA_KINDS
 
-    @property
-    def uses_text(self) -> bool:
-        return self.data != "images"
-
 
 STAGES = {
     "autoencoder": Stage("autoencoder", ("vae",), "images"),
@@ -52,7 +48,7 @@ def get_stage(name: str, trainable: list[str] | None = None) -> Stage:
 
 
 def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Parameters of each named component of a `TrainParts` module (see loop.py)."""
+    """Parameters of each named component of a `TrainParts` module (see parts.py)."""
     te = parts.text_encoder
     return {
         "meta_queries": [te.meta_queries],

@@ -1,0 +1,55 @@
+"""The model a stage starts from and what it exports: a model folder or fresh random weights of a variant in,
+the pipeline's model folder out (with the autoencoder's latent scale measured after the autoencoder stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..pipeline import PipelineConfig, SanaEditPipeline
+from .config import ModelConfig
+from .parts import TrainParts
+
+
+def build_model(model: ModelConfig) -> SanaEditPipeline:
+    """The starting pipeline: a model folder (`model.from`) or fresh random weights of a variant (`model.seed`)."""
+    if model.from_:
+        pipe = SanaEditPipeline.from_pretrained(model.from_)
+        pipe.text_encoder  # noqa: B018 - load the LLM path now (training needs it)
+        return pipe
+    if not model.variant:
+        raise ValueError("config needs model.from (a model folder) or model.variant (a size to start from scratch)")
+    from ..random_model import build_random_pipeline
+    from ..variants import Variant
+
+    variant = model.variant
+    if isinstance(variant, dict):
+        variant = Variant(name="custom", **variant)
+    return build_random_pipeline(variant, seed=model.seed)
+
+
+def export_pipeline(
+    parts: TrainParts, base: PipelineConfig, resolution: int, export: dict[str, Any]
+) -> SanaEditPipeline:
+    """The trained networks as a pipeline, its settings those of `base` with the training resolution and the
+    config's `export:` fields over them."""
+    fields = {**vars(base), "resolution": resolution, **export}
+    return SanaEditPipeline.from_modules(
+        parts.transformer, parts.vae, parts.text_encoder, PipelineConfig.from_dict(fields)
+    )
+
+
+@torch.no_grad()
+def set_latent_scale(vae: torch.nn.Module, dataset: Dataset, device: torch.device) -> float:
+    """After training an autoencoder: scaling factor = 1 / std of its latents on (up to 64 of) the training
+    samples, so the DiT sees unit-variance latents (how SANA/SD chose 0.41407 / 0.18215). Returns it."""
+    vae = vae.eval()
+    n = min(len(dataset), 64)
+    items = [it for it in (dataset[i] for i in range(n)) if it is not None]
+    pixels = torch.stack([it["target"] for it in items]).to(device)
+    latents = torch.cat([vae.encode(pixels[i : i + 8]).latent for i in range(0, len(pixels), 8)])
+    scale = float(1.0 / latents.float().std())
+    vae.register_to_config(scaling_factor=scale)
+    return scale

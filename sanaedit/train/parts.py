@@ -1,0 +1,64 @@
+"""The module one training step runs (what DDP/FSDP wrap): the pipeline's networks, and the loss of a batch.
+
+The flow-matching loss is `FlowModel.loss` -- the same model wrapper, timestep rule and latent scaling that
+sampling goes through; the autoencoder stage's loss is L1 + MSE reconstruction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..flow import FlowModel
+from ..pipeline import SanaEditPipeline
+from .config import Reconstruction
+from .stages import Stage
+
+
+class TrainParts(nn.Module):
+    """Everything one training step touches, as one module; `forward` returns the loss."""
+
+    def __init__(self, pipe: SanaEditPipeline, stage: Stage, reconstruction: Reconstruction | None = None):
+        super().__init__()
+        self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
+        self.stage, self.reconstruction = stage, reconstruction or Reconstruction()
+        self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
+        # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
+        self.cache_text = "meta_queries" not in stage.trainable
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.flow.encode(pixels)
+
+    def llm_features(self, prompts: list[str]) -> torch.Tensor:
+        if not self.cache_text:
+            return self.text_encoder.llm_features(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            with torch.no_grad():
+                feats = self.text_encoder.llm_features(missing)
+            self._text_cache.update({p: f.detach() for p, f in zip(missing, feats)})
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        if self.stage.data == "images":
+            return self.reconstruction_loss(batch["target"])
+        if "target_latents" in batch:
+            x0, ref = batch["target_latents"], batch.get("ref_latents")
+        else:
+            with torch.no_grad():  # the autoencoder is frozen outside its own stage
+                x0 = self.encode_images(batch["target"])
+                ref = self.encode_images(batch["source"]) if self.stage.data == "edit" else None
+        feats = batch["llm_features"] if "llm_features" in batch else self.llm_features(batch["prompt"])
+        hidden, mask = self.text_encoder.condition(feats)
+        if self.stage.data != "edit":
+            ref = None  # text-to-image through the editing model: zeros, as the published runtime passes
+        return self.flow.loss(x0, noise, t, hidden, mask, ref)
+
+    def reconstruction_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        recon = self.vae(pixels).sample.float()
+        w = self.reconstruction
+        return w.l1 * F.l1_loss(recon, pixels) + w.mse * F.mse_loss(recon, pixels)
