@@ -97,8 +97,12 @@ def test_resume_continues_bit_exactly(tmp_path, tiny_model_dir, pairs):
     for p in ("model", "done.json", "log.jsonl"):
         path = run / p
         path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    stale = run / "checkpoints" / ".step-00000005.tmp"  # what a kill -9 during a save leaves
+    stale.mkdir()
+    (stale / "half-written.bin").write_bytes(b"x")
     train(cfg, resume=True)
     assert losses(run) == full[3:]  # steps 4..6, exactly
+    assert not stale.exists()  # cleaned up by the next save
 
 
 def test_pre_encoded_latents_match_online(tmp_path, tiny_model_dir, pairs):
@@ -195,3 +199,28 @@ def test_ddp_two_processes_gloo(tmp_path, tiny_model_dir, pairs):
     assert proc.returncode == 0, output
     assert (tmp_path / "two/model/model_index.json").is_file()
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
+
+
+def test_multi_stage_final_model_is_written_atomically(tmp_path, tiny_model_dir, pairs, monkeypatch):
+    """The final `<out>/model` of a multi-stage run replaces an older one only when the copy is complete."""
+    import sanaedit.model_folder as model_folder
+
+    cfg = config(tmp_path / "run", tiny_model_dir, pairs, steps=1)
+    cfg["checkpoint"] = {"every": 0, "keep": 1}
+    cfg["stages"] = [{"train": {"stage": "stage1"}}, {"train": {"stage": "stage3"}}]
+    final = tmp_path / "run" / "model"
+    final.mkdir(parents=True)
+    (final / "older-model.txt").write_text("still here")
+
+    def copy_then_fail(src, dst, **kwargs):
+        (Path(dst) / "transformer").mkdir()  # part of the new folder is written ...
+        raise OSError("disk full")  # ... then the copy fails
+
+    monkeypatch.setattr(model_folder.shutil, "copytree", copy_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    assert [p.name for p in final.iterdir()] == ["older-model.txt"]  # the old model, whole
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".model.")]  # no temp folder left
+    monkeypatch.undo()
+    out = train(cfg, resume=True)  # both stages are done: only the copy runs
+    assert out == final and (final / "model_index.json").is_file() and not (final / "older-model.txt").exists()

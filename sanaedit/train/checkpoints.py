@@ -31,13 +31,19 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def remove_half_written(stage_dir: Path) -> None:
+    """Temporary folders of an earlier run killed mid-save (a run owns its stage folder, so none is live)."""
+    for stale in checkpoint_dir(stage_dir).glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_checkpoint(accel, stage_dir: Path, progress: Progress, stage_name: str, keep: int) -> Path:
     """Save on every process (collective), write and rename on the main one; keep the `keep` newest (<= 0: all)."""
     final = checkpoint_dir(stage_dir) / f"step-{progress.step:08d}"
     tmp = final.with_name(f".{final.name}.tmp")
     main = accel.is_main_process
-    if main and tmp.exists():
-        shutil.rmtree(tmp)
+    if main:
+        remove_half_written(stage_dir)
     accel.wait_for_everyone()
     accel.save_state(str(tmp))
     accel.wait_for_everyone()
@@ -55,6 +61,9 @@ def save_checkpoint(accel, stage_dir: Path, progress: Progress, stage_name: str,
 
 def load_checkpoint(accel, stage_dir: Path) -> tuple[Path | None, Progress]:
     """Restore the newest checkpoint into accelerate's objects; (None, Progress()) when there is none."""
+    if accel.is_main_process:
+        remove_half_written(stage_dir)
+    accel.wait_for_everyone()
     ckpt = latest_checkpoint(stage_dir)
     if ckpt is None:
         return None, Progress()

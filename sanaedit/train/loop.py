@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..model_folder import copy_folder
 from ..pipeline import SanaEditPipeline
 from .checkpoints import Progress, checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import StageConfig, load_config
@@ -239,7 +239,9 @@ class Trainer:
                 scale = set_latent_scale(self.unwrapped().vae, self.dataset, self.accel.device)
                 self.log(f"autoencoder latent std {1 / scale:.4f}: scaling_factor set to {scale:.5f}")
             self._with_ema(lambda: self.export_pipeline().save_pretrained(out))
-            (self.dir / DONE_FILE).write_text(json.dumps({**at._asdict(), "stage": self.stage.name}))
+            done = self.dir / f".{DONE_FILE}.tmp"
+            done.write_text(json.dumps({**at._asdict(), "stage": self.stage.name}))
+            done.replace(self.dir / DONE_FILE)
             self.log(f"exported the model folder to {out}")
         self.accel.wait_for_everyone()
         self.accel.end_training()
@@ -260,7 +262,5 @@ def train(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | Non
         previous = Trainer(cfg, resume=resume).run()
     final = Path(stages[-1].output_dir) / "model"
     if len(stages) > 1 and previous is not None and previous.resolve() != final.resolve():
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(previous, final)
+        copy_folder(previous, final)  # atomic: an older final model stays whole until the new one is complete
     return final
