@@ -58,3 +58,65 @@ def test_bad_arguments():
         flow_sigmas(0)
     with pytest.raises(ValueError, match="unknown schedule"):
         flow_sigmas(4, schedule="karras")
+
+
+def _curved_velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A deterministic, non-linear stand-in for a DiT (so second-order terms matter)."""
+    return torch.tanh(x) * (1.5 - float(sigma)) + 0.3 * torch.sin(3 * x) + float(sigma) ** 2
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 20])
+def test_dpm_solver_matches_diffusers_flow_dpm_solver(n):
+    from diffusers import DPMSolverMultistepScheduler
+
+    from sanaedit.sampling import dpm_solver_sample
+
+    sched = DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0, solver_order=2
+    )
+    sched.set_timesteps(n)
+    sigmas = flow_sigmas(n, schedule="linear")
+    np.testing.assert_allclose(sigmas.numpy(), sched.sigmas.numpy(), atol=1e-6)
+    # diffusers hands the DiT integer timesteps; ours (and the published engine's) are 1000 sigma unrounded
+    np.testing.assert_allclose((sigmas[:-1] * 1000).numpy(), sched.timesteps.numpy(), atol=1)
+
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(n))
+    want = x.clone()
+    for i, t in enumerate(sched.timesteps):
+        want = sched.step(_curved_velocity(want, sched.sigmas[i]), t, want).prev_sample
+    ours = dpm_solver_sample(_curved_velocity, x.clone(), sigmas)
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
+
+
+def test_dpm_solver_on_a_straight_flow_lands_on_x0_and_skips_zero_steps():
+    from sanaedit.sampling import dpm_solver_sample
+
+    x0, noise = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    calls = []
+
+    def velocity(x, sigma):
+        calls.append(float(sigma))
+        return noise - x0
+
+    for schedule, expected_calls in [("default", 10), ("published", 9)]:
+        calls.clear()
+        start = float(flow_sigmas(10, schedule=schedule)[0])
+        out = dpm_solver_sample(velocity, (1 - start) * x0 + start * noise, flow_sigmas(10, schedule=schedule))
+        torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+        assert len(calls) == expected_calls
+
+
+def test_pipeline_sampler_option(tiny_pipe):
+    from PIL import Image
+
+    image = Image.new("RGB", (16, 16), "red")
+    kwargs = dict(num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    euler = np.asarray(tiny_pipe(image, **kwargs).images[0])
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    dpm = np.asarray(tiny_pipe(image, sampler="dpm", **kwargs).images[0])
+    assert euler.shape == dpm.shape and not np.array_equal(euler, dpm)  # dpm ran on its own "linear" schedule
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    same = np.asarray(tiny_pipe(image, sampler="dpm", schedule="default", **kwargs).images[0])
+    assert np.abs(same.astype(int) - euler.astype(int)).max() <= 1  # from sigma 1 it reduces to Euler
+    with pytest.raises(ValueError, match="unknown sampler"):
+        tiny_pipe(image, sampler="ddim")
