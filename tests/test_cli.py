@@ -57,12 +57,12 @@ def test_files_follow_the_folder_modes_naming_and_failure_rules(tiny_model_dir, 
     assert main(["edit", str(b), str(c), "-o", str(tmp_path / "o2"), "--model", str(tiny_model_dir)]) == 1
     assert "collides" in capsys.readouterr().err and len(list((tmp_path / "o2").iterdir())) == 1
 
-    import sanaedit.pipeline as pipeline_module
+    import sanaedit.sampling as sampling
 
     def nan_sample(velocity, x, sigmas, **kwargs):
         return x * float("nan")
 
-    monkeypatch.setattr(pipeline_module, "euler_sample", nan_sample)  # a NaN result fails that file, not the run
+    monkeypatch.setitem(sampling.SAMPLE_FUNCTIONS, "euler", nan_sample)  # a NaN result fails that file, not the run
     assert main(["edit", str(a), str(b), "-o", str(tmp_path / "o3"), "--model", str(tiny_model_dir)]) == 1
     err = capsys.readouterr().err
     assert "failed 2" in err and "NaN" in err
