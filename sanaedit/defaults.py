@@ -40,6 +40,7 @@ def load_pipeline(
     dtype: torch.dtype | str = "auto",
     backend: str | None = None,
     threads: int | None = None,
+    loras: list[tuple[str | Path, float]] | None = None,
 ):
     """The pipeline for `model`, with one set of defaults whatever the folder's kind: a model folder (PyTorch) or an
     exported folder (the runtime its manifest names, or `backend`); with None, the bundled model or a tiny random
@@ -47,7 +48,8 @@ def load_pipeline(
 
     Defaults: threads = physical cores on the CPU; the LLM freed as soon as a new prompt's features exist (they
     stay in the prompt cache); on PyTorch the compute dtype from `dtype` ('auto': bf16 where the CPU has it) and
-    the exact text K/V cache. Exported graphs run on the CPU in float32.
+    the exact text K/V cache. Exported graphs run on the CPU in float32. `loras` (file, scale) are merged into the
+    DiT's weights before any speed path (an exported folder takes them at export instead).
     """
     from .model_folder import is_export
 
@@ -63,12 +65,14 @@ def load_pipeline(
                 f"{model} is a PyTorch model folder; backend {backend!r} needs an exported folder "
                 f"(`sanaedit export {model} --format {'mnn' if backend == 'mnn' else 'onnx'} --out DIR`)"
             )
+        if loras:
+            raise ValueError(f"{model} is exported: merge a LoRA at export (`sanaedit export ... --lora FILE`)")
         from .runtime import load_exported
 
         _set_threads(device, threads)
         pipe = load_exported(model, backend=backend, threads=threads)
     else:
-        pipe = _torch_pipeline(model, device, dtype, threads)
+        pipe = _torch_pipeline(model, device, dtype, threads, loras or [])
     pipe.keep_text_encoder = False
     return pipe
 
@@ -80,7 +84,7 @@ def _set_threads(device: str, threads: int | None) -> None:
         set_threads(threads)  # threads = cores: PyTorch's default can exceed what a container grants
 
 
-def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None):
+def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None, loras):
     from .speed import enable_text_kv_cache, quantize_dit_int8
 
     float_dtype, int8 = resolve_dtype(dtype, device)
@@ -98,6 +102,10 @@ def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype |
         from .torch_model import load_model_folder
 
         pipe = load_model_folder(folder, device=device, dtype=float_dtype)
+    if loras:
+        from .lora import merge_loras
+
+        merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
     if int8:
         quantize_dit_int8(pipe.transformer)
     enable_text_kv_cache(pipe.transformer)

@@ -179,6 +179,30 @@ class SanaEditPipeline:
                 module.to(device=device, dtype=dtype)
         return self
 
+    # --------------------------------------------------------------------------------------------------- LoRA
+    def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
+        """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
+        at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
+        from .lora import load_lora
+
+        if not self.flow.modules:
+            raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
+        from .speed.int8 import Int8Conv1x1, Int8Linear
+
+        if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in self.transformer.modules()):
+            raise ValueError(
+                "this transformer's layers were replaced for speed (int8): load it with the LoRA merged instead "
+                "(`load_pipeline(..., loras=[(path, scale)])`, or `sanaedit edit --lora`)"
+            )
+        return load_lora(self.transformer, path, scale, name)
+
+    def unload_lora(self) -> None:
+        """Remove every LoRA: the pipeline edits exactly as its base model again."""
+        from .lora import unload_loras
+
+        if self.flow.modules:
+            unload_loras(self.transformer)
+
     # -------------------------------------------------------------------------------------------- save / load
     @classmethod
     def from_pretrained(

@@ -93,6 +93,13 @@ def load_model_folder(
 
 def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: bool = True) -> Path:
     """Write `pipe` (on PyTorch modules) as a model folder, atomically."""
+    from .lora import lora_scales
+
+    if lora_scales(pipe.transformer):
+        raise ValueError(
+            "a LoRA is loaded: a model folder holds base weights. Save the LoRA file itself, or bake it in with "
+            "`load_pipeline(MODEL, loras=[(FILE, SCALE)]).save_pretrained(DIR)` (merged weights)"
+        )
     encoder = pipe.text_encoder
     with atomic_folder(model_dir) as tmp:
         pipe.transformer.save_pretrained(tmp / "transformer")

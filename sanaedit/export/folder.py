@@ -72,8 +72,10 @@ def export_model(
     quant: str | dict[str, int | None] | None = None,
     progress: bool = True,
     pipe=None,
+    loras: list[tuple[str | Path, float]] | None = None,
 ) -> Path:
-    """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked."""
+    """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked. `loras`
+    (file, scale) are merged into the transformer first."""
     from ..torch_model import load_model_folder
 
     if fmt not in FORMATS:
@@ -82,6 +84,10 @@ def export_model(
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
     pipe = pipe or load_model_folder(model_dir)
+    if loras:
+        from ..lora import merge_loras
+
+        merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
     encoder = pipe.text_encoder
     out = Path(out)
     started = time.perf_counter()

@@ -66,6 +66,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """Adapters of the `lora` stage (diffusers' Sana LoRA trainer's defaults: q/k/v, gaussian A, zero B)."""
+
+    rank: int = _spec(16, min=1)
+    alpha: float | None = _spec(None, min=0)  # default: the rank (scale 1)
+    targets: tuple[str, ...] = ("to_q", "to_k", "to_v")  # module-name suffixes; also "to_out.0", "conv_point"...
+
+
+@dataclass(frozen=True)
 class Reconstruction:
     """Loss weights of the autoencoder stage."""
 
@@ -92,6 +101,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     ema: float = _spec(0.0, min=0)  # EMA decay; 0 = off
     reconstruction: Reconstruction = _spec(factory=Reconstruction)
+    lora: LoraSettings = _spec(factory=LoraSettings)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..lora import add_lora, save_lora
 from ..model_folder import copy_folder
 from ..pipeline import SanaEditPipeline
 from .checkpoints import Progress, checkpoint_dir, load_checkpoint, save_checkpoint
@@ -71,6 +72,8 @@ class Trainer:
         self.resolution = cfg.data.resolution or self.pipe.config.resolution
         if self.resolution != self.pipe.config.resolution:
             self.pipe.config.resolution = self.resolution
+        if "lora" in self.stage.trainable:
+            add_lora(self.pipe.transformer, t.lora.rank, t.lora.alpha, t.lora.targets)
         parts = TrainParts(self.pipe, self.stage, t.reconstruction)
         trainable = apply_stage(parts, self.stage)
         if t.gradient_checkpointing and "transformer" in self.stage.trainable:
@@ -232,35 +235,46 @@ class Trainer:
         return SummaryWriter(str(self.dir / "tensorboard"))
 
     def finish(self, at: Progress) -> Path:
-        out = self.dir / "model"
+        out = stage_output(self.cfg)
         self.accel.wait_for_everyone()
         if self.main:
             if self.stage.data == "images":
                 scale = set_latent_scale(self.unwrapped().vae, self.dataset, self.accel.device)
                 self.log(f"autoencoder latent std {1 / scale:.4f}: scaling_factor set to {scale:.5f}")
-            self._with_ema(lambda: self.export_pipeline().save_pretrained(out))
+            if "lora" in self.stage.trainable:  # a style file in diffusers' Sana LoRA format, not a model
+                self._with_ema(lambda: save_lora(self.unwrapped().transformer, out))
+            else:
+                self._with_ema(lambda: self.export_pipeline().save_pretrained(out))
             done = self.dir / f".{DONE_FILE}.tmp"
             done.write_text(json.dumps({**at._asdict(), "stage": self.stage.name}))
             done.replace(self.dir / DONE_FILE)
-            self.log(f"exported the model folder to {out}")
+            self.log(f"exported {out}")
         self.accel.wait_for_everyone()
         self.accel.end_training()
         return out
 
 
+def stage_output(cfg: StageConfig) -> Path:
+    """What a stage exports: its model folder, or for the `lora` stage the folder of its LoRA file."""
+    return cfg.stage_dir / ("lora" if "lora" in cfg.stage.trainable else "model")
+
+
 def train(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None, resume: bool = False) -> Path:
-    """Run every stage of a config in order; returns the final model folder. Finished stages are skipped on
-    `resume`; the stage in progress continues from its latest checkpoint."""
+    """Run every stage of a config in order; returns the final model folder (the LoRA folder after a `lora`
+    stage, which must come last). Finished stages are skipped on `resume`; the stage in progress continues from
+    its latest checkpoint."""
     stages = load_config(config, overrides)
+    if any("lora" in cfg.stage.trainable for cfg in stages[:-1]):
+        raise ValueError("a lora stage writes a LoRA file, not a model folder: it must be the last stage")
     previous: Path | None = None
     for cfg in stages:
         if previous is not None:
             cfg = cfg.starting_from(previous)
-        if resume and (cfg.stage_dir / DONE_FILE).is_file() and (cfg.stage_dir / "model").is_dir():
-            previous = cfg.stage_dir / "model"
+        if resume and (cfg.stage_dir / DONE_FILE).is_file() and stage_output(cfg).is_dir():
+            previous = stage_output(cfg)
             continue
         previous = Trainer(cfg, resume=resume).run()
-    final = Path(stages[-1].output_dir) / "model"
+    final = Path(stages[-1].output_dir) / stage_output(stages[-1]).name
     if len(stages) > 1 and previous is not None and previous.resolve() != final.resolve():
         copy_folder(previous, final)  # atomic: an older final model stays whole until the new one is complete
     return final

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae")
+COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora")
 DATA_KINDS = ("images", "text_image", "edit")
 
 
@@ -31,6 +31,7 @@ STAGES = {
     "stage1": Stage("stage1", ("meta_queries", "connector", "projector"), "text_image"),
     "stage2": Stage("stage2", ("meta_queries", "connector", "projector", "transformer"), "text_image"),
     "stage3": Stage("stage3", ("meta_queries", "connector", "projector", "transformer"), "edit"),
+    "lora": Stage("lora", ("lora",), "edit"),  # LoRA adapters on the DiT only: a style file, not a model folder
 }
 
 
@@ -57,6 +58,7 @@ def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
         "transformer": list(parts.transformer.parameters()),
         "vae": list(parts.vae.parameters()),
         "llm": list(te.llm.parameters()),
+        "lora": [p for n, p in parts.transformer.named_parameters() if ".lora_" in n],
     }
 
 
