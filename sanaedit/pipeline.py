@@ -28,6 +28,7 @@ from .model_folder import ModelFolderError
 from .models.prompt import PROMPT_TEMPLATE
 from .sampling import flow_sigmas, get_sampler
 
+OWN_SCHEDULE = {"dpm": "linear", "scm": "scm"}  # the schedule a sampler runs on unless one is given
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
@@ -53,7 +54,7 @@ class PipelineConfig:
     guidance_scale: float = 4.5
     shift: float = 3.0
     schedule: str = "default"
-    sampler: str = "euler"  # or "dpm" (flow DPM-Solver++, sampling.py)
+    sampler: str = "euler"  # or "dpm" (flow DPM-Solver++), "scm" (SANA-Sprint's few-step sampler): sampling.py
     template: str = PROMPT_TEMPLATE
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
 
@@ -315,9 +316,9 @@ class SanaEditPipeline:
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
             steps=cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps),
             scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
-            # DPM-Solver's history term vanishes from sigma 1 (it would equal Euler there): asked for without a
-            # schedule, it gets its own ("linear", as SANA's pipelines run it)
-            schedule=schedule or ("linear" if sampler == "dpm" != cfg.sampler else cfg.schedule),
+            # A sampler asked for without a schedule gets its own: DPM-Solver's history term vanishes from sigma 1
+            # (it would equal Euler there), so "linear" as SANA's pipelines run it; sCM its few-step "scm" times
+            schedule=schedule or (OWN_SCHEDULE.get(sampler, cfg.schedule) if sampler != cfg.sampler else cfg.schedule),
             sample=get_sampler(sampler or cfg.sampler),
             count=num_images_per_prompt,
             strength=strength,
@@ -372,7 +373,12 @@ class SanaEditPipeline:
 
         try:
             latents = sample(
-                velocity, latents, sigmas, callback=on_step, step_end=step_end if callback_on_step_end else None
+                velocity,
+                latents,
+                sigmas,
+                callback=on_step,
+                step_end=step_end if callback_on_step_end else None,
+                generator=generator,  # the sCM sampler draws fresh noise each step
             )
         finally:
             bar.close()

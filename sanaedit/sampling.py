@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-SCHEDULES = ("default", "published", "linear")
-SAMPLERS = ("euler", "dpm")
+SCHEDULES = ("default", "published", "linear", "scm")
+SAMPLERS = ("euler", "dpm", "scm")
+SCM_MAX_TIME, SCM_MID_TIME = 1.57080, 1.3  # SANA-Sprint's TrigFlow times (diffusers' SCMScheduler defaults)
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float = 3.0) -> torch.Tensor:
@@ -32,6 +33,8 @@ def flow_sigmas(num_steps: int, shift: float = 3.0, schedule: str = "default") -
       and changes nothing (N calls, N-1 updates); the trailing 0 appended here reproduces that zero step.
     - "linear": shift(linspace(0.999, 0, N + 1)): N calls ending at 0, what diffusers' DPMSolverMultistepScheduler
       gives with `use_flow_sigmas` (SANA's own pipelines).
+    - "scm": SANA-Sprint's few-step TrigFlow times (1 step: [pi/2, 0]; 2: [pi/2, 1.3, 0]; else linspace(pi/2, 0,
+      N + 1)) as flow noise levels s = sin t / (sin t + cos t); `shift` does not apply.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -41,6 +44,8 @@ def flow_sigmas(num_steps: int, shift: float = 3.0, schedule: str = "default") -
         base = torch.linspace(0.999, 0.0, num_steps, dtype=torch.float64)
     elif schedule == "linear":
         return shift_sigmas(torch.linspace(0.999, 0.0, num_steps + 1, dtype=torch.float64), shift)
+    elif schedule == "scm":
+        return trig_to_flow(scm_times(num_steps))
     else:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     return torch.cat([shift_sigmas(base, shift), base.new_zeros(1)])
@@ -56,6 +61,7 @@ def euler_sample(
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
     step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    generator: torch.Generator | None = None,  # unused: deterministic (one interface for every sampler)
 ) -> torch.Tensor:
     """Integrate dx/dsigma = v(x, sigma) from sigmas[0] to sigmas[-1] with Euler steps.
 
@@ -85,6 +91,7 @@ def dpm_solver_sample(
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
     step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    generator: torch.Generator | None = None,  # unused: deterministic (one interface for every sampler)
 ) -> torch.Tensor:
     """Flow DPM-Solver++ (2M, midpoint), SANA's default sampler: the same updates as diffusers'
     `DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")` (tested).
@@ -121,7 +128,50 @@ def dpm_solver_sample(
     return x
 
 
-SAMPLE_FUNCTIONS = {"euler": euler_sample, "dpm": dpm_solver_sample}
+def scm_times(num_steps: int) -> torch.Tensor:
+    """SANA-Sprint's TrigFlow times t in [0, pi/2], as diffusers' `SCMScheduler.set_timesteps` sets them."""
+    if num_steps == 2:
+        return torch.tensor([SCM_MAX_TIME, SCM_MID_TIME, 0.0], dtype=torch.float64)
+    return torch.linspace(SCM_MAX_TIME, 0.0, num_steps + 1, dtype=torch.float64)
+
+
+def trig_to_flow(t: torch.Tensor) -> torch.Tensor:
+    """TrigFlow time -> flow noise level: x_t / (sin t + cos t) = (1 - s) x0 + s z with s = sin t / (sin t + cos t)."""
+    return torch.sin(t) / (torch.sin(t) + torch.cos(t))
+
+
+@torch.no_grad()
+def scm_sample(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callable[[int, int], None] | None = None,
+    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SANA-Sprint's sCM sampler (diffusers' `SCMScheduler` with the Sprint pipeline's TrigFlow conversion of the
+    model, tested equal), in flow terms: predict x0 = x - sigma v, then re-noise it to the next level with fresh
+    noise, (1 - s') x0 + s' z. For a flow model the TrigFlow conversion is exact, so this *is* the sCM step; a
+    few-step student (`sanaedit distill`) is what makes 1-4 such steps good. Use with the "scm" schedule.
+    """
+    total = len(sigmas) - 1
+    for i in range(total):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        v = velocity(x, sigma.to(torch.float32))
+        x0 = x.to(torch.float32) - float(sigma) * v.to(torch.float32)
+        if sigma_next > 0:
+            z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+            x0 = (1 - float(sigma_next)) * x0 + float(sigma_next) * z
+        x = x0.to(x.dtype)
+        if step_end is not None:
+            replaced = step_end(i + 1, sigma, x)
+            x = x if replaced is None else replaced
+        if callback is not None:
+            callback(i + 1, total)
+    return x
+
+
+SAMPLE_FUNCTIONS = {"euler": euler_sample, "dpm": dpm_solver_sample, "scm": scm_sample}
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:

@@ -120,3 +120,62 @@ def test_pipeline_sampler_option(tiny_pipe):
     assert np.abs(same.astype(int) - euler.astype(int)).max() <= 1  # from sigma 1 it reduces to Euler
     with pytest.raises(ValueError, match="unknown sampler"):
         tiny_pipe(image, sampler="ddim")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_scm_sampler_matches_diffusers_scm_scheduler_with_sprints_conversion(n):
+    """diffusers' SCMScheduler driven the way pipeline_sana_sprint.py drives it (TrigFlow conversion of the model,
+    latents scaled by sigma_data) gives what our flow-space sCM sampler gives, noise draw for noise draw."""
+    from diffusers import SCMScheduler
+
+    from sanaedit.sampling import scm_sample
+
+    sched = SCMScheduler()
+    sched.set_timesteps(n, intermediate_timesteps=1.3 if n == 2 else None)
+    sigma_data = sched.config.sigma_data
+    start = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(5))
+
+    gen = torch.Generator().manual_seed(7)
+    latents = start * sigma_data
+    for t in sched.timesteps[:-1]:
+        s = torch.sin(t) / (torch.cos(t) + torch.sin(t))
+        x_in = latents / sigma_data * torch.sqrt(s**2 + (1 - s) ** 2)
+        v = _curved_velocity(x_in, s)
+        trig = ((1 - 2 * s) * x_in + (1 - 2 * s + 2 * s**2) * v) / torch.sqrt(s**2 + (1 - s) ** 2)
+        latents, denoised = sched.step(trig * sigma_data, t, latents, generator=gen, return_dict=False)
+    want = denoised / sigma_data
+
+    sigmas = flow_sigmas(n, schedule="scm")
+    ours = scm_sample(_curved_velocity, start * float(torch.sqrt(sigmas[0] ** 2 + (1 - sigmas[0]) ** 2)), sigmas,
+                      generator=torch.Generator().manual_seed(7))  # fmt: skip
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
+
+
+def test_trigflow_conversion_of_a_flow_model_is_exact():
+    """With the exact velocity of a straight flow, one sCM step from pure noise lands on x0."""
+    from sanaedit.sampling import scm_sample
+
+    x0, z = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    sigmas = flow_sigmas(1, schedule="scm")
+    out = scm_sample(lambda x, s: z - x0, (1 - sigmas[0]) * x0 + sigmas[0] * z, sigmas)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_pipeline_runs_the_scm_sampler_with_its_schedule(tiny_pipe):
+    from PIL import Image
+
+    calls = []
+    forward = tiny_pipe.transformer.forward
+
+    def spy(sample, hidden, timestep, *args, **kwargs):
+        calls.append(float(timestep[0]))
+        return forward(sample, hidden, timestep, *args, **kwargs)
+
+    tiny_pipe.transformer.forward = spy
+    try:
+        out = tiny_pipe(Image.new("RGB", (16, 16)), sampler="scm", num_inference_steps=2, guidance_scale=1.0)
+    finally:
+        del tiny_pipe.transformer.forward
+    assert out.images[0].size == (16, 16)
+    s_mid = np.sin(1.3) / (np.sin(1.3) + np.cos(1.3))
+    assert calls == pytest.approx([1000.0, 1000 * s_mid], abs=0.01)  # two calls at Sprint's times
