@@ -76,10 +76,13 @@ class FlowModel:
         ref_channels: int,
         vae_scale: int,
         vae: Any = None,
+        guidance_embeds: float | None = None,
     ):
         self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
         self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
         self.vae = vae
+        # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
+        self.guidance_embeds = guidance_embeds
 
     @classmethod
     def from_torch(cls, transformer: nn.Module, vae: nn.Module) -> FlowModel:
@@ -105,6 +108,7 @@ class FlowModel:
             ref_channels=transformer.ref_channels,
             vae_scale=spatial_compression(vae),
             vae=vae,
+            guidance_embeds=t.guidance_embeds_scale if t.get("guidance_embeds") else None,
         )
 
     @property
@@ -133,12 +137,18 @@ class FlowModel:
         hidden: torch.Tensor,
         mask: torch.Tensor,
         ref: torch.Tensor | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
-        """The DiT's velocity at noise level `sigma` (a scalar or one per sample)."""
+        """The DiT's velocity at noise level `sigma` (a scalar or one per sample); `guidance` is the scale a
+        guidance-embedding student is told (ignored by other models)."""
         timestep = (torch.as_tensor(sigma) * TIMESTEP_SCALE).to(self.device, torch.float32).reshape(-1)
         if not self.ref_channels:
             ref = None  # a text-to-image model has no reference input
-        return self.transformer(x.to(self.dtype), hidden, timestep.expand(x.shape[0]), mask, ref)
+        args = (x.to(self.dtype), hidden, timestep.expand(x.shape[0]), mask, ref)
+        if self.guidance_embeds is None:
+            return self.transformer(*args)
+        told = torch.full((x.shape[0],), float(guidance or 1.0) * self.guidance_embeds, device=self.device)
+        return self.transformer(*args, guidance=told.to(self.dtype))
 
     def sampling_velocity(
         self, hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None = None, guidance: float = 1.0
@@ -150,8 +160,10 @@ class FlowModel:
         def rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
             return None if t is None else t.expand(n, *t.shape[1:])
 
-        if guidance <= 1.0:
-            return lambda x, sigma: self.velocity(x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)))
+        if guidance <= 1.0 or self.guidance_embeds is not None:  # no CFG batch (a student is told the scale)
+            return lambda x, sigma: self.velocity(
+                x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)), guidance
+            )
 
         pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
 

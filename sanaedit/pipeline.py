@@ -346,7 +346,8 @@ class SanaEditPipeline:
             restore = None
             ref_latents = torch.zeros((1, *latent_shape[1:]), device=self.device, dtype=self.dtype)
 
-        hidden, mask = self.encode_prompt([negative_prompt, prompt] if scale > 1.0 else [prompt])
+        use_cfg = scale > 1.0 and self.flow.guidance_embeds is None  # a student embeds the scale instead
+        hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])
         velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device and dtype.

@@ -27,6 +27,7 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
         timestep: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         ref_latents: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.ref_channels:
             if ref_latents is None:  # text-to-image through an editing model: the published runtime passes zeros
@@ -36,13 +37,38 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
             sample = torch.cat([sample, ref_latents], dim=1)
         elif ref_latents is not None:
             raise ValueError("this transformer has no reference-latent input (in_channels == out_channels)")
+        if self.config.guidance_embeds and guidance is None:
+            raise ValueError("this transformer embeds the guidance scale (a distilled student): pass `guidance`")
         return super().forward(
             sample,
             encoder_hidden_states=encoder_hidden_states,
             timestep=timestep,
+            guidance=guidance if self.config.guidance_embeds else None,
             encoder_attention_mask=encoder_attention_mask,
             return_dict=False,
         )[0]
+
+    def with_guidance_embedding(self) -> SanaEditTransformer2DModel:
+        """A copy that also embeds the guidance scale (SANA-Sprint's student: one forward per step, no CFG batch).
+
+        The guidance embedder's output layer starts at zero, so the copy gives exactly this model's output for any
+        guidance until distillation trains it.
+        """
+        if self.config.guidance_embeds:
+            raise ValueError("this transformer already embeds the guidance scale")
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        student = type(self).from_config({**config, "guidance_embeds": True})
+        if student.dtype != self.dtype:
+            student = student.to(self.dtype)
+        # diffusers nests the timestep embedder one level deeper without guidance (AdaLayerNormSingle.emb)
+        state = {k.replace("time_embed.emb.", "time_embed."): v for k, v in self.state_dict().items()}
+        missing, unexpected = student.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("time_embed.guidance_") for k in missing):
+            raise ValueError(f"cannot add a guidance embedding: missing {missing}, unexpected {unexpected}")
+        out = student.time_embed.guidance_embedder.linear_2
+        torch.nn.init.zeros_(out.weight)
+        torch.nn.init.zeros_(out.bias)
+        return student
 
     def set_fp16_clipping(self, enabled: bool = True) -> None:
         """Clip every linear-attention output to the fp16 range (+-65504), in any dtype.
