@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,12 +30,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .tempfiles import pid_alive, remove_stale, temp_folder
+
 MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
 PROMPT_CACHE_FILE = "prompt_cache.safetensors"
 REQUIRED = ("transformer", "vae", "llm", "connector", "projector")
 MODEL_CLASS = "SanaEditPipeline"  # model_index.json `_class_name` of a PyTorch model folder
 EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
+RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (release_folder.py)
 EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
 
 
@@ -45,17 +47,21 @@ class ModelFolderError(ValueError):
 
 
 def folder_kind(folder: str | Path) -> str | None:
-    """MODEL_CLASS, EXPORT_CLASS or None: what `model_index.json` says a folder is (not checked further)."""
+    """MODEL_CLASS, EXPORT_CLASS or None: what `model_index.json` says a folder is (not checked further);
+    RELEASE_KIND for a folder without one that holds the published MNN release's files (maybe not all)."""
     try:
         index = json.loads((Path(folder) / MODEL_INDEX).read_text())
     except (OSError, ValueError):
-        return None
+        from .release_folder import looks_like_release
+
+        return RELEASE_KIND if looks_like_release(folder) else None
     kind = index.get("_class_name") if isinstance(index, dict) else None
     return kind if kind in (MODEL_CLASS, EXPORT_CLASS) else None
 
 
 def is_export(folder: str | Path) -> bool:
-    return folder_kind(folder) == EXPORT_CLASS
+    """Graphs for a runtime (ONNX Runtime / MNN), not PyTorch weights: an export, or the MNN release's files."""
+    return folder_kind(folder) in (EXPORT_CLASS, RELEASE_KIND)
 
 
 def write_index(folder: Path, class_name: str, pipeline: dict[str, Any], **entries: Any) -> None:
@@ -94,6 +100,35 @@ def read_index(model_dir: Path, kind: str = MODEL_CLASS) -> dict[str, Any]:
     if missing:
         raise ModelFolderError(f"{model_dir}: missing component(s): {', '.join(missing)}")
     return index
+
+
+MIN_PROMPT_LLM_WIDTH = 256  # Qwen3-0.6B is 1024 wide; the bundled and test models' LLMs are 32-wide stand-ins
+
+
+def llm_width(folder: str | Path) -> int | None:
+    """The LLM's hidden size, from the meta-queries' header (a model or an exported folder); None if unreadable."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    path = folder / META_QUERIES_FILE
+    if folder_kind(folder) in (EXPORT_CLASS, RELEASE_KIND):
+        path = folder / "llm" / META_QUERIES_FILE
+        try:  # the MNN layout: the LLM's own config says
+            return int(json.loads((folder / "llm" / "llm_config.json").read_text())["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    try:
+        with safe_open(path, "pt") as f:
+            return int(f.get_slice("meta_queries").get_shape()[-1])
+    except Exception:
+        return None
+
+
+def follows_prompts(folder: str | Path) -> bool:
+    """Whether the model can follow a prompt other than its own. An LLM narrower than MIN_PROMPT_LLM_WIDTH is a
+    random stand-in (the bundled model's is 32 wide, trained on its one style prompt): it reads no instruction."""
+    width = llm_width(folder)
+    return width is None or width >= MIN_PROMPT_LLM_WIDTH
 
 
 def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) -> Any:
@@ -165,10 +200,12 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _clean_stale(target)
+    tmp = temp_folder(target)  # named after this process, so a killed writer's folder is removed by the next one
     tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary shared folder
     try:
         yield tmp
+        _share(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -179,6 +216,50 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale(target: Path) -> None:
+    """What a killed writer of `target` left beside it: its temporary folders are removed; the previous folder it had
+    moved aside (`.NAME.old-PID`) is put back if `target` is missing (killed between the two renames), else
+    removed. Folders of writers still running are left alone."""
+    remove_stale(target.parent, target.name)
+    prefix = f".{target.name}.old-"
+    try:
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(prefix) :]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        try:
+            if not target.exists():
+                os.replace(entry.path, target)
+            else:
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _umask() -> int:
+    try:  # read, not set: os.umask(0) would briefly change it for every thread of the process
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
+def _share(folder: Path) -> None:
+    """Ordinary permissions (0644 / 0755 under the usual umask) for everything written: some writers (safetensors
+    >= 0.8) create private 0600 files, which a model folder served or shared by another user could not read."""
+    umask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, (0o777 if os.access(path, os.X_OK) else 0o666) & ~umask)
 
 
 def copy_folder(source: Path | None, target: Path) -> Path:

@@ -18,3 +18,18 @@ def tiny_pipe():
 def tiny_model_dir(tmp_path_factory, tiny_pipe):
     """A tiny model folder in the real layout, written once per session (treat as read-only)."""
     return tiny_pipe.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_mnn_release(tmp_path_factory, tiny_model_dir):
+    """The tiny model exported in the published MNN release's layout (the LLM through llmexport, 4-bit; the rest
+    8-bit), once per session (treat as read-only; copy it to change it)."""
+    import importlib.util
+
+    pytest.importorskip("MNN")
+    if importlib.util.find_spec("llmexport") is None:  # (importing it needs its folder on sys.path)
+        pytest.skip("llmexport is not installed")
+    from sanaedit.export import export_model
+
+    out = tmp_path_factory.mktemp("release") / "tiny-mnn"
+    return export_model(tiny_model_dir, out, fmt="mnn", quant="llm=4,rest=8", progress=False)

@@ -1,10 +1,12 @@
 """`export_model`: a model folder -> a folder of ONNX or MNN graphs plus a manifest a runtime loads.
 
-Layout (the published names): connector, projector, transformer, vae_encoder, vae_decoder (.onnx or .mnn, weights
-in a side file when large); `llm/`: the frozen LLM's body as a graph (`llm/llm.onnx|mnn`, 4-bit by default), its
-token embedding table (`embeddings.safetensors`, bf16 when the LLM is quantized: a lookup, read row by row), the
-tokenizer and `meta_queries.safetensors` (only needed for prompts outside the prompt cache);
-`prompt_cache.safetensors`; `model_index.json` (`_class_name` SanaEditExport).
+ONNX layout: connector, projector, transformer, vae_encoder, vae_decoder (.onnx, weights in a side file when
+large); `llm/`: the frozen LLM's body as a graph (`llm/llm.onnx`, 4-bit by default), its token embedding table
+(`embeddings.safetensors`, bf16 when the LLM is quantized: a lookup, read row by row), the tokenizer and
+`meta_queries.safetensors` (only needed for prompts outside the prompt cache).
+MNN layout: the published release's files and I/O names exactly, the LLM written by MNN's own LLM exporter
+(`release_folder.py`, `export/release.py`): MNN's engine loads it as it loads MNN-Sana-Edit-V2.
+Both add `prompt_cache.safetensors` and `model_index.json` (`_class_name` SanaEditExport), which the engine ignores.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..model_folder import (
     write_index,
     write_prompt_cache,
 )
+from ..release_folder import RELEASE_LAYOUT
 from .graphs import graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
 
@@ -83,6 +86,7 @@ def export_model(
     bits = quant if isinstance(quant, dict) else parse_quant(quant)
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
+    given_pipe = pipe is not None
     pipe = pipe or load_model_folder(model_dir)
     if loras:
         from ..lora import merge_loras
@@ -91,30 +95,17 @@ def export_model(
     encoder = pipe.text_encoder
     out = Path(out)
     started = time.perf_counter()
-    graphs: dict[str, dict] = {}
     with atomic_folder(out) as tmp, torch.no_grad():
-        specs = graph_specs(pipe)
         (tmp / "llm").mkdir()
-        for i, spec in enumerate(specs, 1):
-            t0 = time.perf_counter()
-            _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
-            where = tmp / "llm" if spec.name == "llm" else tmp
-            entry = _export_graph(spec, where, fmt, bits[spec.name])
-            entry["file"] = str((where / entry["file"]).relative_to(tmp))
-            graphs[spec.name] = entry
-            _say(
-                progress,
-                f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, "
-                f"{entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
-            )
-        _say(
-            progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ..."
-        )
-        embed_dtype = torch.float32 if bits["llm"] is None else torch.bfloat16
-        table = encoder.llm.get_input_embeddings().weight.detach().to(embed_dtype).contiguous()
-        save_file({EMBEDDINGS_KEY: table}, tmp / EMBEDDINGS_FILE)
-        encoder.tokenizer.save_pretrained(tmp / "llm")
-        save_meta_queries(encoder.meta_queries, tmp / "llm")
+        if fmt == "mnn":  # the published release's layout (export/release.py)
+            from .release import export_release
+
+            llm_source = Path(model_dir) / "llm" if model_dir is not None and not given_pipe else None
+            graphs, llm = export_release(pipe, tmp, bits, progress, llm_source)
+            layout = {"layout": RELEASE_LAYOUT}
+        else:
+            graphs, llm = _export_onnx_folder(pipe, tmp, fmt, bits, progress)
+            layout = {}
         write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
         t = pipe.transformer
         write_index(
@@ -123,26 +114,54 @@ def export_model(
             dataclasses.asdict(pipe.config),
             format=fmt,
             backend=FORMATS[fmt],
+            **layout,
             graphs=graphs,
-            llm={
-                "folder": "llm",
-                "graph": "llm",  # its entry in "graphs"
-                "embeddings": EMBEDDINGS_FILE,
-                "meta_queries": "llm/meta_queries.safetensors",
-                "max_prompt_tokens": encoder.max_prompt_tokens,
-                "bits": bits["llm"],
-                "group_size": LLM_GROUP_SIZE,
-            },
+            llm=llm,
             prompt_cache=PROMPT_CACHE_FILE,
             transformer={
                 "out_channels": t.config.out_channels,
                 "ref_channels": t.ref_channels,
                 "caption_channels": t.config.caption_channels,
             },
-            vae={"scale_factor": pipe.vae_scale},
+            vae={"scale_factor": pipe.vae_scale, "scaling_factor": pipe.vae.config.scaling_factor},
         )
     _say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
     return out
+
+
+def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -> tuple[dict, dict]:
+    """Our own layout (ONNX): every graph including the LLM body, the token table, tokenizer and meta-queries."""
+    encoder = pipe.text_encoder
+    specs = graph_specs(pipe)
+    graphs: dict[str, dict] = {}
+    for i, spec in enumerate(specs, 1):
+        t0 = time.perf_counter()
+        _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
+        where = tmp / "llm" if spec.name == "llm" else tmp
+        entry = _export_graph(spec, where, fmt, bits[spec.name])
+        entry["file"] = str((where / entry["file"]).relative_to(tmp))
+        graphs[spec.name] = entry
+        _say(
+            progress,
+            f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, "
+            f"{entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
+        )
+    _say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ...")
+    embed_dtype = torch.float32 if bits["llm"] is None else torch.bfloat16
+    table = encoder.llm.get_input_embeddings().weight.detach().to(embed_dtype).contiguous()
+    save_file({EMBEDDINGS_KEY: table}, tmp / EMBEDDINGS_FILE)
+    encoder.tokenizer.save_pretrained(tmp / "llm")
+    save_meta_queries(encoder.meta_queries, tmp / "llm")
+    llm = {
+        "folder": "llm",
+        "graph": "llm",  # its entry in "graphs"
+        "embeddings": EMBEDDINGS_FILE,
+        "meta_queries": "llm/meta_queries.safetensors",
+        "max_prompt_tokens": encoder.max_prompt_tokens,
+        "bits": bits["llm"],
+        "group_size": LLM_GROUP_SIZE,
+    }
+    return graphs, llm
 
 
 def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..release_folder import GRAPHS as RELEASE_GRAPHS
 from .llm_graph import LlmFeatures
 
 TRANSFORMER_INPUTS = ["sample", "encoder_hidden_states", "timestep", "encoder_attention_mask", "ref_latents"]
@@ -43,6 +44,32 @@ class _Transformer(nn.Module):
 
     def forward(self, sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents):
         return self.transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+
+
+class _UnscaledVae(nn.Module):
+    """DC-AE as the published release's graphs hold it: the engine applies the scaling factor around them."""
+
+    def __init__(self, vae, decode: bool):
+        super().__init__()
+        self.vae, self.decode = vae, decode
+
+    def forward(self, x):
+        return self.vae.decode(x).sample if self.decode else self.vae.encode(x).latent
+
+
+def release_specs(pipe) -> list[GraphSpec]:
+    """The graphs an MNN export writes in the published release's layout: the engine's I/O names, and DC-AE without
+    its scaling factor (the LLM is written by llmexport, not here)."""
+    specs = []
+    for spec in graph_specs(pipe)[1:]:
+        io = RELEASE_GRAPHS[spec.name]
+        if spec.name.startswith("vae_"):
+            decode = spec.name == "vae_decoder"
+            example = spec.example[0] / pipe.vae.config.scaling_factor if decode else spec.example[0]
+            spec.module, spec.example = _UnscaledVae(pipe.vae, decode), (example,)
+        spec.inputs, spec.outputs = list(io.inputs), list(io.outputs)
+        specs.append(spec)
+    return specs
 
 
 def graph_specs(pipe) -> list[GraphSpec]:

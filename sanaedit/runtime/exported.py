@@ -77,9 +77,62 @@ class ExportedTextEncoder:
         return embeds, mask.float()
 
 
+def check_graph_file(folder: Path, entry: dict) -> None:
+    """A graph's file (and its weight side file) exists and has the size the export wrote: a truncated or replaced
+    graph is refused by name here (MNN would otherwise run a truncated weight file without a word)."""
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise ModelFolderError(f"{folder}: exported graph {entry['file']} is missing; export again")
+    expected = entry.get("bytes")
+    if isinstance(expected, int):
+        found = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+        if found != expected:
+            raise ModelFolderError(
+                f"{path}: {found:,} bytes with its side files, the export wrote {expected:,}: truncated or "
+                "changed since; export again"
+            )
+    if path.suffix == ".onnx":  # a serialized ModelProto opens with field 1, ir_version (tag byte 0x08)
+        with path.open("rb") as f:
+            if f.read(1) != b"\x08":
+                raise ModelFolderError(f"{path}: not a valid ONNX graph (damaged content); export again")
+
+
+def check_exported(folder: str | Path) -> dict:
+    """What loading an exported folder checks, without loading a graph: the manifest, every graph file and its size,
+    the LLM's embeddings and meta-queries headers, the prompt cache. Returns the manifest."""
+    from safetensors import safe_open
+
+    from .release import check_release, is_release_layout
+
+    folder = Path(folder)
+    if is_release_layout(folder):  # the published MNN release's layout (runtime/release.py)
+        return check_release(folder).manifest or {}
+    manifest = read_index(folder, kind=EXPORT_CLASS)
+    missing = [n for n in ("llm", *GRAPHS) if n not in manifest.get("graphs", {})]
+    if missing:
+        raise ModelFolderError(f"{folder}: the export has no {', '.join(missing)} graph: export again")
+    for entry in manifest["graphs"].values():
+        check_graph_file(folder, entry)
+    info = manifest.get("llm", {})
+    for name in (info.get("embeddings"), info.get("meta_queries")):
+        if name:
+            try:
+                with safe_open(folder / name, "pt") as f:
+                    list(f.keys())
+            except Exception as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ModelFolderError(f"{folder / name}: corrupt or missing ({reason}); export again") from None
+    load_prompt_cache(folder)
+    return manifest
+
+
 def load_exported(folder: str | Path, backend: str | None = None, threads: int | None = None) -> SanaEditPipeline:
     """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format)."""
+    from .release import is_release_layout, load_release
+
     folder = Path(folder)
+    if is_release_layout(folder):  # the published MNN release's files, or our MNN export of them
+        return load_release(folder, backend, threads)
     manifest = read_index(folder, kind=EXPORT_CLASS)
     backend = backend or manifest["backend"]
     if BACKENDS.get(backend) != manifest["format"]:
@@ -95,10 +148,8 @@ def load_exported(folder: str | Path, backend: str | None = None, threads: int |
 
     def load(name: str):
         entry = manifest["graphs"][name]
-        path = folder / entry["file"]
-        if not path.is_file():
-            raise ModelFolderError(f"{folder}: exported graph {entry['file']} is missing")
-        return load_graph(path, backend, entry["inputs"], entry["outputs"], threads)
+        check_graph_file(folder, entry)
+        return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads)
 
     graphs = {name: load(name) for name in GRAPHS}  # the LLM only when a new prompt needs it
     info = manifest["transformer"]
