@@ -8,6 +8,8 @@ from PIL import Image
 
 from sanaedit.serve.app import create_app, pipeline_editor
 
+LOCAL = "http://127.0.0.1"  # the server answers only to this machine's names (DNS-rebinding guard)
+
 
 def png_bytes(size=(48, 30), color="green"):
     buf = io.BytesIO()
@@ -28,7 +30,7 @@ def wait_done(client, job_id, timeout=60):
 @pytest.fixture
 def client(tiny_pipe, tmp_path):
     app = create_app(pipeline_editor(tiny_pipe), tmp_path / "results", max_queued=2, max_upload_bytes=200_000)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -73,7 +75,7 @@ def test_full_queue_answers_503_and_recovers(tiny_pipe, tmp_path):
         return edit(image, **kw)
 
     app = create_app(slow_edit, tmp_path / "r", max_queued=2, max_upload_bytes=10_000)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         first = c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"]
         while c.get(f"/api/jobs/{first}").json()["state"] != "running":
             time.sleep(0.01)
@@ -100,7 +102,7 @@ def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
             raise RuntimeError("the transformer produced NaN/inf latents")
         return pipeline_editor(tiny_pipe)(image, **kw)
 
-    with TestClient(create_app(flaky, tmp_path / "r")) as c:
+    with TestClient(create_app(flaky, tmp_path / "r"), base_url=LOCAL) as c:
         first = wait_done(c, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"])
         assert first["state"] == "failed" and "NaN" in first["error"]
         second = wait_done(c, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"])
@@ -108,17 +110,18 @@ def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
 
 
 def test_cli_builds_the_app_from_a_model_folder(tiny_model_dir, tmp_path, monkeypatch):
-    import uvicorn
-
     from sanaedit.cli import main
+    from sanaedit.serve import server
 
     started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
-    args = ["serve", "--model", str(tiny_model_dir), "--out", str(tmp_path / "res"), "--port", "7999", "--queue", "3"]
+    monkeypatch.setattr(server, "serve", lambda app, **kw: started.update(app=app, **kw))
+    args = ["serve", "--model", str(tiny_model_dir), "-o", str(tmp_path / "res"), "--port", "7999", "--queue", "3"]
     assert main(args) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", 7999)  # this machine only, unless asked
-    with TestClient(started["app"]) as c:
-        assert c.get("/api/config").json()["max_queued"] == 3
+    with TestClient(started["app"], base_url=LOCAL) as c:
+        config = c.get("/api/config").json()
+        assert config["max_queued"] == 3
+        assert config["follows_prompts"] is False and config["prompt"].startswith("Convert to a comic")  # tiny LLM
         job = c.post("/api/jobs?steps=1", content=png_bytes((20, 12))).json()["id"]
         assert wait_done(c, job)["state"] == "done"
     assert [p.suffix for p in (tmp_path / "res").iterdir()] == [".png"]

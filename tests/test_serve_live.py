@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+import zipfile
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ import uvicorn
 from PIL import Image
 
 from sanaedit.serve.app import create_app, pipeline_editor
+from sanaedit.serve.server import DrainingServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -27,13 +29,15 @@ def free_port():
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Start a real uvicorn server on a free loopback port; returns (url, results folder)."""
+    """Start a real uvicorn server (`sanaedit serve`'s, with its graceful stop) on a free loopback port, or on
+    `port`; returns (url, results folder). `start.servers` holds (server, thread) pairs."""
     servers = []
 
-    def start(edit, **options):
-        port = free_port()
+    def start(edit, port=None, linger_s=3.0, **options):
+        port = port or free_port()
         app = create_app(edit, tmp_path / "results", **options)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        server = DrainingServer(config, app.state.jobs, linger_s=linger_s)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -43,10 +47,38 @@ def start_server(tmp_path):
             time.sleep(0.05)
         return f"http://127.0.0.1:{port}", tmp_path / "results"
 
+    start.servers = servers
     yield start
     for server, thread in servers:
         server.should_exit = True
         thread.join(60)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def launch(pw):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def record_statuses(page):
+    """Collect every text the cards' status lines show (the page polls; this sees each change)."""
+    page.evaluate(
+        """() => { window.seen = [];
+        new MutationObserver(() => document.querySelectorAll('.status').forEach(s => {
+          if (window.seen[window.seen.length - 1] !== s.textContent) window.seen.push(s.textContent); }))
+        .observe(document.getElementById('results'), {subtree: true, childList: true, characterData: true}); }"""
+    )
 
 
 def rss_mb():
@@ -57,12 +89,19 @@ def rss_mb():
     return 0.0
 
 
+def wait_js(page, expression, timeout=30.0):
+    """Poll a JS expression from outside the page: the page's CSP forbids the eval Playwright's wait_for_function
+    injects (and that CSP is part of what this test checks)."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     edit = pipeline_editor(tiny_pipe)
 
     def slow_edit(image, **kw):  # long enough that three photos at once overflow a queue of one
@@ -75,42 +114,177 @@ def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe
     for i, size in enumerate(sizes):
         photos.append(tmp_path / f"photo{i}.png")
         Image.new("RGB", size, (200, 120, 40 * i)).save(photos[-1])
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-    ]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = launch(pw)
         page = browser.new_page()
         statuses = []
         page.on("response", lambda r: statuses.append(r.status) if "/api/jobs?" in r.url else None)
         page.goto(url)
-        page.wait_for_function("document.getElementById('steps').value !== ''")  # defaults loaded
+        wait_js(page, "document.getElementById('steps').value !== ''")  # defaults loaded
         page.fill("#steps", "3")
         page.set_input_files("#file", [str(p) for p in photos])
         page.click("#go")
-        page.wait_for_function("document.querySelectorAll('img.after').length === 3", timeout=90_000)
-        page.wait_for_function("[...document.querySelectorAll('img.after')].every(i => i.complete)")
+        wait_js(page, "document.querySelectorAll('img.after').length === 3", timeout=90)
+        wait_js(page, "[...document.querySelectorAll('img.after')].every(i => i.complete && i.naturalWidth)")
         assert 503 in statuses and statuses.count(202) == 3  # the page waited out a full queue and retried
         cards = page.query_selector_all(".card")
+        # in the order the photos were picked, not the reverse
+        assert [c.query_selector("h2").inner_text() for c in cards] == [p.name for p in photos]
         got = {}
-        for card in cards:
+        for card, photo in zip(cards, photos):
             assert card.query_selector(".status").inner_text() == "done"
-            assert card.query_selector("img.before") and card.query_selector("input.slider")
+            assert card.query_selector(".meta").inner_text() == "seed 0 · 3 steps · guidance 4.5"
             src = card.query_selector("img.after").get_attribute("src")
-            assert card.query_selector("a.download").get_attribute("href") == src
+            link = card.query_selector("a.download")
+            assert link.get_attribute("href") == src
+            assert link.get_attribute("download") == photo.stem + "-comic.png"  # named after the upload
+            # before/after: labelled, photo on the left, the slider over the image itself
+            compare = card.query_selector(".compare")
+            assert compare.query_selector(".label.before").inner_text() == "Before"
+            assert compare.query_selector(".label.after").inner_text() == "After"
+            assert compare.query_selector("img.before") and compare.query_selector("input.slider")
+            image_box = compare.query_selector("img.after").bounding_box()
+            slider_box = compare.query_selector("input.slider").bounding_box()
+            for key in ("x", "y", "width", "height"):
+                assert abs(image_box[key] - slider_box[key]) <= 1, (key, image_box, slider_box)
+            before_label = compare.query_selector(".label.before").bounding_box()
+            assert before_label["x"] < image_box["x"] + image_box["width"] / 2
             size = card.query_selector("img.after").evaluate("i => [i.naturalWidth, i.naturalHeight]")
             got[card.query_selector("h2").inner_text()] = (tuple(size), src)
+        # dragging on the image moves the divider
+        compare = cards[0].query_selector(".compare")
+        box = compare.query_selector("img.after").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+        position = float(compare.evaluate("c => c.style.getPropertyValue('--pos')").rstrip("%"))
+        assert 5 <= position <= 35, position
+        # one archive with every result, named after the uploads
+        assert page.is_visible("#download-all")
+        archive_url = page.get_attribute("#download-all", "href")
         browser.close()
     assert {name: size for name, (size, _) in got.items()} == {p.name: s for p, s in zip(photos, sizes)}
     for size, src in got.values():
-        assert Image.open(io.BytesIO(httpx.get(url + src).content)).size == size
+        result = Image.open(io.BytesIO(httpx.get(url + src).content))
+        assert result.size == size and result.info["seed"] == "0" and result.info["num_inference_steps"] == "3"
+    archive = zipfile.ZipFile(io.BytesIO(httpx.get(url + archive_url).content))
+    assert archive.namelist() == [p.stem + "-comic.png" for p in photos]
     assert len(list(results.iterdir())) == 3  # the results, and nothing else, in the output folder
+
+
+def recording_edit(tiny_pipe, calls, before_s=0.0, step_s=0.0, after_s=0.0):
+    """The tiny pipeline with time spent where a real model spends it: before the first step (encoding), on each
+    step, after the last (decoding); records the settings each job arrived with."""
+    edit = pipeline_editor(tiny_pipe)
+
+    def timed(image, num_inference_steps, callback=None, **kw):
+        calls.append({"steps": num_inference_steps, **kw})
+        time.sleep(before_s)
+
+        def on_step(i, total):
+            callback(i, total)
+            time.sleep(step_s if i < total else after_s)
+
+        return edit(image, num_inference_steps=num_inference_steps, callback=on_step, **kw)
+
+    return timed
+
+
+@pytest.mark.slow
+def test_page_form_errors_progress_prompt_and_phone_layout(start_server, tiny_pipe, tmp_path):
+    """Readable errors (not "[object Object]"), an empty seed meaning the default, guidance typed freely with its
+    "1 = off" hint, per-step progress from the first job on, the prompt field (off for a model that cannot follow
+    prompts), and a before/after as wide as a phone's screen."""
+    from playwright.sync_api import sync_playwright
+
+    calls = []
+    edit = recording_edit(tiny_pipe, calls, before_s=0.8, step_s=0.5, after_s=0.8)
+    url, _ = start_server(edit, defaults={"guidance": 1.0, "follows_prompts": True, "prompt": "own"})
+    plain_url, _ = start_server(edit, defaults={"follows_prompts": False})
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (1200, 900), (40, 90, 200)).save(photo)
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(plain_url)
+        wait_js(page, "document.getElementById('prompt-hint').textContent !== ''")
+        assert page.is_disabled("#prompt") and "stand-in" in page.inner_text("#prompt-hint")
+
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        assert not page.is_disabled("#prompt") and page.get_attribute("#prompt", "placeholder") == "own"
+        assert "1 = off" in page.inner_text("label:has(#guidance)")
+        page.fill("#guidance", "4.3")
+        assert page.evaluate("document.getElementById('guidance').checkValidity()")  # no 0.5 step
+        page.fill("#guidance", "1")
+        # a seed the server refuses: its message, not [object Object]
+        page.fill("#seed", "99999999999999999999")
+        page.set_input_files("#file", [str(photo)])
+        page.click("#go")
+        wait_js(page, "document.querySelector('.status.error') !== null")
+        error = page.inner_text(".card .status")
+        assert error.startswith("422: seed: Input should be less than or equal to") and "object" not in error
+        assert page.is_visible(".card .retry")
+        page.evaluate("document.getElementById('results').innerHTML = ''")
+        # an empty seed is the default; a prompt goes to the edit; progress moves step by step
+        page.fill("#seed", "")
+        page.fill("#steps", "4")
+        page.fill("#prompt", "a watercolour")
+        record_statuses(page)
+        page.click("#go")
+        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        seen = page.evaluate("window.seen")
+        assert "preparing…" in seen and "finishing…" in seen, seen
+        assert len({s for s in seen if s.startswith("step ")}) >= 2, seen  # not 0 then done
+        assert "step 0" not in " ".join(seen)
+        assert page.inner_text(".card .meta") == "seed 0 · 4 steps · guidance 1 (off) · prompt “a watercolour”"
+        assert calls[-1]["prompt"] == "a watercolour" and calls[-1]["seed"] == 0
+        wait_js(page, "document.querySelector('img.after').complete")
+        width = page.evaluate("document.querySelector('img.after').getBoundingClientRect().width")
+        content = page.evaluate("document.querySelector('.card').clientWidth") - 32  # padding
+        assert width >= content - 2 and width > 300, (width, content)  # the whole card's width on a phone
+        browser.close()
+
+
+@pytest.mark.slow
+def test_stopping_the_server_finishes_the_running_photo_and_the_page_retries(start_server, tiny_pipe, tmp_path):
+    """SIGTERM (as `sanaedit serve` handles it): the running photo is finished and delivered, the queued one fails
+    with a message and a "Try again" button; pressed while the server is down, the page keeps trying until it is
+    back."""
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    edit = recording_edit(tiny_pipe, [], step_s=0.4)
+    url, _ = start_server(edit, max_queued=4, uploads_per_client=4, linger_s=2.0)
+    server, thread = start_server.servers[-1]
+    photos = []
+    for i in range(2):
+        photos.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (40, 30), (100, 50 * i, 0)).save(photos[-1])
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page()
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        page.fill("#steps", "6")
+        page.set_input_files("#file", [str(p) for p in photos])
+        page.click("#go")
+        statuses = "[...document.querySelectorAll('.card .status')].map(s => s.textContent)"
+        wait_js(page, f"(s => s[0].startsWith('step') && s[1].startsWith('waiting'))({statuses})", timeout=60)
+        server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        wait_js(page, "(i => i.complete && i.naturalWidth)(document.querySelector('img.after'))")
+        second = page.query_selector_all(".card")[1]
+        wait_js(page, "document.querySelectorAll('.card')[1].querySelector('.status.error') !== null")
+        assert "send it again" in second.query_selector(".status").inner_text()
+        assert second.query_selector(".retry").is_visible()
+        thread.join(30)
+        assert not thread.is_alive()  # the server has stopped
+        second.query_selector(".retry").click()  # while it is down: the page keeps trying
+        second_status = "document.querySelectorAll('.card')[1].querySelector('.status').textContent"
+        wait_js(page, f"{second_status}.includes('unreachable')")
+        start_server(recording_edit(tiny_pipe, []), port=int(url.rsplit(":", 1)[1]))  # it is back
+        wait_js(page, f"{second_status} === 'done'", timeout=60)
+        browser.close()
 
 
 @pytest.mark.slow
@@ -152,7 +326,7 @@ def test_a_stalled_upload_times_out_and_frees_its_place(start_server, tiny_pipe)
     url, _ = start_server(pipeline_editor(tiny_pipe), max_queued=1, upload_timeout_s=1.0)
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
+        s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
         assert httpx.post(f"{url}/api/jobs", content=b"x").status_code == 503  # the stalled upload holds the room
         reply = s.recv(4096)  # ... until the server gives up on it
     assert reply.startswith(b"HTTP/1.1 408")

@@ -1,25 +1,165 @@
-"""The `sanaedit` command line: one module per sub-command, each with `add_parser(subparsers)`."""
+"""Edit photos with a SANA linear diffusion transformer, on this machine (by default: photo in, comic out).
+
+examples:
+  sanaedit edit photo.jpg -o comic.png              one photo (output the photo's own size)
+  sanaedit edit photos/ -o comics/ -r --resume      a whole folder
+  sanaedit serve                                    a web page on http://127.0.0.1:7860
+  sanaedit info                                     what the bundled model is
+
+Run `sanaedit COMMAND --help` for a command's options and examples. Docs: README.md, docs/.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+from pathlib import Path
 
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
 # `add_parser(subparsers)` which registers its parser and sets `func=run(args) -> int`.
-COMMANDS = ["edit", "info", "assemble", "export", "train", "serve"]
+COMMANDS = ["edit", "info", "assemble", "export", "train", "grow", "prune", "serve"]
+# Commands whose output option was spelled `--out` before `-o/--output` was the one spelling: still accepted.
+OUT_ALIAS = {"edit", "assemble", "export", "grow", "prune", "serve"}
+MAX_SEED = 2**63 - 1  # the server's limit too (a signed 64-bit integer survives JSON clients and torch alike)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples."""
+
+
+def add_command(sub, name: str, summary: str, examples: str = "", description: str = "") -> argparse.ArgumentParser:
+    """A sub-command parser with a one-line summary (in `sanaedit --help`), a description and examples."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description or summary[:1].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+    )
+
+
+def int_range(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high], refused while parsing (before any model loads) with the flag named."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def float_range(low: float, high: float | None = None, note: str = ""):
+    """argparse type: a finite number in [low, high] (nan and inf are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bound = f">= {low:g}" if high is None else f"from {low:g} to {high:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {bound}{note}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """--steps / --guidance / --seed / --prompt / --negative-prompt / --schedule / --sampler, checked while parsing."""
+    p.add_argument(
+        "--steps", type=int_range(1), default=None, metavar="N", help="sampling steps, >= 1 (default: the model's)"
+    )
+    p.add_argument(
+        "--guidance",
+        type=float_range(1.0, note=" (1 = guidance off)"),
+        default=None,
+        metavar="SCALE",
+        help="classifier-free guidance scale, >= 1; 1 turns guidance off (one pass per step, twice as fast) "
+        "(default: the model's; the bundled model's is 1)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int_range(0, MAX_SEED),
+        default=0,
+        metavar="N",
+        help="noise seed; every image gets the same one, so a result can be reproduced (default: 0)",
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        metavar="TEXT",
+        help="edit instruction (default: the model's own style prompt; the bundled model follows no other)",
+    )
+    p.add_argument(
+        "--negative-prompt",
+        default=None,
+        metavar="TEXT",
+        help="what guidance steers away from; used only with --guidance > 1 (default: the model's, usually empty)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["default", "published", "linear", "scm"],
+        default=None,
+        help="sigma schedule: default (flow-matching Euler to sigma 0), published (the MNN engine's) or linear "
+        "(SANA's DPM-Solver schedule) (default: the model's; linear with --sampler dpm)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["euler", "dpm", "scm"],
+        default=None,
+        help="euler (flow matching), dpm (flow DPM-Solver++ 2M, SANA's default: fewer steps for the same quality) "
+        "or scm (SANA-Sprint's 1-4 step sampler, for distilled models) (default: the model's, euler)",
+    )
+
+
+def lora_arg(text: str) -> tuple[Path, float]:
+    """--lora FILE[:SCALE], checked while parsing (the file must exist; the scale is a finite number)."""
+    from ..lora import LoraError, lora_file, parse_lora
+
+    path, scale = parse_lora(text)
+    if not math.isfinite(scale):
+        raise argparse.ArgumentTypeError(f"scale {scale} is not a finite number")
+    try:
+        return lora_file(path), scale
+    except LoraError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_lora_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lora",
+        type=lora_arg,
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="a LoRA style in diffusers' Sana LoRA format (pytorch_lora_weights.safetensors or its folder), merged "
+        "into the transformer at SCALE (default 1; 0 = exactly the base model); repeatable",
+    )
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """--device / --dtype / --backend, shared by the commands that run the pipeline."""
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="PyTorch device: cpu, cuda, cuda:1, mps, ... (default: cpu; exported models run on the CPU)",
+    )
     p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "int8"],
         help="PyTorch compute: auto = bf16 where the CPU has native bf16, else fp32; int8 = also int8 DiT matmuls "
-        "(faster on CPUs with VNNI, slightly different images)",
+        "(faster on CPUs with VNNI, slightly different images) (default: auto)",
     )
     p.add_argument(
         "--backend",
@@ -29,16 +169,92 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this PyTorch cannot use, in one line, before any model loads."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {device!r}: {str(err).strip().splitlines()[0]}") from None
+    if dev.type == "cpu":
+        return
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    if backend is None or not backend.is_available():
+        build = "" if dev.type != "cuda" or torch.version.cuda else " (a CPU-only build)"
+        raise ValueError(
+            f"--device {device}: no {dev.type} device available to this PyTorch {torch.__version__}{build}; "
+            "use --device cpu"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"--device {device}: only {count} {dev.type} device(s) here (0 to {count - 1})")
+
+
+def model_folder_or_bundled(model: str | None):
+    """The folder `--model` names, or the bundled model's (None when neither exists)."""
+    from pathlib import Path
+
+    from ..defaults import BUNDLED_MODEL
+
+    if model is not None:
+        return Path(model)
+    return BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
+
+
+def warn_if_prompt_ignored(model: str | None, prompt: str | None, negative_prompt: str | None = None) -> bool:
+    """Say once, on stderr, when a prompt other than the model's own goes to a model that cannot follow prompts."""
+    import json
+
+    from ..model_folder import MODEL_INDEX, follows_prompts, llm_width
+
+    folder = model_folder_or_bundled(model)
+    if folder is None or (prompt is None and negative_prompt is None) or follows_prompts(folder):
+        return False
+    try:
+        own = json.loads((folder / MODEL_INDEX).read_text()).get("pipeline", {})
+    except (OSError, ValueError, AttributeError):
+        own = {}
+    given = {"prompt": prompt, "negative_prompt": negative_prompt}
+    changed = [k for k, v in given.items() if v is not None and v != own.get(k, "" if k == "negative_prompt" else None)]
+    if not changed:
+        return False
+    flags = " and ".join("--" + k.replace("_", "-") for k in changed)
+    print(
+        f"warning: {flags} will not do what it says: this model cannot follow prompts (its LLM is a "
+        f"{llm_width(folder)}-wide stand-in, trained with its one style prompt). Prompts need a model with a real LLM "
+        "(README: Real weights).",
+        file=sys.stderr,
+    )
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sanaedit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="sanaedit", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sanaedit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`--out DIR` (the old spelling) -> `--output DIR` for the commands that had it."""
+    if not argv or argv[0] not in OUT_ALIAS:
+        return argv
+    out = [argv[0]]
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            return out + argv[i:]
+        out.append("--output" + arg[5:] if arg == "--out" or arg.startswith("--out=") else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(normalize_argv(argv))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -47,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         # Our loaders raise these with messages that name the file and the problem.
         print(f"sanaedit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the system's own word for it (no permission, disk full, ...), one line, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"sanaedit {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"sanaedit {args.command}: error: out of memory", file=sys.stderr)
         return 1
 
 

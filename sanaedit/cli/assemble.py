@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..variants import variant_names
+from . import MAX_SEED, add_command, int_range
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.transformer),
         Path(args.vae),
         Path(args.llm),
-        Path(args.out),
+        Path(args.output),
         variant=args.variant,
         dtype=getattr(torch, args.dtype),
         resolution=args.resolution,
@@ -28,17 +29,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("assemble", help="build a model folder from published transformer / DC-AE / LLM folders")
+    p = add_command(
+        sub,
+        "assemble",
+        "build a model folder from published transformer / DC-AE / LLM folders",
+        description="Build a model folder from a diffusers SANA transformer, a diffusers DC-AE and a Hugging Face "
+        "causal LM.\nThe meta-queries, connector and projector start untrained: train them with `sanaedit train`.",
+        examples="""
+sanaedit assemble --transformer Sana_600M_512px_diffusers --vae dc-ae-f32c32 --llm Qwen3-0.6B -o my-model
+sanaedit info my-model""",
+    )
     p.add_argument("--transformer", required=True, metavar="DIR", help="diffusers SanaTransformer2DModel folder")
     p.add_argument("--vae", required=True, metavar="DIR", help="diffusers AutoencoderDC folder")
     p.add_argument("--llm", required=True, metavar="DIR", help="Hugging Face causal LM folder with its tokenizer")
-    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="model folder to write (required)")
     p.add_argument(
         "--variant",
         default="sana-0.6b",
-        help=f"sizes of the new queries/connector/projector ({', '.join(variant_names())})",
+        help=f"sizes of the new queries/connector/projector: {', '.join(variant_names())} (default: sana-0.6b)",
     )
-    p.add_argument("--resolution", type=int, default=None, help="model input size in pixels (default: the variant's)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--seed", type=int, default=0, help="seed for the new queries/connector/projector")
+    p.add_argument(
+        "--resolution", type=int_range(32), default=None, help="model input size in pixels (default: the variant's)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights (default: float32)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int_range(0, MAX_SEED),
+        default=0,
+        metavar="N",
+        help="seed for the new queries/connector/projector (default: 0)",
+    )
     p.set_defaults(func=run)

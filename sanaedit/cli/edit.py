@@ -8,7 +8,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import add_runtime_args
+from . import (
+    add_command,
+    add_lora_arg,
+    add_runtime_args,
+    add_sampling_args,
+    check_device,
+    int_range,
+    warn_if_prompt_ignored,
+)
+
+UPSAMPLE_METHODS = ["plain", "guided", "guided-grey"]  # sanaedit.upsample.METHODS (not imported: torch is slow to load)
 
 
 def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
@@ -29,7 +39,7 @@ def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..batch import edit_files, edit_folder
+    from ..batch import check_output_folder, check_outputs, edit_files, edit_folder
     from ..defaults import load_pipeline
 
     inputs = [Path(p) for p in args.inputs]
@@ -43,7 +53,18 @@ def run(args: argparse.Namespace) -> int:
         if any(p.is_dir() for p in inputs):
             raise ValueError("give either one folder or image files, not a mix")
         plan = plan_outputs(inputs, Path(args.output))
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    # an output that cannot be written is refused now, before the model loads and any edit runs
+    check_output_folder(args.output) if folder_mode else check_outputs(plan.values())
+    check_device(args.device)  # everything the user typed is checked before the model loads (seconds)
+    judge = None
+    if args.judge is not None:
+        from ..best_of import load_judge
+
+        judge = load_judge(args.judge)
+    warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora)
+    if args.upsample is not None:
+        pipe.config.upsample = args.upsample
     single = not folder_mode and len(inputs) == 1
     settings = dict(
         prompt=args.prompt,
@@ -51,10 +72,15 @@ def run(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         schedule=args.schedule,
+        sampler=args.sampler,
         progress=single and not args.quiet,  # one photo: a bar over its steps; many: a bar over the photos
     )
 
     def edit_one(image):  # every image gets the same seed, whatever its place in the batch
+        if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
+            from ..best_of import best_of
+
+            return best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)[0]
         return pipe(image, generator=torch.Generator().manual_seed(args.seed), **settings).images[0]
 
     if folder_mode:
@@ -73,17 +99,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("edit", help="edit one photo or many (default: into the model's comic style)")
+    p = add_command(
+        sub,
+        "edit",
+        "edit one photo or many (default: into the model's comic style)",
+        examples="""
+sanaedit edit photo.jpg -o comic.png                  output the photo's own size; .png .jpg .webp .tif .bmp
+sanaedit edit a.jpg b.png -o out/                     many photos into a folder
+sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
+sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7""",
+    )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output image, or a folder for many inputs")
-    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the bundled model)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 10)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale; 1 disables CFG (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt", default=None, help="edit instruction (default: the model's fixed style prompt)")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--schedule", choices=["default", "published"], default=None, help="sigma schedule")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output image, or a folder for many inputs (required)"
+    )
+    p.add_argument("--model", default=None, metavar="DIR", help="model or exported folder (default: the bundled model)")
+    add_sampling_args(p)
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLE_METHODS,
+        default=None,
+        help="back to the photo's own size from the model's resolution: guided (the fast guided filter: the photo's "
+        "own detail and edges) or plain (bilinear); guided-grey guides with luminance only (default: the model's; "
+        "guided unless its folder says otherwise)",
+    )
     add_runtime_args(p)
+    add_lora_arg(p)
+    p.add_argument(
+        "--candidates",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="edit N times (seeds SEED..SEED+N-1) and keep the one --judge scores highest (default: 1)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="score(source, candidate) -> float, higher is better (default: sanaedit.best_of:structure_judge, "
+        "how well the edit's edges follow the photo's; docs/family.md)",
+    )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -26,6 +26,6 @@ def add_parser(sub) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder")
     p.add_argument("--layers", type=int, required=True, metavar="N", help="blocks of the grown transformer")
-    p.add_argument("-o", "--output", "--out", required=True, metavar="DIR", help="folder to write (atomically)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write (atomically)")
     p.add_argument("--seed", type=int, default=0, help="seed for the new blocks' open weights (default: 0)")
     p.set_defaults(func=run)

@@ -3,38 +3,103 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from . import add_runtime_args
+from . import add_command, add_lora_arg, add_runtime_args, check_device, float_range, int_range
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ..defaults import load_pipeline
+    from ..model_folder import follows_prompts
     from ..serve.app import create_app, pipeline_editor
+    from ..serve.http import uvicorn_options
+    from ..serve.security import host_policy, resolve_token
+    from ..serve.server import serve
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    token = resolve_token(args.token)  # checked before the model loads
+    allowed_hosts, warning = host_policy(args.host, token, args.allowed_host)
+    check_device(args.device)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora)
     cfg = pipe.config
+    edit = pipeline_editor(pipe)
+    warm_up(edit, cfg)
     app = create_app(
-        pipeline_editor(pipe),
-        Path(args.out),
+        edit,
+        Path(args.output),
         max_queued=args.queue,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        defaults={"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale},
+        defaults={
+            "steps": cfg.num_inference_steps,
+            "guidance": cfg.guidance_scale,
+            "prompt": cfg.prompt,
+            "follows_prompts": pipe.model_dir is None or follows_prompts(pipe.model_dir),
+        },
+        allowed_hosts=allowed_hosts,
+        token=token,
     )
-    print(f"sanaedit: serving on http://{args.host}:{args.port}  (results in {args.out})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    if warning:
+        print(warning, file=sys.stderr)
+    url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
+    print(f"sanaedit: serving on {url}{f'/?token={token}' if token else ''}  (results in {args.output})")
+    serve(app, host=args.host, port=args.port, **uvicorn_options())
     return 0
 
 
+def warm_up(edit, cfg) -> None:
+    """One 1-step edit at the model's settings before the first user's: the first call pays one-off costs
+    (allocator growth, kernel and cache set-up), which would otherwise sit under that job's "step 0"."""
+    from PIL import Image
+
+    size = cfg.resolution
+    print("sanaedit: warming the model up (one 1-step edit) ...", file=sys.stderr, flush=True)
+    edit(Image.new("RGB", (size, size), "gray"), num_inference_steps=1, guidance_scale=cfg.guidance_scale, seed=0)
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="a web page to edit photos (one model, bounded queue)")
-    p.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the bundled model)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--out", default="sanaedit-results", help="folder for results (the only place it writes)")
-    p.add_argument("--queue", type=int, default=8, help="jobs that may wait; more get HTTP 503")
-    p.add_argument("--max-upload-mb", type=float, default=25.0)
+    p = add_command(
+        sub,
+        "serve",
+        "a web page to edit photos (one model, bounded queue)",
+        examples="""
+sanaedit serve                                       http://127.0.0.1:7860, the bundled model
+sanaedit serve --model DIR --port 8080 -o results/   results written only in results/
+sanaedit serve --host 0.0.0.0 --token auto           reachable from other machines, with an access token""",
+    )
+    p.add_argument("--model", default=None, metavar="DIR", help="model or exported folder (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int_range(0, 65535), default=7860, help="TCP port (default: 7860; 0 = any free port)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="sanaedit-results",
+        metavar="DIR",
+        help="folder for results, the only place it writes (default: sanaedit-results)",
+    )
+    p.add_argument(
+        "--queue", type=int_range(1), default=8, metavar="N", help="jobs that may wait; more get HTTP 503 (default: 8)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float_range(0.01),
+        default=25.0,
+        metavar="MB",
+        help="largest photo accepted, in MiB; larger ones get HTTP 413 (default: 25)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="require this access token (16+ characters; 'auto' makes one and prints the address with it); for use "
+        "beyond this machine (default: $SANAEDIT_TOKEN, else none)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers to besides the address it listens on (repeatable; DNS-rebinding guard)",
+    )
     add_runtime_args(p)
+    add_lora_arg(p)
     p.set_defaults(func=run)

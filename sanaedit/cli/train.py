@@ -1,4 +1,4 @@
-"""`sanaedit train CONFIG.yaml [--key=value ...] [--resume]`: train with the flow-matching recipe (docs/training.md).
+"""`sanaedit train CONFIG.yaml [--key=value | --key value ...] [--resume]`: train (docs/training.md).
 
 Multi-process (DDP; FSDP through an accelerate config): `accelerate launch -m sanaedit.cli.train CONFIG.yaml` or
 `torchrun --nproc_per_node N -m sanaedit.cli.train CONFIG.yaml`.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from . import add_command
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -24,22 +26,58 @@ def resolve_config(name: str) -> Path:
     raise FileNotFoundError(f"training config not found: {name} (bundled recipes: {known})")
 
 
+def normalize_overrides(items: list[str]) -> list[str]:
+    """Config overrides as `--key=value`, from what users type: `--key=value` or `--key value`, hyphens or
+    underscores in keys (`--output-dir runs/x` -> `--output_dir=runs/x`), `-o DIR` for `--output_dir=DIR`."""
+    out, i = [], 0
+    while i < len(items):
+        item = items[i]
+        i += 1
+        if item in ("-o", "--output"):
+            item = "--output_dir"
+        key, sep, value = item.partition("=")
+        if not sep:
+            if not key.startswith("--"):
+                raise ValueError(f"unexpected argument {item!r}: overrides are --key=value or --key value")
+            if i == len(items) or items[i].startswith("--"):
+                raise ValueError(f"override {item!r} has no value: write {item}=VALUE or {item} VALUE")
+            value, i = items[i], i + 1
+        dashes = "--" if key.startswith("--") else ""
+        out.append(f"{dashes}{key.removeprefix('--').replace('-', '_')}={value}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train.loop import train
 
     # Overrides look like options (--train.steps=5), so argparse hands us the rest of the line: pick --resume out.
-    overrides = [o for o in args.overrides if o != "--resume"]
-    resume = args.resume or len(overrides) != len(args.overrides)
+    rest = [o for o in args.overrides if o != "--resume"]
+    resume = args.resume or len(rest) != len(args.overrides)
+    overrides = normalize_overrides(rest)
     out = train(resolve_config(args.config), overrides=overrides, resume=resume)
     print(f"model folder: {out}")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train (stages 1-3, or the bundled comic recipe) from a YAML config")
+    p = add_command(
+        sub,
+        "train",
+        "train (stages 1-3, or the bundled comic recipe) from a YAML config",
+        description="Train a model folder with flow matching from a YAML config or a bundled recipe (docs/training.md)."
+        "\nAny config key can be overridden: --key=value or --key value (hyphens or underscores).",
+        examples="""
+sanaedit train comic --output-dir runs/comic          reproduce the bundled model (about 35 min on 2 CPU cores)
+sanaedit train my.yaml --train.steps 2000 --train.lr=5e-5
+sanaedit train my.yaml --resume                       continue after a crash
+accelerate launch -m sanaedit.cli.train my.yaml       many GPUs""",
+    )
     p.add_argument("config", help="YAML training config, or a bundled recipe name (e.g. comic)")
     p.add_argument(
-        "overrides", nargs=argparse.REMAINDER, metavar="--key=value", help="config overrides, e.g. --train.steps=100"
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="--key=value",
+        help="config overrides, e.g. --train.steps=100 or --output-dir runs/x (-o runs/x for short)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (bit-exact on CPU)")
     p.set_defaults(func=run)
