@@ -6,19 +6,26 @@ that is lossless converts to PNG without loss too) at the input's relative path 
 `in/trip/a.jpg -> out/trip/a.png`. Two inputs that would share an output (`a.jpg` and `a.png`) keep their whole
 name instead: `a.jpg.png`, `a.png.png`. With `resume`, an output that already exists is skipped; outputs are
 written atomically, so an existing output is always a complete one.
+
+Nothing vanishes from the summary: an entry with an image extension that is no readable photo (a FIFO, a device,
+a dangling link, a link loop) fails with its reason, a sub-folder that cannot be read fails, other entries are
+counted as ignored. Outputs that cannot be written (a file where the folder should be, no permission, a read-only
+disk) are refused before any edit; a disk that fills up stops the batch, with every input not attempted listed.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_io import ImageLoadError, load_image, save_image_atomic
+from .image_io import ImageLoadError, load_image, remove_stale_temps, save_image_atomic
 
 # .heic is listed so an iPhone folder gets a per-file reason ("export it as JPEG"), not silence
 IMAGE_SUFFIXES = {
@@ -36,6 +43,8 @@ IMAGE_SUFFIXES = {
     ".tif",
     ".tiff",
 }
+# a write failing with one of these fails for every later output too: the batch stops and lists what is left
+OUTPUT_GONE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 @dataclass
@@ -43,27 +52,86 @@ class BatchSummary:
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
-    ignored: list[Path] = field(default_factory=list)  # files without an image extension
+    ignored: list[Path] = field(default_factory=list)  # no image extension, or a symlinked folder (not walked)
 
     def report(self) -> str:
         lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)}"]
         if self.ignored:
-            lines[0] += f"; {len(self.ignored)} other file(s) ignored (not an image extension)"
+            lines[0] += f"; {len(self.ignored)} other file(s) ignored (no image extension, or a linked folder)"
         lines += [f"  failed: {reason}" for _, reason in self.failed]
         return "\n".join(lines)
 
 
-def find_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """(image files by extension, other files) under `folder`, sorted; hidden files and folders left out.
+@dataclass
+class Listing:
+    images: list[Path] = field(default_factory=list)  # entries with an image extension, whatever they are
+    others: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # sub-folders that cannot be listed
 
-    Symlinked files are followed (they are the user's photos); symlinked folders are not walked (no loops).
-    """
-    images, others = [], []
-    for path in sorted(folder.glob("**/*" if recursive else "*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+
+def list_folder(folder: Path, recursive: bool = False) -> Listing:
+    """Everything under `folder`, hidden entries left out, sorted. An entry with an image extension is listed
+    whatever it is (a FIFO, a device, a dangling link, a link loop), so the batch reports it rather than losing it;
+    symlinked folders are not walked (no loops) and count as others; a sub-folder that cannot be listed is reported
+    in `unreadable`. The folder itself must be listable: ValueError otherwise."""
+    listing, pending = Listing(), [Path(folder)]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError as err:
+            reason = f"{current}: cannot read this folder ({err.strerror or err})"
+            if current == Path(folder):
+                raise ValueError(reason) from None
+            listing.unreadable.append((current, reason))
             continue
-        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
-    return images, others
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                real_dir = entry.is_dir(follow_symlinks=False)
+                linked_dir = not real_dir and entry.is_symlink() and path.is_dir()
+            except OSError:  # a link loop: neither; it is listed (and fails with its reason) below
+                real_dir = linked_dir = False
+            if real_dir:
+                if recursive:
+                    pending.append(path)
+            elif linked_dir or path.suffix.lower() not in IMAGE_SUFFIXES:
+                listing.others.append(path)
+            else:
+                listing.images.append(path)
+    listing.images.sort()
+    listing.others.sort()
+    listing.unreadable.sort()
+    return listing
+
+
+def find_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(entries with an image extension, other entries) under `folder`, sorted: see `list_folder`."""
+    listing = list_folder(folder, recursive)
+    return listing.images, listing.others
+
+
+def check_output_folder(folder: str | Path) -> None:
+    """Refuse a folder that outputs cannot be written into (before any edit): a file on the way, a dangling link,
+    no write permission, a read-only disk. ValueError names the path and the problem."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise ValueError(f"{existing}: is a broken symbolic link, not a folder; choose another output")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: is a file, not a folder; choose another output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing}: cannot write there (permission denied, or a read-only disk)")
+
+
+def check_outputs(outputs: Iterable[Path]) -> None:
+    """`check_output_folder` for the folder of every output."""
+    for folder in sorted({Path(p).parent for p in outputs}):
+        check_output_folder(folder)
 
 
 def plan_outputs(sources: list[Path], in_dir: Path | None, out_dir: Path) -> dict[Path, Path]:
@@ -102,9 +170,19 @@ def edit_folder(
         )
     if recursive and in_dir.resolve() in out_dir.resolve().parents:
         raise ValueError(f"{out_dir}: the output folder must not be inside the input folder for a recursive walk")
-    sources, others = find_files(in_dir, recursive)
-    summary = BatchSummary(ignored=others)
-    return edit_files(edit, sources, plan_outputs(sources, in_dir, out_dir), resume, progress, summary, **edit_kwargs)
+    check_output_folder(out_dir)
+    listing = list_folder(in_dir, recursive)
+    summary = BatchSummary(ignored=listing.others, failed=list(listing.unreadable))
+    plan = plan_outputs(listing.images, in_dir, out_dir)
+    return edit_files(edit, listing.images, plan, resume, progress, summary, **edit_kwargs)
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)  # unlike Path.resolve, never raises (a link loop is listed, and fails later)
+
+
+def _write_error(src: Path, dst: Path, err: OSError) -> str:
+    return f"{src}: cannot write {dst}: {err.strerror or err}"
 
 
 def edit_files(
@@ -118,15 +196,19 @@ def edit_files(
 ) -> BatchSummary:
     """Edit each source into its planned output; a source without a plan entry is reported as a name collision,
     an output that is one of the inputs is refused (never overwrite a photo), any failure of one file is recorded
-    and the rest go on."""
+    and the rest go on. Outputs that cannot be written at all are refused first (ValueError, before any edit); a
+    full disk stops the batch and lists the inputs not attempted."""
     summary = summary or BatchSummary()
-    inputs = {src.resolve() for src in sources}
+    check_outputs(plan.values())
+    for folder in {dst.parent for dst in plan.values()}:
+        remove_stale_temps(folder)  # temporaries of a killed earlier run
+    inputs = {_real(src) for src in sources}
     todo = {}
     for src in sources:
         dst = plan.get(src)
         if dst is None:
             summary.failed.append((src, f"{src}: its output name collides with another input's; rename it"))
-        elif dst.resolve() in inputs:
+        elif _real(dst) in inputs:
             summary.failed.append((src, f"{dst}: is an input photo; refusing to overwrite it (choose another output)"))
         elif resume and dst.is_file():
             summary.skipped.append(src)
@@ -134,14 +216,30 @@ def edit_files(
             todo[src] = dst
     # one bar over the work actually left, so its rate and ETA mean something on a resumed run
     with tqdm(todo.items(), desc="editing", unit="image", disable=not progress, dynamic_ncols=True) as bar:
-        for src, dst in bar:
+        for i, (src, dst) in enumerate(bar):
+            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
             try:
-                save_image_atomic(edit(load_image(src), **edit_kwargs), dst)
+                result = edit(load_image(src), **edit_kwargs)
             except ImageLoadError as err:
                 summary.failed.append((src, str(err)))
-            except Exception as err:  # one bad file (a NaN result, a full disk) never stops the batch
+                continue
+            except MemoryError:
+                summary.failed.append((src, f"{src}: out of memory while editing it"))
+                continue
+            except Exception as err:  # one bad file (a NaN result) never stops the batch
+                summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
+                continue
+            try:
+                save_image_atomic(result, dst)
+            except OSError as err:
+                summary.failed.append((src, _write_error(src, dst, err)))
+                if err.errno in OUTPUT_GONE:  # every later output would fail the same way, after its edit
+                    left = list(todo)[i + 1 :]
+                    why = f"not attempted: outputs cannot be written ({err.strerror}); fix it, rerun with --resume"
+                    summary.failed += [(s, f"{s}: {why}") for s in left]
+                    break
+            except Exception as err:
                 summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
             else:
                 summary.done.append(src)
-            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
     return summary

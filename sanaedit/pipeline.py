@@ -23,10 +23,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .flow import TIMESTEP_SCALE, FlowModel
-from .image_io import load_image, postprocess, preprocess
+from .image_io import load_image, preprocess
 from .model_folder import ModelFolderError
 from .models.prompt import PROMPT_TEMPLATE
 from .sampling import flow_sigmas, get_sampler
+from .upsample import DEFAULT_METHOD as DEFAULT_UPSAMPLE
+from .upsample import restore_photo
 
 OWN_SCHEDULE = {"dpm": "linear", "scm": "scm"}  # the schedule a sampler runs on unless one is given
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
@@ -57,6 +59,8 @@ class PipelineConfig:
     sampler: str = "euler"  # or "dpm" (flow DPM-Solver++), "scm" (SANA-Sprint's few-step sampler): sampling.py
     template: str = PROMPT_TEMPLATE
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
+    padding: str = "black"  # fills the square around a non-square photo: "black" (the published engine) or "reflect"
+    upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: "guided" (its detail, upsample.py) or "plain"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -340,7 +344,7 @@ class SanaEditPipeline:
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if image is not None:
-            pixels, restore = preprocess(image, self.config.resolution)
+            pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
             ref_latents = self.encode_image(pixels)
         else:
             restore = None
@@ -388,4 +392,7 @@ class SanaEditPipeline:
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "
                 "try float32)"
             )
-        return [postprocess(self.decode_latents(latents[i : i + 1]), restore) for i in range(count)]
+        return [
+            restore_photo(self.decode_latents(latents[i : i + 1]), restore, image, self.config.upsample)
+            for i in range(count)
+        ]

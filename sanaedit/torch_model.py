@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .model_folder import (
+    META_QUERIES_FILE,
     MODEL_CLASS,
     ModelFolderError,
     atomic_folder,
@@ -36,6 +37,140 @@ def _load_diffusers_model(cls, path: Path, dtype: torch.dtype):
     except FileNotFoundError:
         return cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
     return load_model(cls, path, dtype)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in safetensors `files`, from their headers (no tensor data is read). A missing,
+    empty, truncated or garbage file raises ValueError naming it."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError("empty file (0 bytes)")
+            with safe_open(path, "pt") as f:
+                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except Exception as err:  # safetensors raises its own SafetensorError; OSError for a missing file
+            raise ValueError(f"{path.name}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+    return shapes
+
+
+def _check_diffusers_component(model_dir: Path, name: str, cls) -> dict:
+    """`name`'s config builds a model (on the meta device: no memory) whose every tensor is in its weights with the
+    same shape, read from the weights' headers. Returns the config. Errors name the component."""
+
+    def check(folder: Path) -> dict:
+        from accelerate import init_empty_weights
+
+        from .speed.lowmem import weight_files
+
+        config = cls.load_config(folder)
+        with init_empty_weights():
+            model = cls.from_config(config)
+        try:
+            files = weight_files(folder)
+        except FileNotFoundError:
+            return dict(model.config)  # .bin checkpoints: diffusers' own loader checks them when loaded
+        found = tensor_shapes(files)
+        for key, tensor in model.state_dict().items():
+            if key not in found:
+                raise ValueError(f"its weights have no {key} (the config needs it)")
+            if found[key] != tuple(tensor.shape):
+                raise ValueError(
+                    f"{key} has shape {list(found[key])} in the weights, the config needs {list(tensor.shape)}"
+                )
+        return dict(model.config)
+
+    return load_component(model_dir, name, check)
+
+
+def _check_llm(model_dir: Path) -> int:
+    """The LLM's config, tokenizer files and weight headers (never its weights); returns its width."""
+    import json
+
+    def check(folder: Path) -> int:
+        config = json.loads((folder / "config.json").read_text())
+        width = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
+        if not isinstance(width, int):
+            raise ValueError("config.json has no hidden_size")
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            raise ValueError("no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        index = folder / "model.safetensors.index.json"
+        files = (
+            sorted({folder / n for n in json.loads(index.read_text())["weight_map"].values()})
+            if index.is_file()
+            else []
+        )
+        if not files and (folder / "model.safetensors").exists():
+            files = [folder / "model.safetensors"]
+        for key, shape in tensor_shapes(files).items():
+            if key.endswith("embed_tokens.weight") and shape[-1] != width:
+                raise ValueError(f"{key} is {shape[-1]} wide, its config says hidden_size {width}")
+        return width
+
+    return load_component(model_dir, "llm", check)
+
+
+def check_text_path(model_dir: str | Path, caption_channels: int | None = None) -> None:
+    """Every piece of the text path, from configs and file headers only (no weights loaded, the LLM included):
+    the LLM (config, tokenizer files, weight headers), meta-queries, connector and projector (weights against their
+    configs), and that they fit each other and the transformer. So a folder that loads also runs a new prompt."""
+    from .models.connector import Connector
+    from .models.projector import Projector
+
+    model_dir = Path(model_dir)
+    width = _check_llm(model_dir)
+    path = model_dir / META_QUERIES_FILE
+    try:
+        shape = tensor_shapes([path]).get("meta_queries")
+    except ValueError as err:
+        raise ModelFolderError(f"{model_dir}: {err}") from None
+    if shape is None:
+        raise ModelFolderError(f"{path}: no 'meta_queries' tensor")
+    if len(shape) != 2 or shape[1] != width:
+        raise ModelFolderError(f"{path}: meta_queries shape {shape} does not match the LLM width {width}")
+    connector = _check_diffusers_component(model_dir, "connector", Connector)
+    projector = _check_diffusers_component(model_dir, "projector", Projector)
+    if connector["width"] != width:
+        raise ModelFolderError(f"{model_dir}: connector width {connector['width']} != LLM width {width}")
+    if projector["in_features"] != width:
+        raise ModelFolderError(f"{model_dir}: projector in_features {projector['in_features']} != LLM width {width}")
+    if caption_channels is not None and projector["out_features"] != caption_channels:
+        raise ModelFolderError(
+            f"{model_dir}: projector out_features {projector['out_features']} != transformer caption_channels "
+            f"{caption_channels}"
+        )
+
+
+def check_model_folder(model_dir: str | Path) -> dict:
+    """Everything `load_model_folder` checks, from configs and file headers only (what `sanaedit info` runs): the
+    index, every component's weights against its config, the text path, the prompt cache. Returns the index."""
+    from diffusers import AutoencoderDC
+
+    from .models.transformer import SanaEditTransformer2DModel
+
+    model_dir = Path(model_dir)
+    index = read_index(model_dir)
+    transformer = _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+    _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+    check_text_path(model_dir, transformer.get("caption_channels"))
+    load_prompt_cache(model_dir)
+    return index
+
+
+def _caption_channels(model_dir: Path) -> int | None:
+    import json
+
+    try:
+        return json.loads((model_dir / "transformer" / "config.json").read_text()).get("caption_channels")
+    except (OSError, ValueError, AttributeError):
+        return None  # the transformer's own load names what is wrong with it
 
 
 def load_text_encoder(model_dir: Path, template: str, dtype: torch.dtype = torch.float32):
@@ -71,6 +206,8 @@ def load_model_folder(
     model_dir = Path(model_dir)
     index = read_index(model_dir)
     config = PipelineConfig.from_dict(index.get("pipeline", {}))
+    # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
+    check_text_path(model_dir, _caption_channels(model_dir))
     transformer = load_component(
         model_dir, "transformer", lambda p: _load_diffusers_model(SanaEditTransformer2DModel, p, dtype)
     )

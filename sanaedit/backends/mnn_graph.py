@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model_folder import ModelFolderError
 from ..speed.cpu import physical_cores
 
 
@@ -22,9 +23,14 @@ class MnnGraph:
         config = {"backend": "CPU", "numThread": threads or physical_cores(), "precision": "high"}
         self.runtime = mnn_nn.create_runtime_manager((config,))
         # External weights (`--saveExternalData`) are found beside the .mnn file, so load from its folder.
-        self.module = mnn_nn.load_module_from_file(
-            str(path), inputs, outputs, runtime_manager=self.runtime, rearrange=True
-        )
+        try:
+            self.module = mnn_nn.load_module_from_file(
+                str(path), inputs, outputs, runtime_manager=self.runtime, rearrange=True
+            )
+        except Exception:  # MNN reports a corrupt file as SystemError ("returned a result with an exception set")
+            self.module = None
+        if self.module is None:
+            raise ModelFolderError(f"{path}: not a valid MNN graph (corrupt or truncated); export the model again")
         self.inputs, self.path = inputs, path
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..comic import comic
+from ..image_io import load_image, preprocess
 from ..pipeline import COMIC_PROMPT
 
 # Colour and grey photos of natural scenes in skimage/data (textures, diagrams, binary and tiny images left out).
@@ -25,6 +27,7 @@ SKIMAGE_PHOTOS = [
 ]  # fmt: skip
 SKLEARN_PHOTOS = ["china.jpg", "flower.jpg"]
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg", "china.jpg")
+PADDING = "reflect"  # the padding the bundled model is trained and run with (PipelineConfig.padding)
 
 
 def package_photos() -> dict[str, Path]:
@@ -72,28 +75,51 @@ def synthetic_scene(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def random_crops(photo: Image.Image, n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
-    """n square crops at random scales (35-100% of the short side) and places, random mirror, resized to `size`."""
-    photo = photo.convert("RGB")
+def random_crops(
+    photo: Image.Image, n: int, resolution: int, rng: np.random.Generator, nonsquare: float = 0.0
+) -> list[Image.Image]:
+    """n crops of `photo` at its own resolution, at several scales (short side from max(30%, 0.75 R) to 100% of the
+    photo's, log-uniform) and places, a fraction `nonsquare` of them with an aspect ratio between 1:2 and 2:1,
+    each mirrored at random."""
     w, h = photo.size
+    short = min(w, h)
+    low = min(short, max(0.3 * short, 0.75 * resolution))
     crops = []
     for _ in range(n):
-        side = int(min(w, h) * rng.uniform(0.35, 1.0))
-        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        side = float(np.exp(rng.uniform(np.log(low), np.log(short)))) if low < short else float(short)
+        aspect = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if rng.random() < nonsquare else 1.0
+        cw, ch = min(w, max(8, round(side * aspect**0.5))), min(h, max(8, round(side / aspect**0.5)))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = photo.crop((left, top, left + cw, top + ch))
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crops.append(crop)
     return crops
 
 
-def _write_split(out: Path, pairs: list[tuple[str, Image.Image]]) -> None:
+def model_view(image: Image.Image, resolution: int, padding: str = PADDING) -> Image.Image:
+    """What the model sees of `image`: the pipeline's own preprocessing (resize to R, pad to a square), as a PIL
+    image. Sources and targets are stored this way, so the training loader's preprocessing is the identity."""
+    pixels, _ = preprocess(image, resolution, padding)
+    array = ((pixels[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+def pair(image: Image.Image, resolution: int, padding: str = PADDING) -> tuple[Image.Image, Image.Image]:
+    """(source, target) at the model's resolution for a picture at its own resolution. The target is the filter
+    applied at the picture's own resolution, then brought to the model's view: what the full-resolution result
+    looks like at R (so the edit, upsampled, is scored against the filter at full resolution)."""
+    return model_view(image, resolution, padding), model_view(comic(image), resolution, padding)
+
+
+def _write_split(out: Path, items: list[tuple[str, Image.Image]], resolution: int) -> None:
     (out / "source").mkdir(parents=True, exist_ok=True)
     (out / "target").mkdir(parents=True, exist_ok=True)
     lines = []
-    for name, image in pairs:
-        image.save(out / "source" / f"{name}.png")
-        comic(image).save(out / "target" / f"{name}.png")
+    for name, image in items:
+        source, target = pair(image, resolution)
+        source.save(out / "source" / f"{name}.png")
+        target.save(out / "target" / f"{name}.png")
         lines.append(
             json.dumps({"source": f"source/{name}.png", "target": f"target/{name}.png", "prompt": COMIC_PROMPT})
         )
@@ -102,22 +128,33 @@ def _write_split(out: Path, pairs: list[tuple[str, Image.Image]]) -> None:
 
 def build_comic_dataset(
     out_dir: str | Path,
-    resolution: int = 128,
+    resolution: int = 256,
     crops_per_photo: int = 48,
     synthetic: int = 256,
     eval_crops: int = 8,
     seed: int = 0,
+    nonsquare: float = 0.0,
+    whole: int = 0,
+    size: int | None = None,
 ) -> dict[str, int]:
     """Write `out_dir/train` and `out_dir/eval` (source/, target/, manifest.jsonl); return the sample counts.
 
-    eval holds each held-out photo whole (padded to a square by the pipeline, as at inference) at `resolution`,
-    plus `eval_crops` crops of it.
+    Training samples: `crops_per_photo` crops of each training colour photo, half as many of a grey one (several
+    scales, a fraction `nonsquare` not square), `whole` copies of each whole photo (mirrored every other time),
+    `synthetic` scenes drawn at 1-2.5x the resolution. Every sample is a picture at its own resolution, turned into
+    a (source, target) pair by `pair`.
+    eval holds each held-out photo whole plus `eval_crops` crops of it at the model's resolution, and the whole
+    held-out photos at their own resolution in `eval/full/` (for scores at full resolution).
+    `size` stores the pictures at that resolution instead of `resolution` (a stage training at another resolution,
+    e.g. the autoencoder on 128 px views of the 256 px set, then reads the same files resized).
     A finished build is marked by out_dir/done.json and reused when its settings match.
     """
     out = Path(out_dir)
+    resolution = size or resolution
     settings = dict(
-        resolution=resolution, crops_per_photo=crops_per_photo, synthetic=synthetic, eval_crops=eval_crops, seed=seed
-    )
+        resolution=resolution, crops_per_photo=crops_per_photo, synthetic=synthetic, eval_crops=eval_crops, seed=seed,
+        nonsquare=nonsquare, whole=whole, padding=PADDING, version=2,
+    )  # fmt: skip
     done = out / "done.json"
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
         return json.loads(done.read_text())["counts"]
@@ -126,29 +163,30 @@ def build_comic_dataset(
     if not photos:
         raise RuntimeError("no bundled photos found: is scikit-image installed?")
     train, held = [], []
+    (out / "eval" / "full").mkdir(parents=True, exist_ok=True)
     for name, path in photos.items():
-        with Image.open(path) as im:
-            photo = im.convert("RGB")
+        photo = load_image(path)  # the inference loader: EXIF orientation, colour profile, 8-bit RGB
         stem = Path(name).stem
         if name in HELD_OUT:
-            held.append((stem, photo.resize(_fit(photo.size, resolution), Image.Resampling.BICUBIC)))
-            held += [(f"{stem}-{i:03d}", c) for i, c in enumerate(random_crops(photo, eval_crops, resolution, rng))]
+            photo.save(out / "eval" / "full" / f"{stem}.png")
+            held.append((stem, photo))
+            crops = random_crops(photo, eval_crops, resolution, rng, nonsquare)
+            held += [(f"{stem}-{i:03d}", c) for i, c in enumerate(crops)]
         else:
-            train += [
-                (f"{stem}-{i:03d}", c) for i, c in enumerate(random_crops(photo, crops_per_photo, resolution, rng))
-            ]
-    train += [(f"synthetic-{i:04d}", synthetic_scene(rng, resolution)) for i in range(synthetic)]
-    _write_split(out / "train", train)
-    _write_split(out / "eval", held)
-    counts = {"train": len(train), "eval": len(held), "photos": len(photos) - len(held)}
+            small = np.asarray(photo.resize((32, 32)))
+            grey = bool((small.max(2) == small.min(2)).all())
+            n = crops_per_photo // 2 if grey else crops_per_photo  # colour photos are what people edit: more of them
+            crops = random_crops(photo, n, resolution, rng, nonsquare)
+            train += [(f"{stem}-{i:03d}", c) for i, c in enumerate(crops)]
+            flip = Image.Transpose.FLIP_LEFT_RIGHT
+            train += [(f"{stem}-whole{i}", photo.transpose(flip) if i % 2 else photo) for i in range(whole)]
+    for i in range(synthetic):
+        size = int(rng.integers(resolution, int(2.5 * resolution) + 1))
+        train.append((f"synthetic-{i:04d}", synthetic_scene(rng, size)))
+    _write_split(out / "train", train, resolution)
+    _write_split(out / "eval", held, resolution)
+    counts = {"train": len(train), "eval": len(held), "photos": len(photos) - len(held) // (1 + eval_crops)}
     done.write_text(
         json.dumps({"settings": settings, "counts": counts, "held_out": sorted(set(HELD_OUT) & set(photos))})
     )
     return counts
-
-
-def _fit(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """(w, h) scaled so the long side is `resolution`."""
-    w, h = size
-    s = resolution / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))

@@ -1,14 +1,25 @@
-"""Held-out scores of an editor against the comic filter: PSNR, SSIM and an edge agreement score (F1 of ink
-edges within 1 px), plus a before/after grid.
+"""Held-out scores of an editor against the comic filter, at the model's resolution and at each photo's own.
 
     python -m sanaedit.train.evaluate runs/comic/data/eval --model sanaedit/assets/comic-model \
         --untrained sanaedit/configs/comic.yaml --grid docs/comic-grid.png
+
+Model resolution: the held-out images of `EVAL_DIR/manifest.jsonl` (whole photos and crops, as the model sees them)
+against their training-style targets. Full resolution: the whole held-out photos in `EVAL_DIR/full/` edited at
+their own size (the pipeline's output: preprocessing, model, upsampling), against the filter applied to the
+full-resolution photo, with reference rows: the untouched photo, the filter at the model's resolution plainly
+upsampled (a perfect model of that target), and the filter's full-resolution output seen at the model's resolution
+(a perfect model of the training target), upsampled plainly and guided.
+
+Scores: PSNR, SSIM, edge F1 (ink edges within 1 px), outline strength (mean image gradient / the filter's) and the
+edge band (the darkest 4 px border strip's luminance against the input's, relative to the whole image's ratio:
+1 = no band; the black-padding bug scored ~0.5).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -17,6 +28,9 @@ import torch
 from PIL import Image
 
 from ..comic import comic
+from ..upsample import upsample
+
+Editor = Callable[[Image.Image], Image.Image]
 
 
 def psnr(pred: np.ndarray, target: np.ndarray) -> float:
@@ -49,16 +63,62 @@ def edge_f1(pred: np.ndarray, target: np.ndarray, tolerance: int = 1) -> float:
     return float(2 * precision * recall / max(1e-12, precision + recall))
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def outline_strength(rgb: np.ndarray) -> float:
+    """Mean gradient magnitude of the luminance (central differences): how much line and edge an image has."""
+    gy, gx = np.gradient(_luma(rgb))
+    return float(np.hypot(gx, gy).mean())
+
+
+def edge_band(pred: np.ndarray, photo: np.ndarray, width: int = 4) -> float:
+    """The darkest border strip: min over the 4 sides of (output luminance / input luminance in the outer `width`
+    px), divided by that ratio over the whole image. 1 = the border is as bright as the rest; 0.5 = a dark band."""
+    lp, li = _luma(pred) + 1.0, _luma(photo) + 1.0
+    whole = lp.mean() / li.mean()
+    strips = [np.s_[:width], np.s_[-width:], np.s_[:, :width], np.s_[:, -width:]]
+    return float(min(lp[s].mean() / li[s].mean() for s in strips) / whole)
+
+
 def score(pred: Image.Image, photo: Image.Image) -> dict[str, float]:
-    target = np.asarray(comic(photo))
-    out = np.asarray(pred.convert("RGB").resize(photo.size))
-    return {"psnr": psnr(out, target), "ssim": ssim(out, target), "edge_f1": edge_f1(out, target)}
+    """Scores of an edit of `photo` against the filter applied to the photo at its own size."""
+    out = pred.convert("RGB")
+    if out.size != photo.size:
+        out = out.resize(photo.size, Image.Resampling.BILINEAR)
+    return compare(out, np.asarray(comic(photo)), np.asarray(photo.convert("RGB")))
 
 
-def load_eval_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
+def compare(pred: Image.Image, target: np.ndarray, photo: np.ndarray | None = None) -> dict[str, float]:
+    """Scores of `pred` against `target` (uint8 RGB of the same size); with `photo` (the input), outline strength
+    and the edge band too."""
+    out = np.asarray(pred.convert("RGB"))
+    if out.shape != target.shape:
+        raise ValueError(f"output {out.shape} and target {target.shape} differ in size")
+    result = {"psnr": psnr(out, target), "ssim": ssim(out, target), "edge_f1": edge_f1(out, target)}
+    if photo is not None:
+        result["outline"] = outline_strength(out) / max(1e-9, outline_strength(target))
+        result["band"] = edge_band(out, photo)
+    return result
+
+
+def load_pairs(folder: str | Path) -> list[tuple[str, Image.Image, np.ndarray]]:
+    """(name, source, target array) of a manifest folder's editing pairs, at the model's resolution."""
     folder = Path(folder)
     records = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    return [(Path(r["source"]).stem, Image.open(folder / r["source"]).convert("RGB")) for r in records]
+    pairs = []
+    for r in records:
+        with Image.open(folder / r["source"]) as s, Image.open(folder / r["target"]) as t:
+            pairs.append((Path(r["source"]).stem, s.convert("RGB"), np.asarray(t.convert("RGB"))))
+    return pairs
+
+
+def load_full_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
+    """The whole held-out photos at their own resolution (`EVAL_DIR/full/*.png`), through the inference loader."""
+    from ..image_io import load_image
+
+    return [(p.stem, load_image(p)) for p in sorted((Path(folder) / "full").glob("*.png"))]
 
 
 def untrained_pipeline(recipe: str | Path):
@@ -74,79 +134,167 @@ def untrained_pipeline(recipe: str | Path):
     return pipe
 
 
-@torch.no_grad()
-def evaluate(models: dict[str, object], photos: list[tuple[str, Image.Image]], seed: int = 0) -> dict[str, dict]:
-    """Mean scores per model name; the entry None stands for "the input photo itself"."""
-    results: dict[str, dict] = {}
-    outputs: dict[str, list[Image.Image]] = {}
-    for name, pipe in models.items():
-        rows, outs = [], []
-        for _, photo in photos:
-            if pipe is None:
-                out = photo
-            elif callable(getattr(pipe, "transformer", None)):  # a SanaEditPipeline
-                out = pipe(photo, generator=torch.Generator().manual_seed(seed)).images[0]
-            else:  # any photo -> image function
-                out = pipe(photo)
-            rows.append(score(out, photo))
-            outs.append(out)
-        results[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        outputs[name] = outs
-    results["_outputs"] = outputs  # type: ignore[assignment]
-    return results
+def pipeline_editor(pipe, method: str | None = None, seed: int = 0) -> Editor:
+    """photo -> the pipeline's edit (seeded), with upsampling `method` (default: the model's own)."""
+
+    def edit(photo: Image.Image) -> Image.Image:
+        saved = pipe.config.upsample
+        pipe.config.upsample = method or saved
+        try:
+            return pipe(photo, generator=torch.Generator().manual_seed(seed)).images[0]
+        finally:
+            pipe.config.upsample = saved
+
+    return edit
 
 
-def grid(photos: list[tuple[str, Image.Image]], outputs: dict[str, list[Image.Image]], cell: int = 192):
-    """Rows: photos; columns: input, the filter's target, then each model's output."""
-    cols = [("input", [p for _, p in photos]), ("comic filter", [comic(p) for _, p in photos])]
-    cols += [(n, o) for n, o in outputs.items() if n != "input photo" and "ceiling" not in n]
-    canvas = Image.new("RGB", (cell * len(cols), cell * len(photos)), (255, 255, 255))
-    for c, (_, images) in enumerate(cols):
-        for r, im in enumerate(images):
-            im = im.copy()
-            im.thumbnail((cell, cell))
-            canvas.paste(im, (c * cell + (cell - im.width) // 2, r * cell + (cell - im.height) // 2))
-    return canvas, [n for n, _ in cols]
+def model_view(photo: Image.Image, resolution: int) -> Image.Image:
+    """The photo at the size the model sees it (long side = resolution), resized as preprocessing does."""
+    s = resolution / max(photo.size)
+    return photo.resize((max(1, round(photo.width * s)), max(1, round(photo.height * s))), Image.Resampling.BILINEAR)
 
 
-def autoencoder_ceiling(pipe):
-    """The filter's output through the model's DC-AE (encode + decode): the best any DiT on it could score."""
+def filter_at_model_resolution(resolution: int) -> Editor:
+    """A perfect model of the filter at the model's resolution, plainly upsampled to the photo's size."""
+    return lambda photo: comic(model_view(photo, resolution)).resize(photo.size, Image.Resampling.BILINEAR)
+
+
+def filter_seen_at_model_resolution(resolution: int, method: str) -> Editor:
+    """A perfect model of the training target (the filter at full resolution, brought to the model's size),
+    upsampled back with `method`."""
+    return lambda photo: upsample(model_view(comic(photo), resolution), photo, method)
+
+
+def autoencoder_ceiling(pipe) -> Callable[[Image.Image], Image.Image]:
+    """A picture through the model's DC-AE (encode + decode) at the model's resolution: applied to the target,
+    the best any DiT on this autoencoder could score."""
     from ..image_io import postprocess, preprocess
 
-    def recon(photo: Image.Image) -> Image.Image:
-        pixels, restore = preprocess(comic(photo), pipe.config.resolution)
+    def recon(image: Image.Image) -> Image.Image:
+        pixels, restore = preprocess(image, pipe.config.resolution, pipe.config.padding)
         return postprocess(pipe.decode_latents(pipe.encode_image(pixels)), restore)
 
     return recon
 
 
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+@torch.no_grad()
+def evaluate_model_resolution(
+    editors: dict[str, Editor | None], pairs: list[tuple[str, Image.Image, np.ndarray]], ceiling: Editor | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean scores at the model's resolution; an editor None stands for "the input itself"; `ceiling` is applied to
+    the target (the autoencoder's reconstruction of it)."""
+    results = {}
+    for name, edit in editors.items():
+        results[name] = _mean(
+            [compare(source if edit is None else edit(source), target) for _, source, target in pairs]
+        )
+    if ceiling is not None:
+        results["its DC-AE on the target (ceiling)"] = _mean(
+            [compare(ceiling(Image.fromarray(target)), target) for _, _, target in pairs]
+        )
+    return results
+
+
+@torch.no_grad()
+def evaluate_full_resolution(
+    editors: dict[str, Editor | None], photos: list[tuple[str, Image.Image]]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, list[Image.Image]]]:
+    """(mean scores, PSNR per photo, outputs) per editor, each photo scored at its own size against the filter
+    applied to it at that size; an editor None stands for "the untouched photo"."""
+    targets = [np.asarray(comic(photo)) for _, photo in photos]
+    results, per_photo, outputs = {}, {}, {}
+    for name, edit in editors.items():
+        outs = [photo if edit is None else edit(photo) for _, photo in photos]
+        rows = [compare(o, t, np.asarray(p)) for o, t, (_, p) in zip(outs, targets, photos)]
+        results[name] = _mean(rows)
+        per_photo[name] = {n: r["psnr"] for (n, _), r in zip(photos, rows)}
+        outputs[name] = outs
+    return results, per_photo, outputs
+
+
+def grid(photos: list[tuple[str, Image.Image]], columns: dict[str, list[Image.Image]], cell: int = 256):
+    """Rows: photos; columns: the given images (e.g. input, the filter, the models), each fitted into a cell."""
+    canvas = Image.new("RGB", (cell * len(columns), cell * len(photos)), (255, 255, 255))
+    for c, images in enumerate(columns.values()):
+        for r, im in enumerate(images):
+            im = im.copy()
+            im.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+            canvas.paste(im, (c * cell + (cell - im.width) // 2, r * cell + (cell - im.height) // 2))
+    return canvas
+
+
+def _table(results: dict[str, dict[str, float]], extra: bool) -> str:
+    head = "| output | PSNR dB | SSIM | edge F1 |" + (" outline | edge band |" if extra else "")
+    lines = [head, "|---" * (6 if extra else 4) + "|"]
+    for name, r in results.items():
+        row = f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['edge_f1']:.3f} |"
+        if extra:
+            row += f" {r['outline']:.2f} | {r['band']:.2f} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..pipeline import SanaEditPipeline
+    from ..upsample import METHODS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("eval_dir", help="held-out folder with manifest.jsonl (runs/comic/data/eval)")
+    ap.add_argument("eval_dir", help="held-out folder with manifest.jsonl and full/ (runs/comic/data/eval)")
     ap.add_argument("--model", required=True, help="trained model folder")
     ap.add_argument("--untrained", default=None, help="recipe YAML whose random initialisation is scored too")
-    ap.add_argument("--grid", default=None, help="write a before/after PNG grid of the whole held-out photos")
+    ap.add_argument("--grid", default=None, help="write a PNG grid of the whole held-out photos at full resolution")
+    ap.add_argument("--json", default=None, help="write all the scores as JSON")
     args = ap.parse_args(argv)
-    photos = load_eval_photos(args.eval_dir)
-    models: dict[str, object] = {"input photo": None}
-    if args.untrained:
-        models["untrained model"] = untrained_pipeline(args.untrained)
-    models["trained model"] = trained = SanaEditPipeline.from_pretrained(args.model)
-    models["its DC-AE on the filter's output (ceiling)"] = autoencoder_ceiling(trained)
-    results = evaluate(models, photos)
-    outputs = results.pop("_outputs")
-    print(f"{len(photos)} held-out images (scored against the comic filter's output)\n")
-    print("| output | PSNR dB | SSIM | edge F1 |\n|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['edge_f1']:.3f} |")
+    trained = SanaEditPipeline.from_pretrained(args.model)
+    res = trained.config.resolution
+    untrained = untrained_pipeline(args.untrained) if args.untrained else None
+
+    pairs = load_pairs(args.eval_dir)
+    low: dict[str, Editor | None] = {"the input itself": None}
+    if untrained is not None:
+        low["the untrained model"] = pipeline_editor(untrained)
+    low["the trained model"] = pipeline_editor(trained)
+    model_res = evaluate_model_resolution(low, pairs, autoencoder_ceiling(trained))
+    print(f"At the model's resolution ({res} px): {len(pairs)} held-out images, against the training target\n")
+    print(_table(model_res, extra=False))
+
+    photos = load_full_photos(args.eval_dir)
+    full: dict[str, Editor | None] = {
+        "the untouched photo": None,
+        f"the filter at {res} px, plainly upsampled": filter_at_model_resolution(res),
+    }
+    for method in ("plain", "guided"):
+        full[f"the full-resolution filter seen at {res} px, {method} upsampling"] = filter_seen_at_model_resolution(
+            res, method
+        )
+    if untrained is not None:
+        full["the untrained model"] = pipeline_editor(untrained)
+    for method in METHODS:
+        full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
+    full_res, per_photo, outputs = evaluate_full_resolution(full, photos)
+    sizes = ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos)
+    print(f"\nAt each photo's own resolution ({sizes}), against the filter applied at that resolution\n")
+    print(_table(full_res, extra=True))
+    names = [n for n, _ in photos]
+    print("\nPSNR per photo\n\n| output | " + " | ".join(names) + " |\n|---" * 1 + "|---" * len(names) + "|")
+    for name, row in per_photo.items():
+        print(f"| {name} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"model_resolution": model_res, "full_resolution": full_res, "per_photo": per_photo}, indent=1)
+        )
     if args.grid:
-        whole = [i for i, (n, _) in enumerate(photos) if "-" not in n]  # the whole photos, not their crops
-        canvas, names = grid([photos[i] for i in whole], {k: [v[i] for i in whole] for k, v in outputs.items()})
+        columns = {"input": [p for _, p in photos], "comic filter": [comic(p) for _, p in photos]}
+        if untrained is not None:
+            columns["untrained"] = outputs["the untrained model"]
+        columns["bundled model"] = outputs[f"the trained model, {trained.config.upsample} upsampling"]
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(args.grid)
-        print(f"\ngrid ({' | '.join(names)}): {args.grid}")
+        grid(photos, columns).save(args.grid)
+        print(f"\ngrid ({' | '.join(columns)}): {args.grid}")
     return 0
 
 
