@@ -52,6 +52,19 @@ def flow_sigmas(num_steps: int, shift: float = 3.0, schedule: str = "default") -
 
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepEnd = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+def _after_step(
+    step: int, total: int, sigma: torch.Tensor, x: torch.Tensor, callback, step_end: StepEnd | None
+) -> torch.Tensor:
+    """Every sampler's end of a step: `step_end` may replace the latent, `callback` reports progress."""
+    if step_end is not None:
+        replaced = step_end(step, sigma, x)
+        x = x if replaced is None else replaced
+    if callback is not None:
+        callback(step, total)
+    return x
 
 
 @torch.no_grad()
@@ -60,7 +73,7 @@ def euler_sample(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
-    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    step_end: StepEnd | None = None,
     generator: torch.Generator | None = None,  # unused: deterministic (one interface for every sampler)
 ) -> torch.Tensor:
     """Integrate dx/dsigma = v(x, sigma) from sigmas[0] to sigmas[-1] with Euler steps.
@@ -76,11 +89,7 @@ def euler_sample(
         if sigma_next != sigma:
             v = velocity(x, sigma.to(torch.float32))
             x = (x.to(torch.float32) + v.to(torch.float32) * float(sigma_next - sigma)).to(x.dtype)
-        if step_end is not None:
-            replaced = step_end(i + 1, sigma, x)
-            x = x if replaced is None else replaced
-        if callback is not None:
-            callback(i + 1, total)
+        x = _after_step(i + 1, total, sigma, x, callback, step_end)
     return x
 
 
@@ -90,7 +99,7 @@ def dpm_solver_sample(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
-    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    step_end: StepEnd | None = None,
     generator: torch.Generator | None = None,  # unused: deterministic (one interface for every sampler)
 ) -> torch.Tensor:
     """Flow DPM-Solver++ (2M, midpoint), SANA's default sampler: the same updates as diffusers'
@@ -120,11 +129,7 @@ def dpm_solver_sample(
                     x_next = x_next - 0.5 * decay * (x0 - previous[0]) / r
             previous = (x0, lam)
             x = x_next.to(x.dtype)
-        if step_end is not None:
-            replaced = step_end(i + 1, sigma, x)
-            x = x if replaced is None else replaced
-        if callback is not None:
-            callback(i + 1, total)
+        x = _after_step(i + 1, total, sigma, x, callback, step_end)
     return x
 
 
@@ -146,7 +151,7 @@ def scm_sample(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     callback: Callable[[int, int], None] | None = None,
-    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    step_end: StepEnd | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """SANA-Sprint's sCM sampler (diffusers' `SCMScheduler` with the Sprint pipeline's TrigFlow conversion of the
@@ -163,11 +168,7 @@ def scm_sample(
             z = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
             x0 = (1 - float(sigma_next)) * x0 + float(sigma_next) * z
         x = x0.to(x.dtype)
-        if step_end is not None:
-            replaced = step_end(i + 1, sigma, x)
-            x = x if replaced is None else replaced
-        if callback is not None:
-            callback(i + 1, total)
+        x = _after_step(i + 1, total, sigma, x, callback, step_end)
     return x
 
 

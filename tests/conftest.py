@@ -33,3 +33,22 @@ def tiny_mnn_release(tmp_path_factory, tiny_model_dir):
 
     out = tmp_path_factory.mktemp("release") / "tiny-mnn"
     return export_model(tiny_model_dir, out, fmt="mnn", quant="llm=4,rest=8", progress=False)
+
+
+@pytest.fixture
+def tiny_edit_pairs(tmp_path):
+    """Two random 64 px editing triples with a manifest: enough data for a training step on the tiny model."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"s{i}.png")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"t{i}.png")
+    records = [{"source": f"s{i}.png", "target": f"t{i}.png", "prompt": "x"} for i in range(2)]
+    (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    return data

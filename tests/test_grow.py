@@ -46,8 +46,7 @@ def test_grow_cli_writes_a_folder_that_edits_the_same_and_trains(tiny_model_dir,
     assert not (tmp_path / "x").exists()
 
 
-def test_training_continues_a_grown_model(tiny_model_dir, tmp_path):
-    import json
+def test_training_continues_a_grown_model(tiny_model_dir, tmp_path, tiny_edit_pairs):
 
     from safetensors.torch import load_file
 
@@ -55,14 +54,7 @@ def test_training_continues_a_grown_model(tiny_model_dir, tmp_path):
 
     grown = tmp_path / "grown"
     assert main(["grow", str(tiny_model_dir), "--layers", "3", "-o", str(grown)]) == 0
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"s{i}.png")
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"t{i}.png")
-    records = [{"source": f"s{i}.png", "target": f"t{i}.png", "prompt": "x"} for i in range(2)]
-    (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    data = tiny_edit_pairs
     config = {
         "output_dir": str(tmp_path / "run"),
         "device": "cpu",

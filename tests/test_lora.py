@@ -1,7 +1,5 @@
 """LoRA styles: diffusers' Sana LoRA format both ways, scales (0 = exactly the base), CLI, export, training."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -136,17 +134,10 @@ def test_export_merges_the_lora(tiny_model_dir, lora_dir, tmp_path):
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
 
 
-def test_lora_stage_trains_only_the_adapters(tmp_path, tiny_model_dir):
+def test_lora_stage_trains_only_the_adapters(tmp_path, tiny_model_dir, tiny_edit_pairs):
     from sanaedit.train.loop import train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"s{i}.png")
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"t{i}.png")
-    records = [{"source": f"s{i}.png", "target": f"t{i}.png", "prompt": "x"} for i in range(2)]
-    (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    data = tiny_edit_pairs
     config = {
         "output_dir": str(tmp_path / "run"),
         "device": "cpu",

@@ -90,17 +90,10 @@ def test_prune_refuses_keep_out_of_range_before_loading(tiny_model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_prune_with_a_short_finetune(tiny_model_dir, tmp_path):
+def test_prune_with_a_short_finetune(tiny_model_dir, tmp_path, tiny_edit_pairs):
     from safetensors.torch import load_file
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"s{i}.png")
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"t{i}.png")
-    records = [{"source": f"s{i}.png", "target": f"t{i}.png", "prompt": "x"} for i in range(2)]
-    (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    data = tiny_edit_pairs
     out = tmp_path / "pruned"
     args = ["prune", str(tiny_model_dir), "--keep", "1", "-o", str(out), "--steps", "2", "--finetune-steps", "2"]
     assert main([*args, "--data", str(data), "--lr", "1e-2"]) == 0
