@@ -75,6 +75,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._closing = False
         self.running: Job | None = None
+        self.running_since = 0.0
         self.failures = 0  # jobs that failed since start (each one logged with its traceback)
         removed = remove_stale_temps(self.out_dir)  # what a killed server left half-written
         if removed:
@@ -117,9 +118,12 @@ class JobQueue:
 
     def health(self) -> dict:
         """The worker's real state: `stopped` if its thread is gone (jobs would never run), else running or idle."""
-        running = self.running
+        running, since = self.running, self.running_since
         state = "stopped" if not self.worker_alive else "running" if running is not None else "idle"
-        return {"worker": state, "queued": self.queued, "failed_jobs": self.failures}
+        health = {"worker": state, "queued": self.queued, "failed_jobs": self.failures}
+        if running is not None:  # a job that never ends shows here: its time keeps growing
+            health["running_s"] = round(time.monotonic() - since, 1)
+        return health
 
     @property
     def full_message(self) -> str:
@@ -162,7 +166,7 @@ class JobQueue:
                 log.exception("sanaedit worker: unexpected failure around job %s; going on", job.id)
 
     def _run_one(self, job: Job) -> None:
-        job.state, self.running = "running", job
+        job.state, self.running, self.running_since = "running", job, time.monotonic()
 
         def on_step(i: int, total: int, job: Job = job) -> None:
             job.step, job.total = i, total
@@ -190,10 +194,14 @@ class JobQueue:
 
     def public_error(self, err: BaseException) -> str:
         """What the client is told: the reason, never the server's paths (the log has the full traceback)."""
+
+        def scrub(text: str) -> str:  # an absolute path -> its last part
+            return _PATH.sub(lambda m: m.group(0).rstrip("/\\").rsplit("/", 1)[-1].rsplit("\\", 1)[-1], text)
+
         if isinstance(err, OSError):
-            reason = err.strerror or str(err) or type(err).__name__
+            reason = err.strerror or scrub(str(err)) or type(err).__name__
             return f"the server could not finish this job ({reason})"
-        text = _PATH.sub(lambda m: m.group(0).rstrip("/\\").rsplit("/", 1)[-1].rsplit("\\", 1)[-1], str(err))
+        text = scrub(str(err))
         return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
     def _prune(self) -> None:
