@@ -101,5 +101,5 @@ def test_prune_with_a_short_finetune(tiny_model_dir, tmp_path, tiny_edit_pairs):
     assert not any(k.startswith("transformer_blocks.1.") for k in weights)
     original = load_file(tiny_model_dir / "transformer" / "diffusion_pytorch_model.safetensors")
     assert not torch.equal(weights["proj_out.weight"], original["proj_out.weight"])  # trained
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "pruned"]  # the training run is cleaned up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs", "pruned"]  # the training run is cleaned up
     assert SanaEditPipeline.from_pretrained(out).transformer.config.num_layers == 1
