@@ -55,7 +55,8 @@ class BatchSummary:
     ignored: list[Path] = field(default_factory=list)  # no image extension, or a symlinked folder (not walked)
 
     def report(self) -> str:
-        lines = [f"done {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)}"]
+        done, skipped, failed = len(self.done), len(self.skipped), len(self.failed)
+        lines = [f"done: {done} written, {skipped} skipped (already done), {failed} failed"]
         if self.ignored:
             lines[0] += f"; {len(self.ignored)} other file(s) ignored (no image extension, or a linked folder)"
         lines += [f"  failed: {reason}" for _, reason in self.failed]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_MODEL = ASSETS / "comic-model"
 SAMPLE_PHOTO = ASSETS / "sample.jpg"
@@ -92,10 +93,9 @@ def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype |
     if folder is None:
         from .random_model import build_tiny_pipeline
 
-        print(
-            "note: no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
-            "so the output is noise, not a comic. Pass --model DIR for real weights.",
-            file=sys.stderr,
+        logger.warning(
+            "no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
+            "so the output is noise, not a comic. Pass --model DIR for real weights."
         )
         pipe = build_tiny_pipeline().to(device=device, dtype=float_dtype)
     else:

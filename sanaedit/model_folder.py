@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .log import quiet_libraries
 from .tempfiles import pid_alive, remove_stale, temp_folder
 
 MODEL_INDEX = "model_index.json"
@@ -133,6 +134,7 @@ def follows_prompts(folder: str | Path) -> bool:
 
 def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) -> Any:
     """Run `loader(model_dir / name)`, turning any failure into an error that names the component."""
+    quiet_libraries()  # the CLI's verbosity for diffusers / transformers, imported by now (their loading bars)
     path = Path(model_dir) / name
     try:
         return loader(path)
@@ -199,6 +201,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     An existing model folder is only moved away once the new one is complete, so a failed save loses nothing.
     """
     target = Path(target)
+    quiet_libraries()  # the CLI's verbosity for diffusers / transformers (their "Writing model shards" bars)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(target)
     tmp = temp_folder(target)  # named after this process, so a killed writer's folder is removed by the next one

@@ -28,7 +28,7 @@ def test_walks_keeps_names_and_never_stops_for_a_bad_file(tmp_path):
     assert [p.name for p, _ in summary.failed] == ["broken.jpg"] and "not an image" in summary.failed[0][1]
     assert Image.open(tmp_path / "out" / "a.png").size == (10, 6)
     assert Image.open(tmp_path / "out" / "trip" / "b.png").size == (7, 9)
-    assert "done 2, skipped 0 (already done), failed 1" in summary.report()
+    assert "done: 2 written, 0 skipped (already done), 1 failed" in summary.report()
 
 
 def test_not_recursive_by_default_and_resume_skips_done(tmp_path):
@@ -64,10 +64,10 @@ def test_cli_folder_mode(tiny_model_dir, tmp_path, capsys):
     args = ["edit", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "-r", "-q"]
     assert main([*args, "--steps", "1"]) == 1  # one broken file: reported, the rest written
     err = capsys.readouterr().err
-    assert "done 2" in err and "broken.jpg" in err
+    assert "done: 2 written" in err and "broken.jpg" in err
     assert (tmp_path / "out" / "trip" / "b.png").is_file()
     assert main([*args, "--steps", "1", "--resume"]) == 1
-    assert "skipped 2" in capsys.readouterr().err
+    assert "2 skipped" in capsys.readouterr().err
 
 
 def test_colliding_names_keep_the_whole_name_and_other_files_are_counted(tmp_path):

@@ -65,7 +65,7 @@ def test_files_follow_the_folder_modes_naming_and_failure_rules(tiny_model_dir, 
     monkeypatch.setitem(sampling.SAMPLE_FUNCTIONS, "euler", nan_sample)  # a NaN result fails that file, not the run
     assert main(["edit", str(a), str(b), "-o", str(tmp_path / "o3"), "--model", str(tiny_model_dir)]) == 1
     err = capsys.readouterr().err
-    assert "failed 2" in err and "NaN" in err
+    assert "2 failed" in err and "NaN" in err
 
 
 def test_edit_never_overwrites_its_input(tiny_model_dir, tmp_path, capsys):

@@ -556,7 +556,7 @@ def test_8_efbig_through_the_real_cli_is_one_line_per_file(tiny_model_dir, tmp_p
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)),
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert done.stderr.count("File too large") == 3 and "done 0" in done.stderr
+    assert done.stderr.count("File too large") == 3 and "done: 0 written" in done.stderr
     assert not [p for p in out.iterdir()]  # no partial output, no temporary left
 
 
@@ -788,7 +788,7 @@ def test_11_unreadable_folders_are_reported_not_silent(tmp_path, monkeypatch, ca
     monkeypatch.setattr(sanaedit.defaults, "load_pipeline", lambda *a, **k: lambda image, **kw: image)
     assert main(["edit", str(src), "-o", str(tmp_path / "out3"), "-q"]) == 1
     err = capsys.readouterr().err
-    assert "cannot read this folder" in err and "done 0, failed 0" not in err
+    assert "cannot read this folder" in err and "0 written" not in err
 
 
 # ------------------------------------------------------------------------------- the figures' harness (docs)

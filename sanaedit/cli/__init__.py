@@ -7,13 +7,16 @@ examples:
   sanaedit info                                     what the bundled model is
 
 Run `sanaedit COMMAND --help` for a command's options and examples. Docs: README.md, docs/.
+-v / -q (before or after COMMAND): more or less output on stderr (default: progress, no library warnings).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -23,14 +26,46 @@ COMMANDS = ["edit", "info", "assemble", "export", "train", "grow", "prune", "ser
 # Commands whose output option was spelled `--out` before `-o/--output` was the one spelling: still accepted.
 OUT_ALIAS = {"edit", "assemble", "export", "grow", "prune", "serve"}
 MAX_SEED = 2**63 - 1  # the server's limit too (a signed 64-bit integer survives JSON clients and torch alike)
+VERBOSITY_FLAG = re.compile(r"-(v+|q+)|--(verbose|quiet)")  # global: accepted anywhere before `--`
+
+logger = logging.getLogger(__name__)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples."""
 
 
-def add_command(sub, name: str, summary: str, examples: str = "", description: str = "") -> argparse.ArgumentParser:
-    """A sub-command parser with a one-line summary (in `sanaedit --help`), a description and examples."""
+def add_verbosity_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """-v/--verbose and -q/--quiet (counted; `main` adds up the ones before and after the command)."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest=f"{prefix}verbose",
+        help="more output: debug messages, and the warnings and progress bars of diffusers / transformers / "
+        "accelerate (hidden by default)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        dest=f"{prefix}quiet",
+        help="no progress messages or bars, no result lines: only warnings and errors",
+    )
+
+
+def _verbosity_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    add_verbosity_args(parent, prefix="command_")  # its own names: argparse would let a command's 0 hide a global -v
+    return parent
+
+
+def add_command(
+    sub, name: str, summary: str, examples: str = "", description: str = "", **kwargs
+) -> argparse.ArgumentParser:
+    """A sub-command parser with a one-line summary (in `sanaedit --help`), a description, examples and -v / -q."""
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
     return sub.add_parser(
         name,
@@ -38,7 +73,15 @@ def add_command(sub, name: str, summary: str, examples: str = "", description: s
         description=description or summary[:1].upper() + summary[1:] + ".",
         epilog=epilog,
         formatter_class=HelpFormatter,
+        parents=[_verbosity_parent()],
+        **kwargs,
     )
+
+
+def result(args: argparse.Namespace, text: str) -> None:
+    """A command's result line (what it wrote) on stdout; none with -q."""
+    if not getattr(args, "quiet", False):
+        print(text)
 
 
 def int_range(low: int, high: int | None = None):
@@ -220,11 +263,9 @@ def warn_if_prompt_ignored(model: str | None, prompt: str | None, negative_promp
     if not changed:
         return False
     flags = " and ".join("--" + k.replace("_", "-") for k in changed)
-    print(
-        f"warning: {flags} will not do what it says: this model cannot follow prompts (its LLM is a "
-        f"{llm_width(folder)}-wide stand-in, trained with its one style prompt). Prompts need a model with a real LLM "
-        "(README: Real weights).",
-        file=sys.stderr,
+    logger.warning(
+        f"{flags} will not do what it says: this model cannot follow prompts (its LLM is a {llm_width(folder)}-wide "
+        "stand-in, trained with its one style prompt). Prompts need a model with a real LLM (README: Real weights)."
     )
     return True
 
@@ -234,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="sanaedit", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"sanaedit {__version__}")
+    add_verbosity_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
@@ -241,20 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
-    """`--out DIR` (the old spelling) -> `--output DIR` for the commands that had it."""
-    if not argv or argv[0] not in OUT_ALIAS:
-        return argv
-    out = [argv[0]]
-    for i, arg in enumerate(argv[1:], 1):
-        if arg == "--":
-            return out + argv[i:]
-        out.append("--output" + arg[5:] if arg == "--out" or arg.startswith("--out=") else arg)
-    return out
+    """-v / -q anywhere before `--` -> before the command (they are global; commands that hand the rest of their
+    line to config overrides, like `train`, never see them); `--out DIR` (the old spelling) -> `--output DIR` for
+    the commands that had it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if VERBOSITY_FLAG.fullmatch(a)]
+    rest = [a for a in argv[:end] if not VERBOSITY_FLAG.fullmatch(a)]
+    command = next((i for i, a in enumerate(rest) if not a.startswith("-")), None)
+    if command is not None and rest[command] in OUT_ALIAS:
+        rest = [a if i <= command else "--output" + a[5:] if a == "--out" or a.startswith("--out=") else a
+                for i, a in enumerate(rest)]  # fmt: skip
+    return flags + rest + argv[end:]
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 (-q), 0 or 1 (-v), from the flags before and after the command."""
+    given = args.verbose + getattr(args, "command_verbose", 0) - args.quiet - getattr(args, "command_quiet", 0)
+    return max(-1, min(1, given))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(normalize_argv(argv))
+    from ..log import configure
+
+    level = verbosity(args)
+    args.verbose, args.quiet = level > 0, level < 0  # what the commands read
+    configure(level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

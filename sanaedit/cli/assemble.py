@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..variants import variant_names
-from . import MAX_SEED, add_command, int_range
+from . import MAX_SEED, add_command, int_range, result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         seed=args.seed,
     )
-    print(f"wrote {out}  (inspect it with: sanaedit info {out})")
+    result(args, f"wrote {out}: inspect it with `sanaedit info {out}`")
     return 0
 
 

@@ -141,5 +141,4 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

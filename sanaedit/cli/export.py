@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_command, add_lora_arg
+from . import add_command, add_lora_arg, result
 
 DEFAULT_QUANT = "llm=4,rest=8"  # the published release: 4-bit LLM, 8-bit everything else
 
@@ -21,8 +21,7 @@ def run(args: argparse.Namespace) -> int:
     quant = None if args.quant in ("none", "fp32") else args.quant
     parse_quant(quant)  # a bad --quant fails before any model is loaded
     export_model(model, out, fmt=args.format, quant=quant, progress=not args.quiet, loras=args.lora)
-    if not args.quiet:
-        print(f"wrote {out}: run it with `sanaedit edit PHOTO -o OUT --model {out}`")
+    result(args, f"wrote {out}: run it with `sanaedit edit PHOTO -o OUT --model {out}`")
     return 0
 
 
@@ -45,5 +44,4 @@ sanaedit edit photo.jpg -o out.png --model DIR-onnx        run the export""",
         help=f"weight bits per part, e.g. {DEFAULT_QUANT!r} (default), 'transformer=8,rest=32', or 'none' (fp32)",
     )
     add_lora_arg(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=run)

@@ -5,24 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_command, result
+
 
 def run(args: argparse.Namespace) -> int:
     from ..grow import grow_model
 
     out = grow_model(Path(args.model_dir), args.layers, Path(args.output), seed=args.seed)
-    print(f"wrote {out}: edits exactly as {args.model_dir} until trained (`sanaedit train` with model.from={out})")
+    result(args, f"wrote {out}: edits exactly as {args.model_dir} until trained (`sanaedit train --model.from={out}`)")
     return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "grow",
-        help="add transformer blocks that start as the identity (SANA-1.5 depth growth)",
+        "add transformer blocks that start as the identity (SANA-1.5 depth growth)",
         description="Copy a model folder with a deeper transformer: its blocks, then new blocks whose output "
         "projections are zero, so the grown model edits exactly as the original until it is trained.",
-        epilog="example:\n  sanaedit grow sanaedit/assets/comic-model --layers 8 -o grown\n"
-        "  sanaedit train comic --model.from=grown --output-dir runs/grown",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples="""
+sanaedit grow sanaedit/assets/comic-model --layers 8 -o grown
+sanaedit train comic --model.from=grown --output-dir runs/grown""",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder")
     p.add_argument("--layers", type=int, required=True, metavar="N", help="blocks of the grown transformer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_command, float_range, int_range
+from . import add_command, float_range, int_range, result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,13 +20,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data {args.data}: no manifest.jsonl there")
     report = prune_model(args.model_dir, args.keep, args.output, calib=args.calib, steps=args.steps, seed=args.seed)
     count = report["calibration_images"]
-    print(f"block input/output similarity over {count} calibration images (high = changes little):")
+    result(args, f"block input/output similarity over {count} calibration images (high = changes little):")
     for i, value in enumerate(report["similarity"]):
-        print(f"  block {i}: {value:.4f}{'  dropped' if i in report['dropped'] else ''}")
+        result(args, f"  block {i}: {value:.4f}{'  dropped' if i in report['dropped'] else ''}")
     if args.finetune_steps:
         finetune_folder(args.output, args.data, args.finetune_steps, lr=args.lr, seed=args.seed)
-        print(f"fine-tuned {args.finetune_steps} steps on {args.data}")
-    print(f"wrote {args.output}: {args.keep} blocks (kept {report['kept']})")
+        result(args, f"fine-tuned {args.finetune_steps} steps on {args.data}")
+    result(args, f"wrote {args.output}: {args.keep} blocks (kept {report['kept']})")
     return 0
 
 

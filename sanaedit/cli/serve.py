@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from . import add_command, add_lora_arg, add_runtime_args, check_device, float_range, int_range
+
+logger = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         token=token,
     )
     if warning:
-        print(warning, file=sys.stderr)
+        logger.warning(warning.removeprefix("warning: "))
     url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
     print(f"sanaedit: serving on {url}{f'/?token={token}' if token else ''}  (results in {args.output})")
     serve(app, host=args.host, port=args.port, **uvicorn_options())
@@ -52,7 +54,7 @@ def warm_up(edit, cfg) -> None:
     from PIL import Image
 
     size = cfg.resolution
-    print("sanaedit: warming the model up (one 1-step edit) ...", file=sys.stderr, flush=True)
+    logger.info("sanaedit: warming the model up (one 1-step edit) ...")
     edit(Image.new("RGB", (size, size), "gray"), num_inference_steps=1, guidance_scale=cfg.guidance_scale, seed=0)
 
 

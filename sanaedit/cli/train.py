@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_command
+from . import add_command, result
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     rest = [o for o in args.overrides if o != "--resume"]
     resume = args.resume or len(rest) != len(args.overrides)
     overrides = normalize_overrides(rest)
+    if args.quiet:  # -q: no progress bars (a later --log.progress=true on the line still wins)
+        overrides.insert(0, "--log.progress=false")
     out = train(resolve_config(args.config), overrides=overrides, resume=resume)
-    print(f"model folder: {out}")
+    result(args, f"wrote {out}: edit with it: `sanaedit edit PHOTO -o OUT --model {out}`")
     return 0
 
 

@@ -12,8 +12,8 @@ Both add `prompt_cache.safetensors` and `model_index.json` (`_class_name` SanaEd
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +36,8 @@ from ..model_folder import (
 from ..release_folder import RELEASE_LAYOUT
 from .graphs import graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
+
+logger = logging.getLogger(__name__)
 
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"]
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
@@ -65,7 +67,7 @@ def parse_quant(text: str | None) -> dict[str, int | None]:
 
 def _say(progress: bool, message: str) -> None:
     if progress:
-        print(message, file=sys.stderr, flush=True)
+        logger.info(message)
 
 
 def export_model(

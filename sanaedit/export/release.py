@@ -12,8 +12,8 @@ path computes). A tokenizer that encodes the model's prompts differently is repo
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from ..release_folder import LLM_GRAPH, EmbeddingTable, llm_configs, save_meta_q
 from .graphs import release_specs
 from .llm_graph import LlmFeatures
 from .llm_mnn import export_llm_mnn
+
+logger = logging.getLogger(__name__)
 
 LLM_BLOCK = 64  # the published LLM's 4-bit block
 FP16_TOLERANCE = 1e-2  # max-abs relative error of fp16 LLM weights beyond which the export is broken, not rounded
@@ -134,10 +136,9 @@ def check_llm(pipe, folder: Path) -> tuple[dict[str, float], list[str]]:
         mnn_ids = mnn_tokenizer.encode(template.replace("{prompt}", prompt))[: encoder.max_prompt_tokens]
         if mnn_ids != ids:  # what MNN's engine will feed differs from what the model was trained with: say so
             mismatches.append(prompt)
-            print(
-                f"warning: the MNN tokenizer llmexport wrote encodes {prompt!r} to {mnn_ids[:12]}..., the model's "
-                f"tokenizer to {ids[:12]}...; MNN's engine will see other tokens for it",
-                file=sys.stderr,
+            logger.warning(
+                f"the MNN tokenizer llmexport wrote encodes {prompt!r} to {mnn_ids[:12]}..., the model's "
+                f"tokenizer to {ids[:12]}...; MNN's engine will see other tokens for it"
             )
         with torch.no_grad():
             want_rows = encoder.llm.get_input_embeddings().weight[ids].float()

@@ -8,11 +8,13 @@ running edit still finishes before the process exits: a thread killed inside tor
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
 import uvicorn
+
+logger = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
@@ -31,7 +33,7 @@ class DrainingServer(uvicorn.Server):
     def _drain(self) -> None:
         busy = self.jobs.running is not None or self.jobs.queued > 0
         if busy:
-            print("sanaedit: stopping: finishing the running edit (press Ctrl-C again to stop now)", file=sys.stderr)
+            logger.warning("sanaedit: stopping: finishing the running edit (press Ctrl-C again to stop now)")
         self.jobs.stop_accepting()
         deadline = time.monotonic() + self.max_wait_s
         while self.jobs.running is not None and time.monotonic() < deadline and not self.should_exit:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,7 +239,13 @@ def _table(results: dict[str, dict[str, float]], extra: bool) -> str:
     return "\n".join(lines)
 
 
+def _out(text: str = "") -> None:
+    """The report, on stdout: what `python -m sanaedit.train.evaluate` is run for (progress goes to the log)."""
+    sys.stdout.write(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..log import configure
     from ..pipeline import SanaEditPipeline
     from ..upsample import METHODS
 
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", default=None, help="write a PNG grid of the whole held-out photos at full resolution")
     ap.add_argument("--json", default=None, help="write all the scores as JSON")
     args = ap.parse_args(argv)
+    configure()  # sanaedit's messages on stderr, the libraries' loading bars off
     trained = SanaEditPipeline.from_pretrained(args.model)
     res = trained.config.resolution
     untrained = untrained_pipeline(args.untrained) if args.untrained else None
@@ -259,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         low["the untrained model"] = pipeline_editor(untrained)
     low["the trained model"] = pipeline_editor(trained)
     model_res = evaluate_model_resolution(low, pairs, autoencoder_ceiling(trained))
-    print(f"At the model's resolution ({res} px): {len(pairs)} held-out images, against the training target\n")
-    print(_table(model_res, extra=False))
+    _out(f"At the model's resolution ({res} px): {len(pairs)} held-out images, against the training target\n")
+    _out(_table(model_res, extra=False))
 
     photos = load_full_photos(args.eval_dir)
     full: dict[str, Editor | None] = {
@@ -277,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
     full_res, per_photo, outputs = evaluate_full_resolution(full, photos)
     sizes = ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos)
-    print(f"\nAt each photo's own resolution ({sizes}), against the filter applied at that resolution\n")
-    print(_table(full_res, extra=True))
+    _out(f"\nAt each photo's own resolution ({sizes}), against the filter applied at that resolution\n")
+    _out(_table(full_res, extra=True))
     names = [n for n, _ in photos]
-    print("\nPSNR per photo\n\n| output | " + " | ".join(names) + " |\n|---" * 1 + "|---" * len(names) + "|")
+    _out("\nPSNR per photo\n\n| output | " + " | ".join(names) + " |\n|---" * 1 + "|---" * len(names) + "|")
     for name, row in per_photo.items():
-        print(f"| {name} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
+        _out(f"| {name} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"model_resolution": model_res, "full_resolution": full_res, "per_photo": per_photo}, indent=1)
@@ -294,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         columns["bundled model"] = outputs[f"the trained model, {trained.config.upsample} upsampling"]
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
         grid(photos, columns).save(args.grid)
-        print(f"\ngrid ({' | '.join(columns)}): {args.grid}")
+        _out(f"\ngrid ({' | '.join(columns)}): {args.grid}")
     return 0
 
 

@@ -12,8 +12,8 @@ sources.py (data and pre-encoding), sampler.py (data order and draws), checkpoin
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +36,8 @@ from .previews import Previews
 from .sampler import StreamBatches, first_position, sample_draws
 from .sources import build_dataset, pre_encoded
 from .stages import apply_stage
+
+logger = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
 
@@ -63,7 +65,7 @@ class Trainer:
 
     def log(self, msg: str) -> None:
         if self.main:
-            print(msg, file=sys.stderr, flush=True)
+            logger.info(msg)
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -101,7 +103,8 @@ class Trainer:
             self.previews = Previews(sources.preview_manifest, self.stage, self.resolution, self.cfg.sample)
             if not self.cfg.data.pre_encode:
                 return dataset
-            latents = pre_encoded(dataset, self.parts, self.dir / "latents", progress=self.main)
+            bar = self.main and self.cfg.log.progress
+            latents = pre_encoded(dataset, self.parts, self.dir / "latents", progress=bar)
             self.log(f"pre-encoded {len(latents)} samples into {self.dir / 'latents'} ({latents.skipped} skipped)")
             return latents
 
