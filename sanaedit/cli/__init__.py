@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
 # `add_parser(subparsers)` which registers its parser and sets `func=run(args) -> int`.
-COMMANDS = ["edit", "info", "assemble", "export", "train", "grow", "prune", "serve"]
+COMMANDS = ["edit", "info", "assemble", "export", "train", "distill", "grow", "prune", "serve"]
 # Commands whose output option was spelled `--out` before `-o/--output` was the one spelling: still accepted.
 OUT_ALIAS = {"edit", "assemble", "export", "grow", "prune", "serve"}
 MAX_SEED = 2**63 - 1  # the server's limit too (a signed 64-bit integer survives JSON clients and torch alike)

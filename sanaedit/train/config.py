@@ -83,6 +83,19 @@ class Reconstruction:
 
 
 @dataclass(frozen=True)
+class DistillSettings:
+    """The `distill` stage (train/distill.py): a few-step student of the starting model."""
+
+    objective: str = _spec("ode", choices=("ode", "scm"))
+    steps: int = _spec(2, min=1)  # the student's default step count (recorded in its model folder)
+    max_steps: int = _spec(4, min=1)  # trained for the scm schedules of 1..max_steps steps
+    teacher_steps: int | None = _spec(None, min=1)  # ode: the teacher's steps per target (default: its own)
+    guidance: float | None = _spec(None, min=0)  # the teacher's CFG scale (default: its own); > 1: embedded
+    tangent_warmup: int = _spec(1000, min=0)  # scm: optimizer steps until the dv/ds term is fully on
+    tangent_norm: float = _spec(0.1, min=0)  # scm: g / (|g| + c)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     stage: str = _spec("stage3", choices=tuple(STAGES))
     trainable: tuple[str, ...] | None = None  # overrides the stage's list
@@ -102,6 +115,7 @@ class TrainSettings:
     ema: float = _spec(0.0, min=0)  # EMA decay; 0 = off
     reconstruction: Reconstruction = _spec(factory=Reconstruction)
     lora: LoraSettings = _spec(factory=LoraSettings)
+    distill: DistillSettings = _spec(factory=DistillSettings)
 
 
 @dataclass(frozen=True)
@@ -269,6 +283,13 @@ def _check(cfg: StageConfig) -> StageConfig:
         raise ValueError(f"config key 'train.ema' is an EMA decay: 0 (off) or in (0, 1), got {cfg.train.ema}")
     if cfg.train.text_dropout > 1:
         raise ValueError(f"config key 'train.text_dropout' is a probability, got {cfg.train.text_dropout}")
+    if stage.name == "distill" and stage.trainable != ("transformer",):
+        raise ValueError("config key 'train.trainable': the distill stage trains the student DiT only ([transformer])")
+    if cfg.train.distill.steps > cfg.train.distill.max_steps:
+        raise ValueError(
+            f"config key 'train.distill.steps' ({cfg.train.distill.steps}) is more than the steps it is trained "
+            f"for (train.distill.max_steps = {cfg.train.distill.max_steps})"
+        )
     if cfg.data.pre_encode and ("vae" in stage.trainable or stage.data == "images"):
         raise ValueError("config key 'data.pre_encode' needs a frozen autoencoder (not the autoencoder stage)")
     if isinstance(cfg.model.variant, dict):

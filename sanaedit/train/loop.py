@@ -33,7 +33,7 @@ from .model import build_model, export_pipeline, set_latent_scale
 from .optim import build_optimizer, warmup_constant
 from .parts import TrainParts
 from .previews import Previews
-from .sampler import StreamBatches, first_position, sample_draws
+from .sampler import StreamBatches, distill_draws, first_position, sample_draws
 from .sources import build_dataset, pre_encoded
 from .stages import apply_stage
 
@@ -76,7 +76,12 @@ class Trainer:
             self.pipe.config.resolution = self.resolution
         if "lora" in self.stage.trainable:
             add_lora(self.pipe.transformer, t.lora.rank, t.lora.alpha, t.lora.targets)
-        parts = TrainParts(self.pipe, self.stage, t.reconstruction)
+        if self.stage.name == "distill":
+            from .distill import DistillParts
+
+            parts = DistillParts(self.pipe, self.stage, t.distill)
+        else:
+            parts = TrainParts(self.pipe, self.stage, t.reconstruction)
         trainable = apply_stage(parts, self.stage)
         if t.gradient_checkpointing and "transformer" in self.stage.trainable:
             parts.transformer.enable_gradient_checkpointing()
@@ -187,6 +192,11 @@ class Trainer:
             draws = [sample_draws(self.cfg.seed, first + j, shape, t) for j in range(batch["size"])]
             t_draw = torch.cat([d[0] for d in draws])
             noise = torch.stack([d[1] for d in draws])
+            if self.stage.name == "distill":
+                extra = [distill_draws(self.cfg.seed, first + j, shape) for j in range(batch["size"])]
+                batch["level_u"] = torch.cat([e[0] for e in extra]).to(device)
+                batch["fresh_noise"] = torch.stack([e[1] for e in extra]).to(device)
+                self.unwrapped().step = micro // t.grad_accum
             if t.text_dropout:
                 drop = [d[2] for d in draws]
                 negative = self.pipe.config.negative_prompt
@@ -217,7 +227,9 @@ class Trainer:
         return self.accel.unwrap_model(self.model)
 
     def export_pipeline(self) -> SanaEditPipeline:
-        return export_pipeline(self.unwrapped(), self.pipe.config, self.resolution, self.cfg.export)
+        parts = self.unwrapped()
+        export = {**getattr(parts, "export_defaults", dict)(), **self.cfg.export}  # a student names its sampler
+        return export_pipeline(parts, self.pipe.config, self.resolution, export)
 
     def write_samples(self, step: int) -> Path:
         path = self.dir / "samples" / f"step-{step:08d}.png"
@@ -241,7 +253,7 @@ class Trainer:
         out = stage_output(self.cfg)
         self.accel.wait_for_everyone()
         if self.main:
-            if self.stage.data == "images":
+            if "vae" in self.stage.trainable:  # the DC-AE's own stage (tiny-vae keeps the DiT's latent scale)
                 scale = set_latent_scale(self.unwrapped().vae, self.dataset, self.accel.device)
                 self.log(f"autoencoder latent std {1 / scale:.4f}: scaling_factor set to {scale:.5f}")
             if "lora" in self.stage.trainable:  # a style file in diffusers' Sana LoRA format, not a model

@@ -54,3 +54,10 @@ def sample_draws(
     t = sample_t(1, gen, train.t_sampling, train.shift)
     noise = torch.randn(shape, generator=gen)
     return t, noise, bool(torch.rand(1, generator=gen) < train.text_dropout)
+
+
+def distill_draws(seed: int, position: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uniform [1], noise `shape`) for the distill stage: which noise level to train at, and the fresh noise of the
+    few-step sampler's re-noising. A stream of their own, so the other draws stay what they were."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + position + (1 << 48))
+    return torch.rand(1, generator=gen), torch.randn(shape, generator=gen)

@@ -1,9 +1,12 @@
 """The training stages as named recipes of what trains and on what data.
 
     autoencoder  the DC-AE alone, reconstructing images (how the bundled model gets its small autoencoder)
+    tiny-vae     the light autoencoder (tiny_vae/, TAESANA's architecture) distilled from the model's own DC-AE
     stage1       meta-queries + connector + projector (LLM, DiT, DC-AE frozen), text-image pairs
     stage2       stage 1 + the DiT, text-image pairs
     stage3       stage 2's parts on editing triples, the source latent fed as `ref_latents`
+    lora         LoRA adapters on the DiT (a style file)
+    distill      a few-step, CFG-free student of the starting model's DiT (train/distill.py)
 
 A config may override `trainable` (any of COMPONENTS except the LLM, which stays frozen: the design reads it
 through the queries, never changes it).
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora")
+COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora", "tiny_vae")
 DATA_KINDS = ("images", "text_image", "edit")
 
 
@@ -28,10 +31,12 @@ class Stage:
 
 STAGES = {
     "autoencoder": Stage("autoencoder", ("vae",), "images"),
+    "tiny-vae": Stage("tiny-vae", ("tiny_vae",), "images"),  # distilled from the frozen DC-AE (parts.py)
     "stage1": Stage("stage1", ("meta_queries", "connector", "projector"), "text_image"),
     "stage2": Stage("stage2", ("meta_queries", "connector", "projector", "transformer"), "text_image"),
     "stage3": Stage("stage3", ("meta_queries", "connector", "projector", "transformer"), "edit"),
     "lora": Stage("lora", ("lora",), "edit"),  # LoRA adapters on the DiT only: a style file, not a model folder
+    "distill": Stage("distill", ("transformer",), "edit"),  # a few-step student of the start (distill.py)
 }
 
 
@@ -59,6 +64,7 @@ def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
         "vae": list(parts.vae.parameters()),
         "llm": list(te.llm.parameters()),
         "lora": [p for n, p in parts.transformer.named_parameters() if ".lora_" in n],
+        "tiny_vae": list(parts.tiny_vae.parameters()) if getattr(parts, "tiny_vae", None) is not None else [],
     }
 
 

@@ -1,0 +1,133 @@
+"""The few-step student against its teacher, on held-out photos: quality and time per edit.
+
+    python bench/fast_path.py EVAL_DIR --teacher sanaedit/assets/comic-model --student runs/comic-fast \
+        --json bench/results/fast-path-comic-DATE.json
+
+Rows: the teacher with its own settings (the reference: 10 steps); the teacher at 1/2/4 steps without any training
+(Euler on its schedule, and the scm sampler) -- what the step count alone costs; the student at 1/2/4 scm steps.
+Scores: `sanaedit.train.evaluate.compare` at the model's resolution on the held-out images of
+EVAL_DIR/manifest.jsonl (PSNR / SSIM / edge F1 against the comic filter's output), and PSNR against the teacher's own
+10-step edit of the same image (how close the fast path is to what it replaces). Seed 0 for every edit.
+Time: seconds per whole edit (preprocess, encode, sampling, decode, upsampling) of one held-out image and the
+sampling part alone, each the minimum over --repeats rounds in which the rows take turns (a burst of load from
+elsewhere hits them alike); --threads CPU threads (1 by default: on a shared machine one thread is far less noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
+from sanaedit.train.evaluate import compare, load_pairs, psnr  # noqa: E402
+
+METRICS = ("psnr", "ssim", "edge_f1")
+
+
+def rows_of(teacher: SanaEditPipeline, student: SanaEditPipeline, steps: list[int]) -> dict[str, tuple]:
+    """name -> (pipeline, call settings)."""
+    own = teacher.config.num_inference_steps
+    rows: dict[str, tuple] = {f"teacher, its own {own} steps": (teacher, {})}
+    for n in steps:
+        rows[f"teacher, {n} Euler steps (untrained for it)"] = (teacher, {"num_inference_steps": n})
+        rows[f"teacher, {n} scm steps (untrained for it)"] = (
+            teacher,
+            {"num_inference_steps": n, "sampler": "scm", "schedule": "scm"},
+        )
+    for n in steps:
+        rows[f"student, {n} scm steps"] = (student, {"num_inference_steps": n})
+    return rows
+
+
+def edit(pipe: SanaEditPipeline, image, settings: dict):
+    return pipe(image, generator=torch.Generator().manual_seed(0), progress=False, **settings).images[0]
+
+
+def quality(rows: dict[str, tuple], pairs) -> dict[str, dict[str, float]]:
+    reference_pipe, reference_settings = next(iter(rows.values()))  # the teacher with its own settings
+    reference = [np.asarray(edit(reference_pipe, src, reference_settings)) for _, src, _ in pairs]
+    results = {}
+    for name, (pipe, settings) in rows.items():
+        outs = [edit(pipe, src, settings) for _, src, _ in pairs]
+        scores = [compare(o, tgt) for o, (_, _, tgt) in zip(outs, pairs)]
+        results[name] = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
+        close = float(np.mean([psnr(np.asarray(o), r) for o, r in zip(outs, reference)]))
+        results[name]["psnr_vs_teacher"] = close if np.isfinite(close) else None  # None: the teacher itself
+        print(json.dumps({name: results[name]}), flush=True)
+    return results
+
+
+def dit_timer(pipe) -> list[float]:
+    """Accumulates the transformer's forward time into the returned one-element list."""
+    total, starts = [0.0], []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))
+    pipe.transformer.register_forward_hook(
+        lambda m, a, o: total.__setitem__(0, total[0] + time.perf_counter() - starts.pop())
+    )
+    return total
+
+
+def speed(rows: dict[str, tuple], image, rounds: int) -> dict[str, dict[str, float]]:
+    """Minimum seconds per whole edit and in the sampler's model calls, the rows taking turns each round."""
+    timers = {id(pipe): dit_timer(pipe) for pipe, _ in rows.values()}
+    times: dict[str, dict[str, list[float]]] = {name: {"edit_s": [], "dit_s": []} for name in rows}
+    for _ in range(rounds):
+        for name, (pipe, settings) in rows.items():
+            timer = timers[id(pipe)]
+            timer[0] = 0.0
+            start = time.perf_counter()
+            edit(pipe, image, settings)
+            times[name]["edit_s"].append(time.perf_counter() - start)
+            times[name]["dit_s"].append(timer[0])
+    return {name: {k: min(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("eval_dir", help="held-out folder with manifest.jsonl (runs/comic/data/eval)")
+    ap.add_argument("--teacher", required=True, help="the teacher's model folder")
+    ap.add_argument("--student", required=True, help="the student's model folder (sanaedit distill)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student step counts (default: 1 2 4)")
+    ap.add_argument("--repeats", type=int, default=5, help="timing rounds (default: 5)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    ap.add_argument("--json", help="write the results as JSON")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    teacher, student = SanaEditPipeline.from_pretrained(args.teacher), SanaEditPipeline.from_pretrained(args.student)
+    pairs = load_pairs(args.eval_dir)
+    rows = rows_of(teacher, student, args.steps)
+    results = {"quality": quality(rows, pairs), "speed": speed(rows, pairs[0][1], args.repeats)}
+    results["setup"] = {
+        "teacher": str(args.teacher),
+        "student": str(args.student),
+        "held_out_images": len(pairs),
+        "resolution": teacher.config.resolution,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+    }
+    print("| output | PSNR dB | SSIM | edge F1 | PSNR vs teacher | s/edit | sampling s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, q in results["quality"].items():
+        s, close = results["speed"][name], q["psnr_vs_teacher"]
+        close_text = "(itself)" if close is None else f"{close:.2f}"
+        print(
+            f"| {name} | {q['psnr']:.2f} | {q['ssim']:.3f} | {q['edge_f1']:.3f} | {close_text} | "
+            f"{s['edit_s']:.3f} | {s['dit_s']:.3f} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Step distillation (SANA-Sprint's goal): a student that edits in 1-4 `scm` sampler steps, without a CFG batch.
+
+The student is a copy of the frozen teacher (with a zero-initialised guidance embedding when the teacher uses CFG,
+so it starts exactly as the teacher). Both sampling and training read the student as an x0 predictor in flow terms,
+x0 = x - sigma v(x, sigma): that is what `sampling.scm_sample` steps with, and what both objectives train.
+
+    ode  (default)  the teacher's own sampler runs its N steps (with CFG) from noise z to x0_T; the student, at one
+                    of the few-step `scm` noise levels, learns to predict x0_T in one call: from z itself at sigma 1
+                    (the first step), from (1 - s) x0_T + s z' with fresh z' at the later levels (what `scm_sample`
+                    feeds it after re-noising). Knowledge distillation on the teacher's trajectories (Luhman &
+                    Luhman 2021), on exactly the inputs the few-step sampler produces.
+    scm             continuous-time consistency (sCM) in flow terms: f(x, s) = x - s v must stay constant along the
+                    teacher's ODE (dx/ds = v_T, with CFG). With the stop-gradient copy, df/ds = v_T - v - s dv/ds
+                    (a JVP along (v_T, 1)); the student's s v moves towards its own value plus that tangent,
+                    normalised g / (|g| + c), its dv/ds term warmed up over `tangent_warmup` steps -- SANA-Sprint's
+                    sCM recipe (tangent warm-up, tangent normalisation) without its adaptive weighting and LADD.
+
+Why `ode` is the default: our editing task maps a photo to nearly one answer, so the teacher's trajectories are
+smooth and cheap to regress on, and on the bundled model it measures better at 1-2 steps (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..flow import FlowModel
+from ..pipeline import SanaEditPipeline
+from ..sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
+from .config import DistillSettings
+from .parts import TrainParts
+from .stages import Stage
+
+OBJECTIVES = ("ode", "scm")
+
+
+def student_levels(max_steps: int) -> torch.Tensor:
+    """The flow noise levels an `scm` sampler of 1..max_steps steps calls the model at (sigma 1 first)."""
+    levels = torch.cat([trig_to_flow(scm_times(n)[:-1]) for n in range(1, max_steps + 1)])
+    return torch.unique(levels.float()).flip(0)
+
+
+class DistillParts(TrainParts):
+    """A frozen teacher and its student; `forward` returns the distillation loss of a batch of editing triples."""
+
+    def __init__(self, pipe: SanaEditPipeline, stage: Stage, settings: DistillSettings):
+        super().__init__(pipe, stage)
+        self.settings = settings
+        self.guidance = float(settings.guidance or pipe.config.guidance_scale)
+        if self.transformer.config.get("guidance_embeds"):
+            raise ValueError("the teacher already embeds the guidance scale (a distilled student): distil a teacher")
+        teacher = self.transformer.eval().requires_grad_(False)
+        student = teacher.with_guidance_embedding() if self.guidance > 1 else copy.deepcopy(teacher)
+        self.teacher, self.transformer = teacher, student.train()
+        self.teacher_flow, self.flow = self.flow, FlowModel.from_torch(student, self.vae)
+        config = pipe.config
+        self.teacher_sampler = get_sampler(config.sampler if config.sampler != "scm" else "euler")
+        self.teacher_sigmas = flow_sigmas(settings.teacher_steps or config.num_inference_steps, config.shift,
+                                          config.schedule if config.schedule != "scm" else "default")  # fmt: skip
+        self.levels = student_levels(settings.max_steps)
+        self.negative_prompt = config.negative_prompt
+        self.step = 0  # optimizer steps so far (the loop sets it): the sCM tangent warm-up reads it
+
+    def export_defaults(self) -> dict[str, Any]:
+        """What the student's model folder records: the few-step sampler, its schedule and step count."""
+        return {"sampler": "scm", "schedule": "scm", "num_inference_steps": self.settings.steps,
+                "guidance_scale": self.guidance}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- teacher
+    def teacher_velocity(self, hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None):
+        """The teacher's dx/dsigma with per-sample conditioning, CFG as one [uncond; cond] batch."""
+        flow, g = self.teacher_flow, self.guidance
+        if g <= 1:
+            return lambda x, s: flow.velocity(x, s, hidden, mask, ref).float()
+        neg_hidden, neg_mask = self.text_encoder.condition(self.llm_features([self.negative_prompt] * len(hidden)))
+        both = (torch.cat([neg_hidden, hidden]), torch.cat([neg_mask, mask]))
+        refs = None if ref is None else torch.cat([ref, ref])
+
+        def guided(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            s = torch.as_tensor(s).reshape(-1).expand(len(x))
+            uncond, cond = flow.velocity(torch.cat([x, x]), torch.cat([s, s]), *both, refs).float().chunk(2)
+            return uncond + g * (cond - uncond)
+
+        return guided
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        if "target_latents" in batch:
+            x0, ref = batch["target_latents"], batch.get("ref_latents")
+        else:
+            with torch.no_grad():
+                x0, ref = self.encode_images(batch["target"]), self.encode_images(batch["source"])
+        x0 = x0.float()
+        noise = torch.randn_like(x0) if noise is None else noise.to(x0)
+        feats = batch["llm_features"] if "llm_features" in batch else self.llm_features(batch["prompt"])
+        with torch.no_grad():
+            hidden, mask = self.text_encoder.condition(feats)
+        teacher = self.teacher_velocity(hidden, mask, ref)
+        student = lambda x, s: self.flow.velocity(x, s, hidden, mask, ref, self.guidance).float()  # noqa: E731
+        fresh = batch.get("fresh_noise")
+        fresh = torch.randn_like(x0) if fresh is None else fresh.to(x0)
+        if self.settings.objective == "ode":
+            level_u = batch.get("level_u")
+            level_u = torch.rand(len(x0)) if level_u is None else level_u
+            return self.ode_loss(teacher, student, noise, fresh, level_u)
+        t = torch.rand(len(x0)) if t is None else t
+        return self.scm_loss(teacher, student, x0, noise, t.to(x0.device))
+
+    def ode_loss(self, teacher, student, z: torch.Tensor, fresh: torch.Tensor, level_u: torch.Tensor) -> torch.Tensor:
+        """MSE between the student's one-call x0 at an `scm` level and the teacher's N-step result from z."""
+        with torch.no_grad():
+            x0_teacher = self.teacher_sampler(teacher, z, self.teacher_sigmas).float()
+        # half the draws at sigma 1 (the first step: every few-step edit starts there), the rest over the others
+        u, n = level_u.reshape(-1).float().cpu(), len(self.levels)
+        later = (1 + ((u - 0.5) * 2 * (n - 1)).long()).clamp(1, max(n - 1, 1))
+        index = torch.where((u < 0.5) | (n == 1), 0, later)
+        sigma = self.levels[index].to(z.device)
+        s = sigma.view(-1, 1, 1, 1)
+        first = (index == 0).to(z.device).view(-1, 1, 1, 1)
+        x = torch.where(first, z, (1 - s) * x0_teacher + s * fresh)
+        x0_student = x - s * student(x, sigma)
+        return F.mse_loss(x0_student, x0_teacher)
+
+    def scm_loss(self, teacher, student, x0: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """sCM in flow terms (see the module docstring): MSE(s v, sg(s v + g)), g the normalised tangent."""
+        s = sigma.view(-1, 1, 1, 1).float()
+        x = (1 - s) * x0 + s * z
+        with torch.no_grad():
+            v_teacher = teacher(x, sigma)
+            # forward-mode AD through attention needs SDPA's math kernel (the fused CPU kernel has no JVP)
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.MATH):
+                v_now, dv_ds = torch.func.jvp(student, (x, sigma), (v_teacher, torch.ones_like(sigma)))
+            warmup = min(1.0, self.step / max(self.settings.tangent_warmup, 1))
+            g = v_teacher - v_now - warmup * s * dv_ds
+            norm = g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) / g[0].numel() ** 0.5
+            target = s * v_now + g / (norm + self.settings.tangent_norm)
+        return F.mse_loss(s * student(x, sigma), target)

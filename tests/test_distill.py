@@ -1,0 +1,92 @@
+"""Step distillation (`sanaedit distill`, train/distill.py): a few-step, CFG-free student of a teacher."""
+
+import json
+
+import pytest
+import torch
+
+from sanaedit.cli import main
+from sanaedit.image_io import load_image, preprocess
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.sampling import flow_sigmas, get_sampler, trig_to_flow
+from sanaedit.train.distill import student_levels
+
+
+def _distill(teacher_dir, data, out, objective="ode", steps=40, extra=()):
+    args = ["distill", str(teacher_dir), "-o", str(out), "--data", str(data), "--objective", objective]
+    args += ["--train-steps", str(steps), "--train.lr=1e-3", "--train.batch_size=4", "--log.progress=false"]
+    assert main([*args, "--log.every=1", "--train.ema=0", *extra]) == 0
+    run = out.parent / f".{out.name}.distill-run"
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _edits(pipe, photo, sampler, schedule, steps, guidance, n=4):
+    """Latent edits of `photo` from `n` fixed noises, at the pipeline's own conditioning."""
+    ref = pipe.flow.encode(preprocess(load_image(photo), pipe.config.resolution)[0]).detach()
+    noise = torch.randn(n, *ref.shape[1:], generator=torch.Generator().manual_seed(1))
+    encoder = pipe.text_encoder
+    cond = encoder.condition(encoder.llm_features([pipe.config.prompt]))
+    if guidance > 1 and not pipe.flow.guidance_embeds:
+        uncond = encoder.condition(encoder.llm_features([pipe.config.negative_prompt]))
+        cond = tuple(torch.cat(pair) for pair in zip(uncond, cond))
+    velocity = pipe.flow.sampling_velocity(*cond, ref, guidance)
+    sigmas = flow_sigmas(steps, pipe.config.shift, schedule)
+    with torch.no_grad():
+        return get_sampler(sampler)(velocity, noise, sigmas, generator=torch.Generator().manual_seed(2))
+
+
+def test_student_levels_are_the_scm_samplers_calls():
+    levels = student_levels(2)
+    assert levels[0] == pytest.approx(1.0, abs=1e-5)
+    assert levels[1] == pytest.approx(float(trig_to_flow(torch.tensor(1.3))))
+    assert len(student_levels(4)) == 1 + 1 + 2 + 3  # 1: [pi/2]; 2: + 1.3; 3: + 2 more; 4: + 3 more
+    assert torch.all(student_levels(4)[:-1] > student_levels(4)[1:])
+
+
+@pytest.mark.slow
+def test_distilled_student_beats_the_teacher_at_one_step(tiny_model_dir, tiny_edit_pairs, tmp_path):
+    teacher = SanaEditPipeline.from_pretrained(tiny_model_dir)
+    g = teacher.config.guidance_scale
+    assert g > 1  # a CFG teacher: the student embeds the scale instead
+    losses = _distill(tiny_model_dir, tiny_edit_pairs, tmp_path / "student", steps=80)
+    assert sum(losses[-10:]) < sum(losses[:10])  # the distillation loss falls
+    student = SanaEditPipeline.from_pretrained(tmp_path / "student")
+    assert student.config.sampler == "scm" and student.config.num_inference_steps == 2
+    assert student.transformer.config.guidance_embeds
+    photo = tiny_edit_pairs / "s0.png"  # a photo it was distilled on (the bundled model's numbers are held-out)
+    reference = _edits(teacher, photo, "euler", "default", 10, g)  # what the teacher makes with its own 10 steps
+    # one step: a deterministic noise -> edit map, comparable noise for noise with the teacher's (a second scm step
+    # re-noises with fresh noise, so it can only match the teacher in distribution)
+    teacher_fast = _edits(teacher, photo, "scm", "scm", 1, g)
+    student_fast = _edits(student, photo, "scm", "scm", 1, g)
+    error = lambda x: float(torch.mean((x - reference) ** 2))  # noqa: E731
+    assert error(student_fast) < 0.8 * error(teacher_fast)  # measured 0.66
+
+
+@pytest.mark.slow
+def test_scm_objective_trains_a_student_of_a_cfg_free_teacher(tiny_model_dir, tiny_edit_pairs, tmp_path):
+    losses = _distill(tiny_model_dir, tiny_edit_pairs, tmp_path / "s", "scm", 6, ["--train.distill.guidance=1"])
+    assert len(losses) == 6 and all(loss == loss and loss < 1e6 for loss in losses)  # finite
+    student = SanaEditPipeline.from_pretrained(tmp_path / "s")
+    teacher = SanaEditPipeline.from_pretrained(tiny_model_dir)
+    assert not student.transformer.config.get("guidance_embeds")  # no CFG to fold in: a plain copy, trained
+    assert student.config.guidance_scale == 1.0 and student.config.sampler == "scm"
+    moved = [not torch.equal(a, b) for a, b in zip(student.transformer.parameters(), teacher.transformer.parameters())]
+    assert any(moved)
+
+
+def test_distill_refuses_bad_requests(tiny_model_dir, tiny_edit_pairs, tmp_path, capsys):
+    out = tmp_path / "student"
+    base = ["distill", str(tiny_model_dir), "--data", str(tiny_edit_pairs)]
+    with pytest.raises(SystemExit):
+        main(base)  # no -o
+    assert "-o/--output" in capsys.readouterr().err
+    assert main([*base, "-o", str(out), "--train.trainable=[transformer,connector]"]) == 1
+    assert "trains the student DiT only" in capsys.readouterr().err
+    assert main([*base, "-o", str(out), "--steps", "4", "--train.distill.max_steps=2"]) == 1
+    assert "max_steps" in capsys.readouterr().err
+    assert main(["distill", str(tiny_model_dir), "-o", str(out), "--data", str(tmp_path)]) == 1
+    assert "no manifest.jsonl" in capsys.readouterr().err
+    assert main(["distill", str(tmp_path), "-o", str(out)]) == 1
+    assert "not a model folder" in capsys.readouterr().err
+    assert not out.exists()
