@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..comic import comic
+from ..ghibli import ghibli
 from ..image_io import load_image, preprocess
 from ..pipeline import COMIC_PROMPT
 
@@ -27,6 +28,9 @@ SKIMAGE_PHOTOS = [
 ]  # fmt: skip
 SKLEARN_PHOTOS = ["china.jpg", "flower.jpg"]
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg", "china.jpg")
+# style -> (target filter, the prompt recorded with each pair)
+GHIBLI_PROMPT = "Ghibli-style: soft contrast, warm tones, slight linework."
+STYLES = {"comic": (comic, COMIC_PROMPT), "ghibli": (ghibli, GHIBLI_PROMPT)}
 PADDING = "reflect"  # the padding the bundled model is trained and run with (PipelineConfig.padding)
 
 
@@ -105,23 +109,26 @@ def model_view(image: Image.Image, resolution: int, padding: str = PADDING) -> I
     return Image.fromarray(array)
 
 
-def pair(image: Image.Image, resolution: int, padding: str = PADDING) -> tuple[Image.Image, Image.Image]:
-    """(source, target) at the model's resolution for a picture at its own resolution. The target is the filter
-    applied at the picture's own resolution, then brought to the model's view: what the full-resolution result
-    looks like at R (so the edit, upsampled, is scored against the filter at full resolution)."""
-    return model_view(image, resolution, padding), model_view(comic(image), resolution, padding)
+def pair(
+    image: Image.Image, resolution: int, padding: str = PADDING, style: str = "comic"
+) -> tuple[Image.Image, Image.Image]:
+    """(source, target) at the model's resolution for a picture at its own resolution. The target is the style's
+    filter applied at the picture's own resolution, then brought to the model's view: what the full-resolution
+    result looks like at R (so the edit, upsampled, is scored against the filter at full resolution)."""
+    target = STYLES[style][0](image)
+    return model_view(image, resolution, padding), model_view(target, resolution, padding)
 
 
-def _write_split(out: Path, items: list[tuple[str, Image.Image]], resolution: int) -> None:
+def _write_split(out: Path, items: list[tuple[str, Image.Image]], resolution: int, style: str = "comic") -> None:
     (out / "source").mkdir(parents=True, exist_ok=True)
     (out / "target").mkdir(parents=True, exist_ok=True)
     lines = []
     for name, image in items:
-        source, target = pair(image, resolution)
+        source, target = pair(image, resolution, style=style)
         source.save(out / "source" / f"{name}.png")
         target.save(out / "target" / f"{name}.png")
         lines.append(
-            json.dumps({"source": f"source/{name}.png", "target": f"target/{name}.png", "prompt": COMIC_PROMPT})
+            json.dumps({"source": f"source/{name}.png", "target": f"target/{name}.png", "prompt": STYLES[style][1]})
         )
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -136,6 +143,7 @@ def build_comic_dataset(
     nonsquare: float = 0.0,
     whole: int = 0,
     size: int | None = None,
+    style: str = "comic",
 ) -> dict[str, int]:
     """Write `out_dir/train` and `out_dir/eval` (source/, target/, manifest.jsonl); return the sample counts.
 
@@ -147,13 +155,16 @@ def build_comic_dataset(
     held-out photos at their own resolution in `eval/full/` (for scores at full resolution).
     `size` stores the pictures at that resolution instead of `resolution` (a stage training at another resolution,
     e.g. the autoencoder on 128 px views of the 256 px set, then reads the same files resized).
+    `style` chooses the targets' filter: "comic" (sanaedit.comic) or "ghibli" (sanaedit.ghibli, the LoRA style).
     A finished build is marked by out_dir/done.json and reused when its settings match.
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     out = Path(out_dir)
     resolution = size or resolution
     settings = dict(
         resolution=resolution, crops_per_photo=crops_per_photo, synthetic=synthetic, eval_crops=eval_crops, seed=seed,
-        nonsquare=nonsquare, whole=whole, padding=PADDING, version=2,
+        nonsquare=nonsquare, whole=whole, padding=PADDING, version=2, **({"style": style} if style != "comic" else {}),
     )  # fmt: skip
     done = out / "done.json"
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
@@ -183,8 +194,8 @@ def build_comic_dataset(
     for i in range(synthetic):
         size = int(rng.integers(resolution, int(2.5 * resolution) + 1))
         train.append((f"synthetic-{i:04d}", synthetic_scene(rng, size)))
-    _write_split(out / "train", train, resolution)
-    _write_split(out / "eval", held, resolution)
+    _write_split(out / "train", train, resolution, style)
+    _write_split(out / "eval", held, resolution, style)
     counts = {"train": len(train), "eval": len(held), "photos": len(photos) - len(held) // (1 + eval_crops)}
     done.write_text(
         json.dumps({"settings": settings, "counts": counts, "held_out": sorted(set(HELD_OUT) & set(photos))})
