@@ -2,7 +2,9 @@
 
 Inputs: a diffusers SANA transformer folder (text-to-image; expanded for editing with zero ref weights), a
 diffusers DC-AE folder and a Hugging Face causal-LM folder (Qwen3-0.6B by default) with its tokenizer. New
-meta-queries, connector and projector are initialised; training (stages 1-3) teaches them.
+meta-queries, connector and projector are initialised; training (stages 1-3) teaches them. With `tiny_vae`, the
+folder also carries a light autoencoder (TAESANA's architecture, `models/tiny_vae.py`): the published
+`taesana_encoder.pth` / `taesana_decoder.pth` state dicts, or fresh weights for the `tiny-vae` training stage.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .flow import FlowModel
 from .model_folder import ModelFolderError, load_component
 from .models.text_encoder import MetaQueryTextEncoder
 from .pipeline import PipelineConfig, SanaEditPipeline
@@ -38,8 +41,10 @@ def assemble(
     dtype: torch.dtype = torch.float32,
     resolution: int | None = None,
     seed: int = 0,
+    tiny_vae: bool | tuple[Path, Path] = False,
 ) -> Path:
-    """Assemble and save a model folder; `variant` supplies the connector/projector/query sizes."""
+    """Assemble and save a model folder; `variant` supplies the connector/projector/query sizes. `tiny_vae`:
+    True for a fresh light autoencoder, (encoder.pth, decoder.pth) for taesd-layout weights, False for none."""
     from diffusers import AutoencoderDC, SanaTransformer2DModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,5 +83,28 @@ def assemble(
     )
     text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries.to(dtype), connector.to(dtype), projector.to(dtype))
     config = PipelineConfig(resolution=resolution or variant.resolution)
-    pipe = SanaEditPipeline.from_modules(transformer.eval(), vae.eval(), text_encoder, config)
-    return pipe.save_pretrained(out_dir)
+    tiny = build_tiny_vae(vae, tiny_vae, dtype) if tiny_vae else None
+    flow = FlowModel.from_torch(transformer.eval(), vae.eval(), tiny)
+    return SanaEditPipeline(flow, text_encoder, config).save_pretrained(out_dir)
+
+
+def build_tiny_vae(vae, weights: bool | tuple[Path, Path], dtype: torch.dtype = torch.float32):
+    """A light autoencoder fitting the DC-AE `vae`: fresh, or from taesd-layout `(encoder.pth, decoder.pth)`."""
+    from .models.tiny_vae import TinyAutoencoder, load_taesd_state_dicts
+
+    tiny = TinyAutoencoder.for_autoencoder(vae)
+    if weights is True:
+        return tiny.to(dtype).eval()
+    states = []
+    for path in map(Path, weights):
+        try:
+            states.append(torch.load(path, map_location="cpu", weights_only=True))
+        except FileNotFoundError:
+            raise ModelFolderError(f"{path}: tiny autoencoder weights not found") from None
+        except Exception as err:
+            raise ModelFolderError(f"{path}: not a PyTorch state dict ({str(err).strip().splitlines()[0]})") from err
+    try:
+        load_taesd_state_dicts(tiny, *states)
+    except ValueError as err:
+        raise ModelFolderError(f"{weights[0]}, {weights[1]}: {err}") from err
+    return tiny.to(dtype).eval()

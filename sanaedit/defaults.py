@@ -42,6 +42,7 @@ def load_pipeline(
     backend: str | None = None,
     threads: int | None = None,
     loras: list[tuple[str | Path, float]] | None = None,
+    vae: str | None = None,
 ):
     """The pipeline for `model`, with one set of defaults whatever the folder's kind: a model folder (PyTorch) or an
     exported folder (the runtime its manifest names, or `backend`); with None, the bundled model or a tiny random
@@ -50,7 +51,8 @@ def load_pipeline(
     Defaults: threads = physical cores on the CPU; the LLM freed as soon as a new prompt's features exist (they
     stay in the prompt cache); on PyTorch the compute dtype from `dtype` ('auto': bf16 where the CPU has it) and
     the exact text K/V cache. Exported graphs run on the CPU in float32. `loras` (file, scale) are merged into the
-    DiT's weights before any speed path (an exported folder takes them at export instead).
+    DiT's weights before any speed path (an exported folder takes them at export instead). `vae`: "full" (DC-AE)
+    or "tiny" (the folder's light autoencoder; the DC-AE is then never loaded); None: the folder's default.
     """
     from .model_folder import is_export
 
@@ -71,9 +73,9 @@ def load_pipeline(
         from .runtime import load_exported
 
         _set_threads(device, threads)
-        pipe = load_exported(model, backend=backend, threads=threads)
+        pipe = load_exported(model, backend=backend, threads=threads, vae=vae)
     else:
-        pipe = _torch_pipeline(model, device, dtype, threads, loras or [])
+        pipe = _torch_pipeline(model, device, dtype, threads, loras or [], vae)
     pipe.keep_text_encoder = False
     return pipe
 
@@ -85,14 +87,18 @@ def _set_threads(device: str, threads: int | None) -> None:
         set_threads(threads)  # threads = cores: PyTorch's default can exceed what a container grants
 
 
-def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None, loras):
+def _torch_pipeline(
+    folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None, loras, vae: str | None
+):
     from .speed import enable_text_kv_cache, quantize_dit_int8
 
     float_dtype, int8 = resolve_dtype(dtype, device)
     _set_threads(device, threads)
     if folder is None:
+        from .model_folder import choose_vae
         from .random_model import build_tiny_pipeline
 
+        choose_vae("the tiny random stand-in", vae, "full", has_tiny=False)
         logger.warning(
             "no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
             "so the output is noise, not a comic. Pass --model DIR for real weights."
@@ -101,7 +107,7 @@ def _torch_pipeline(folder: str | Path | None, device: str, dtype: torch.dtype |
     else:
         from .torch_model import load_model_folder
 
-        pipe = load_model_folder(folder, device=device, dtype=float_dtype)
+        pipe = load_model_folder(folder, device=device, dtype=float_dtype, vae=vae)
     if loras:
         from .lora import merge_loras
 

@@ -64,7 +64,8 @@ class FlowModel:
 
     `transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents) -> velocity`,
     `encoder(pixels in [-1, 1]) -> scaled latents`, `decoder(scaled latents) -> pixels`: PyTorch modules
-    (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export).
+    (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export);
+    `tiny_vae` the light one (`models/tiny_vae.py`) when there is one.
     """
 
     def __init__(
@@ -77,20 +78,29 @@ class FlowModel:
         vae_scale: int,
         vae: Any = None,
         guidance_embeds: float | None = None,
+        tiny_vae: Any = None,
     ):
         self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
         self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
-        self.vae = vae
+        self.vae, self.tiny_vae = vae, tiny_vae
         # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
         self.guidance_embeds = guidance_embeds
 
     @classmethod
-    def from_torch(cls, transformer: nn.Module, vae: nn.Module) -> FlowModel:
-        """A diffusers-style SANA edit transformer and DC-AE; their shapes must fit (checked, named)."""
+    def from_torch(cls, transformer: nn.Module, vae: nn.Module | None, tiny_vae: nn.Module | None = None) -> FlowModel:
+        """A diffusers-style SANA edit transformer and DC-AE; their shapes must fit (checked, named). The networks
+        run on the DC-AE; with `vae=None`, on the light `tiny_vae` (the DC-AE not even loaded)."""
         from .model_folder import ModelFolderError
+        from .models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
         from .models.vae import VaeDecoder, VaeEncoder, spatial_compression
 
-        t, v = transformer.config, vae.config
+        if vae is None and tiny_vae is None:
+            raise ModelFolderError("no autoencoder: give the DC-AE, the tiny one, or both")
+        if tiny_vae is not None and vae is not None and tiny_vae.spatial_compression != spatial_compression(vae):
+            raise ModelFolderError(
+                f"tiny autoencoder compression {tiny_vae.spatial_compression} != DC-AE's {spatial_compression(vae)}"
+            )
+        t, v = transformer.config, (vae if vae is not None else tiny_vae).config
         if t.out_channels != v.latent_channels:
             raise ModelFolderError(
                 f"transformer out_channels {t.out_channels} != autoencoder latent_channels {v.latent_channels}"
@@ -100,20 +110,27 @@ class FlowModel:
                 f"transformer in_channels {t.in_channels} fits neither a text-to-image ({v.latent_channels}) nor an "
                 f"editing ({2 * v.latent_channels}) model"
             )
+        if tiny_vae is not None and tiny_vae.config.latent_channels != t.out_channels:
+            raise ModelFolderError(
+                f"transformer out_channels {t.out_channels} != tiny autoencoder latent_channels "
+                f"{tiny_vae.config.latent_channels}"
+            )
+        full = vae is not None
         return cls(
             transformer,
-            VaeEncoder(vae),
-            VaeDecoder(vae),
+            VaeEncoder(vae) if full else TinyVaeEncoder(tiny_vae),
+            VaeDecoder(vae) if full else TinyVaeDecoder(tiny_vae),
             latent_channels=t.out_channels,
             ref_channels=transformer.ref_channels,
-            vae_scale=spatial_compression(vae),
+            vae_scale=spatial_compression(vae) if full else tiny_vae.spatial_compression,
             vae=vae,
             guidance_embeds=t.guidance_embeds_scale if t.get("guidance_embeds") else None,
+            tiny_vae=tiny_vae,
         )
 
     @property
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.transformer, self.vae) if isinstance(m, nn.Module)]
+        return [m for m in (self.transformer, self.vae, self.tiny_vae) if isinstance(m, nn.Module)]
 
     @property
     def device(self) -> torch.device:

@@ -11,6 +11,7 @@ A model folder is `model_index.json` plus one subfolder per component in its lib
     meta_queries.safetensors    {"meta_queries": [num_queries, llm_width]}
     connector/, projector/      diffusers-style config.json + safetensors
     prompt_cache.safetensors    optional: final conditioning of the fixed prompts, so no LLM is needed for them
+    tiny_vae/                   optional: a light autoencoder for the DC-AE's latents (models/tiny_vae.py)
 
 An exported folder (`sanaedit export`) has `model_index.json` with `_class_name` EXPORT_CLASS: one graph per
 sub-model, `llm/` (the LLM body as a graph, its token embedding table, tokenizer, meta-queries) and the prompt
@@ -41,6 +42,9 @@ MODEL_CLASS = "SanaEditPipeline"  # model_index.json `_class_name` of a PyTorch 
 EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
 RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (release_folder.py)
 EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
+TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exported graphs' prefix)
+VAE_CHOICES = ("full", "tiny")  # `--vae`: DC-AE or the light autoencoder
+TINY_GRAPHS = ("tiny_vae_encoder", "tiny_vae_decoder")  # its exported graphs (scaled latents, pixels in [-1, 1])
 
 
 class ModelFolderError(ValueError):
@@ -101,6 +105,21 @@ def read_index(model_dir: Path, kind: str = MODEL_CLASS) -> dict[str, Any]:
     if missing:
         raise ModelFolderError(f"{model_dir}: missing component(s): {', '.join(missing)}")
     return index
+
+
+def choose_vae(folder: str | Path, requested: str | None, default: str, has_tiny: bool) -> str:
+    """The autoencoder a pipeline runs on: `requested` ("full" / "tiny"), else the folder's default, else full.
+    Tiny for a folder without a light autoencoder is an error that says how to add one."""
+    choice = requested or default or "full"
+    if choice not in VAE_CHOICES:
+        where = "asked for" if requested else f"{folder}'s default (model_index.json pipeline.vae)"
+        raise ModelFolderError(f"unknown autoencoder {choice!r} {where}; use one of {', '.join(VAE_CHOICES)}")
+    if choice == "tiny" and not has_tiny:
+        raise ModelFolderError(
+            f"{folder}: no tiny autoencoder in this folder; add one with `sanaedit assemble ... --tiny-vae` or the "
+            "`tiny-vae` training stage, or use --vae full"
+        )
+    return choice
 
 
 MIN_PROMPT_LLM_WIDTH = 256  # Qwen3-0.6B is 1024 wide; the bundled and test models' LLMs are 32-wide stand-ins

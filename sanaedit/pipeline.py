@@ -61,6 +61,7 @@ class PipelineConfig:
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
     padding: str = "black"  # fills the square around a non-square photo: "black" (the published engine) or "reflect"
     upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: "guided" (its detail, upsample.py) or "plain"
+    vae: str = "full"  # the autoencoder edits run on: "full" (DC-AE) or "tiny" (model_folder.choose_vae)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:

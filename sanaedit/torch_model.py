@@ -11,11 +11,14 @@ from pathlib import Path
 
 import torch
 
+from .flow import FlowModel
 from .model_folder import (
     META_QUERIES_FILE,
     MODEL_CLASS,
+    TINY_VAE,
     ModelFolderError,
     atomic_folder,
+    choose_vae,
     load_component,
     load_meta_queries,
     load_prompt_cache,
@@ -159,6 +162,11 @@ def check_model_folder(model_dir: str | Path) -> dict:
     index = read_index(model_dir)
     transformer = _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
     _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+    if (model_dir / TINY_VAE).is_dir():
+        from .models.tiny_vae import TinyAutoencoder
+
+        _check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
+    choose_vae(model_dir, None, index.get("pipeline", {}).get("vae", "full"), (model_dir / TINY_VAE).is_dir())
     check_text_path(model_dir, transformer.get("caption_channels"))
     load_prompt_cache(model_dir)
     return index
@@ -195,10 +203,26 @@ def load_text_encoder(model_dir: Path, template: str, dtype: torch.dtype = torch
         raise ModelFolderError(f"{model_dir}: components do not fit together: {err}") from err
 
 
+def _scaling_factor(model_dir: Path) -> float:
+    """The DC-AE's latent scaling factor, from its config alone (its weights stay on disk)."""
+    import json
+
+    return load_component(
+        model_dir, "vae", lambda p: float(json.loads((p / "config.json").read_text())["scaling_factor"])
+    )
+
+
 def load_model_folder(
-    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae: str | None = None,
 ) -> SanaEditPipeline:
-    """A model folder as a PyTorch pipeline. The LLM is loaded lazily, only if a prompt is not in the cache."""
+    """A model folder as a PyTorch pipeline. The LLM is loaded lazily, only if a prompt is not in the cache.
+
+    `vae`: "full" (DC-AE) or "tiny" (the folder's light autoencoder; the DC-AE is then not loaded at all); None
+    takes the folder's default. A folder's tiny autoencoder is loaded with the full one too (small), so that
+    saving the pipeline keeps it."""
     from diffusers import AutoencoderDC
 
     from .models.transformer import SanaEditTransformer2DModel
@@ -211,13 +235,22 @@ def load_model_folder(
     transformer = load_component(
         model_dir, "transformer", lambda p: _load_diffusers_model(SanaEditTransformer2DModel, p, dtype)
     )
-    vae = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype))
-    if torch.device(device) != transformer.device:
-        transformer, vae = transformer.to(device), vae.to(device)
+    has_tiny = (model_dir / TINY_VAE).is_dir()
+    full = choose_vae(model_dir, vae, config.vae, has_tiny) == "full"
+    dc_ae = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype)) if full else None
+    tiny = None
+    if has_tiny:
+        from .models.tiny_vae import TinyAutoencoder
+
+        tiny = load_component(model_dir, TINY_VAE, lambda p: _load_diffusers_model(TinyAutoencoder, p, dtype))
+        # the DC-AE's scaling factor is the one the DiT was trained with (an autoencoder stage may have changed it)
+        tiny.register_to_config(scaling_factor=dc_ae.config.scaling_factor if full else _scaling_factor(model_dir))
+    move = torch.device(device) != transformer.device
+    dc_ae, tiny = (m if m is None else (m.to(device) if move else m).eval() for m in (dc_ae, tiny))
+    transformer = transformer.to(device) if move else transformer
     prompt_cache = load_prompt_cache(model_dir)
-    pipe = SanaEditPipeline.from_modules(
-        transformer.eval(),
-        vae.eval(),
+    pipe = SanaEditPipeline(
+        FlowModel.from_torch(transformer.eval(), dc_ae, tiny),
         config=config,
         prompt_cache=prompt_cache,
         text_encoder_loader=lambda: load_text_encoder(model_dir, config.template, dtype).to(device=device),
@@ -237,10 +270,19 @@ def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: boo
             "a LoRA is loaded: a model folder holds base weights. Save the LoRA file itself, or bake it in with "
             "`load_pipeline(MODEL, loras=[(FILE, SCALE)]).save_pretrained(DIR)` (merged weights)"
         )
+    if pipe.vae is None:
+        raise ValueError(
+            "this pipeline runs on the tiny autoencoder alone (loaded with vae='tiny'): a model folder needs the "
+            "DC-AE too; load it with vae='full' to save it"
+        )
     encoder = pipe.text_encoder
+    tiny = pipe.flow.tiny_vae
     with atomic_folder(model_dir) as tmp:
         pipe.transformer.save_pretrained(tmp / "transformer")
         pipe.vae.save_pretrained(tmp / "vae")
+        if tiny is not None:
+            tiny.register_to_config(scaling_factor=float(pipe.vae.config.scaling_factor))
+            tiny.save_pretrained(tmp / TINY_VAE)
         encoder.llm.save_pretrained(tmp / "llm")
         encoder.tokenizer.save_pretrained(tmp / "llm")
         encoder.connector.save_pretrained(tmp / "connector")
@@ -258,5 +300,6 @@ def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: boo
             connector=["sanaedit", "Connector"],
             projector=["sanaedit", "Projector"],
             meta_queries="meta_queries.safetensors",
+            **({TINY_VAE: ["sanaedit", type(tiny).__name__]} if tiny is not None else {}),
         )
     return model_dir

@@ -225,6 +225,8 @@ def test_parse_quant_defaults():
         "transformer": 8,
         "vae_encoder": 8,
         "vae_decoder": 8,
+        "tiny_vae_encoder": 8,  # the light autoencoder's graphs, when a model has one
+        "tiny_vae_decoder": 8,
     }
     assert parse_quant("transformer=8") == {**dict.fromkeys(parse_quant(None)), "transformer": 8}
     assert parse_quant("rest=8,vae_decoder=32")["vae_decoder"] is None

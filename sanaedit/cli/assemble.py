@@ -9,6 +9,13 @@ from ..variants import variant_names
 from . import MAX_SEED, add_command, int_range, result
 
 
+def _tiny_vae_files(text: str) -> tuple[Path, Path]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected ENCODER.pth,DECODER.pth, got {text!r}")
+    return Path(parts[0]), Path(parts[1])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -23,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         resolution=args.resolution,
         seed=args.seed,
+        tiny_vae=args.tiny_vae,
     )
     result(args, f"wrote {out}: inspect it with `sanaedit info {out}`")
     return 0
@@ -53,6 +61,17 @@ sanaedit info my-model""",
     )
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights (default: float32)"
+    )
+    p.add_argument(
+        "--tiny-vae",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_tiny_vae_files,
+        metavar="ENCODER.pth,DECODER.pth",
+        help="also add a light autoencoder (TAESANA's architecture): from the published taesana_encoder.pth,"
+        "taesana_decoder.pth state dicts when given, else fresh weights for the tiny-vae training stage "
+        "(default: none)",
     )
     p.add_argument(
         "--seed",

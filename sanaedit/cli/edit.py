@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
         judge = load_judge(args.judge)
     warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora)
+    pipe = load_pipeline(
+        args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora, vae=args.vae
+    )
     if args.upsample is not None:
         pipe.config.upsample = args.upsample
     single = not folder_mode and len(inputs) == 1
@@ -122,6 +124,13 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
         help="back to the photo's own size from the model's resolution: guided (the fast guided filter: the photo's "
         "own detail and edges) or plain (bilinear); guided-grey guides with luminance only (default: the model's; "
         "guided unless its folder says otherwise)",
+    )
+    p.add_argument(
+        "--vae",
+        choices=["full", "tiny"],
+        default=None,
+        help="autoencoder: full (DC-AE) or tiny (the folder's light TAESANA-style one: ~14x fewer decoder FLOPs, "
+        "the DC-AE not loaded at all) (default: the model's own; full unless its folder says otherwise)",
     )
     add_runtime_args(p)
     add_lora_arg(p)

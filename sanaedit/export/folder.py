@@ -28,6 +28,7 @@ from ..model_folder import (
     EMBEDDINGS_KEY,
     EXPORT_CLASS,
     PROMPT_CACHE_FILE,
+    TINY_GRAPHS,
     atomic_folder,
     save_meta_queries,
     write_index,
@@ -39,7 +40,7 @@ from .onnx_export import export_onnx, quantize_onnx_weights
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder"]
+COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder", *TINY_GRAPHS]
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
 
@@ -89,7 +90,9 @@ def export_model(
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
     given_pipe = pipe is not None
-    pipe = pipe or load_model_folder(model_dir)
+    pipe = pipe or load_model_folder(model_dir, vae="full")  # every graph, the DC-AE's included
+    if pipe.vae is None:
+        raise ValueError("this pipeline has no DC-AE (loaded with vae='tiny'): export needs the full model")
     if loras:
         from ..lora import merge_loras
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..model_folder import TINY_GRAPHS
 from ..release_folder import GRAPHS as RELEASE_GRAPHS
 from .llm_graph import LlmFeatures
 
@@ -62,6 +63,9 @@ def release_specs(pipe) -> list[GraphSpec]:
     its scaling factor (the LLM is written by llmexport, not here)."""
     specs = []
     for spec in graph_specs(pipe)[1:]:
+        if spec.name in TINY_GRAPHS:  # ours, beside the release's files (the engine ignores them): kept as they are
+            specs.append(spec)
+            continue
         io = RELEASE_GRAPHS[spec.name]
         if spec.name.startswith("vae_"):
             decode = spec.name == "vae_decoder"
@@ -73,7 +77,8 @@ def release_specs(pipe) -> list[GraphSpec]:
 
 
 def graph_specs(pipe) -> list[GraphSpec]:
-    """The graphs of a pipeline: the LLM body, connector, projector, DiT, DC-AE encoder and decoder."""
+    """The graphs of a pipeline: the LLM body, connector, projector, DiT, DC-AE encoder and decoder, and the light
+    autoencoder's encoder and decoder when the model has one."""
     t = pipe.transformer
     channels, size = t.config.out_channels, pipe.config.resolution // pipe.vae_scale
     encoder = pipe.text_encoder
@@ -83,6 +88,45 @@ def graph_specs(pipe) -> list[GraphSpec]:
     text_mask = torch.ones(2, 7)
     text_mask[1, 4:] = 0  # a shorter prompt, right padded
     llm_mask = torch.cat([text_mask, torch.ones(2, queries)], dim=1)
+    return [
+        *_base_specs(pipe, encoder, latents, llm_mask, queries, width, caption),
+        *_tiny_specs(pipe, channels, size),
+    ]
+
+
+def _tiny_specs(pipe, channels: int, size: int) -> list[GraphSpec]:
+    """The light autoencoder (models/tiny_vae.py) with the DC-AE graphs' interface: pixels in [-1, 1], scaled
+    latents. Plain convolutions: the TorchScript exporter suffices."""
+    from ..models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
+
+    tiny = getattr(pipe.flow, "tiny_vae", None)
+    if tiny is None:
+        return []
+    resolution = pipe.config.resolution
+    return [
+        GraphSpec(
+            TINY_GRAPHS[0],
+            TinyVaeEncoder(tiny),
+            (torch.rand(1, 3, resolution, resolution) * 2 - 1,),
+            ["pixels"],
+            ["latents"],
+            dynamo=False,
+            dynamic_batch=False,
+        ),
+        GraphSpec(
+            TINY_GRAPHS[1],
+            TinyVaeDecoder(tiny),
+            (torch.randn(1, channels, size, size),),
+            ["latents"],
+            ["pixels"],
+            dynamo=False,
+            dynamic_batch=False,
+        ),
+    ]
+
+
+def _base_specs(pipe, encoder, latents, llm_mask, queries, width, caption) -> list[GraphSpec]:
+    t, channels, size = pipe.transformer, latents.shape[1], latents.shape[-1]
     return [
         GraphSpec(
             "llm",

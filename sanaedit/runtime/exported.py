@@ -15,7 +15,15 @@ import torch
 
 from ..backends import BACKENDS, load_graph
 from ..flow import FlowModel
-from ..model_folder import EMBEDDINGS_KEY, EXPORT_CLASS, ModelFolderError, load_prompt_cache, read_index
+from ..model_folder import (
+    EMBEDDINGS_KEY,
+    EXPORT_CLASS,
+    TINY_GRAPHS,
+    ModelFolderError,
+    choose_vae,
+    load_prompt_cache,
+    read_index,
+)
 from ..pipeline import PipelineConfig, SanaEditPipeline
 
 GRAPHS = ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"]  # loaded up front
@@ -126,13 +134,17 @@ def check_exported(folder: str | Path) -> dict:
     return manifest
 
 
-def load_exported(folder: str | Path, backend: str | None = None, threads: int | None = None) -> SanaEditPipeline:
-    """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format)."""
+def load_exported(
+    folder: str | Path, backend: str | None = None, threads: int | None = None, vae: str | None = None
+) -> SanaEditPipeline:
+    """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format). `vae`:
+    "full" (the DC-AE graphs), "tiny" (the light autoencoder's; the DC-AE's are then not loaded), None: the
+    folder's default."""
     from .release import is_release_layout, load_release
 
     folder = Path(folder)
     if is_release_layout(folder):  # the published MNN release's files, or our MNN export of them
-        return load_release(folder, backend, threads)
+        return load_release(folder, backend, threads, vae)
     manifest = read_index(folder, kind=EXPORT_CLASS)
     backend = backend or manifest["backend"]
     if BACKENDS.get(backend) != manifest["format"]:
@@ -151,17 +163,20 @@ def load_exported(folder: str | Path, backend: str | None = None, threads: int |
         check_graph_file(folder, entry)
         return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads)
 
-    graphs = {name: load(name) for name in GRAPHS}  # the LLM only when a new prompt needs it
+    config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
+    tiny = choose_vae(folder, vae, config.vae, all(n in manifest["graphs"] for n in TINY_GRAPHS)) == "tiny"
+    autoencoder = list(TINY_GRAPHS) if tiny else ["vae_encoder", "vae_decoder"]
+    # the LLM only when a new prompt needs it; one autoencoder's graphs
+    graphs = {name: load(name) for name in [*GRAPHS[:3], *autoencoder]}
     info = manifest["transformer"]
     flow = FlowModel(
         TransformerGraph(graphs["transformer"]),
-        graphs["vae_encoder"],
-        graphs["vae_decoder"],
+        graphs[autoencoder[0]],
+        graphs[autoencoder[1]],
         latent_channels=info["out_channels"],
         ref_channels=info["ref_channels"],
         vae_scale=manifest["vae"]["scale_factor"],
     )
-    config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
     encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], load, config.template)
     return SanaEditPipeline(
         flow,

@@ -30,7 +30,9 @@ from ..model_folder import (
     MODEL_INDEX,
     PROMPT_CACHE_FILE,
     RELEASE_KIND,
+    TINY_GRAPHS,
     ModelFolderError,
+    choose_vae,
     folder_kind,
     load_prompt_cache,
     read_index,
@@ -258,7 +260,10 @@ def _dim(info: GraphInfo | None, name: str, axis: int, default: int) -> int:
     return dims[axis] if len(dims) > axis and isinstance(dims[axis], int) and dims[axis] > 0 else default
 
 
-def load_release(folder: str | Path, backend: str | None = None, threads: int | None = None) -> SanaEditPipeline:
+def load_release(
+    folder: str | Path, backend: str | None = None, threads: int | None = None, vae: str | None = None
+) -> SanaEditPipeline:
+    """`vae` "tiny": our export's light-autoencoder graphs beside the release's (the DC-AE's are then not loaded)."""
     folder = Path(folder)
     if backend not in (None, "mnn"):
         raise ValueError(
@@ -266,8 +271,16 @@ def load_release(folder: str | Path, backend: str | None = None, threads: int | 
             "(use 'mnn')"
         )
     found = check_release(folder)
-    graphs = {name: load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads) for name, io in GRAPHS.items()}
     manifest = found.manifest
+    entries = (manifest or {}).get("graphs", {})
+    default = (manifest or {}).get("pipeline", {}).get("vae", "full")
+    tiny = choose_vae(folder, vae, default, all(n in entries for n in TINY_GRAPHS)) == "tiny"
+    skip = ("vae_encoder", "vae_decoder") if tiny else ()
+    graphs = {
+        name: load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads)
+        for name, io in GRAPHS.items()
+        if name not in skip
+    }
     if manifest is not None:
         config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
         channels, ref_channels = manifest["transformer"]["out_channels"], manifest["transformer"]["ref_channels"]
@@ -290,10 +303,19 @@ def load_release(folder: str | Path, backend: str | None = None, threads: int | 
             if new:
                 store_release_cache(folder, new)
 
+    if tiny:  # ours, beside the release's files: scaled latents already (their entries in model_index.json)
+        encoder, decoder = (
+            load_graph(folder / entries[n]["file"], "mnn", entries[n]["inputs"], entries[n]["outputs"], threads)
+            for n in TINY_GRAPHS
+        )
+    else:
+        encoder, decoder = (
+            _Scaled(graphs[n], factor, decode=n == "vae_decoder") for n in ("vae_encoder", "vae_decoder")
+        )
     flow = FlowModel(
         TransformerGraph(graphs["transformer"]),
-        _Scaled(graphs["vae_encoder"], factor, decode=False),
-        _Scaled(graphs["vae_decoder"], factor, decode=True),
+        encoder,
+        decoder,
         latent_channels=channels,
         ref_channels=ref_channels,
         vae_scale=vae_scale,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..flow import FlowModel
 from ..pipeline import PipelineConfig, SanaEditPipeline
 from .config import ModelConfig
 from .parts import TrainParts
@@ -16,7 +17,9 @@ from .parts import TrainParts
 def build_model(model: ModelConfig) -> SanaEditPipeline:
     """The starting pipeline: a model folder (`model.from`) or fresh random weights of a variant (`model.seed`)."""
     if model.from_:
-        pipe = SanaEditPipeline.from_pretrained(model.from_)
+        from ..torch_model import load_model_folder
+
+        pipe = load_model_folder(model.from_, vae="full")  # training needs the DC-AE whatever the folder's default
         pipe.text_encoder  # noqa: B018 - load the LLM path now (training needs it)
         return pipe
     if not model.variant:
@@ -36,9 +39,8 @@ def export_pipeline(
     """The trained networks as a pipeline, its settings those of `base` with the training resolution and the
     config's `export:` fields over them."""
     fields = {**vars(base), "resolution": resolution, **export}
-    return SanaEditPipeline.from_modules(
-        parts.transformer, parts.vae, parts.text_encoder, PipelineConfig.from_dict(fields)
-    )
+    flow = FlowModel.from_torch(parts.transformer, parts.vae, getattr(parts, "tiny_vae", None))
+    return SanaEditPipeline(flow, parts.text_encoder, PipelineConfig.from_dict(fields))
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """The module one training step runs (what DDP/FSDP wrap): the pipeline's networks, and the loss of a batch.
 
 The flow-matching loss is `FlowModel.loss` -- the same model wrapper, timestep rule and latent scaling that
-sampling goes through; the autoencoder stage's loss is L1 + MSE reconstruction.
+sampling goes through; the autoencoder stage's loss is L1 + MSE reconstruction; the tiny-vae stage distils the
+light autoencoder from the frozen DC-AE (its encoder to the DC-AE's latents, its decoder to the DC-AE's decoding of
+them), as TAESD was distilled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class TrainParts(nn.Module):
         super().__init__()
         self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
         self.stage, self.reconstruction = stage, reconstruction or Reconstruction()
+        self.tiny_vae = pipe.flow.tiny_vae  # the light autoencoder, if the model has one (carried to the export)
+        if self.tiny_vae is None and "tiny_vae" in stage.trainable:
+            from ..models.tiny_vae import TinyAutoencoder
+
+            self.tiny_vae = TinyAutoencoder.for_autoencoder(self.vae).to(self.vae.device, self.vae.dtype)
         self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
@@ -45,6 +52,8 @@ class TrainParts(nn.Module):
 
     def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, t: torch.Tensor | None = None):
         if self.stage.data == "images":
+            if "tiny_vae" in self.stage.trainable:
+                return self.distillation_loss(batch["target"])
             return self.reconstruction_loss(batch["target"])
         if "target_latents" in batch:
             x0, ref = batch["target_latents"], batch.get("ref_latents")
@@ -57,6 +66,28 @@ class TrainParts(nn.Module):
         if self.stage.data != "edit":
             ref = None  # text-to-image through the editing model: zeros, as the published runtime passes
         return self.flow.loss(x0, noise, t, hidden, mask, ref)
+
+    def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels in [-1, 1] through the autoencoder this stage trains (previews)."""
+        if "tiny_vae" in self.stage.trainable:
+            return self.tiny_vae.decoder(self.tiny_vae.encoder(pixels * 0.5 + 0.5)) * 2 - 1
+        return self.vae(pixels).sample
+
+    def distillation_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        """MSE of the tiny encoder to the DC-AE's raw latents, plus the reconstruction weights' L1 / MSE of the tiny
+        decoder (of those latents) to the DC-AE decoder's output, in [-1, 1]. TAESANA's conventions: images in
+        [0, 1], raw latents."""
+        with torch.no_grad():
+            latents = self.vae.encode(pixels).latent
+            teacher = self.vae.decode(latents).sample.float()
+        encoded = self.tiny_vae.encoder(pixels * 0.5 + 0.5).float()
+        decoded = self.tiny_vae.decoder(latents).float() * 2 - 1
+        w = self.reconstruction
+        return (
+            F.mse_loss(encoded, latents.float())
+            + w.l1 * F.l1_loss(decoded, teacher)
+            + w.mse * F.mse_loss(decoded, teacher)
+        )
 
     def reconstruction_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         recon = self.vae(pixels).sample.float()

@@ -52,7 +52,7 @@ class Previews:
         try:
             if self.stage.data == "images":
                 pixels = torch.stack([self.pixels(i) for i in range(count)])
-                recon = parts.vae(pixels.to(device)).sample
+                recon = parts.reconstruct(pixels.to(device))
                 tiles = [postprocess(x[None], None) for pair in zip(pixels, recon) for x in pair]
             else:
                 pipe = pipeline()

@@ -1,0 +1,265 @@
+"""The light autoencoder (issue 14 item 2): TAESANA's architecture and published key layout, a model folder carrying
+it, `--vae tiny|full`, assemble from .pth state dicts, the `tiny-vae` distillation stage."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sanaedit.model_folder import ModelFolderError
+from sanaedit.models.tiny_vae import TinyAutoencoder, TinyVaeDecoder, TinyVaeEncoder, load_taesd_state_dicts
+
+
+# ------------------------------------------------------------------------------ a replica of taesd's F32 networks
+# Written here from the architecture (madebyollin/taesd taesd.py F32Encoder / F32Decoder), as plain nn.Sequential:
+# its state dicts have the published checkpoints' keys (`0.weight`, `4.conv.0.weight`, `5.weight`, ...).
+class _Block(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        c = nn.Conv2d
+        self.conv = nn.Sequential(
+            c(n_in, n_out, 3, padding=1),
+            nn.ReLU(),
+            c(n_out, n_out, 3, padding=1),
+            nn.ReLU(),
+            c(n_out, n_out, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
+        self.fuse = nn.ReLU()
+
+    def forward(self, x):
+        return self.fuse(self.conv(x) + self.skip(x))
+
+
+class _Clamp(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x / 3) * 3
+
+
+def _replica_encoder(latent_channels):
+    def down():
+        return nn.Conv2d(64, 64, 3, padding=1, stride=2, bias=False)
+
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.ReLU(),
+        _Block(64, 64),
+        down(), _Block(64, 64), _Block(64, 64), _Block(64, 64),
+        down(), _Block(64, 64), _Block(64, 64), _Block(64, 64),
+        down(), _Block(64, 64), _Block(64, 64), _Block(64, 64),
+        nn.Conv2d(64, latent_channels, 3, padding=1),
+    )  # fmt: skip
+
+
+def _replica_decoder(latent_channels):
+    def up(n_in, n_out):
+        return [nn.Upsample(scale_factor=2), nn.Conv2d(n_in, n_out, 3, padding=1, bias=False)]
+
+    return nn.Sequential(
+        _Clamp(), nn.Conv2d(latent_channels, 256, 3, padding=1), nn.ReLU(),
+        _Block(256, 256), _Block(256, 256), _Block(256, 256), *up(256, 128),
+        _Block(128, 128), _Block(128, 128), _Block(128, 128), *up(128, 64),
+        _Block(64, 64), _Block(64, 64), _Block(64, 64), *up(64, 64),
+        _Block(64, 64), _Block(64, 64), _Block(64, 64), *up(64, 64),
+        _Block(64, 64), _Block(64, 64), _Block(64, 64), *up(64, 64),
+        _Block(64, 64), nn.Conv2d(64, 3, 3, padding=1),
+    )  # fmt: skip
+
+
+def _published_files(tmp_path, latent_channels):
+    """taesana_encoder.pth / taesana_decoder.pth in the published layout (random weights), and their networks."""
+    torch.manual_seed(1)
+    encoder, decoder = _replica_encoder(latent_channels).eval(), _replica_decoder(latent_channels).eval()
+    with torch.no_grad():  # non-trivial biases too
+        for p in [*encoder.parameters(), *decoder.parameters()]:
+            p.add_(torch.randn_like(p) * 0.01)
+    paths = tmp_path / "taesana_encoder.pth", tmp_path / "taesana_decoder.pth"
+    torch.save(encoder.state_dict(), paths[0])
+    torch.save(decoder.state_dict(), paths[1])
+    return paths, encoder, decoder
+
+
+def test_taesana_defaults_hold_the_published_key_layout_and_compute_the_same(tmp_path):
+    (enc_path, dec_path), encoder, decoder = _published_files(tmp_path, 32)
+    assert "4.conv.0.weight" in encoder.state_dict() and "1.weight" in decoder.state_dict()
+    tiny = TinyAutoencoder().eval()  # TAESANA: 32x, 32 latent channels
+    load_taesd_state_dicts(tiny, torch.load(enc_path, weights_only=True), torch.load(dec_path, weights_only=True))
+    images = torch.rand(1, 3, 64, 64)
+    latents = torch.randn(1, 32, 2, 2) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.encoder(images), encoder(images), rtol=0, atol=0)
+        torch.testing.assert_close(tiny.decoder(latents), decoder(latents), rtol=0, atol=0)
+        # the wrapper: pixels in [-1, 1] <-> latents times the DC-AE's scaling factor
+        sf = tiny.config.scaling_factor
+        torch.testing.assert_close(TinyVaeEncoder(tiny)(images * 2 - 1), encoder(images) * sf)
+        torch.testing.assert_close(TinyVaeDecoder(tiny)(latents * sf), decoder(latents) * 2 - 1)
+    n_dec = sum(p.numel() for p in tiny.decoder.parameters())
+    n_enc = sum(p.numel() for p in tiny.encoder.parameters())
+    assert 8.0e6 < n_dec < 8.6e6 and 1.1e6 < n_enc < 1.4e6  # TAESANA: 8.3M + 1.3M
+
+
+def test_a_wrong_state_dict_is_refused_by_name(tmp_path):
+    (enc_path, dec_path), _, _ = _published_files(tmp_path, 32)
+    enc, dec = torch.load(enc_path, weights_only=True), torch.load(dec_path, weights_only=True)
+    with pytest.raises(ValueError, match="missing"):
+        load_taesd_state_dicts(TinyAutoencoder(), {k: v for k, v in enc.items() if k != "0.weight"}, dec)
+    with pytest.raises(ValueError, match="shape"):
+        load_taesd_state_dicts(TinyAutoencoder(latent_channels=16), enc, dec)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model assembled with published-layout tiny VAE weights (F32, 4 latent channels: the tiny DC-AE's)."""
+    from sanaedit.assemble import assemble
+
+    tmp = tmp_path_factory.mktemp("tinyvae")
+    paths, encoder, decoder = _published_files(tmp, 4)
+    out = assemble(
+        tiny_model_dir / "transformer",
+        tiny_model_dir / "vae",
+        tiny_model_dir / "llm",
+        tmp / "model",
+        variant="tiny",
+        tiny_vae=paths,
+    )
+    return out, encoder, decoder
+
+
+def test_assemble_adds_the_published_weights_and_both_autoencoders_load(tiny_vae_dir):
+    from sanaedit.torch_model import check_model_folder, load_model_folder
+
+    folder, encoder, decoder = tiny_vae_dir
+    index = check_model_folder(folder)
+    assert index["tiny_vae"] == ["sanaedit", "TinyAutoencoder"] and index["pipeline"]["vae"] == "full"
+    tiny_pipe = load_model_folder(folder, vae="tiny")
+    assert tiny_pipe.vae is None  # the DC-AE is not loaded at all
+    full_pipe = load_model_folder(folder)
+    assert full_pipe.vae is not None and full_pipe.flow.tiny_vae is not None
+    sf = full_pipe.vae.config.scaling_factor
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    latents = torch.randn(1, 4, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_pipe.encode_image(pixels), encoder((pixels + 1) / 2) * sf)
+        torch.testing.assert_close(tiny_pipe.decode_latents(latents), decoder(latents / sf) * 2 - 1)
+        assert not torch.allclose(full_pipe.decode_latents(latents), tiny_pipe.decode_latents(latents))
+    photo = Image.new("RGB", (64, 48), (10, 200, 30))
+    out = tiny_pipe(photo, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (64, 48)
+
+
+def test_vae_choice_through_load_pipeline_and_the_folder_default(tiny_vae_dir, tiny_model_dir, tmp_path):
+    import shutil
+
+    from sanaedit.defaults import load_pipeline
+
+    folder = tiny_vae_dir[0]
+    assert load_pipeline(folder, dtype="float32", vae="tiny").vae is None
+    assert load_pipeline(folder, dtype="float32").vae is not None
+    with pytest.raises(ModelFolderError, match="no tiny autoencoder"):
+        load_pipeline(tiny_model_dir, dtype="float32", vae="tiny")
+    # a folder may make tiny its default
+    copy = tmp_path / "tiny-default"
+    shutil.copytree(folder, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    index["pipeline"]["vae"] = "tiny"
+    (copy / "model_index.json").write_text(json.dumps(index))
+    assert load_pipeline(copy, dtype="float32").vae is None
+    assert load_pipeline(copy, dtype="float32", vae="full").vae is not None
+
+
+def test_a_pipeline_without_the_dc_ae_refuses_to_save_a_model_folder(tiny_vae_dir, tmp_path):
+    from sanaedit.torch_model import load_model_folder
+
+    with pytest.raises(ValueError, match="DC-AE"):
+        load_model_folder(tiny_vae_dir[0], vae="tiny").save_pretrained(tmp_path / "out")
+
+
+def test_cli_edit_vae_tiny(tiny_vae_dir, tmp_path):
+    from sanaedit.cli import main
+
+    photo = tmp_path / "in.png"
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(photo)
+    out = tmp_path / "out.png"
+    assert main(["edit", str(photo), "-o", str(out), "--model", str(tiny_vae_dir[0]), "--vae", "tiny", "-q"]) == 0
+    assert Image.open(out).size == (80, 60)
+
+
+def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_model_dir, tiny_edit_pairs):
+    """The stage adds a fresh light autoencoder to a folder without one, its loss falls, the DC-AE and its latent
+    scale stay as they were, and the exported folder carries tiny_vae/."""
+    import numpy as np
+
+    from sanaedit.torch_model import check_model_folder, load_model_folder
+    from sanaedit.train.loop import train
+
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "model": {"from": str(tiny_model_dir)},
+        "data": {"manifest": str(tiny_edit_pairs)},
+        "train": {"stage": "tiny-vae", "steps": 12, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3},
+        "log": {"every": 1, "progress": False},
+        "checkpoint": {"every": 0},
+    }
+    out = train(cfg)
+    curve = [json.loads(x)["loss"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(curve) == 12 and np.mean(curve[-3:]) < 0.8 * np.mean(curve[:3]), curve
+    assert check_model_folder(out)["tiny_vae"] == ["sanaedit", "TinyAutoencoder"]
+    before, after = load_model_folder(tiny_model_dir), load_model_folder(out, vae="tiny")
+    assert after.vae is None and after.flow.tiny_vae.config.scaling_factor == before.vae.config.scaling_factor
+    dc_ae = load_model_folder(out).vae
+    for (name, a), b in zip(before.vae.state_dict().items(), dc_ae.state_dict().values()):
+        assert torch.equal(a, b), name  # the DC-AE is the frozen teacher
+
+
+def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_teacher(tiny_vae_dir):
+    from sanaedit.torch_model import load_model_folder
+    from sanaedit.train.config import Reconstruction
+    from sanaedit.train.parts import TrainParts
+    from sanaedit.train.stages import apply_stage, get_stage
+
+    pipe = load_model_folder(tiny_vae_dir[0])
+    parts = TrainParts(pipe, get_stage("tiny-vae"), Reconstruction(l1=2.0, mse=0.5))
+    trainable = apply_stage(parts, get_stage("tiny-vae"))
+    assert trainable and all(n.startswith("tiny_vae.") for n in trainable)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    _, encoder, decoder = tiny_vae_dir
+    with torch.no_grad():
+        z = pipe.vae.encode(pixels).latent
+        teacher = pipe.vae.decode(z).sample
+        student = decoder(z) * 2 - 1
+        F = torch.nn.functional
+        expected = F.mse_loss(encoder(pixels * 0.5 + 0.5), z) + 2.0 * F.l1_loss(student, teacher)
+        expected = expected + 0.5 * F.mse_loss(student, teacher)
+        torch.testing.assert_close(parts({"target": pixels}), expected)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "mnn"])
+def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tmp_path, fmt):
+    from sanaedit.defaults import load_pipeline
+    from sanaedit.export import export_model
+    from sanaedit.torch_model import load_model_folder
+
+    if fmt == "mnn":
+        import importlib.util
+
+        pytest.importorskip("MNN")
+        if importlib.util.find_spec("llmexport") is None:
+            pytest.skip("llmexport is not installed")
+    folder = tiny_vae_dir[0]
+    out = export_model(folder, tmp_path / fmt, fmt=fmt, quant="llm=4" if fmt == "mnn" else None, progress=False)
+    manifest = json.loads((out / "model_index.json").read_text())
+    assert {"tiny_vae_encoder", "tiny_vae_decoder", "vae_encoder", "vae_decoder"} <= set(manifest["graphs"])
+    torch_tiny = load_model_folder(folder, vae="tiny")
+    tiny, full = load_pipeline(out, vae="tiny"), load_pipeline(out)
+    assert tiny.flow.decoder is not full.flow.decoder
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    latents = torch.randn(1, 4, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny.encode_image(pixels), torch_tiny.encode_image(pixels), rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(
+            tiny.decode_latents(latents), torch_tiny.decode_latents(latents), rtol=1e-3, atol=1e-4
+        )
+    photo = Image.new("RGB", (64, 64), (10, 200, 30))
+    assert tiny(photo, num_inference_steps=2).images[0].size == (64, 64)
