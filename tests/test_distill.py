@@ -90,3 +90,34 @@ def test_distill_refuses_bad_requests(tiny_model_dir, tiny_edit_pairs, tmp_path,
     assert main(["distill", str(tmp_path), "-o", str(out)]) == 1
     assert "not a model folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "mnn"])
+def test_a_guidance_embedding_student_exports_with_its_guidance_baked_in(tiny_pipe, tmp_path, fmt):
+    """The graph keeps the published transformer inputs (the engine feeds no guidance); the exported folder runs
+    the student without CFG and edits as the PyTorch student does."""
+    import numpy as np
+    from PIL import Image
+
+    from sanaedit.export.folder import export_model
+
+    if fmt == "mnn":
+        pytest.importorskip("MNN")
+    transformer = tiny_pipe.transformer.with_guidance_embedding()
+    torch.nn.init.normal_(transformer.time_embed.guidance_embedder.linear_2.weight, std=0.5)  # the scale matters
+    student = SanaEditPipeline.from_modules(transformer.eval(), tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.config)
+    student.config.sampler, student.config.schedule, student.config.num_inference_steps = "scm", "scm", 2
+    folder = student.save_pretrained(tmp_path / "student")
+    out = export_model(folder, tmp_path / "export", fmt=fmt, progress=False)
+    manifest = json.loads((out / "model_index.json").read_text())
+    assert manifest["baked_guidance"] == pytest.approx(student.config.guidance_scale * 0.1)
+    exported = SanaEditPipeline.from_pretrained(out)
+    assert exported.config.guidance_scale == 1.0 and exported.config.sampler == "scm"
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    ours = np.asarray(exported(photo, generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+    torch_student = SanaEditPipeline.from_pretrained(folder)
+    ref = np.asarray(torch_student(photo, generator=torch.Generator().manual_seed(0)).images[0], dtype=float)
+    told_other = torch_student(photo, guidance_scale=1.0, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(ours - ref).mean() < 1.0  # the same edit (8-bit graphs: within a grey level on average)
+    assert np.abs(np.asarray(told_other, dtype=float) - ref).mean() > 2 * np.abs(ours - ref).mean()

@@ -35,7 +35,7 @@ from ..model_folder import (
     write_prompt_cache,
 )
 from ..release_folder import RELEASE_LAYOUT
-from .graphs import graph_specs
+from .graphs import baked_guidance, graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
 
 logger = logging.getLogger(__name__)
@@ -113,10 +113,14 @@ def export_model(
             layout = {}
         write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
         t = pipe.transformer
+        settings = dataclasses.asdict(pipe.config)
+        baked = baked_guidance(pipe)
+        if baked is not None:  # a student's guidance is inside its graph: the export runs it without CFG
+            settings["guidance_scale"] = 1.0
         write_index(
             tmp,
             EXPORT_CLASS,
-            dataclasses.asdict(pipe.config),
+            settings,
             format=fmt,
             backend=FORMATS[fmt],
             **layout,
@@ -129,6 +133,7 @@ def export_model(
                 "caption_channels": t.config.caption_channels,
             },
             vae={"scale_factor": pipe.vae_scale, "scaling_factor": pipe.vae.config.scaling_factor},
+            **({"baked_guidance": baked} if baked is not None else {}),
         )
     _say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
     return out

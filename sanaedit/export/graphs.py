@@ -39,12 +39,24 @@ class GraphSpec:
 
 
 class _Transformer(nn.Module):
-    def __init__(self, transformer):
+    """The DiT with the published graph's inputs. A distilled student's guidance (scale x 0.1) is baked in as a
+    constant: the published engine feeds no guidance input, and the exported folder then runs without CFG."""
+
+    def __init__(self, transformer, guidance: float | None = None):
         super().__init__()
-        self.transformer = transformer
+        self.transformer, self.guidance = transformer, guidance
 
     def forward(self, sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents):
-        return self.transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+        args = (sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+        if self.guidance is None:
+            return self.transformer(*args)
+        return self.transformer(*args, guidance=(timestep * 0 + self.guidance).to(sample.dtype))
+
+
+def baked_guidance(pipe) -> float | None:
+    """What a guidance-embedding student is told, fixed at export: the model's guidance scale x its factor."""
+    factor = pipe.flow.guidance_embeds
+    return None if factor is None else float(pipe.config.guidance_scale) * factor
 
 
 class _UnscaledVae(nn.Module):
@@ -160,7 +172,7 @@ def _base_specs(pipe, encoder, latents, llm_mask, queries, width, caption) -> li
         ),
         GraphSpec(
             "transformer",
-            _Transformer(t),
+            _Transformer(t, baked_guidance(pipe)),
             (
                 latents,
                 torch.randn(2, queries, caption),
