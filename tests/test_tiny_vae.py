@@ -263,3 +263,22 @@ def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tm
         )
     photo = Image.new("RGB", (64, 64), (10, 200, 30))
     assert tiny(photo, num_inference_steps=2).images[0].size == (64, 64)
+
+
+def test_cli_serve_vae_tiny_loads_no_dc_ae(tiny_vae_dir, tmp_path, monkeypatch):
+    import sanaedit.cli.serve as serve_cli
+    from sanaedit.cli import main
+    from sanaedit.serve import server
+
+    loaded = []
+    real = serve_cli.warm_up
+    monkeypatch.setattr(serve_cli, "warm_up", lambda edit, cfg: loaded.append(cfg) or real(edit, cfg))
+    monkeypatch.setattr(server, "serve", lambda app, **kw: None)
+    seen = []
+    import sanaedit.defaults as defaults
+
+    load = defaults.load_pipeline
+    monkeypatch.setattr(defaults, "load_pipeline", lambda *a, **kw: seen.append(load(*a, **kw)) or seen[-1])
+    args = ["serve", "--model", str(tiny_vae_dir[0]), "-o", str(tmp_path / "r"), "--vae", "tiny"]
+    assert main(args) == 0
+    assert seen and seen[0].vae is None and loaded  # served (warmed up) on the light autoencoder alone

@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     token = resolve_token(args.token)  # checked before the model loads
     allowed_hosts, warning = host_policy(args.host, token, args.allowed_host)
     check_device(args.device)
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora)
+    pipe = load_pipeline(
+        args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora, vae=args.vae
+    )
     cfg = pipe.config
     edit = pipeline_editor(pipe)
     warm_up(edit, cfg)
@@ -104,4 +106,11 @@ sanaedit serve --host 0.0.0.0 --token auto           reachable from other machin
     )
     add_runtime_args(p)
     add_lora_arg(p)
+    p.add_argument(
+        "--vae",
+        choices=["full", "tiny"],
+        default=None,
+        help="autoencoder: full (DC-AE) or tiny (the folder's light one; the DC-AE is not loaded) (default: the "
+        "model's own)",
+    )
     p.set_defaults(func=run)
