@@ -97,6 +97,8 @@ def test_distill_refuses_bad_requests(tiny_model_dir, tiny_edit_pairs, tmp_path,
 def test_a_guidance_embedding_student_exports_with_its_guidance_baked_in(tiny_pipe, tmp_path, fmt):
     """The graph keeps the published transformer inputs (the engine feeds no guidance); the exported folder runs
     the student without CFG and edits as the PyTorch student does."""
+    import dataclasses
+
     import numpy as np
     from PIL import Image
 
@@ -106,8 +108,8 @@ def test_a_guidance_embedding_student_exports_with_its_guidance_baked_in(tiny_pi
         pytest.importorskip("MNN")
     transformer = tiny_pipe.transformer.with_guidance_embedding()
     torch.nn.init.normal_(transformer.time_embed.guidance_embedder.linear_2.weight, std=0.5)  # the scale matters
-    student = SanaEditPipeline.from_modules(transformer.eval(), tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.config)
-    student.config.sampler, student.config.schedule, student.config.num_inference_steps = "scm", "scm", 2
+    config = dataclasses.replace(tiny_pipe.config, sampler="scm", schedule="scm", num_inference_steps=2)  # a copy
+    student = SanaEditPipeline.from_modules(transformer.eval(), tiny_pipe.vae, tiny_pipe.text_encoder, config)
     folder = student.save_pretrained(tmp_path / "student")
     out = export_model(folder, tmp_path / "export", fmt=fmt, progress=False)
     manifest = json.loads((out / "model_index.json").read_text())
