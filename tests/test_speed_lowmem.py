@@ -39,8 +39,12 @@ def test_streamed_equals_quantize_after_load(model_dir):
     assert not any(p.device.type == "meta" for p in streamed.parameters())
     kinds = {type(m) for m in streamed.modules()}
     assert QuantizedLinear in kinds
+    a, b = streamed.state_dict(), reference.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights, bit for bit
     with torch.no_grad():
-        torch.testing.assert_close(streamed(*_args()), reference(*_args()), rtol=0, atol=0)
+        # the same numbers up to summation order: memory-mapped weights may take another GEMM path (1 ulp apart
+        # on some CPUs)
+        torch.testing.assert_close(streamed(*_args()), reference(*_args()), rtol=0, atol=1e-6)
         ref = full(*_args())
         assert float((streamed(*_args()) - ref).norm() / ref.norm()) < 0.01
 
