@@ -36,3 +36,17 @@ def test_bundled_model_beats_its_untrained_start_on_a_held_out_photo():
     ours, start = score(trained, photo), score(untrained, photo)
     assert ours["psnr"] > start["psnr"] + 3
     assert ours["ssim"] > start["ssim"] + 0.1
+
+
+def test_bundled_model_moves_the_sample_photo_towards_the_filter_at_its_own_size():
+    """At the photo's own size (451x300, never seen in training), against the filter applied at that size: closer
+    than the untouched photo, with no dark band where the padding met the picture (measured: 20.11 dB against
+    the photo's 19.69, band 1.01, outline 0.69 of the filter's)."""
+    from sanaedit.train.evaluate import score
+
+    photo = load_image(SAMPLE_PHOTO)
+    out = load_pipeline(None)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    ours, untouched = score(out, photo), score(photo, photo)
+    assert ours["psnr"] > untouched["psnr"] + 0.2 and ours["ssim"] > untouched["ssim"]
+    assert ours["band"] > 0.9  # the black-padding bug scored ~0.5
+    assert ours["outline"] > 0.5

@@ -105,9 +105,12 @@ def test_the_comic_recipe_parses_with_the_cli_override():
     ae, comic = stages
     assert ae.stage.data == "images" and ae.train.lr == 1e-3 and ae.train.optimizer == "adamw"
     assert comic.stage.trainable == ("connector", "projector", "transformer") and comic.data.pre_encode
-    assert comic.train.ema == 0.999 and comic.sample.count == 3 and comic.checkpoint.keep == 1
-    assert isinstance(ae.model.variant, dict) and ae.model.variant["resolution"] == 128
-    assert ae.export == {"guidance_scale": 1.0, "num_inference_steps": 10}
+    assert comic.train.ema == 0.999 and comic.sample.count == 2 and comic.checkpoint.keep == 1
+    assert isinstance(ae.model.variant, dict) and ae.model.variant["resolution"] == 256
+    assert ae.data.resolution == 128 and comic.data.resolution == 256  # the autoencoder on 128 px views
+    assert ae.export == {
+        "guidance_scale": 1.0, "num_inference_steps": 10, "padding": "reflect", "upsample": "guided"
+    }  # fmt: skip
 
 
 def test_build_dataset_does_not_change_the_config(tmp_path, monkeypatch):

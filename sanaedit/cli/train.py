@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
         description="Train a model folder with flow matching from a YAML config or a bundled recipe (docs/training.md)."
         "\nAny config key can be overridden: --key=value or --key value (hyphens or underscores).",
         examples="""
-sanaedit train comic --output-dir runs/comic          reproduce the bundled model (about 35 min on 2 CPU cores)
+sanaedit train comic --output-dir runs/comic          reproduce the bundled model (about 1 h 45 min on 2 CPU cores)
 sanaedit train my.yaml --train.steps 2000 --train.lr=5e-5
 sanaedit train my.yaml --resume                       continue after a crash
 accelerate launch -m sanaedit.cli.train my.yaml       many GPUs""",
