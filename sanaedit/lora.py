@@ -68,6 +68,9 @@ def save_lora(transformer: nn.Module, folder: str | Path, name: str = "default")
     }
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
         SanaLoraLoaderMixin.save_lora_weights(tmp, transformer_lora_layers=state)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(Path(tmp) / LORA_FILE, 0o666 & ~umask)  # an ordinary shared file (the library's is private)
         os.replace(Path(tmp) / LORA_FILE, folder / LORA_FILE)
     return folder / LORA_FILE
 

@@ -35,6 +35,7 @@ def lora_dir(tmp_path_factory):
 
 def test_file_is_in_diffusers_sana_lora_format(lora_dir):
     keys = list(load_file(lora_dir / LORA_FILE))
+    assert (lora_dir / LORA_FILE).stat().st_mode & 0o044 == 0o044  # readable by others, like the model's files
     assert keys and all(k.startswith("transformer.transformer_blocks.") for k in keys)
     assert any(k.endswith("attn1.to_q.lora_A.weight") for k in keys)
     # diffusers' own Sana loader reads it into its own transformer (no sanaedit code involved)

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:  # -q: no progress bars (a later --log.progress=true on the line still wins)
         overrides.insert(0, "--log.progress=false")
     out = train(resolve_config(args.config), overrides=overrides, resume=resume)
-    result(args, f"wrote {out}: edit with it: `sanaedit edit PHOTO -o OUT --model {out}`")
+    use = f"--lora {out}" if (out / "pytorch_lora_weights.safetensors").is_file() else f"--model {out}"
+    result(args, f"wrote {out}: edit with it: `sanaedit edit PHOTO -o OUT {use}`")
     return 0
 
 
