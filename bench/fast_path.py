@@ -26,6 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from family import dit_timer  # noqa: E402
 
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs, psnr  # noqa: E402
@@ -53,27 +56,16 @@ def edit(pipe: SanaEditPipeline, image, settings: dict):
 
 
 def quality(rows: dict[str, tuple], pairs) -> dict[str, dict[str, float]]:
-    reference_pipe, reference_settings = next(iter(rows.values()))  # the teacher with its own settings
-    reference = [np.asarray(edit(reference_pipe, src, reference_settings)) for _, src, _ in pairs]
-    results = {}
+    results, reference = {}, None  # reference: the first row's edits (the teacher with its own settings)
     for name, (pipe, settings) in rows.items():
         outs = [edit(pipe, src, settings) for _, src, _ in pairs]
+        reference = reference or [np.asarray(o) for o in outs]
         scores = [compare(o, tgt) for o, (_, _, tgt) in zip(outs, pairs)]
         results[name] = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
         close = float(np.mean([psnr(np.asarray(o), r) for o, r in zip(outs, reference)]))
         results[name]["psnr_vs_teacher"] = close if np.isfinite(close) else None  # None: the teacher itself
         print(json.dumps({name: results[name]}), flush=True)
     return results
-
-
-def dit_timer(pipe) -> list[float]:
-    """Accumulates the transformer's forward time into the returned one-element list."""
-    total, starts = [0.0], []
-    pipe.transformer.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))
-    pipe.transformer.register_forward_hook(
-        lambda m, a, o: total.__setitem__(0, total[0] + time.perf_counter() - starts.pop())
-    )
-    return total
 
 
 def speed(rows: dict[str, tuple], image, rounds: int) -> dict[str, dict[str, float]]:

@@ -22,18 +22,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from family import BUNDLED, mean  # noqa: E402
 
 from sanaedit.ghibli import ghibli  # noqa: E402
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import compare, load_full_photos, load_pairs, model_view  # noqa: E402
 from sanaedit.upsample import upsample  # noqa: E402
-
-BUNDLED = ROOT / "sanaedit" / "assets" / "comic-model"
-METRICS = ("psnr", "ssim", "edge_f1")
-
-
-def mean(rows: list[dict]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from family import BUNDLED  # noqa: E402
 from fast_path import quality, speed  # noqa: E402
 
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import load_pairs  # noqa: E402
-
-BUNDLED = ROOT / "sanaedit" / "assets" / "comic-model"
 
 
 def main(argv: list[str] | None = None) -> int:
