@@ -12,6 +12,8 @@ Same random weights for everyone (one model folder, built once, seed 0), the bun
                file-sized RSS spike), prompt cache from the model folder (no LLM loaded), text K/V cache,
                threads = cores, compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
 - torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.speed.int8).
+- torch-staged, torch-int8-staged: the same with `--low-memory` (staged residency: DC-AE encoder, DiT, DC-AE
+               decoder each loaded for its stage and freed after; their loading counts in end to end, not in load).
 - onnxruntime / mnn: `sanaedit export` of the same folder (8-bit weights, LLM 4-bit), run through
                `sanaedit.runtime.load_pipeline`; skipped with the reason when export or loading fails.
 Each (backend, CFG) runs in its own process, so peak RSS (ru_maxrss: load + edit) is that backend's alone.
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["peer", "torch", "torch-int8", "onnxruntime", "mnn"]
+BACKENDS = ["peer", "torch", "torch-int8", "torch-staged", "torch-int8-staged", "onnxruntime", "mnn"]
 STAGES = ["llm", "vae_encode", "steps", "vae_decode"]
 
 
@@ -69,11 +71,12 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         pipe.prompt_cache.clear()  # the peer has no prompt cache: the LLM runs on every edit
         pipe.text_encoder  # loaded now, so its loading counts as loading, not as LLM time  # noqa: B018
         return pipe, {"threads": torch.get_num_threads(), "dtype": "float32"}
-    if backend in ("torch", "torch-int8"):
+    if backend.startswith("torch"):
         from sanaedit.defaults import load_pipeline as load_torch_pipeline
 
-        pipe = load_torch_pipeline(model, dtype="int8" if backend == "torch-int8" else "auto")
-        dtype = str(pipe.dtype).removeprefix("torch.") + (", int8 DiT matmuls" if backend == "torch-int8" else "")
+        int8 = backend.startswith("torch-int8")
+        pipe = load_torch_pipeline(model, dtype="int8" if int8 else "auto", staged=backend.endswith("-staged"))
+        dtype = str(pipe.dtype).removeprefix("torch.") + (", int8 DiT matmuls" if int8 else "")
         return pipe, {"threads": torch.get_num_threads(), "dtype": dtype}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
@@ -96,9 +99,13 @@ def child(args: argparse.Namespace) -> None:
     pipe, info = load_backend(args.backend, Path(args.model), json.loads(args.exports))
     load_s = time.perf_counter() - start
     flow = pipe.flow
-    flow.transformer = Timed(flow.transformer, "steps", totals, calls)
-    flow.encoder = Timed(flow.encoder, "vae_encode", totals, calls)
-    flow.decoder = Timed(flow.decoder, "vae_decode", totals, calls)
+    stage_of = {"transformer": "steps", "encoder": "vae_encode", "decoder": "vae_decode"}
+    if pipe.staged:  # the networks come and go: time each one the stage loads (its loading is not timed here)
+        load_network = pipe._network_loader
+        pipe._network_loader = lambda name: Timed(load_network(name), stage_of[name], totals, calls)
+    else:
+        for name, stage in stage_of.items():
+            setattr(flow, name, Timed(getattr(flow, name), stage, totals, calls))
     # the text path as the pipeline calls it, whether already loaded (peer) or loaded on demand
     load_text = pipe._text_encoder_loader
     if pipe.text_encoder_loaded:

@@ -43,6 +43,7 @@ def load_pipeline(
     threads: int | None = None,
     loras: list[tuple[str | Path, float]] | None = None,
     vae: str | None = None,
+    staged: bool = False,
 ):
     """The pipeline for `model`, with one set of defaults whatever the folder's kind: a model folder (PyTorch) or an
     exported folder (the runtime its manifest names, or `backend`); with None, the bundled model or a tiny random
@@ -53,6 +54,8 @@ def load_pipeline(
     the exact text K/V cache. Exported graphs run on the CPU in float32. `loras` (file, scale) are merged into the
     DiT's weights before any speed path (an exported folder takes them at export instead). `vae`: "full" (DC-AE)
     or "tiny" (the folder's light autoencoder; the DC-AE is then never loaded); None: the folder's default.
+    `staged`: each network in memory only for its stage of an edit (`SanaEditPipeline.enable_staged_residency`):
+    the lowest peak for a one-shot edit; a PyTorch model folder only.
     """
     from .model_folder import is_export
 
@@ -70,12 +73,17 @@ def load_pipeline(
             )
         if loras:
             raise ValueError(f"{model} is exported: merge a LoRA at export (`sanaedit export ... --lora FILE`)")
+        if staged:
+            raise ValueError(
+                f"{model} is exported: its runtime maps the graphs' weights from disk itself; staged residency "
+                "(--low-memory) is for PyTorch model folders"
+            )
         from .runtime import load_exported
 
         _set_threads(device, threads)
         pipe = load_exported(model, backend=backend, threads=threads, vae=vae)
     else:
-        pipe = _torch_pipeline(model, device, dtype, threads, loras or [], vae)
+        pipe = _torch_pipeline(model, device, dtype, threads, loras or [], vae, staged)
     pipe.keep_text_encoder = False
     return pipe
 
@@ -88,12 +96,30 @@ def _set_threads(device: str, threads: int | None) -> None:
 
 
 def _torch_pipeline(
-    folder: str | Path | None, device: str, dtype: torch.dtype | str, threads: int | None, loras, vae: str | None
+    folder: str | Path | None,
+    device: str,
+    dtype: torch.dtype | str,
+    threads: int | None,
+    loras,
+    vae: str | None,
+    staged: bool = False,
 ):
     from .speed import enable_text_kv_cache, quantize_dit_int8
+    from .speed.int8 import int8_layer
 
     float_dtype, int8 = resolve_dtype(dtype, device)
     _set_threads(device, threads)
+
+    def prepare(transformer: torch.nn.Module) -> torch.nn.Module:
+        """The DiT as it runs: LoRAs merged into its weights before any speed path, int8 layers, text K/V cache."""
+        if loras:
+            from .lora import merge_loras
+
+            merge_loras(transformer, [(Path(path), float(scale)) for path, scale in loras])
+        if int8:
+            quantize_dit_int8(transformer)
+        return enable_text_kv_cache(transformer)
+
     if folder is None:
         from .model_folder import choose_vae
         from .random_model import build_tiny_pipeline
@@ -103,16 +129,21 @@ def _torch_pipeline(
             "no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
             "so the output is noise, not a comic. Pass --model DIR for real weights."
         )
+        if staged:
+            raise ValueError("staged residency (--low-memory) needs a model folder to load from: pass --model DIR")
         pipe = build_tiny_pipeline().to(device=device, dtype=float_dtype)
-    else:
-        from .torch_model import load_model_folder
+        prepare(pipe.transformer)
+        return pipe
+    from .torch_model import load_model_folder
 
-        pipe = load_model_folder(folder, device=device, dtype=float_dtype, vae=vae)
-    if loras:
-        from .lora import merge_loras
-
-        merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
-    if int8:
-        quantize_dit_int8(pipe.transformer)
-    enable_text_kv_cache(pipe.transformer)
-    return pipe
+    # int8 layers made while the weights stream in (no float DiT held), unless LoRAs must be merged first
+    layers = int8_layer if int8 and not loras else None
+    return load_model_folder(
+        folder,
+        device=device,
+        dtype=float_dtype,
+        vae=vae,
+        staged=staged,
+        prepare_transformer=prepare,
+        transformer_layers=layers,
+    )

@@ -85,6 +85,8 @@ class FlowModel:
         self.vae, self.tiny_vae = vae, tiny_vae
         # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
         self.guidance_embeds = guidance_embeds
+        # (device, dtype) fixed from outside when the networks come and go (residency.py); else read off the DiT
+        self.placement: tuple[torch.device, torch.dtype] | None = None
 
     @classmethod
     def from_torch(cls, transformer: nn.Module, vae: nn.Module | None, tiny_vae: nn.Module | None = None) -> FlowModel:
@@ -134,10 +136,14 @@ class FlowModel:
 
     @property
     def device(self) -> torch.device:
+        if self.placement is not None:
+            return self.placement[0]
         return next(self.transformer.parameters()).device if hasattr(self.transformer, "parameters") else _CPU
 
     @property
     def dtype(self) -> torch.dtype:
+        if self.placement is not None:
+            return self.placement[1]
         return next(self.transformer.parameters()).dtype if hasattr(self.transformer, "parameters") else _FP32
 
     # ------------------------------------------------------------------------------------------- the calls

@@ -81,6 +81,7 @@ class SanaEditPipeline:
         text_encoder_loader: Callable[[], TextEncoder] | None = None,
         model_dir: Path | None = None,
         backend: str = "torch",
+        network_loader: Callable[[str], Any] | None = None,
     ):
         self.flow = flow
         self.backend = backend  # what runs the networks: torch, onnxruntime or mnn
@@ -93,6 +94,9 @@ class SanaEditPipeline:
         # cache, and the LLM is reloaded only for yet another prompt).
         self.keep_text_encoder = True
         self._progress_bar_config: dict[str, Any] = {}
+        # name ("encoder", "transformer", "decoder") -> that network freshly loaded: staged residency (residency.py)
+        self._network_loader = network_loader
+        self.staged = False
         if self.config.resolution % flow.vae_scale:
             raise ModelFolderError(
                 f"resolution {self.config.resolution} is not a multiple of the autoencoder's {flow.vae_scale}x "
@@ -162,6 +166,53 @@ class SanaEditPipeline:
         if self._text_encoder_loader is not None:
             self._text_encoder = None
 
+    def enable_staged_residency(self) -> SanaEditPipeline:
+        """Keep each network in memory only while its stage of an edit runs (the CPU counterpart of diffusers'
+        `enable_model_cpu_offload`: the weights wait in the model folder): the peak is the largest network, not
+        the sum. Each edit reads them again, so it suits one-shot edits, not a server. Returns the pipeline."""
+        from .residency import STAGED_NETWORKS, OnDisk
+
+        if self._network_loader is None:
+            raise ValueError(
+                "staged residency reloads networks from their model folder: load the pipeline from a PyTorch model "
+                "folder (exported graphs are memory-mapped by their runtime instead)"
+            )
+        if not self.staged:
+            self.flow.placement = (self.device, self.dtype)
+            for name in STAGED_NETWORKS:
+                setattr(self.flow, name, OnDisk(name))
+            self.flow.vae = None  # its halves are loaded by their own stages
+            self.staged = True
+        return self
+
+    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' name: on this CPU pipeline, see `enable_staged_residency` (nothing to offload to)."""
+        raise NotImplementedError(
+            "this pipeline runs on the CPU: use pipe.enable_staged_residency() (each network loaded from the model "
+            "folder only for its stage), or `sanaedit edit --low-memory`"
+        )
+
+    def _stage(self, name: str):
+        """Context in which the `name` network is resident (a no-op unless staged residency is on)."""
+        from contextlib import nullcontext
+
+        from .residency import resident
+
+        return resident(self.flow, name, self._load_network) if self.staged else nullcontext()
+
+    def _load_network(self, name: str):
+        network = self._network_loader(name)
+        if name == "transformer" and self.config.fp16_clipping:
+            network.set_fp16_clipping(True)
+        return network
+
+    def _refuse_when_staged(self, what: str) -> None:
+        if self.staged:
+            raise ValueError(
+                f"{what} needs the networks in memory, and staged residency keeps them in the model folder: load "
+                "the pipeline again without it"
+            )
+
     def _check_projector(self, encoder: TextEncoder) -> None:
         projector, config = getattr(encoder, "projector", None), getattr(self.transformer, "config", None)
         if getattr(projector, "config", None) is None or config is None:
@@ -171,6 +222,10 @@ class SanaEditPipeline:
             raise ModelFolderError(f"projector out_features {out} != transformer caption_channels {caption}")
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
+        if self.staged:
+            if (torch.device(device or self.device), dtype or self.dtype) != self.flow.placement:
+                self._refuse_when_staged("moving the pipeline (.to)")
+            return self
         modules = [*self.flow.modules, self._text_encoder]
         if not self.flow.modules:
             if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
@@ -191,6 +246,7 @@ class SanaEditPipeline:
         at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
         from .lora import load_lora
 
+        self._refuse_when_staged("loading a LoRA")
         if not self.flow.modules:
             raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
         from .speed.int8 import Int8Conv1x1, Int8Linear
@@ -206,7 +262,7 @@ class SanaEditPipeline:
         """Remove every LoRA: the pipeline edits exactly as its base model again."""
         from .lora import unload_loras
 
-        if self.flow.modules:
+        if self.flow.modules and not self.staged:  # staged: no LoRA can have been loaded
             unload_loras(self.transformer)
 
     # -------------------------------------------------------------------------------------------- save / load
@@ -238,6 +294,7 @@ class SanaEditPipeline:
         With `prompt_cache`, the conditioning of the model's own prompt and negative prompt is stored, so later
         runs with those prompts never load the LLM. A pipeline on exported graphs copies its exported folder.
         """
+        self._refuse_when_staged("saving")
         if not self.flow.modules:
             from .model_folder import copy_folder
 
@@ -346,7 +403,8 @@ class SanaEditPipeline:
             image = load_image(image)
         if image is not None:
             pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
-            ref_latents = self.encode_image(pixels)
+            with self._stage("encoder"):
+                ref_latents = self.encode_image(pixels)
         else:
             restore = None
             ref_latents = torch.zeros((1, *latent_shape[1:]), device=self.device, dtype=self.dtype)
@@ -378,14 +436,15 @@ class SanaEditPipeline:
             return callback_on_step_end(self, i, timestep, {"latents": x}).get("latents")
 
         try:
-            latents = sample(
-                velocity,
-                latents,
-                sigmas,
-                callback=on_step,
-                step_end=step_end if callback_on_step_end else None,
-                generator=generator,  # the sCM sampler draws fresh noise each step
-            )
+            with self._stage("transformer"):
+                latents = sample(
+                    velocity,
+                    latents,
+                    sigmas,
+                    callback=on_step,
+                    step_end=step_end if callback_on_step_end else None,
+                    generator=generator,  # the sCM sampler draws fresh noise each step
+                )
         finally:
             bar.close()
         if not torch.isfinite(latents).all():
@@ -393,7 +452,8 @@ class SanaEditPipeline:
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "
                 "try float32)"
             )
-        return [
-            restore_photo(self.decode_latents(latents[i : i + 1]), restore, image, self.config.upsample)
-            for i in range(count)
-        ]
+        with self._stage("decoder"):
+            return [
+                restore_photo(self.decode_latents(latents[i : i + 1]), restore, image, self.config.upsample)
+                for i in range(count)
+            ]

@@ -7,6 +7,7 @@ outside the prompt cache needs it; every piece is checked and a failure names th
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,16 +31,30 @@ from .model_folder import (
 from .pipeline import PipelineConfig, SanaEditPipeline
 
 
-def _load_diffusers_model(cls, path: Path, dtype: torch.dtype):
+def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
     """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
-    speed/lowmem.py); diffusers' own loader for anything else (e.g. .bin checkpoints)."""
+    speed/lowmem.py), just the tensors named `only...` if given, each layer swapped by `replace(name, module)` as
+    it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
     from .speed.lowmem import load_model, weight_files
 
     try:
         weight_files(path)
     except FileNotFoundError:
-        return cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-    return load_model(cls, path, dtype)
+        model = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        for name, module in list(model.named_modules()) if replace else []:
+            new = replace(name, module)
+            if new is not None:
+                model.set_submodule(name, new)
+        return model
+    return load_model(cls, path, dtype, replace=replace, only=only)
+
+
+def _skeleton(cls, path: Path):
+    """`cls` built from its config on the meta device: its structure and config, no memory."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(path))
 
 
 def _first_line(err: BaseException) -> str:
@@ -217,27 +232,46 @@ def load_model_folder(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     vae: str | None = None,
+    staged: bool = False,
+    prepare_transformer: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    transformer_layers: Callable[[str, torch.nn.Module], torch.nn.Module | None] | None = None,
 ) -> SanaEditPipeline:
     """A model folder as a PyTorch pipeline. The LLM is loaded lazily, only if a prompt is not in the cache.
 
     `vae`: "full" (DC-AE) or "tiny" (the folder's light autoencoder; the DC-AE is then not loaded at all); None
     takes the folder's default. A folder's tiny autoencoder is loaded with the full one too (small), so that
-    saving the pipeline keeps it."""
+    saving the pipeline keeps it. `staged`: nothing but the tiny autoencoder is loaded now; each edit loads the
+    DC-AE's encoder, the DiT and the DC-AE's decoder in turn, each freed after its stage (residency.py).
+    `prepare_transformer` runs on the DiT each time it is loaded (LoRA merging, int8 layers, caches);
+    `transformer_layers(name, module)` swaps its layers while they stream in (int8 without a float copy)."""
     from diffusers import AutoencoderDC
 
+    from .models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
     from .models.transformer import SanaEditTransformer2DModel
+    from .models.vae import VaeDecoder, VaeEncoder
 
     model_dir = Path(model_dir)
     index = read_index(model_dir)
     config = PipelineConfig.from_dict(index.get("pipeline", {}))
     # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
     check_text_path(model_dir, _caption_channels(model_dir))
-    transformer = load_component(
-        model_dir, "transformer", lambda p: _load_diffusers_model(SanaEditTransformer2DModel, p, dtype)
-    )
+
+    def load_transformer(path: Path) -> torch.nn.Module:
+        return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
+
     has_tiny = (model_dir / TINY_VAE).is_dir()
     full = choose_vae(model_dir, vae, config.vae, has_tiny) == "full"
-    dc_ae = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype)) if full else None
+    if staged:  # their configs now (the pipeline's checks need them), their weights in their stages
+        _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+        if full:
+            _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+        transformer = load_component(model_dir, "transformer", lambda p: _skeleton(SanaEditTransformer2DModel, p))
+        dc_ae = load_component(model_dir, "vae", lambda p: _skeleton(AutoencoderDC, p)) if full else None
+    else:
+        transformer = load_component(model_dir, "transformer", load_transformer)
+        dc_ae = (
+            load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype)) if full else None
+        )
     tiny = None
     if has_tiny:
         from .models.tiny_vae import TinyAutoencoder
@@ -245,17 +279,37 @@ def load_model_folder(
         tiny = load_component(model_dir, TINY_VAE, lambda p: _load_diffusers_model(TinyAutoencoder, p, dtype))
         # the DC-AE's scaling factor is the one the DiT was trained with (an autoencoder stage may have changed it)
         tiny.register_to_config(scaling_factor=dc_ae.config.scaling_factor if full else _scaling_factor(model_dir))
-    move = torch.device(device) != transformer.device
-    dc_ae, tiny = (m if m is None else (m.to(device) if move else m).eval() for m in (dc_ae, tiny))
-    transformer = transformer.to(device) if move else transformer
+    move = torch.device(device) != torch.device("cpu")
+    tiny = tiny if tiny is None else (tiny.to(device) if move else tiny).eval()
+    if not staged:
+        dc_ae = dc_ae if dc_ae is None else (dc_ae.to(device) if move else dc_ae).eval()
+        transformer = (transformer.to(device) if move else transformer).eval()
+        transformer = prepare_transformer(transformer) if prepare_transformer else transformer
+
+    def load_network(name: str) -> torch.nn.Module:
+        """One network of the edit, freshly loaded (for staged residency)."""
+        if name == "transformer":
+            loaded = load_component(model_dir, "transformer", load_transformer)
+            loaded = (loaded.to(device) if move else loaded).eval()
+            return prepare_transformer(loaded) if prepare_transformer else loaded
+        if not full:
+            return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
+        half = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype, f"{name}."))
+        getattr(half, name).to(device).eval()
+        return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
+
     prompt_cache = load_prompt_cache(model_dir)
     pipe = SanaEditPipeline(
-        FlowModel.from_torch(transformer.eval(), dc_ae, tiny),
+        FlowModel.from_torch(transformer, dc_ae, tiny),
         config=config,
         prompt_cache=prompt_cache,
         text_encoder_loader=lambda: load_text_encoder(model_dir, config.template, dtype).to(device=device),
         model_dir=model_dir,
+        network_loader=load_network,
     )
+    if staged:
+        pipe.flow.placement = (torch.device(device), dtype)
+        pipe.enable_staged_residency()
     if not prompt_cache:  # nothing cached: check the text path now, so a broken folder fails at load time
         pipe._check_projector(pipe.text_encoder)
     return pipe

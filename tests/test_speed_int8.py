@@ -80,3 +80,21 @@ def test_resolve_dtype():
         resolve_dtype("int8", device="cuda")
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int4")
+
+
+def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_model_dir):
+    """`--dtype int8` loads make each int8 layer as its weights arrive (no float DiT held): the same buffers as
+    loading in bf16 and then swapping."""
+    from sanaedit.models.transformer import SanaEditTransformer2DModel
+    from sanaedit.speed.int8 import int8_layer
+    from sanaedit.speed.lowmem import load_model
+
+    folder = tiny_model_dir / "transformer"
+    streamed = load_model(SanaEditTransformer2DModel, folder, torch.bfloat16, replace=int8_layer)
+    after = load_model(SanaEditTransformer2DModel, folder, torch.bfloat16)
+    assert quantize_dit_int8(after) > 0
+    assert [type(m) for m in streamed.modules()] == [type(m) for m in after.modules()]
+    a, b = streamed.state_dict(), after.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -63,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
         judge = load_judge(args.judge)
     warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(
-        args.model, device=args.device, dtype=args.dtype, backend=args.backend, loras=args.lora, vae=args.vae
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        loras=args.lora,
+        vae=args.vae,
+        staged=args.low_memory,
     )
     if args.upsample is not None:
         pipe.config.upsample = args.upsample
@@ -131,6 +137,12 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
         default=None,
         help="autoencoder: full (DC-AE) or tiny (the folder's light TAESANA-style one: ~14x fewer decoder FLOPs, "
         "the DC-AE not loaded at all) (default: the model's own; full unless its folder says otherwise)",
+    )
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="each network in memory only while its stage runs (DC-AE encoder, DiT, DC-AE decoder: the peak is the "
+        "largest, not their sum), read again from the model folder for every photo; PyTorch model folders only",
     )
     add_runtime_args(p)
     add_lora_arg(p)

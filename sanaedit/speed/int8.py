@@ -70,17 +70,24 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
+def int8_layer(name: str, module: nn.Module) -> nn.Module | None:
+    """The int8 layer that replaces the DiT's module `name` (a path from the transformer), or None where it stays:
+    for `quantize_dit_int8`, and for streaming loads that quantize each layer as it arrives (speed/lowmem.py)."""
+    if not name.startswith("transformer_blocks."):
+        return None
+    if isinstance(module, nn.Linear):
+        return Int8Linear.from_linear(module)
+    if _is_pointwise(module):
+        return Int8Conv1x1.from_conv(module)
+    return None
+
+
 def quantize_dit_int8(transformer: nn.Module) -> int:
     """Swap the Linear and 1x1 Conv layers of `transformer.transformer_blocks` for int8 ones; returns how many."""
     swapped = 0
-    for block in transformer.transformer_blocks:
-        for name, module in list(block.named_modules()):
-            if isinstance(module, nn.Linear):
-                new = Int8Linear.from_linear(module)
-            elif _is_pointwise(module):
-                new = Int8Conv1x1.from_conv(module)
-            else:
-                continue
-            block.set_submodule(name, new)
+    for name, module in list(transformer.named_modules()):
+        new = int8_layer(name, module)
+        if new is not None:
+            transformer.set_submodule(name, new)
             swapped += 1
     return swapped
