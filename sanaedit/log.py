@@ -61,8 +61,17 @@ def configure(verbosity: int = DEFAULT) -> int:
     logger.setLevel(LEVELS[_verbosity])
     logger.propagate = False  # the command line owns the process: no second copy through the root logger
     logging.getLogger("accelerate").setLevel(logging.NOTSET if _verbosity >= VERBOSE else logging.ERROR)
+    if _verbosity <= QUIET:  # -q: Python's own warnings (torch's, PIL's) are noise too
+        import warnings
+
+        warnings.simplefilter("ignore")
     quiet_libraries()
     return LEVELS[_verbosity]
+
+
+def server_log_level() -> str:
+    """uvicorn's log level for this verbosity: its access log with -v, errors only with -q, else warnings."""
+    return {QUIET: "error", VERBOSE: "info"}.get(_verbosity, "warning")
 
 
 def quiet_libraries() -> None:

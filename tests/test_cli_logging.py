@@ -163,3 +163,20 @@ def test_without_configure_the_libraries_settings_are_left_alone(monkeypatch):
     monkeypatch.setattr(sanaedit.log, "_verbosity", 0)
     sanaedit.log.quiet_libraries()
     assert not tf_logging.is_progress_bar_enabled()
+
+
+@pytest.mark.parametrize("verbosity, level", [(-1, "error"), (0, "warning"), (1, "info")])
+def test_the_servers_log_follows_the_verbosity_and_q_silences_python_warnings(monkeypatch, verbosity, level):
+    import warnings
+
+    from sanaedit.serve import server
+
+    seen = {}
+    monkeypatch.setattr(server.DrainingServer, "run", lambda self: seen.setdefault("level", self.config.log_level))
+    sanaedit.log.configure(verbosity)
+    app = type("App", (), {"state": type("State", (), {"jobs": None})()})()
+    server.serve(app, host="127.0.0.1", port=1)
+    assert seen["level"] == level  # uvicorn's access log only with -v
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("noise from a library", UserWarning, stacklevel=1)
+    assert bool(caught) == (verbosity > -1)

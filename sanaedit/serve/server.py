@@ -45,5 +45,8 @@ class DrainingServer(uvicorn.Server):
 
 def serve(app, host: str, port: int, linger_s: float = 3.0, **options) -> None:
     """`uvicorn.run(app, ...)` with the graceful stop above (`app.state.jobs` is the job queue)."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", **options)
+    from ..log import server_log_level
+
+    options.setdefault("log_level", server_log_level())
+    config = uvicorn.Config(app, host=host, port=port, **options)
     DrainingServer(config, app.state.jobs, linger_s=linger_s).run()
