@@ -90,6 +90,11 @@ def load_model(
     `replace(name, module)` is called as soon as all of a module's own tensors are loaded; what it returns (e.g. a
     quantized layer) takes the module's place, so at most one float layer is held beside the converted model.
     """
+    with _large_buffers_mapped():
+        return _load_model(cls, folder, dtype, replace, only)
+
+
+def _load_model(cls, folder, dtype, replace, only):
     from accelerate import init_empty_weights
 
     folder = Path(folder)
@@ -105,8 +110,7 @@ def load_model(
             if own and own <= expected:
                 pending[name] = own
     unexpected = []
-    with _large_buffers_mapped():
-        _stream(model, files, expected, pending, unexpected, dtype, replace, only)
+    _stream(model, files, expected, pending, unexpected, dtype, replace, only)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     left = [n for n, t in tensors if t.device.type == "meta" and (only is None or n.startswith(only))]
     if unexpected or left:
@@ -132,6 +136,9 @@ def _stream(model, files, expected, pending, unexpected, dtype, replace, only) -
             value = tensor.to(dtype) if tensor.is_floating_point() else tensor
             set_module_tensor_to_device(model, key, "cpu", value=value, dtype=value.dtype)
             expected.discard(key)
+            if value.data_ptr() != tensor.data_ptr() and tensor.nbytes >= 1 << 20:
+                del value, tensor
+                release_freed_memory()  # the read buffer's pages back now: the heap must not grow with the file
             owner = key.rpartition(".")[0]
             if owner in pending:
                 pending[owner].discard(key)
@@ -140,6 +147,7 @@ def _stream(model, files, expected, pending, unexpected, dtype, replace, only) -
                     new = replace(owner, model.get_submodule(owner))
                     if new is not None:
                         model.set_submodule(owner, new)  # the float layer is freed here
+                        release_freed_memory()  # and its pages given back now, not at the end of the load
 
 
 @contextmanager
