@@ -80,6 +80,13 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
     loaded so far stays active with its own scale. Returns the adapter's name."""
     from diffusers.loaders import SanaLoraLoaderMixin
 
+    from .speed.int8 import Int8Conv1x1, Int8Linear
+
+    if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in transformer.modules()):
+        raise ValueError(
+            "this transformer's layers were replaced for speed (int8): load it with the LoRA merged instead "
+            "(`load_pipeline(..., loras=[(path, scale)])`, or `sanaedit edit --lora`)"
+        )
     file = lora_file(path)
     have = lora_scales(transformer)
     name = name or _unique(file.parent.name if file.name == LORA_FILE else file.stem, have)

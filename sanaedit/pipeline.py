@@ -26,6 +26,7 @@ from .flow import TIMESTEP_SCALE, FlowModel
 from .image_io import load_image, preprocess
 from .model_folder import ModelFolderError
 from .models.prompt import PROMPT_TEMPLATE
+from .residency import StagedResidencyMixin
 from .sampling import flow_sigmas, get_sampler
 from .upsample import DEFAULT_METHOD as DEFAULT_UPSAMPLE
 from .upsample import restore_photo
@@ -69,7 +70,7 @@ class PipelineConfig:
         return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-class SanaEditPipeline:
+class SanaEditPipeline(StagedResidencyMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
     def __init__(
@@ -90,13 +91,9 @@ class SanaEditPipeline:
         self._text_encoder = text_encoder
         self._text_encoder_loader = text_encoder_loader
         self.model_dir = model_dir  # the folder it was loaded from (None when built in memory)
-        # False: free the LLM as soon as a new prompt's features exist (one-shot use: they go into the prompt
-        # cache, and the LLM is reloaded only for yet another prompt).
-        self.keep_text_encoder = True
+        self.keep_text_encoder = True  # False: free the LLM once a new prompt's features are cached (one-shot use)
         self._progress_bar_config: dict[str, Any] = {}
-        # name ("encoder", "transformer", "decoder") -> that network freshly loaded: staged residency (residency.py)
-        self._network_loader = network_loader
-        self.staged = False
+        self._network_loader = network_loader  # "encoder"/"transformer"/"decoder" -> that network, loaded anew
         if self.config.resolution % flow.vae_scale:
             raise ModelFolderError(
                 f"resolution {self.config.resolution} is not a multiple of the autoencoder's {flow.vae_scale}x "
@@ -166,53 +163,6 @@ class SanaEditPipeline:
         if self._text_encoder_loader is not None:
             self._text_encoder = None
 
-    def enable_staged_residency(self) -> SanaEditPipeline:
-        """Keep each network in memory only while its stage of an edit runs (the CPU counterpart of diffusers'
-        `enable_model_cpu_offload`: the weights wait in the model folder): the peak is the largest network, not
-        the sum. Each edit reads them again, so it suits one-shot edits, not a server. Returns the pipeline."""
-        from .residency import STAGED_NETWORKS, OnDisk
-
-        if self._network_loader is None:
-            raise ValueError(
-                "staged residency reloads networks from their model folder: load the pipeline from a PyTorch model "
-                "folder (exported graphs are memory-mapped by their runtime instead)"
-            )
-        if not self.staged:
-            self.flow.placement = (self.device, self.dtype)
-            for name in STAGED_NETWORKS:
-                setattr(self.flow, name, OnDisk(name))
-            self.flow.vae = None  # its halves are loaded by their own stages
-            self.staged = True
-        return self
-
-    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
-        """diffusers' name: on this CPU pipeline, see `enable_staged_residency` (nothing to offload to)."""
-        raise NotImplementedError(
-            "this pipeline runs on the CPU: use pipe.enable_staged_residency() (each network loaded from the model "
-            "folder only for its stage), or `sanaedit edit --low-memory`"
-        )
-
-    def _stage(self, name: str):
-        """Context in which the `name` network is resident (a no-op unless staged residency is on)."""
-        from contextlib import nullcontext
-
-        from .residency import resident
-
-        return resident(self.flow, name, self._load_network) if self.staged else nullcontext()
-
-    def _load_network(self, name: str):
-        network = self._network_loader(name)
-        if name == "transformer" and self.config.fp16_clipping:
-            network.set_fp16_clipping(True)
-        return network
-
-    def _refuse_when_staged(self, what: str) -> None:
-        if self.staged:
-            raise ValueError(
-                f"{what} needs the networks in memory, and staged residency keeps them in the model folder: load "
-                "the pipeline again without it"
-            )
-
     def _check_projector(self, encoder: TextEncoder) -> None:
         projector, config = getattr(encoder, "projector", None), getattr(self.transformer, "config", None)
         if getattr(projector, "config", None) is None or config is None:
@@ -223,9 +173,7 @@ class SanaEditPipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
         if self.staged:
-            if (torch.device(device or self.device), dtype or self.dtype) != self.flow.placement:
-                self._refuse_when_staged("moving the pipeline (.to)")
-            return self
+            return self._staged_to(device, dtype)
         modules = [*self.flow.modules, self._text_encoder]
         if not self.flow.modules:
             if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
@@ -249,13 +197,6 @@ class SanaEditPipeline:
         self._refuse_when_staged("loading a LoRA")
         if not self.flow.modules:
             raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
-        from .speed.int8 import Int8Conv1x1, Int8Linear
-
-        if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in self.transformer.modules()):
-            raise ValueError(
-                "this transformer's layers were replaced for speed (int8): load it with the LoRA merged instead "
-                "(`load_pipeline(..., loras=[(path, scale)])`, or `sanaedit edit --lora`)"
-            )
         return load_lora(self.transformer, path, scale, name)
 
     def unload_lora(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 STAGED_NETWORKS = ("encoder", "transformer", "decoder")  # FlowModel attributes, in the order an edit needs them
@@ -44,3 +44,60 @@ def resident(holder: Any, name: str, load: Callable[[str], Any]) -> Iterator[Any
         setattr(holder, name, OnDisk(name))
         gc.collect()  # modules hold reference cycles (hooks, parametrizations): free them now, not later
         release_freed_memory()
+
+
+class StagedResidencyMixin:
+    """Staged residency for `SanaEditPipeline` (its `flow`, `config`, `device`, `dtype` and the `_network_loader`
+    its factory gives it)."""
+
+    _network_loader: Callable[[str], Any] | None = None
+    staged = False
+
+    def enable_staged_residency(self) -> Any:
+        """Keep each network in memory only while its stage of an edit runs (the CPU counterpart of diffusers'
+        `enable_model_cpu_offload`: the weights wait in the model folder): the peak is the largest network, not
+        the sum. Each edit reads them again, so it suits one-shot edits, not a server. Returns the pipeline."""
+        if self._network_loader is None:
+            raise ValueError(
+                "staged residency reloads networks from their model folder: load the pipeline from a PyTorch model "
+                "folder (exported graphs are memory-mapped by their runtime instead)"
+            )
+        if not self.staged:
+            self.flow.placement = (self.device, self.dtype)
+            for name in STAGED_NETWORKS:
+                setattr(self.flow, name, OnDisk(name))
+            self.flow.vae = None  # its halves are loaded by their own stages
+            self.staged = True
+        return self
+
+    def enable_model_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' name: on this CPU pipeline, see `enable_staged_residency` (nothing to offload to)."""
+        raise NotImplementedError(
+            "this pipeline runs on the CPU: use pipe.enable_staged_residency() (each network loaded from the model "
+            "folder only for its stage), or `sanaedit edit --low-memory`"
+        )
+
+    def _stage(self, name: str):
+        """Context in which the `name` network is resident (a no-op unless staged residency is on)."""
+        return resident(self.flow, name, self._load_network) if self.staged else nullcontext()
+
+    def _load_network(self, name: str):
+        network = self._network_loader(name)
+        if name == "transformer" and self.config.fp16_clipping:
+            network.set_fp16_clipping(True)
+        return network
+
+    def _staged_to(self, device: Any, dtype: Any) -> Any:
+        """`.to()` while staged: where it already is, nothing to do; elsewhere, refused."""
+        import torch
+
+        if (torch.device(device or self.device), dtype or self.dtype) != self.flow.placement:
+            self._refuse_when_staged("moving the pipeline (.to)")
+        return self
+
+    def _refuse_when_staged(self, what: str) -> None:
+        if self.staged:
+            raise ValueError(
+                f"{what} needs the networks in memory, and staged residency keeps them in the model folder: load "
+                "the pipeline again without it"
+            )
