@@ -123,3 +123,40 @@ def test_a_guidance_embedding_student_exports_with_its_guidance_baked_in(tiny_pi
     told_other = torch_student(photo, guidance_scale=1.0, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.abs(ours - ref).mean() < 1.0  # the same edit (8-bit graphs: within a grey level on average)
     assert np.abs(np.asarray(told_other, dtype=float) - ref).mean() > 2 * np.abs(ours - ref).mean()
+
+
+def test_adaptive_weight_starts_as_the_plain_loss_and_learns_to_trust_clean_levels():
+    """sCM's adaptive weighting: logvar is 0 everywhere at the start (every level weighs 1), and fitted to errors
+    that grow with the noise level it learns logvar ~ log(error) per level (the minimiser of e / exp(v) + v)."""
+    from sanaedit.train.distill import AdaptiveWeight
+
+    weight = AdaptiveWeight()
+    sigma = torch.linspace(0.05, 1.0, 16)
+    assert torch.equal(weight(sigma), torch.zeros(16))
+    error = 0.01 + sigma**2  # noisier levels: larger, less trustworthy errors
+    opt = torch.optim.Adam(weight.parameters(), lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        logvar = weight(sigma)
+        (error * torch.exp(-logvar) + logvar).mean().backward()
+        opt.step()
+    learned = weight(sigma).detach()
+    assert torch.allclose(learned, error.log(), atol=0.3)
+    assert learned[0] < learned[-1]  # the clean end weighs most
+
+
+def test_scm_distillation_trains_its_adaptive_weight_and_exports_without_it(tiny_model_dir, tiny_edit_pairs, tmp_path):
+    extra = ["--train.distill.guidance=1", "--checkpoint.every=2"]
+    losses = _distill(tiny_model_dir, tiny_edit_pairs, tmp_path / "s", "scm", 3, extra)
+    assert len(losses) == 3 and all(loss == loss for loss in losses)
+    student = tmp_path / "s" / "transformer" / "diffusion_pytorch_model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(student, "pt") as f:
+        assert not [k for k in f.keys() if "adaptive" in k or "logvar" in k]
+    run = tmp_path / ".s.distill-run"
+    from safetensors.torch import load_file
+
+    trained = load_file(run / "checkpoints" / "step-00000002" / "model.safetensors")  # the run keeps it (resumable)
+    weight = [v for k, v in trained.items() if k.startswith("adaptive_weight.")]
+    assert weight and any(v.abs().sum() > 0 for v in weight)  # it started at zero and was trained

@@ -93,6 +93,7 @@ class DistillSettings:
     guidance: float | None = _spec(None, min=0)  # the teacher's CFG scale (default: its own); > 1: embedded
     tangent_warmup: int = _spec(1000, min=0)  # scm: optimizer steps until the dv/ds term is fully on
     tangent_norm: float = _spec(0.1, min=0)  # scm: g / (|g| + c)
+    adaptive_weight: bool = True  # scm: a learned per-noise-level weight, loss / exp(logvar) + logvar (SANA-Sprint)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,11 @@ x0 = x - sigma v(x, sigma): that is what `sampling.scm_sample` steps with, and w
     scm             continuous-time consistency (sCM) in flow terms: f(x, s) = x - s v must stay constant along the
                     teacher's ODE (dx/ds = v_T, with CFG). With the stop-gradient copy, df/ds = v_T - v - s dv/ds
                     (a JVP along (v_T, 1)); the student's s v moves towards its own value plus that tangent,
-                    normalised g / (|g| + c), its dv/ds term warmed up over `tangent_warmup` steps -- SANA-Sprint's
-                    sCM recipe (tangent warm-up, tangent normalisation) without its adaptive weighting and LADD.
+                    normalised g / (|g| + c), its dv/ds term warmed up over `tangent_warmup` steps, each sample's
+                    error weighted by a learned logvar of its noise level (err / exp(logvar) + logvar: levels
+                    where the target is noisy weigh less) -- SANA-Sprint's sCM recipe (tangent warm-up, tangent
+                    normalisation, adaptive weighting; its logvar reads the DiT's time embedding, ours Fourier
+                    features of sigma, so the student's own weights stay as they export) without LADD.
 
 Why `ode` is the default: our editing task maps a photo to nearly one answer, so the teacher's trajectories are
 smooth and cheap to regress on, and on the bundled model it measures better at 1-2 steps (docs/training.md).
@@ -22,10 +25,12 @@ smooth and cheap to regress on, and on the bundled model it measures better at 1
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..flow import FlowModel
 from ..pipeline import SanaEditPipeline
@@ -35,6 +40,22 @@ from .parts import TrainParts
 from .stages import Stage
 
 OBJECTIVES = ("ode", "scm")
+
+
+class AdaptiveWeight(nn.Module):
+    """logvar(sigma) for sCM's adaptive loss weighting: a linear map of Fourier features of the noise level, zero at
+    the start (every level weighs 1, the plain loss). Trained with the student, never exported."""
+
+    def __init__(self, features: int = 32):
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(1000), features)), persistent=False)
+        self.linear = nn.Linear(2 * features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        angles = sigma.float().reshape(-1, 1) * self.freqs
+        return self.linear(torch.cat([angles.sin(), angles.cos()], dim=1)).squeeze(1)
 
 
 def student_levels(max_steps: int) -> torch.Tensor:
@@ -61,6 +82,9 @@ class DistillParts(TrainParts):
         self.teacher_sigmas = flow_sigmas(settings.teacher_steps or config.num_inference_steps, config.shift,
                                           config.schedule if config.schedule != "scm" else "default")  # fmt: skip
         self.levels = student_levels(settings.max_steps)
+        use_weight = settings.objective == "scm" and settings.adaptive_weight
+        self.adaptive_weight = AdaptiveWeight() if use_weight else None
+        self.objective_modules = [self.adaptive_weight] if use_weight else []  # trained beside the student
         self.negative_prompt = config.negative_prompt
         self.step = 0  # optimizer steps so far (the loop sets it): the sCM tangent warm-up reads it
 
@@ -139,4 +163,8 @@ class DistillParts(TrainParts):
             g = v_teacher - v_now - warmup * s * dv_ds
             norm = g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) / g[0].numel() ** 0.5
             target = s * v_now + g / (norm + self.settings.tangent_norm)
-        return F.mse_loss(s * student(x, sigma), target)
+        error = (s * student(x, sigma) - target).float().pow(2).flatten(1).mean(dim=1)
+        if self.adaptive_weight is None:
+            return error.mean()
+        logvar = self.adaptive_weight(sigma)
+        return (error * torch.exp(-logvar) + logvar).mean()

@@ -69,9 +69,13 @@ def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def apply_stage(parts: nn.Module, stage: Stage) -> list[str]:
-    """Freeze everything, then unfreeze the stage's components. Returns the names of the trainable parameters."""
+    """Freeze everything, then unfreeze the stage's components and the objective's own modules
+    (`parts.objective_modules`, e.g. sCM's adaptive weight: trained, never exported). Returns the names of the
+    trainable parameters."""
     parts.requires_grad_(False)
     for name in stage.trainable:
         for p in component_parameters(parts)[name]:
             p.requires_grad_(True)
+    for module in getattr(parts, "objective_modules", ()):
+        module.requires_grad_(True)
     return [n for n, p in parts.named_parameters() if p.requires_grad]
