@@ -11,6 +11,8 @@ Each row is a fresh `sanaedit edit` process (the console script); wall-clock fro
 - student:  the same DiT with a guidance embedding (what `sanaedit distill` makes: one forward per step, no CFG
             batch), the scm sampler at 1/2/4 steps, stored in bf16 (the dtype it runs in), with a tiny autoencoder
             (TAESANA's architecture) beside the DC-AE: `--vae tiny|full`; `--dtype int8`, `--low-memory` variants.
+- onnx / mnn: `sanaedit export` of the student folder (--onnx / --mnn, default 8-bit weights, LLM 4-bit): the
+            same rows on ONNX Runtime / MNN (no diffusers import; float32 compute).
 - steady:   the student's 2-step tiny path over --batch copies of the photo in one process: (t_N - t_1) / (N - 1)
             per photo, what a batch or the server pays once loaded.
 Output: a table and JSON (--json).
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="folder for the model folders (reused) and outputs")
     p.add_argument("--repeats", type=int, default=2, help="processes per row; the fastest is reported")
     p.add_argument("--batch", type=int, default=4, help="photos in the steady-state process")
+    p.add_argument("--onnx", default=None, metavar="DIR", help="an ONNX export of the student folder: its rows too")
+    p.add_argument("--mnn", default=None, metavar="DIR", help="an MNN export of the student folder: its rows too")
+    p.add_argument("--only-exports", action="store_true", help="just the export rows")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -102,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         ("student: 2 steps, tiny VAE, int8, --low-memory", student, [*tiny, "--dtype", "int8", "--low-memory"]),
         ("teacher: 10 steps, CFG 4.5, DC-AE, --low-memory", teacher, [*cfg10, "--low-memory"]),
     ]
+    exports = [(name, Path(folder)) for name, folder in (("onnx", args.onnx), ("mnn", args.mnn)) if folder]
+    if args.only_exports:
+        rows = []
+    for runtime, folder in exports:
+        for vae in ("tiny", "full"):
+            for steps in (1, 2, 4):
+                name = f"student {runtime}: {steps} step{'s' * (steps > 1)}, {vae} VAE"
+                rows.append((name, folder, ["--steps", str(steps), "--vae", vae]))
     out_dir = work / "cli-speed-out"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
@@ -115,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.batch):
         copies.append(out_dir / f"copy{i}.jpg")
         shutil.copy(PHOTO, copies[-1])
-    one = timed_edit(student, ["--vae", "tiny"], out_dir / "steady1", copies[:1])
-    many = timed_edit(student, ["--vae", "tiny"], out_dir / "steadyN", copies)
-    steady = (many["wall_s"] - one["wall_s"]) / (args.batch - 1)
-    results.append({"row": f"student: 2 steps, tiny VAE, per photo in a batch of {args.batch}", "wall_s": steady,
-                    "peak_rss_mb": many["peak_rss_mb"]})  # fmt: skip
+    for runtime, folder in ([] if args.only_exports else [("torch", student)]) + exports:
+        one = timed_edit(folder, ["--vae", "tiny"], out_dir / "steady1", copies[:1])
+        many = timed_edit(folder, ["--vae", "tiny"], out_dir / "steadyN", copies)
+        steady = (many["wall_s"] - one["wall_s"]) / (args.batch - 1)
+        label = "student" if runtime == "torch" else f"student {runtime}"
+        name = f"{label}: 2 steps, tiny VAE, per photo in a batch of {args.batch}"
+        results.append({"row": name, "wall_s": steady, "peak_rss_mb": many["peak_rss_mb"]})
     print("| row | seconds | peak RSS MB |\n|---|---|---|")
     for r in results:
         print(f"| {r['row']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
