@@ -109,6 +109,9 @@ def _torch_pipeline(
 
     float_dtype, int8 = resolve_dtype(dtype, device)
     _set_threads(device, threads)
+    # a model folder's int8 layers are made while its weights stream in (no float DiT held), unless LoRAs must be
+    # merged into the float weights first
+    streamed_int8 = int8 and folder is not None and not loras
 
     def prepare(transformer: torch.nn.Module) -> torch.nn.Module:
         """The DiT as it runs: LoRAs merged into its weights before any speed path, int8 layers, text K/V cache."""
@@ -116,7 +119,7 @@ def _torch_pipeline(
             from .lora import merge_loras
 
             merge_loras(transformer, [(Path(path), float(scale)) for path, scale in loras])
-        if int8:
+        if int8 and not streamed_int8:
             quantize_dit_int8(transformer)
         return enable_text_kv_cache(transformer)
 
@@ -136,8 +139,6 @@ def _torch_pipeline(
         return pipe
     from .torch_model import load_model_folder
 
-    # int8 layers made while the weights stream in (no float DiT held), unless LoRAs must be merged first
-    layers = int8_layer if int8 and not loras else None
     return load_model_folder(
         folder,
         device=device,
@@ -145,5 +146,5 @@ def _torch_pipeline(
         vae=vae,
         staged=staged,
         prepare_transformer=prepare,
-        transformer_layers=layers,
+        transformer_layers=int8_layer if streamed_int8 else None,
     )

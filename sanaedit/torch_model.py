@@ -35,26 +35,16 @@ def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None 
     """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
     speed/lowmem.py), just the tensors named `only...` if given, each layer swapped by `replace(name, module)` as
     it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
-    from .speed.lowmem import load_model, weight_files
+    from .speed.lowmem import load_model, replace_layers, weight_files
 
     try:
         weight_files(path)
     except FileNotFoundError:
         model = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-        for name, module in list(model.named_modules()) if replace else []:
-            new = replace(name, module)
-            if new is not None:
-                model.set_submodule(name, new)
+        if replace is not None:
+            replace_layers(model, replace)
         return model
     return load_model(cls, path, dtype, replace=replace, only=only)
-
-
-def _skeleton(cls, path: Path):
-    """`cls` built from its config on the meta device: its structure and config, no memory."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        return cls.from_config(cls.load_config(path))
 
 
 def _first_line(err: BaseException) -> str:
@@ -84,13 +74,9 @@ def _check_diffusers_component(model_dir: Path, name: str, cls) -> dict:
     same shape, read from the weights' headers. Returns the config. Errors name the component."""
 
     def check(folder: Path) -> dict:
-        from accelerate import init_empty_weights
+        from .speed.lowmem import empty_model, weight_files
 
-        from .speed.lowmem import weight_files
-
-        config = cls.load_config(folder)
-        with init_empty_weights():
-            model = cls.from_config(config)
+        model = empty_model(cls, folder)
         try:
             files = weight_files(folder)
         except FileNotFoundError:
@@ -265,8 +251,10 @@ def load_model_folder(
         _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
         if full:
             _check_diffusers_component(model_dir, "vae", AutoencoderDC)
-        transformer = load_component(model_dir, "transformer", lambda p: _skeleton(SanaEditTransformer2DModel, p))
-        dc_ae = load_component(model_dir, "vae", lambda p: _skeleton(AutoencoderDC, p)) if full else None
+        from .speed.lowmem import empty_model
+
+        transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
+        dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
     else:
         transformer = load_component(model_dir, "transformer", load_transformer)
         dc_ae = (

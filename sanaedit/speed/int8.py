@@ -84,10 +84,6 @@ def int8_layer(name: str, module: nn.Module) -> nn.Module | None:
 
 def quantize_dit_int8(transformer: nn.Module) -> int:
     """Swap the Linear and 1x1 Conv layers of `transformer.transformer_blocks` for int8 ones; returns how many."""
-    swapped = 0
-    for name, module in list(transformer.named_modules()):
-        new = int8_layer(name, module)
-        if new is not None:
-            transformer.set_submodule(name, new)
-            swapped += 1
-    return swapped
+    from .lowmem import replace_layers
+
+    return replace_layers(transformer, int8_layer)

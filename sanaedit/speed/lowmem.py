@@ -94,13 +94,30 @@ def load_model(
         return _load_model(cls, folder, dtype, replace, only)
 
 
-def _load_model(cls, folder, dtype, replace, only):
+def empty_model(cls, folder: str | Path):
+    """`cls` built from `folder`'s config on the meta device: its structure and config, no memory."""
     from accelerate import init_empty_weights
 
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(folder))
+
+
+def replace_layers(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Swap each module of an already loaded `model` for what `replace(name, module)` returns (None: it stays), as
+    `load_model(..., replace=...)` does while streaming. Returns how many were swapped."""
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        new = replace(name, module)
+        if new is not None:
+            model.set_submodule(name, new)
+            swapped += 1
+    return swapped
+
+
+def _load_model(cls, folder, dtype, replace, only):
     folder = Path(folder)
     files = weight_files(folder)
-    with init_empty_weights():
-        model = cls.from_config(cls.load_config(folder))
+    model = empty_model(cls, folder)
     model.register_to_config(_name_or_path=folder)  # as diffusers' from_pretrained records it
     expected = {key for key in model.state_dict() if only is None or key.startswith(only)}
     pending: dict[str, set[str]] = {}  # module name -> its own tensors not loaded yet
