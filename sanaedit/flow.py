@@ -65,7 +65,8 @@ class FlowModel:
     `transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents) -> velocity`,
     `encoder(pixels in [-1, 1]) -> scaled latents`, `decoder(scaled latents) -> pixels`: PyTorch modules
     (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export);
-    `tiny_vae` the light one (`models/tiny_vae.py`) when there is one.
+    `tiny_vae` the light one (`models/tiny_vae.py`) when there is one; `refiner` the learned full-resolution
+    refiner (`models/refiner.py`) when the folder has one (run after decoding, by `upsample.restore_photo`).
     """
 
     def __init__(
@@ -79,17 +80,21 @@ class FlowModel:
         vae: Any = None,
         guidance_embeds: float | None = None,
         tiny_vae: Any = None,
+        refiner: Any = None,
     ):
         self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
         self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
         self.vae, self.tiny_vae = vae, tiny_vae
+        self.refiner = refiner  # the folder's learned full-resolution refiner (models/refiner.py), fp32 on the CPU
         # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
         self.guidance_embeds = guidance_embeds
         # (device, dtype) fixed from outside when the networks come and go (residency.py); else read off the DiT
         self.placement: tuple[torch.device, torch.dtype] | None = None
 
     @classmethod
-    def from_torch(cls, transformer: nn.Module, vae: nn.Module | None, tiny_vae: nn.Module | None = None) -> FlowModel:
+    def from_torch(
+        cls, transformer: nn.Module, vae: nn.Module | None, tiny_vae: nn.Module | None = None, refiner: Any = None
+    ) -> FlowModel:
         """A diffusers-style SANA edit transformer and DC-AE; their shapes must fit (checked, named). The networks
         run on the DC-AE; with `vae=None`, on the light `tiny_vae` (the DC-AE not even loaded)."""
         from .model_folder import ModelFolderError
@@ -128,6 +133,7 @@ class FlowModel:
             vae=vae,
             guidance_embeds=t.guidance_embeds_scale if t.get("guidance_embeds") else None,
             tiny_vae=tiny_vae,
+            refiner=refiner,
         )
 
     @property

@@ -12,6 +12,7 @@ A model folder is `model_index.json` plus one subfolder per component in its lib
     connector/, projector/      diffusers-style config.json + safetensors
     prompt_cache.safetensors    optional: final conditioning of the fixed prompts, so no LLM is needed for them
     tiny_vae/                   optional: a light autoencoder for the DC-AE's latents (models/tiny_vae.py)
+    refiner.safetensors         optional: the learned full-resolution refiner (models/refiner.py), in exports too
 
 An exported folder (`sanaedit export`) has `model_index.json` with `_class_name` EXPORT_CLASS: one graph per
 sub-model, `llm/` (the LLM body as a graph, its token embedding table, tokenizer, meta-queries) and the prompt
@@ -120,6 +121,22 @@ def choose_vae(folder: str | Path, requested: str | None, default: str, has_tiny
             "`tiny-vae` training stage, or use --vae full"
         )
     return choice
+
+
+def folder_refiner(folder: str | Path, upsample: str | None):
+    """A model or exported folder's learned refiner (models/refiner.py; None without one). A broken file, or a
+    folder whose default upsampling needs a refiner it lacks, is named at load time, not after an edit's sampling."""
+    from .models.refiner import REFINER_FILE, load_refiner
+
+    try:
+        refiner = load_refiner(Path(folder))
+    except ValueError as err:
+        raise ModelFolderError(str(err)) from err
+    if upsample == "refine" and refiner is None:
+        raise ModelFolderError(
+            f"{folder}: model_index.json asks for upsample 'refine' but the folder has no {REFINER_FILE}"
+        )
+    return refiner
 
 
 MIN_PROMPT_LLM_WIDTH = 256  # Qwen3-0.6B is 1024 wide; the bundled and test models' LLMs are 32-wide stand-ins

@@ -29,7 +29,7 @@ from .models.prompt import PROMPT_TEMPLATE
 from .residency import StagedResidencyMixin
 from .sampling import flow_sigmas, get_sampler
 from .upsample import DEFAULT_METHOD as DEFAULT_UPSAMPLE
-from .upsample import restore_photo
+from .upsample import check_method, restore_photo
 
 OWN_SCHEDULE = {"dpm": "linear", "scm": "scm"}  # the schedule a sampler runs on unless one is given
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
@@ -61,7 +61,7 @@ class PipelineConfig:
     template: str = PROMPT_TEMPLATE
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
     padding: str = "black"  # fills the square around a non-square photo: "black" (the published engine) or "reflect"
-    upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: "guided" (its detail, upsample.py) or "plain"
+    upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: upsample.METHODS ("guided", "refine", "plain", ...)
     vae: str = "full"  # the autoencoder edits run on: "full" (DC-AE) or "tiny" (model_folder.choose_vae)
 
     @classmethod
@@ -314,6 +314,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         if strength < 1.0 and sources == [None]:
             raise ValueError("strength < 1 needs an input image to start from")
         cfg = self.config
+        check_method(cfg.upsample, self.flow.refiner)
         settings = dict(
             prompt=cfg.prompt if prompt is None else prompt,
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
@@ -394,7 +395,5 @@ class SanaEditPipeline(StagedResidencyMixin):
                 "try float32)"
             )
         with self._stage("decoder"):
-            return [
-                restore_photo(self.decode_latents(latents[i : i + 1]), restore, image, self.config.upsample)
-                for i in range(count)
-            ]
+            decoded = [self.decode_latents(latents[i : i + 1]) for i in range(count)]
+        return [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]

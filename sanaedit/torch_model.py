@@ -20,6 +20,7 @@ from .model_folder import (
     ModelFolderError,
     atomic_folder,
     choose_vae,
+    folder_refiner,
     load_component,
     load_meta_queries,
     load_prompt_cache,
@@ -28,6 +29,7 @@ from .model_folder import (
     write_index,
     write_prompt_cache,
 )
+from .models.refiner import save_refiner
 from .pipeline import PipelineConfig, SanaEditPipeline
 
 
@@ -168,6 +170,7 @@ def check_model_folder(model_dir: str | Path) -> dict:
 
         _check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
     choose_vae(model_dir, None, index.get("pipeline", {}).get("vae", "full"), (model_dir / TINY_VAE).is_dir())
+    folder_refiner(model_dir, index.get("pipeline", {}).get("upsample"))
     check_text_path(model_dir, transformer.get("caption_channels"))
     load_prompt_cache(model_dir)
     return index
@@ -288,7 +291,7 @@ def load_model_folder(
 
     prompt_cache = load_prompt_cache(model_dir)
     pipe = SanaEditPipeline(
-        FlowModel.from_torch(transformer, dc_ae, tiny),
+        FlowModel.from_torch(transformer, dc_ae, tiny, folder_refiner(model_dir, config.upsample)),
         config=config,
         prompt_cache=prompt_cache,
         text_encoder_loader=lambda: load_text_encoder(model_dir, config.template, dtype).to(device=device),
@@ -330,6 +333,8 @@ def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: boo
         encoder.connector.save_pretrained(tmp / "connector")
         encoder.projector.save_pretrained(tmp / "projector")
         save_meta_queries(encoder.meta_queries, tmp)
+        if pipe.flow.refiner is not None:
+            save_refiner(pipe.flow.refiner, tmp)
         if prompt_cache:
             write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
         write_index(

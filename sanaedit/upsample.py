@@ -6,7 +6,9 @@ edit's outlines over several photo pixels. `guided` is the fast guided filter (H
 affine map from the photo's colour to the edit's colour (`edit ~ A @ photo + b`, ridge-regularised by `eps`), then
 smooths the maps, upsamples them bilinearly and applies them to the full-resolution photo. Edges and lines that
 the photo has come back at the photo's own sharpness; what the edit changed (colours, ink, flat areas) comes with
-the maps. `guided-grey` guides with the photo's luminance only (cheaper, weaker on colour edges).
+the maps. `guided-grey` guides with the photo's luminance only (cheaper, weaker on colour edges). `refine` is
+`guided`, then the model folder's learned full-resolution refiner (`models/refiner.py`), trained on the editor's
+own outputs.
 
 Pure NumPy/PyTorch (no OpenCV): the same code runs after every runtime (PyTorch, ONNX Runtime, MNN). Memory is
 bounded for 12 MP photos: the maps are computed at the edit's resolution and applied in strips of rows.
@@ -20,23 +22,45 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .image_io import Restore, postprocess
+from .models.refiner import Refiner
 
-METHODS = ("plain", "guided", "guided-grey")
+METHODS = ("plain", "guided", "guided-grey", "refine")
 DEFAULT_METHOD = "guided"
 RADIUS = 1  # window radius at the edit's resolution (a 3x3 window)
 EPS = 1e-3  # ridge on the window's colour covariance, in [0, 1] units squared (flat patches keep the edit's colour)
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip (bounds the working memory: ~50 MB for a colour guide)
 
 
-def restore_photo(pixels: torch.Tensor, restore: Restore | None, photo: Image.Image | None, method: str) -> Image.Image:
+def restore_photo(
+    pixels: torch.Tensor,
+    restore: Restore | None,
+    photo: Image.Image | None,
+    method: str,
+    refiner: Refiner | None = None,
+) -> Image.Image:
     """The model's output [1,3,R,R] -> the edited photo at the input's own size: the padding cropped away, then
-    `upsample(method)` from the model's resolution with `photo` (the full-resolution input) as the guide."""
-    if method not in METHODS:
-        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS)}")
+    `upsample(method)` from the model's resolution with `photo` (the full-resolution input) as the guide; `refine`
+    runs `refiner` (the folder's, required) on the guided result."""
+    check_method(method, refiner)
     if restore is None or photo is None or method == "plain" or restore.box is None:
         return postprocess(pixels, restore)
     x0, y0, x1, y1 = restore.box
-    return upsample(postprocess(pixels, restore, size=(x1 - x0, y1 - y0)), photo, method)
+    edit = postprocess(pixels, restore, size=(x1 - x0, y1 - y0))
+    if method != "refine":
+        return upsample(edit, photo, method)
+    photo = photo.convert("RGB")
+    return refiner.refine(photo, upsample(edit, photo, "guided"))
+
+
+def check_method(method: str, refiner: Refiner | None) -> None:
+    """A known method, and `refine` only with a refiner (named errors, raised before any work)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS)}")
+    if method == "refine" and refiner is None:
+        raise ValueError(
+            "upsampling 'refine' needs the model folder's learned refiner (refiner.safetensors, made by the `refiner` "
+            "training stage); this model has none: use --upsample guided"
+        )
 
 
 def upsample(
@@ -51,8 +75,8 @@ def upsample(
     `photo` is the full-resolution input (RGB). `plain` is bilinear resizing; `guided` / `guided-grey` the fast
     guided filter with the photo (colour / luminance) as the guide.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS)}")
+    if method not in METHODS or method == "refine":
+        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS[:3])}")
     edit, photo = edit.convert("RGB"), photo.convert("RGB")
     if method == "plain" or edit.size == photo.size:
         return edit if edit.size == photo.size else edit.resize(photo.size, Image.Resampling.BILINEAR)

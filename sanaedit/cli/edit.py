@@ -18,7 +18,8 @@ from . import (
     warn_if_prompt_ignored,
 )
 
-UPSAMPLE_METHODS = ["plain", "guided", "guided-grey"]  # sanaedit.upsample.METHODS (not imported: torch is slow to load)
+# sanaedit.upsample.METHODS (not imported: torch is slow to load)
+UPSAMPLE_METHODS = ["plain", "guided", "guided-grey", "refine"]
 
 
 def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
@@ -128,8 +129,9 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
         choices=UPSAMPLE_METHODS,
         default=None,
         help="back to the photo's own size from the model's resolution: guided (the fast guided filter: the photo's "
-        "own detail and edges) or plain (bilinear); guided-grey guides with luminance only (default: the model's; "
-        "guided unless its folder says otherwise)",
+        "own detail and edges), refine (guided, then the folder's learned full-resolution refiner) or plain "
+        "(bilinear); guided-grey guides with luminance only (default: the model's; guided unless its folder says "
+        "otherwise)",
     )
     p.add_argument(
         "--vae",

@@ -34,6 +34,7 @@ from ..model_folder import (
     write_index,
     write_prompt_cache,
 )
+from ..models.refiner import save_refiner
 from ..release_folder import RELEASE_LAYOUT
 from .graphs import baked_guidance, graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
@@ -112,6 +113,8 @@ def export_model(
             graphs, llm = _export_onnx_folder(pipe, tmp, fmt, bits, progress)
             layout = {}
         write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
+        if pipe.flow.refiner is not None:  # pixel post-processing every runtime runs the same way (torch, fp32)
+            save_refiner(pipe.flow.refiner, tmp)
         t = pipe.transformer
         settings = dataclasses.asdict(pipe.config)
         baked = baked_guidance(pipe)

@@ -21,6 +21,7 @@ from ..model_folder import (
     TINY_GRAPHS,
     ModelFolderError,
     choose_vae,
+    folder_refiner,
     load_prompt_cache,
     read_index,
 )
@@ -176,6 +177,7 @@ def load_exported(
         latent_channels=info["out_channels"],
         ref_channels=info["ref_channels"],
         vae_scale=manifest["vae"]["scale_factor"],
+        refiner=folder_refiner(folder, config.upsample),
     )
     encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], load, config.template)
     return SanaEditPipeline(

@@ -34,6 +34,7 @@ from ..model_folder import (
     ModelFolderError,
     choose_vae,
     folder_kind,
+    folder_refiner,
     load_prompt_cache,
     read_index,
 )
@@ -319,6 +320,7 @@ def load_release(
         latent_channels=channels,
         ref_channels=ref_channels,
         vae_scale=vae_scale,
+        refiner=folder_refiner(folder, config.upsample),  # ours, beside the release's files, when exported with one
     )
 
     def text_encoder():  # a fresh one each time: releasing it frees the tokenizer too

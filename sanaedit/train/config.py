@@ -97,6 +97,17 @@ class DistillSettings:
 
 
 @dataclass(frozen=True)
+class RefinerSettings:
+    """The `refiner` stage (models/refiner.py, train/refiner_data.py)."""
+
+    width: int = _spec(24, min=1)  # a new refiner's channels (a model that has one keeps its own)
+    crop: int = _spec(128, min=16)  # training crops' side, at the pictures' own resolution
+    crops_per_picture: int = _spec(48, min=1)
+    synthetic: int = _spec(12, min=0)  # synthetic scenes besides the bundled photos (data.build: comic)
+    style: str = _spec("comic", choices=("comic", "ghibli"))  # the bundled pictures' targets (data.build: comic)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     stage: str = _spec("stage3", choices=tuple(STAGES))
     trainable: tuple[str, ...] | None = None  # overrides the stage's list
@@ -117,6 +128,7 @@ class TrainSettings:
     reconstruction: Reconstruction = _spec(factory=Reconstruction)
     lora: LoraSettings = _spec(factory=LoraSettings)
     distill: DistillSettings = _spec(factory=DistillSettings)
+    refiner: RefinerSettings = _spec(factory=RefinerSettings)
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,7 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         return batch
     batch["index"] = torch.tensor([it["index"] for it in kept])
     batch["prompt"] = [it["prompt"] for it in kept]
-    for key in ("target", "source", "target_latents", "ref_latents", "llm_features"):
+    for key in ("target", "source", "edit", "target_latents", "ref_latents", "llm_features"):
         if key in kept[0]:
             batch[key] = torch.stack([it[key] for it in kept])
     return batch

@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if untrained is not None:
         full["the untrained model"] = pipeline_editor(untrained)
     for method in METHODS:
-        full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
+        if method != "refine" or trained.flow.refiner is not None:  # refine: the folder's learned refiner
+            full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
     full_res, per_photo, outputs = evaluate_full_resolution(full, photos)
     sizes = ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos)
     _out(f"\nAt each photo's own resolution ({sizes}), against the filter applied at that resolution\n")

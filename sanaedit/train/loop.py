@@ -81,7 +81,7 @@ class Trainer:
 
             parts = DistillParts(self.pipe, self.stage, t.distill)
         else:
-            parts = TrainParts(self.pipe, self.stage, t.reconstruction)
+            parts = TrainParts(self.pipe, self.stage, t.reconstruction, t.refiner.width)
         trainable = apply_stage(parts, self.stage)
         if t.gradient_checkpointing and "transformer" in self.stage.trainable:
             parts.transformer.enable_gradient_checkpointing()
@@ -103,6 +103,8 @@ class Trainer:
             self.accel.register_for_checkpointing(self.ema)
 
     def _dataset(self) -> Dataset:
+        if self.stage.data == "full_res":
+            return self._refiner_dataset()
         with self.accel.main_process_first():  # building / pre-encoding happens once, on the main process
             dataset, sources = build_dataset(self.cfg, self.stage, self.resolution)
             self.previews = Previews(sources.preview_manifest, self.stage, self.resolution, self.cfg.sample)
@@ -112,6 +114,24 @@ class Trainer:
             latents = pre_encoded(dataset, self.parts, self.dir / "latents", progress=bar)
             self.log(f"pre-encoded {len(latents)} samples into {self.dir / 'latents'} ({latents.skipped} skipped)")
             return latents
+
+    def _refiner_dataset(self) -> Dataset:
+        from .refiner_data import bundled_pictures, manifest_pictures, refiner_crops
+
+        d, r = self.cfg.data, self.t.refiner
+        self.previews = None  # crops at full resolution: no preview grid; `sanaedit.train.evaluate` scores it
+        with self.accel.main_process_first():
+            if d.manifest:
+                pictures = manifest_pictures(d.manifest)
+            elif d.build == "comic":
+                pictures = bundled_pictures(r.style, r.synthetic, self.cfg.seed)
+            else:
+                raise ValueError("the refiner stage needs data.manifest (editing pairs) or data.build: comic")
+            bar = self.main and self.cfg.log.progress
+            crops = refiner_crops(self.pipe, pictures, self.dir / "refiner-data", r.crop, r.crops_per_picture,
+                                  self.cfg.seed, bar)  # fmt: skip
+        self.log(f"refiner data: {len(crops)} crops of {len(pictures)} pictures")
+        return crops
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> Path:
@@ -161,7 +181,7 @@ class Trainer:
                     writer.add_scalar("loss", record["loss"], step)
                     writer.add_scalar("lr", record["lr"], step)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if cfg.sample.every and step % cfg.sample.every == 0:
+            if cfg.sample.every and self.previews is not None and step % cfg.sample.every == 0:
                 if self.main:
                     self._with_ema(lambda s=step: self.write_samples(s))
                 self.accel.wait_for_everyone()
@@ -186,7 +206,7 @@ class Trainer:
         device = self.accel.device
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         noise = t_draw = None
-        if self.stage.data != "images":
+        if self.stage.data not in ("images", "full_res"):
             first = first_position(micro, t.batch_size, rank, self.accel.num_processes)
             shape = self._latent_shape(batch)
             draws = [sample_draws(self.cfg.seed, first + j, shape, t) for j in range(batch["size"])]

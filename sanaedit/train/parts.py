@@ -3,7 +3,8 @@
 The flow-matching loss is `FlowModel.loss` -- the same model wrapper, timestep rule and latent scaling that
 sampling goes through; the autoencoder stage's loss is L1 + MSE reconstruction; the tiny-vae stage distils the
 light autoencoder from the frozen DC-AE (its encoder to the DC-AE's latents, its decoder to the DC-AE's decoding of
-them), as TAESD was distilled.
+them), as TAESD was distilled; the refiner stage's loss is the MSE of the refined edit to the target at full
+resolution.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from .stages import Stage
 class TrainParts(nn.Module):
     """Everything one training step touches, as one module; `forward` returns the loss."""
 
-    def __init__(self, pipe: SanaEditPipeline, stage: Stage, reconstruction: Reconstruction | None = None):
+    def __init__(
+        self,
+        pipe: SanaEditPipeline,
+        stage: Stage,
+        reconstruction: Reconstruction | None = None,
+        refiner_width: int = 24,
+    ):
         super().__init__()
         self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
         self.stage, self.reconstruction = stage, reconstruction or Reconstruction()
@@ -32,6 +39,11 @@ class TrainParts(nn.Module):
             from ..models.tiny_vae import TinyAutoencoder
 
             self.tiny_vae = TinyAutoencoder.for_autoencoder(self.vae).to(self.vae.device, self.vae.dtype)
+        self.refiner = pipe.flow.refiner  # the learned full-resolution refiner, if the model has one (kept on export)
+        if self.refiner is None and "refiner" in stage.trainable:
+            from ..models.refiner import Refiner
+
+            self.refiner = Refiner(refiner_width)
         self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
@@ -51,6 +63,8 @@ class TrainParts(nn.Module):
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def forward(self, batch: dict[str, Any], noise: torch.Tensor | None = None, t: torch.Tensor | None = None):
+        if self.stage.data == "full_res":
+            return F.mse_loss(self.refiner(batch["source"], batch["edit"]).float(), batch["target"])
         if self.stage.data == "images":
             if "tiny_vae" in self.stage.trainable:
                 return self.distillation_loss(batch["target"])

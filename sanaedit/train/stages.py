@@ -7,6 +7,7 @@
     stage3       stage 2's parts on editing triples, the source latent fed as `ref_latents`
     lora         LoRA adapters on the DiT (a style file)
     distill      a few-step, CFG-free student of the starting model's DiT (train/distill.py)
+    refiner      the learned full-resolution refiner (models/refiner.py) on the frozen editor's own outputs
 
 A config may override `trainable` (any of COMPONENTS except the LLM, which stays frozen: the design reads it
 through the queries, never changes it).
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora", "tiny_vae")
-DATA_KINDS = ("images", "text_image", "edit")
+COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora", "tiny_vae", "refiner")
+DATA_KINDS = ("images", "text_image", "edit", "full_res")  # full_res: photo/edit/target crops (refiner_data.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ STAGES = {
     "stage3": Stage("stage3", ("meta_queries", "connector", "projector", "transformer"), "edit"),
     "lora": Stage("lora", ("lora",), "edit"),  # LoRA adapters on the DiT only: a style file, not a model folder
     "distill": Stage("distill", ("transformer",), "edit"),  # a few-step student of the start (distill.py)
+    "refiner": Stage("refiner", ("refiner",), "full_res"),  # after the editor, on its outputs (refiner_data.py)
 }
 
 
@@ -65,6 +67,7 @@ def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
         "llm": list(te.llm.parameters()),
         "lora": [p for n, p in parts.transformer.named_parameters() if ".lora_" in n],
         "tiny_vae": list(parts.tiny_vae.parameters()) if getattr(parts, "tiny_vae", None) is not None else [],
+        "refiner": list(parts.refiner.parameters()) if getattr(parts, "refiner", None) is not None else [],
     }
 
 

@@ -1,0 +1,112 @@
+"""A learned full-resolution refiner: the last step of bringing an edit back to the photo's own size.
+
+The editor works at a few hundred pixels; `upsample.py`'s guided filter brings its output to the photo's size with
+the photo's edges. What no upsampler can restore is detail the model never had: thin ink lines one photo pixel wide,
+flat bands whose borders follow the full-resolution photo. This small CNN sees both the full-resolution photo and
+the guided edit and predicts a correction to the edit (the issue's "small learned refiner trained with the model",
+in the spirit of HDRNet's full-resolution stage). It is trained after the editor, on the editor's own outputs
+(the `refiner` training stage), so it learns to fix what this editor gets wrong at full resolution.
+
+Layout: a 3x3 conv from the 6 input channels (photo, edit in [-1, 1]) to `width`, residual 3x3 convs with the given
+dilations (receptive field 2 * (2 + sum(dilations)) + 1 px), SiLU, and a zero-initialised 3x3 conv to an RGB
+correction added to the edit: a fresh refiner returns the guided edit unchanged.
+
+Stored as one safetensors file (`refiner.safetensors`, its config in the metadata) so that every runtime (PyTorch,
+ONNX Runtime, MNN folders) reads it without diffusers; it always runs in fp32 on the CPU, in overlapping tiles, so
+a 12 MP photo needs a few hundred MB at most.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+REFINER_FILE = "refiner.safetensors"
+TILE = 512  # output pixels per tile side (memory: ~width x (TILE + 2 * margin)^2 floats per feature map)
+
+
+class Refiner(nn.Module):
+    def __init__(self, width: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1)):
+        super().__init__()
+        self.config = {"width": int(width), "dilations": [int(d) for d in dilations]}
+        self.inp = nn.Conv2d(6, width, 3, padding=1)
+        self.body = nn.ModuleList(nn.Conv2d(width, width, 3, padding=d, dilation=d) for d in dilations)
+        self.out = nn.Conv2d(width, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # starts as the identity on the edit
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def margin(self) -> int:
+        """Pixels of context each side of an output pixel (the receptive field's radius)."""
+        return 2 + sum(self.config["dilations"])
+
+    def forward(self, photo: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+        """photo, edit: [B, 3, H, W] in [0, 1] -> the refined edit (not clamped: training sees the raw output)."""
+        h = F.silu(self.inp(torch.cat([photo, edit], 1) * 2 - 1))
+        for conv in self.body:
+            h = h + F.silu(conv(h))
+        return edit + self.out(h)
+
+    @torch.no_grad()
+    def refine(self, photo: Image.Image, edit: Image.Image, tile: int = TILE) -> Image.Image:
+        """The edit (already at the photo's size) refined, tile by tile with `margin` pixels of overlap, so the
+        result equals one pass over the whole picture (each output pixel sees its full receptive field)."""
+        if photo.size != edit.size:
+            raise ValueError(f"refiner: photo {photo.size} and edit {edit.size} differ in size")
+        photo_t, edit_t = _tensor(photo), _tensor(edit)
+        height, width = photo_t.shape[-2:]
+        out = np.empty((height, width, 3), np.uint8)
+        m = self.margin
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                y0, x0 = max(0, y - m), max(0, x - m)
+                y1, x1 = min(height, y + tile + m), min(width, x + tile + m)
+                piece = self(photo_t[..., y0:y1, x0:x1], edit_t[..., y0:y1, x0:x1])
+                piece = piece[0, :, y - y0 : y - y0 + min(tile, height - y), x - x0 : x - x0 + min(tile, width - x)]
+                out[y : y + piece.shape[1], x : x + piece.shape[2]] = _uint8(piece)
+        return Image.fromarray(out)
+
+
+def _tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1).permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).numpy()
+
+
+def save_refiner(refiner: Refiner, folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(folder) / REFINER_FILE
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in refiner.state_dict().items()}
+    save_file(tensors, path, metadata={"config": json.dumps(refiner.config)})
+    return path
+
+
+def load_refiner(folder: Path) -> Refiner | None:
+    """The folder's refiner (fp32, CPU, eval mode), or None when it has none; a broken file is a ValueError naming
+    it (model_folder.folder_refiner turns it into the folder's error)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / REFINER_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, "pt") as f:
+            config = json.loads((f.metadata() or {})["config"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        refiner = Refiner(int(config["width"]), tuple(int(d) for d in config["dilations"]))
+        refiner.load_state_dict(tensors)
+    except Exception as err:  # safetensors, JSON, key and shape errors vary in type
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot load the refiner: {first_line}") from err
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise ValueError(f"{path}: the refiner's weights hold NaN or inf")
+    return refiner.float().eval().requires_grad_(False)
