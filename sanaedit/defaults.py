@@ -137,9 +137,10 @@ def _torch_pipeline(
         pipe = build_tiny_pipeline().to(device=device, dtype=float_dtype)
         prepare(pipe.transformer)
         return pipe
+    from .lora import style_upsampling
     from .torch_model import load_model_folder
 
-    return load_model_folder(
+    pipe = load_model_folder(
         folder,
         device=device,
         dtype=float_dtype,
@@ -148,3 +149,6 @@ def _torch_pipeline(
         prepare_transformer=prepare,
         transformer_layers=int8_layer if streamed_int8 else None,
     )
+    if loras:
+        style_upsampling(pipe.config)
+    return pipe

@@ -8,6 +8,7 @@ of the LoRA math is written here.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -19,6 +20,18 @@ from torch import nn
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v")  # diffusers' Sana LoRA trainer; "to_out.0", "conv_inverted", "conv_point"
 # (the Mix-FFN convs) may be added
+
+
+logger = logging.getLogger(__name__)
+
+
+def style_upsampling(config) -> None:
+    """With a LoRA style active the edit comes back by guided upsampling, not the folder's learned refiner: that was
+    trained on the base model's own outputs (models/refiner.py) and would pull a style back towards the base look.
+    Setting `upsample` to "refine" after loading still asks for it."""
+    if config.upsample == "refine":
+        config.upsample = "guided"
+        logger.info("a LoRA style is active: guided upsampling instead of the base model's refiner")
 
 
 class LoraError(ValueError):

@@ -192,11 +192,12 @@ class SanaEditPipeline(StagedResidencyMixin):
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
         """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
         at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
-        from .lora import load_lora
+        from .lora import load_lora, style_upsampling
 
         self._refuse_when_staged("loading a LoRA")
         if not self.flow.modules:
             raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
+        style_upsampling(self.config)  # the base model's refiner is not the style's
         return load_lora(self.transformer, path, scale, name)
 
     def unload_lora(self) -> None:

@@ -155,3 +155,25 @@ def test_the_refiner_stage_trains_on_the_editors_own_outputs(tiny_model_dir, tmp
     from sanaedit.defaults import load_pipeline
 
     assert load_pipeline(out)(_noise_image(5, (80, 72))).images[0].size == (80, 72)
+
+
+def test_a_lora_style_comes_back_guided_not_through_the_base_models_refiner(refined_model_dir, tmp_path):
+    """The refiner learned the base model's outputs; a style (adapters, merged, or merged at export) is upsampled
+    guided, unless asked for again."""
+    from sanaedit.defaults import load_pipeline
+    from sanaedit.export import export_model
+    from sanaedit.lora import add_lora, save_lora
+    from sanaedit.random_model import build_tiny_pipeline
+
+    style = build_tiny_pipeline()
+    add_lora(style.transformer, rank=2)
+    lora = save_lora(style.transformer, tmp_path / "style")
+    pipe = load_pipeline(refined_model_dir)
+    pipe.load_lora(lora, 1.0)
+    assert pipe.config.upsample == "guided"
+    pipe.config.upsample = "refine"  # still available on request
+    assert pipe(_noise_image(6, (40, 40))).images[0].size == (40, 40)
+    assert load_pipeline(refined_model_dir, loras=[(lora, 1.0)]).config.upsample == "guided"
+    assert load_pipeline(refined_model_dir).config.upsample == "refine"
+    exported = export_model(refined_model_dir, tmp_path / "onnx", fmt="onnx", progress=False, loras=[(lora, 1.0)])
+    assert json.loads((exported / "model_index.json").read_text())["pipeline"]["upsample"] == "guided"

@@ -95,9 +95,10 @@ def export_model(
     if pipe.vae is None:
         raise ValueError("this pipeline has no DC-AE (loaded with vae='tiny'): export needs the full model")
     if loras:
-        from ..lora import merge_loras
+        from ..lora import merge_loras, style_upsampling
 
         merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
+        style_upsampling(pipe.config)
     encoder = pipe.text_encoder
     out = Path(out)
     started = time.perf_counter()
