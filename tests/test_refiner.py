@@ -19,28 +19,29 @@ def _noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def _trained_looking(seed: int = 0) -> Refiner:
+def _trained_looking(seed: int = 0, unshuffle: int = 1) -> Refiner:
     """A refiner whose output layer is not zero (as after training)."""
-    refiner = Refiner(width=8, dilations=(1, 2))
+    refiner = Refiner(width=8, dilations=(1, 2), unshuffle=unshuffle)
     torch.manual_seed(seed)
     torch.nn.init.normal_(refiner.out.weight, std=0.05)
     return refiner.eval()
 
 
-def test_a_fresh_refiner_returns_the_edit_and_tiles_equal_one_pass():
-    photo, edit = _noise_image(0, (70, 45)), _noise_image(1, (70, 45))
-    assert np.array_equal(np.asarray(Refiner().refine(photo, edit)), np.asarray(edit))
-    refiner = _trained_looking()
+@pytest.mark.parametrize("unshuffle", [1, 2, 3])
+def test_a_fresh_refiner_returns_the_edit_and_tiles_equal_one_pass(unshuffle):
+    photo, edit = _noise_image(0, (70, 45)), _noise_image(1, (70, 45))  # not multiples of 2 or 3
+    assert np.array_equal(np.asarray(Refiner(unshuffle=unshuffle).refine(photo, edit)), np.asarray(edit))
+    refiner = _trained_looking(unshuffle=unshuffle)
     whole = np.asarray(refiner.refine(photo, edit, tile=1024))
-    assert not np.array_equal(whole, np.asarray(edit))
-    tiled = np.asarray(refiner.refine(photo, edit, tile=16))  # 5 x 3 tiles, each with its margin of context
+    assert whole.shape == (45, 70, 3) and not np.array_equal(whole, np.asarray(edit))
+    tiled = np.asarray(refiner.refine(photo, edit, tile=16))  # several tiles, each with its margin of context
     assert np.array_equal(tiled, whole)
     with pytest.raises(ValueError, match="differ in size"):
         refiner.refine(photo, edit.resize((10, 10)))
 
 
 def test_saved_refiner_loads_the_same_and_broken_files_are_named(tmp_path):
-    refiner = _trained_looking()
+    refiner = _trained_looking(unshuffle=2)
     save_refiner(refiner, tmp_path)
     loaded = load_refiner(tmp_path)
     assert loaded.config == refiner.config
@@ -138,7 +139,7 @@ def test_the_refiner_stage_trains_on_the_editors_own_outputs(tiny_model_dir, tmp
             "batch_size": 4,
             "optimizer": "adamw",
             "lr": 1e-2,
-            "refiner": {"width": 8, "crop": 32, "crops_per_picture": 4},
+            "refiner": {"width": 8, "crop": 32, "crops_per_picture": 4, "unshuffle": 2},
         },  # fmt: skip
         "export": {"upsample": "refine"},
         "log": {"progress": False, "every": 1},

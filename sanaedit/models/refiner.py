@@ -7,9 +7,10 @@ the guided edit and predicts a correction to the edit (the issue's "small learne
 in the spirit of HDRNet's full-resolution stage). It is trained after the editor, on the editor's own outputs
 (the `refiner` training stage), so it learns to fix what this editor gets wrong at full resolution.
 
-Layout: a 3x3 conv from the 6 input channels (photo, edit in [-1, 1]) to `width`, residual 3x3 convs with the given
-dilations (receptive field 2 * (2 + sum(dilations)) + 1 px), SiLU, and a zero-initialised 3x3 conv to an RGB
-correction added to the edit: a fresh refiner returns the guided edit unchanged.
+Layout: the photo and the edit (in [-1, 1]) cut into `unshuffle` x `unshuffle` pixel blocks (pixel unshuffle, as
+ESPCN-style super-resolution nets do, so the convs run on f^2 fewer positions), a 3x3 conv to `width`, residual 3x3
+convs with the given dilations, SiLU, and a zero-initialised 3x3 conv to an RGB correction per pixel of each block
+(pixel shuffle), added to the edit: a fresh refiner returns the guided edit unchanged.
 
 Stored as one safetensors file (`refiner.safetensors`, its config in the metadata) so that every runtime (PyTorch,
 ONNX Runtime, MNN folders) reads it without diffusers; it always runs in fp32 on the CPU, in overlapping tiles, so
@@ -32,26 +33,28 @@ TILE = 512  # output pixels per tile side (memory: ~width x (TILE + 2 * margin)^
 
 
 class Refiner(nn.Module):
-    def __init__(self, width: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1)):
+    def __init__(self, width: int = 24, dilations: tuple[int, ...] = (1, 2, 4, 8, 1), unshuffle: int = 1):
         super().__init__()
-        self.config = {"width": int(width), "dilations": [int(d) for d in dilations]}
-        self.inp = nn.Conv2d(6, width, 3, padding=1)
+        self.config = {"width": int(width), "dilations": [int(d) for d in dilations], "unshuffle": int(unshuffle)}
+        f = self.factor = int(unshuffle)  # > 1: the convs run on f x f pixel blocks (f^2 fewer positions, wider view)
+        self.inp = nn.Conv2d(6 * f * f, width, 3, padding=1)
         self.body = nn.ModuleList(nn.Conv2d(width, width, 3, padding=d, dilation=d) for d in dilations)
-        self.out = nn.Conv2d(width, 3, 3, padding=1)
+        self.out = nn.Conv2d(width, 3 * f * f, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # starts as the identity on the edit
         nn.init.zeros_(self.out.bias)
 
     @property
     def margin(self) -> int:
-        """Pixels of context each side of an output pixel (the receptive field's radius)."""
-        return 2 + sum(self.config["dilations"])
+        """Pixels of context each side of an output pixel (the receptive field's radius), a multiple of the factor."""
+        return self.factor * (3 + sum(self.config["dilations"]))
 
     def forward(self, photo: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
-        """photo, edit: [B, 3, H, W] in [0, 1] -> the refined edit (not clamped: training sees the raw output)."""
-        h = F.silu(self.inp(torch.cat([photo, edit], 1) * 2 - 1))
+        """photo, edit: [B, 3, H, W] in [0, 1], H and W multiples of the unshuffle factor -> the refined edit (not
+        clamped: training sees the raw output)."""
+        h = F.silu(self.inp(F.pixel_unshuffle(torch.cat([photo, edit], 1) * 2 - 1, self.factor)))
         for conv in self.body:
             h = h + F.silu(conv(h))
-        return edit + self.out(h)
+        return edit + F.pixel_shuffle(self.out(h), self.factor)
 
     @torch.no_grad()
     def refine(self, photo: Image.Image, edit: Image.Image, tile: int = TILE) -> Image.Image:
@@ -59,14 +62,17 @@ class Refiner(nn.Module):
         result equals one pass over the whole picture (each output pixel sees its full receptive field)."""
         if photo.size != edit.size:
             raise ValueError(f"refiner: photo {photo.size} and edit {edit.size} differ in size")
-        photo_t, edit_t = _tensor(photo), _tensor(edit)
-        height, width = photo_t.shape[-2:]
+        f, m = self.factor, self.margin
+        tile = max(f, tile - tile % f)  # tiles (and so their margins) start on the factor's grid
+        width, height = photo.size
+        pad = (0, -width % f, 0, -height % f)  # to whole f x f blocks, by replication; cropped off at the end
+        photo_t, edit_t = (F.pad(_tensor(x), pad, mode="replicate") for x in (photo, edit))
         out = np.empty((height, width, 3), np.uint8)
-        m = self.margin
+        rows, cols = photo_t.shape[-2:]
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 y0, x0 = max(0, y - m), max(0, x - m)
-                y1, x1 = min(height, y + tile + m), min(width, x + tile + m)
+                y1, x1 = min(rows, y + tile + m), min(cols, x + tile + m)
                 piece = self(photo_t[..., y0:y1, x0:x1], edit_t[..., y0:y1, x0:x1])
                 piece = piece[0, :, y - y0 : y - y0 + min(tile, height - y), x - x0 : x - x0 + min(tile, width - x)]
                 out[y : y + piece.shape[1], x : x + piece.shape[2]] = _uint8(piece)
@@ -102,7 +108,9 @@ def load_refiner(folder: Path) -> Refiner | None:
         with safe_open(path, "pt") as f:
             config = json.loads((f.metadata() or {})["config"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        refiner = Refiner(int(config["width"]), tuple(int(d) for d in config["dilations"]))
+        refiner = Refiner(
+            int(config["width"]), tuple(int(d) for d in config["dilations"]), int(config.get("unshuffle", 1))
+        )
         refiner.load_state_dict(tensors)
     except Exception as err:  # safetensors, JSON, key and shape errors vary in type
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

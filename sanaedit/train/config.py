@@ -100,7 +100,8 @@ class DistillSettings:
 class RefinerSettings:
     """The `refiner` stage (models/refiner.py, train/refiner_data.py)."""
 
-    width: int = _spec(24, min=1)  # a new refiner's channels (a model that has one keeps its own)
+    width: int = _spec(24, min=1)  # a new refiner's channels (a model that has one keeps its own layout)
+    unshuffle: int = _spec(1, min=1)  # a new refiner's pixel-block size (2: 4x fewer conv positions)
     crop: int = _spec(128, min=16)  # training crops' side, at the pictures' own resolution
     crops_per_picture: int = _spec(48, min=1)
     synthetic: int = _spec(12, min=0)  # synthetic scenes besides the bundled photos (data.build: comic)

@@ -265,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     low: dict[str, Editor | None] = {"the input itself": None}
     if untrained is not None:
         low["the untrained model"] = pipeline_editor(untrained)
-    low["the trained model"] = pipeline_editor(trained)
+    refiner = trained.flow.refiner is not None
+    low["the trained model"] = pipeline_editor(trained, "guided" if refiner else None)  # the DiT alone
+    if refiner:
+        low["the trained model with its refiner"] = pipeline_editor(trained, "refine")
     model_res = evaluate_model_resolution(low, pairs, autoencoder_ceiling(trained))
     _out(f"At the model's resolution ({res} px): {len(pairs)} held-out images, against the training target\n")
     _out(_table(model_res, extra=False))
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if untrained is not None:
         full["the untrained model"] = pipeline_editor(untrained)
     for method in METHODS:
-        if method != "refine" or trained.flow.refiner is not None:  # refine: the folder's learned refiner
+        if method != "refine" or refiner:  # refine: the folder's learned refiner
             full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
     full_res, per_photo, outputs = evaluate_full_resolution(full, photos)
     sizes = ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos)

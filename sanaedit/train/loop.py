@@ -81,7 +81,7 @@ class Trainer:
 
             parts = DistillParts(self.pipe, self.stage, t.distill)
         else:
-            parts = TrainParts(self.pipe, self.stage, t.reconstruction, t.refiner.width)
+            parts = TrainParts(self.pipe, self.stage, t.reconstruction, t.refiner)
         trainable = apply_stage(parts, self.stage)
         if t.gradient_checkpointing and "transformer" in self.stage.trainable:
             parts.transformer.enable_gradient_checkpointing()
@@ -119,6 +119,8 @@ class Trainer:
         from .refiner_data import bundled_pictures, manifest_pictures, refiner_crops
 
         d, r = self.cfg.data, self.t.refiner
+        if r.crop % r.unshuffle:
+            raise ValueError(f"train.refiner.crop {r.crop} must be a multiple of train.refiner.unshuffle {r.unshuffle}")
         self.previews = None  # crops at full resolution: no preview grid; `sanaedit.train.evaluate` scores it
         with self.accel.main_process_first():
             if d.manifest:

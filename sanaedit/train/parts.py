@@ -17,7 +17,7 @@ from torch import nn
 
 from ..flow import FlowModel
 from ..pipeline import SanaEditPipeline
-from .config import Reconstruction
+from .config import Reconstruction, RefinerSettings
 from .stages import Stage
 
 
@@ -29,7 +29,7 @@ class TrainParts(nn.Module):
         pipe: SanaEditPipeline,
         stage: Stage,
         reconstruction: Reconstruction | None = None,
-        refiner_width: int = 24,
+        refiner: RefinerSettings | None = None,
     ):
         super().__init__()
         self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
@@ -43,7 +43,8 @@ class TrainParts(nn.Module):
         if self.refiner is None and "refiner" in stage.trainable:
             from ..models.refiner import Refiner
 
-            self.refiner = Refiner(refiner_width)
+            settings = refiner or RefinerSettings()
+            self.refiner = Refiner(settings.width, unshuffle=settings.unshuffle)
         self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
