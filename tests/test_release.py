@@ -26,7 +26,14 @@ from sanaedit.backends.mnn_llm import MnnLlm  # noqa: E402
 from sanaedit.defaults import load_pipeline  # noqa: E402
 from sanaedit.export.llm_mnn import export_llm_mnn  # noqa: E402
 from sanaedit.model_folder import RELEASE_KIND, ModelFolderError, folder_kind  # noqa: E402
-from sanaedit.release_folder import ENGINE_PROMPT, GRAPHS, LLM_GRAPH, graph_files  # noqa: E402
+from sanaedit.release_folder import (  # noqa: E402
+    ENGINE_PROMPT,
+    GRAPHS,
+    LLM_GRAPH,
+    EmbeddingTable,
+    graph_files,
+    llm_configs,
+)
 
 LLM_FILES = ["llm/config.json", "llm/llm_config.json", "llm/llm.mnn", "llm/llm.mnn.weight", "llm/tokenizer.mtok"]
 RELEASE = {*graph_files(), *LLM_FILES, "llm/meta_queries.mnn"}  # tied embeddings: no embeddings_bf16.bin
@@ -181,6 +188,37 @@ def test_release_prompt_cache_is_computed_once_and_stored(release_only, tmp_path
     assert load_pipeline(readonly).prompt_cache == {}
 
 
+def _separate_embeddings(folder: Path) -> torch.Tensor:
+    """The tied table moved into llm/embeddings_bf16.bin as llmexport's `seperate_embed` lays it out (raw bf16,
+    [vocab, hidden] row-major; no `tie_embeddings` in llm_config.json). export_llm_mnn cannot pass that option, so
+    the rows are the tied 4-bit rows dequantised, then rounded to bf16 (llmexport would round the unquantised
+    weights). Returns the tied rows, float32."""
+    config, llm_config = llm_configs(folder)
+    table = EmbeddingTable(folder, config, llm_config)
+    tied = table.rows(list(range(table.count)))
+    (folder / "llm" / "embeddings_bf16.bin").write_bytes(tied.bfloat16().view(torch.int16).numpy().tobytes())
+    del llm_config["tie_embeddings"]
+    (folder / "llm" / "llm_config.json").write_text(json.dumps(llm_config, indent=4))
+    return tied
+
+
+def test_release_with_separate_bf16_embeddings_matches_the_tied_one(release_only, tmp_path):
+    separate = _release_only(release_only, tmp_path / "separate")
+    tied = _separate_embeddings(separate)
+    table = EmbeddingTable(separate, *llm_configs(separate))
+    assert (table.bits, table.count, table.path.name) == ("bf16", len(tied), "embeddings_bf16.bin")
+    assert torch.equal(table.rows(list(range(len(tied)))), tied.bfloat16().float())  # what was written, row for row
+    a, b = load_pipeline(release_only), load_pipeline(separate)
+    prompt, photo = "turn the sky purple", _photo()
+    # bf16 keeps 8 mantissa bits: rows within 2^-9 relative of the 4-bit ones (1.7e-3 in L2). Measured: conditioning
+    # 6e-5 relative L2 apart, images identical; a wrong table (rows shifted by one id) is 5e-2 apart.
+    assert _rel_l2(b.encode_prompt([prompt])[0], a.encode_prompt([prompt])[0]) < 1e-3
+    run = {"prompt": prompt, "num_inference_steps": 3}
+    images = [p(photo, generator=torch.Generator().manual_seed(0), **run).images[0] for p in (a, b)]
+    diff = np.abs(np.asarray(images[0], np.int16) - np.asarray(images[1], np.int16))
+    assert images[1].size == photo.size and diff.max() <= 1, diff.max()
+
+
 def test_a_partial_download_names_every_missing_file(release_only, tmp_path, capsys):
     from sanaedit.cli import main
 
@@ -242,6 +280,17 @@ def test_info_describes_the_release(release_only, capsys):
         "schedule published",
     ]:
         assert text in out, text
+
+
+def test_edit_from_the_command_line_with_the_release_files_alone(release_only, tmp_path):
+    from sanaedit.cli import main
+
+    out = tmp_path / "out.png"
+    argv = ["edit", str(_photo_file(tmp_path)), "-o", str(out), "--model", str(release_only), "--steps", "2", "-q"]
+    assert main(argv) == 0
+    with Image.open(out) as image:
+        assert (image.format, image.size) == ("PNG", _photo().size)
+        assert not np.array_equal(np.asarray(image.convert("RGB")), np.asarray(_photo()))  # edited, not copied
 
 
 # --------------------------------------------------------------------------------------------- the tokenizers
@@ -339,6 +388,27 @@ def test_both_mnn_tokenizer_formats_read_in_python(shape, tiny_model_dir, tmp_pa
             ids = tok.encode(text)
             assert b"".join(tok.decode_id(i) for i in ids) == text.encode(), (type(tok).__name__, text)
             assert tok.encode("<|im_end|>") == [hf.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_release_with_tokenizer_txt_matches_the_mtok_one(release_only, tiny_model_dir, tmp_path):
+    """An older export: tokenizer.txt (either way llmexport wrote it), no tokenizer_file in config.json."""
+    from sanaedit.mnn_tokenizer_pipeline import PipelineTokenizer
+
+    files = _write_mnn_tokenizers(tiny_model_dir / "llm", tmp_path / "tokenizers")
+    mtok, photo, prompt = load_pipeline(release_only), _photo(), "turn the sky purple, make it night!"
+    want = mtok(photo, prompt=prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
+    for kind in ("huggingface", "tiktoken"):
+        folder = _release_only(release_only, tmp_path / kind)
+        (folder / "llm" / "tokenizer.mtok").unlink()
+        shutil.copy2(files[kind], folder / "llm" / "tokenizer.txt")
+        config = json.loads((folder / "llm" / "config.json").read_text())
+        del config["tokenizer_file"]
+        (folder / "llm" / "config.json").write_text(json.dumps(config))
+        txt = load_pipeline(folder)
+        assert not isinstance(txt.text_encoder.tokenizer, PipelineTokenizer), kind  # the .txt was read
+        assert txt.text_encoder.token_ids(prompt) == mtok.text_encoder.token_ids(prompt), kind
+        got = txt(photo, prompt=prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
+        assert np.array_equal(np.asarray(got), np.asarray(want)), kind
 
 
 # --------------------------------------------------------------------------------------------- the telemetry trap
