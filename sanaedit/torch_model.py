@@ -32,6 +32,28 @@ from .model_folder import (
 from .models.refiner import save_refiner
 from .pipeline import PipelineConfig, SanaEditPipeline
 
+# the weight files each kind of component may have (safetensors, its shard index, .bin, its shard index)
+DIFFUSERS_WEIGHTS = tuple(
+    f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "safetensors.index.json", "bin", "bin.index.json")
+)
+LLM_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_files(folder: Path, weights: tuple[str, ...]) -> None:
+    """A component folder's config.json is a JSON object (diffusers takes anything else for a hub name and says it
+    cannot reach huggingface.co) and one of `weights` is there, else a one-line ValueError (load_component adds the
+    folder). A config that is missing or not JSON is left to the loaders, whose errors already say so."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json is not a JSON object (it holds {json.dumps(config)[:40]})")
+    if not any((folder / name).is_file() for name in weights):
+        raise ValueError(f"no weights file (expected {weights[0]}, its .index.json, or {weights[2]})")
+
 
 def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
     """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
@@ -39,6 +61,7 @@ def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None 
     it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
     from .speed.lowmem import load_model, replace_layers, weight_files
 
+    _check_files(path, DIFFUSERS_WEIGHTS)  # before diffusers, whose errors for these take two lines or mislead
     try:
         weight_files(path)
     except FileNotFoundError:
@@ -78,11 +101,12 @@ def _check_diffusers_component(model_dir: Path, name: str, cls) -> dict:
     def check(folder: Path) -> dict:
         from .speed.lowmem import empty_model, weight_files
 
+        _check_files(folder, DIFFUSERS_WEIGHTS)
         model = empty_model(cls, folder)
         try:
             files = weight_files(folder)
         except FileNotFoundError:
-            return dict(model.config)  # .bin checkpoints: diffusers' own loader checks them when loaded
+            return dict(model.config)  # a .bin checkpoint (there: _check_files): diffusers' loader checks it
         found = tensor_shapes(files)
         for key, tensor in model.state_dict().items():
             if key not in found:
@@ -101,6 +125,7 @@ def _check_llm(model_dir: Path) -> int:
     import json
 
     def check(folder: Path) -> int:
+        _check_files(folder, LLM_WEIGHTS)
         config = json.loads((folder / "config.json").read_text())
         width = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
         if not isinstance(width, int):
@@ -244,6 +269,9 @@ def load_model_folder(
     config = PipelineConfig.from_dict(index.get("pipeline", {}))
     # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
     check_text_path(model_dir, _caption_channels(model_dir))
+    for name in ("transformer", "vae", TINY_VAE):  # each one's config and weights file, loaded now or not (as info)
+        if name != TINY_VAE or (model_dir / TINY_VAE).is_dir():
+            load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
 
     def load_transformer(path: Path) -> torch.nn.Module:
         return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
