@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .log import quiet_libraries
-from .tempfiles import pid_alive, remove_stale, temp_folder
+from .tempfiles import pid_alive, remove_stale, temp_file, temp_folder
 
 MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
@@ -196,14 +196,28 @@ def save_meta_queries(meta_queries: torch.Tensor, model_dir: Path) -> None:
     save_file({"meta_queries": meta_queries.detach().contiguous().cpu()}, Path(model_dir) / META_QUERIES_FILE)
 
 
-def save_prompt_cache(entries: dict[str, tuple[torch.Tensor, torch.Tensor]], model_dir: Path) -> None:
-    """entries: prompt text -> (encoder_hidden_states [1,N,C], encoder_attention_mask [1,N])."""
+def save_prompt_cache(
+    entries: dict[str, tuple[torch.Tensor, torch.Tensor]], model_dir: Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """entries: prompt text -> (encoder_hidden_states [1,N,C], encoder_attention_mask [1,N]). `metadata`: more
+    string entries for the file's header (a release's cache: the key of the files it was computed from). The one
+    writer of the format, atomically (a temporary beside it, renamed over it), readable by all (0644)."""
     tensors, prompts = {}, []
     for i, (prompt, (hidden, mask)) in enumerate(entries.items()):
         tensors[f"{i}.hidden"] = hidden.detach().contiguous().cpu()
         tensors[f"{i}.mask"] = mask.detach().contiguous().cpu()
         prompts.append(prompt)
-    save_file(tensors, Path(model_dir) / PROMPT_CACHE_FILE, metadata={"prompts": json.dumps(prompts)})
+    path = Path(model_dir) / PROMPT_CACHE_FILE
+    fd, tmp = temp_file(path)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={**(metadata or {}), "prompts": json.dumps(prompts)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_prompt_cache(
@@ -216,7 +230,10 @@ def write_prompt_cache(
     save_prompt_cache(entries, folder)
 
 
-def load_prompt_cache(model_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_prompt_cache(
+    model_dir: Path, match: dict[str, str] | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The cache `save_prompt_cache` wrote; empty when absent, or when its header lacks an entry of `match`."""
     path = Path(model_dir) / PROMPT_CACHE_FILE
     if not path.is_file():
         return {}
@@ -224,7 +241,10 @@ def load_prompt_cache(model_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Te
 
     try:
         with safe_open(path, "pt") as f:
-            prompts = json.loads(f.metadata()["prompts"])
+            metadata = f.metadata() or {}
+            if any(metadata.get(k) != v for k, v in (match or {}).items()):
+                return {}  # computed from other files: computed again
+            prompts = json.loads(metadata["prompts"])
             return {p: (f.get_tensor(f"{i}.hidden"), f.get_tensor(f"{i}.mask")) for i, p in enumerate(prompts)}
     except Exception as err:
         raise ModelFolderError(f"{path}: unreadable prompt cache ({err}); delete it to recompute") from err

@@ -25,20 +25,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .batch import IMAGE_SUFFIXES, find_files
 from .image_io import load_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 SAMPLE_PHOTO = Path(__file__).parent / "assets" / "sample.jpg"
 
 
 def calibration_images(folder: str | Path | None = None, synthetic: int = 3, seed: int = 0) -> list[Image.Image]:
-    """The photos of `folder` (every image file in it, sorted by name), or by default the bundled sample photo plus
-    `synthetic` seeded synthetic scenes (gradients, shaded shapes, texture: `train.comic_data.synthetic_scene`)."""
+    """The photos of `folder` (every image file in it, sorted by name, as a batch lists them), or by default the
+    bundled sample photo plus `synthetic` seeded synthetic scenes (gradients, shaded shapes, texture:
+    `train.comic_data.synthetic_scene`)."""
     if folder is not None:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"--calib {folder}: not a folder of calibration photos")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = find_files(folder)[0]
         if not files:
             raise ValueError(f"--calib {folder}: no images in it ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return [load_image(p) for p in files]

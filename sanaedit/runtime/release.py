@@ -28,7 +28,6 @@ from ..flow import FlowModel
 from ..model_folder import (
     EXPORT_CLASS,
     MODEL_INDEX,
-    PROMPT_CACHE_FILE,
     RELEASE_KIND,
     TINY_GRAPHS,
     ModelFolderError,
@@ -37,6 +36,7 @@ from ..model_folder import (
     folder_refiner,
     load_prompt_cache,
     read_index,
+    save_prompt_cache,
 )
 from ..models.prompt import PROMPT_TEMPLATE
 from ..pipeline import PipelineConfig, SanaEditPipeline
@@ -201,25 +201,19 @@ def _writable(folder: Path) -> bool:
 
 
 def load_release_cache(folder: Path) -> dict:
-    from safetensors import safe_open
-
     key = fingerprint(folder, _cache_sources(folder))
     for where in cache_folders(folder):
-        path = where / PROMPT_CACHE_FILE
-        try:
-            with safe_open(path, "pt") as f:
-                if (f.metadata() or {}).get("release_fingerprint") != key:
-                    continue  # computed from other files (the release was replaced): computed again
-            return load_prompt_cache(where)
-        except Exception:  # absent or unreadable: it is only a cache
+        try:  # one computed from other files (the release was replaced) reads as empty: computed again
+            entries = load_prompt_cache(where, match={"release_fingerprint": key})
+        except Exception:  # unreadable: it is only a cache
             continue
+        if entries:
+            return entries
     return {}
 
 
 def store_release_cache(folder: Path, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Path | None:
     """Merge `entries` into the release's prompt cache (atomically); None when no place is writable."""
-    from safetensors.torch import save_file
-
     entries = {**load_release_cache(folder), **entries}
     key = fingerprint(folder, _cache_sources(folder))
     for where in cache_folders(folder):
@@ -227,15 +221,7 @@ def store_release_cache(folder: Path, entries: dict[str, tuple[torch.Tensor, tor
             where.mkdir(parents=True, exist_ok=True)
             if not _writable(where):
                 continue
-            tensors, prompts = {}, []
-            for i, (prompt, (hidden, mask)) in enumerate(entries.items()):
-                tensors[f"{i}.hidden"], tensors[f"{i}.mask"] = hidden.contiguous(), mask.contiguous()
-                prompts.append(prompt)
-            tmp = where / f".{PROMPT_CACHE_FILE}.{os.getpid()}.tmp"
-            save_file(tensors, tmp, metadata={"prompts": json.dumps(prompts), "release_fingerprint": key})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, where / PROMPT_CACHE_FILE)
-            return where / PROMPT_CACHE_FILE
+            return save_prompt_cache(entries, where, metadata={"release_fingerprint": key})
         except OSError:
             continue
     return None

@@ -105,14 +105,16 @@ def compare(pred: Image.Image, target: np.ndarray, photo: np.ndarray | None = No
 
 
 def load_pairs(folder: str | Path) -> list[tuple[str, Image.Image, np.ndarray]]:
-    """(name, source, target array) of a manifest folder's editing pairs, at the model's resolution."""
+    """(name, source, target array) of a manifest folder's editing pairs, at the model's resolution, through the
+    inference loader."""
+    from ..image_io import load_image
+
     folder = Path(folder)
     records = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    pairs = []
-    for r in records:
-        with Image.open(folder / r["source"]) as s, Image.open(folder / r["target"]) as t:
-            pairs.append((Path(r["source"]).stem, s.convert("RGB"), np.asarray(t.convert("RGB"))))
-    return pairs
+    return [
+        (Path(r["source"]).stem, load_image(folder / r["source"]), np.asarray(load_image(folder / r["target"])))
+        for r in records
+    ]
 
 
 def load_full_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
