@@ -11,11 +11,18 @@ Nothing vanishes from the summary: an entry with an image extension that is no r
 a dangling link, a link loop) fails with its reason, a sub-folder that cannot be read fails, other entries are
 counted as ignored. Outputs that cannot be written (a file where the folder should be, no permission, a read-only
 disk) are refused before any edit; a disk that fills up stops the batch, with every input not attempted listed.
+
+Many processes (`accelerate launch -m sanaedit.cli edit DIR -o OUT`, or torchrun): process 0 plans the batch exactly
+as one process would (names, collisions, --resume's skips) and hands the plan to all; process i edits every n-th
+file of it from the i-th (`processes.py`: disjoint, the same on every run); the results are gathered, so every
+process ends with the one-process summary (in the one-process order). A failure in one process before the edits
+(its model does not load) stops them all with its reason; one file's failure is that file's, as in one process.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .image_io import ImageLoadError, load_image, remove_stale_temps, save_image_atomic
+from .processes import Processes
 
 # .heic is listed so an iPhone folder gets a per-file reason ("export it as JPEG"), not silence
 IMAGE_SUFFIXES = {
@@ -45,6 +53,8 @@ IMAGE_SUFFIXES = {
 }
 # a write failing with one of these fails for every later output too: the batch stops and lists what is left
 OUTPUT_GONE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,23 +169,31 @@ def edit_folder(
     recursive: bool = False,
     resume: bool = False,
     progress: bool = True,
+    processes: Processes | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
-    """Run `edit(image, **edit_kwargs) -> PIL image` (e.g. a SanaEditPipeline) on every image in `in_dir`."""
+    """Run `edit(image, **edit_kwargs) -> PIL image` (e.g. a SanaEditPipeline) on every image in `in_dir`.
+    `processes`: this process's share of the batch when several share it (see the module's docstring)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if not in_dir.is_dir():
-        raise FileNotFoundError(f"{in_dir}: input folder not found")
-    if out_dir.resolve() == in_dir.resolve():
-        raise ValueError(
-            f"{out_dir}: the output folder must differ from the input folder (outputs would replace inputs)"
-        )
-    if recursive and in_dir.resolve() in out_dir.resolve().parents:
-        raise ValueError(f"{out_dir}: the output folder must not be inside the input folder for a recursive walk")
-    check_output_folder(out_dir)
-    listing = list_folder(in_dir, recursive)
-    summary = BatchSummary(ignored=listing.others, failed=list(listing.unreadable))
-    plan = plan_outputs(listing.images, in_dir, out_dir)
-    return edit_files(edit, listing.images, plan, resume, progress, summary, **edit_kwargs)
+
+    def plan_folder() -> tuple[BatchSummary, dict[Path, Path]]:
+        if not in_dir.is_dir():
+            raise FileNotFoundError(f"{in_dir}: input folder not found")
+        if out_dir.resolve() == in_dir.resolve():
+            raise ValueError(
+                f"{out_dir}: the output folder must differ from the input folder (outputs would replace inputs)"
+            )
+        if recursive and in_dir.resolve() in out_dir.resolve().parents:
+            raise ValueError(f"{out_dir}: the output folder must not be inside the input folder for a recursive walk")
+        check_output_folder(out_dir)
+        listing = list_folder(in_dir, recursive)
+        summary = BatchSummary(ignored=listing.others, failed=list(listing.unreadable))
+        plan = plan_outputs(listing.images, in_dir, out_dir)
+        return _plan_files(listing.images, plan, resume, summary)
+
+    processes = processes or Processes()
+    summary, todo = processes.from_main(plan_folder)  # one plan, made once, for every process
+    return _edit_planned(edit, summary, todo, progress, processes, **edit_kwargs)
 
 
 def _real(path: Path) -> str:
@@ -193,12 +211,22 @@ def edit_files(
     resume: bool = False,
     progress: bool = True,
     summary: BatchSummary | None = None,
+    processes: Processes | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Edit each source into its planned output; a source without a plan entry is reported as a name collision,
     an output that is one of the inputs is refused (never overwrite a photo), any failure of one file is recorded
     and the rest go on. Outputs that cannot be written at all are refused first (ValueError, before any edit); a
-    full disk stops the batch and lists the inputs not attempted."""
+    full disk stops the batch and lists the inputs not attempted. `processes`: as in `edit_folder`."""
+    processes = processes or Processes()
+    planned = processes.from_main(lambda: _plan_files(sources, plan, resume, summary))
+    return _edit_planned(edit, *planned, progress, processes, **edit_kwargs)
+
+
+def _plan_files(
+    sources: list[Path], plan: dict[Path, Path], resume: bool, summary: BatchSummary | None
+) -> tuple[BatchSummary, dict[Path, Path]]:
+    """(summary so far, {source: output} still to edit): `edit_files`'s checks, made before any edit."""
     summary = summary or BatchSummary()
     check_outputs(plan.values())
     for folder in {dst.parent for dst in plan.values()}:
@@ -215,32 +243,64 @@ def edit_files(
             summary.skipped.append(src)
         else:
             todo[src] = dst
-    # one bar over the work actually left, so its rate and ETA mean something on a resumed run
-    with tqdm(todo.items(), desc="editing", unit="image", disable=not progress, dynamic_ncols=True) as bar:
-        for i, (src, dst) in enumerate(bar):
-            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
+    return summary, todo
+
+
+def _edit_planned(
+    edit: Callable[..., Image.Image],
+    summary: BatchSummary,
+    todo: dict[Path, Path],
+    progress: bool,
+    processes: Processes,
+    **edit_kwargs,
+) -> BatchSummary:
+    """Edit this process's share of `todo`; every process's results are gathered into `summary`, in todo order."""
+    mine = processes.share(list(enumerate(todo.items())))  # [(place in todo, (source, output))]
+    results: list[tuple[int, Path, str | None]] = []  # (place, source, why it failed; None: written)
+    counts = Counter(done=len(summary.done), failed=len(summary.failed))
+
+    def record(i: int, src: Path, reason: str | None) -> None:
+        results.append((i, src, reason))
+        counts["done" if reason is None else "failed"] += 1
+
+    # one bar over the work actually left, so its rate and ETA mean something on a resumed run; with several
+    # processes, only process 0's (over its share): one bar per terminal, never interleaved
+    desc = f"editing (process 0 of {processes.count})" if processes.many else "editing"
+    show = progress and processes.main
+    with tqdm(mine, desc=desc, unit="image", disable=not show, dynamic_ncols=True) as bar:
+        for k, (i, (src, dst)) in enumerate(bar):
+            bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
+            if processes.many:
+                logger.debug(f"process {processes.index} of {processes.count}: editing {src}")
             try:
                 result = edit(load_image(src), **edit_kwargs)
             except ImageLoadError as err:
-                summary.failed.append((src, str(err)))
+                record(i, src, str(err))
                 continue
             except MemoryError:
-                summary.failed.append((src, f"{src}: out of memory while editing it"))
+                record(i, src, f"{src}: out of memory while editing it")
                 continue
             except Exception as err:  # one bad file (a NaN result) never stops the batch
-                summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
+                record(i, src, f"{src}: {type(err).__name__}: {err}")
                 continue
             try:
                 save_image_atomic(result, dst)
             except OSError as err:
-                summary.failed.append((src, _write_error(src, dst, err)))
+                record(i, src, _write_error(src, dst, err))
                 if err.errno in OUTPUT_GONE:  # every later output would fail the same way, after its edit
-                    left = list(todo)[i + 1 :]
                     why = f"not attempted: outputs cannot be written ({err.strerror}); fix it, rerun with --resume"
-                    summary.failed += [(s, f"{s}: {why}") for s in left]
+                    for j, (left, _) in mine[k + 1 :]:
+                        record(j, left, f"{left}: {why}")
                     break
             except Exception as err:
-                summary.failed.append((src, f"{src}: {type(err).__name__}: {err}"))
+                record(i, src, f"{src}: {type(err).__name__}: {err}")
             else:
-                summary.done.append(src)
+                record(i, src, None)
+    # every process reaches this, whatever failed in its share
+    gathered = [r for part in processes.gather(results) for r in part]
+    for _, src, reason in sorted(gathered, key=lambda r: r[0]):
+        if reason is None:
+            summary.done.append(src)
+        else:
+            summary.failed.append((src, reason))
     return summary

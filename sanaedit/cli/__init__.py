@@ -195,7 +195,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         "--device",
         default="cpu",
         metavar="DEVICE",
-        help="PyTorch device: cpu, cuda, cuda:1, mps, ... (default: cpu; exported models run on the CPU)",
+        help="PyTorch device: cpu, cuda, cuda:1, mps, ... (default: cpu; exported models run on the CPU; `edit` "
+        "launched as several processes: one GPU each where there are enough)",
     )
     p.add_argument(
         "--dtype",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -38,6 +39,50 @@ def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..processes import OtherProcessFailed, launched_count, launched_processes
+
+    if args.device is None:  # cpu, but processes launched together on a machine with GPUs take one GPU each
+        args.device = default_device(args) if launched_count() > 1 else "cpu"
+    # launched as several processes (`accelerate launch`, torchrun): each edits its share; else process 0 of 1
+    processes = launched_processes(cpu=not args.device.startswith("cuda"))
+    try:
+        try:
+            return edit_share(args, processes)
+        except Exception as err:
+            if processes.met:
+                raise
+            processes.agree(err)  # the others wait where the models are loaded: they stop too (raises)
+            raise
+    except OtherProcessFailed:
+        return 0  # process 0 says why, and its exit status is the launcher's
+    finally:
+        processes.close()
+
+
+def default_device(args: argparse.Namespace) -> str:
+    """For processes launched together: cuda (each process its own GPU) where there is a GPU for each process on
+    this machine and the model runs in PyTorch; else cpu."""
+    import os
+
+    import torch
+
+    from ..model_folder import is_export
+
+    if args.backend not in (None, "torch") or not torch.cuda.is_available():
+        return "cpu"
+    if args.model is not None and Path(args.model).is_dir() and is_export(args.model):
+        return "cpu"
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if torch.cuda.device_count() < (int(local) if local.isdigit() else 1):
+        if os.environ.get("RANK", "0") == "0":
+            logging.getLogger(__name__).warning(
+                f"{local} processes on this machine but {torch.cuda.device_count()} GPU(s): editing on the CPU"
+            )
+        return "cpu"
+    return "cuda"
+
+
+def edit_share(args: argparse.Namespace, processes) -> int:
     import torch
 
     from ..batch import check_output_folder, check_outputs, edit_files, edit_folder
@@ -56,22 +101,34 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_outputs(inputs, Path(args.output))
     # an output that cannot be written is refused now, before the model loads and any edit runs
     check_output_folder(args.output) if folder_mode else check_outputs(plan.values())
-    check_device(args.device)  # everything the user typed is checked before the model loads (seconds)
+    device, threads = args.device, args.threads
+    if processes.many and device.startswith("cuda"):  # each process its own GPU
+        if device != "cuda":
+            raise ValueError(f"--device {device}: several processes each take their own GPU; give --device cuda")
+        device = f"cuda:{processes.local_index}"
+    if processes.many and threads is None and device == "cpu":  # the cores shared out, not all for each process
+        from ..speed.cpu import physical_cores
+
+        threads = max(1, physical_cores() // processes.local_count)
+    check_device(device)  # everything the user typed is checked before the model loads (seconds)
     judge = None
     if args.judge is not None:
         from ..best_of import load_judge
 
         judge = load_judge(args.judge)
-    warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
+    if processes.main:
+        warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(
         args.model,
-        device=args.device,
+        device=device,
+        threads=threads,
         dtype=args.dtype,
         backend=args.backend,
         loras=args.lora,
         vae=args.vae,
         staged=args.low_memory,
     )
+    processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
     if args.upsample is not None:
         pipe.config.upsample = args.upsample
     single = not folder_mode and len(inputs) == 1
@@ -94,10 +151,19 @@ def run(args: argparse.Namespace) -> int:
 
     if folder_mode:
         summary = edit_folder(
-            edit_one, inputs[0], args.output, recursive=args.recursive, resume=args.resume, progress=not args.quiet
+            edit_one,
+            inputs[0],
+            args.output,
+            recursive=args.recursive,
+            resume=args.resume,
+            progress=not args.quiet,
+            processes=processes,
         )
     else:
-        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=not (single or args.quiet))
+        progress = not (single or args.quiet)
+        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes)
+    if not processes.main:  # process 0 reports for all, and its exit status (any process's failure) is the
+        return 0  # launcher's: the others end well, so the launcher never stops process 0 before it reports
     if single and summary.done and not args.quiet:
         written = plan[inputs[0]]
         with Image.open(written) as image:
@@ -116,6 +182,8 @@ def add_parser(sub) -> None:
 sanaedit edit photo.jpg -o comic.png                  output the photo's own size; .png .jpg .webp .tif .bmp
 sanaedit edit a.jpg b.png -o out/                     many photos into a folder
 sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
+accelerate launch --num_processes 2 -m sanaedit.cli edit photos/ -o comics/   2 GPUs, half each
+torchrun --nproc_per_node 2 -m sanaedit.cli edit photos/ -o comics/   2 processes (GPUs if any, else CPU)
 sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7""",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
@@ -147,6 +215,15 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
         "largest, not their sum), read again from the model folder for every photo; PyTorch model folders only",
     )
     add_runtime_args(p)
+    p.set_defaults(device=None)  # cpu; for processes launched together, their GPUs where there are (`run`)
+    p.add_argument(
+        "--threads",
+        type=int_range(1),
+        default=None,
+        metavar="N",
+        help="CPU threads per process (default: the cores; shared out among the processes that `accelerate launch` "
+        "or torchrun start together, each editing its share of the inputs: docs/deployment.md)",
+    )
     add_lora_arg(p)
     p.add_argument(
         "--candidates",
