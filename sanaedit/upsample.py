@@ -16,6 +16,8 @@ bounded for 12 MP photos: the maps are computed at the edit's resolution and app
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,10 +26,15 @@ from PIL import Image
 from .image_io import Restore, postprocess
 from .models.refiner import Refiner
 
+logger = logging.getLogger(__name__)
+
 METHODS = ("plain", "guided", "guided-grey", "refine")
 DEFAULT_METHOD = "guided"
 RADIUS = 1  # window radius at the edit's resolution (a 3x3 window)
 EPS = 1e-3  # ridge on the window's colour covariance, in [0, 1] units squared (flat patches keep the edit's colour)
+# the refiner's work grows with the photo (bench/refiner_speed.py): above this many pixels `refine` gives the guided
+# edit alone, so a large upload costs seconds, not minutes
+REFINE_MAX_PIXELS = 4_000_000
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip (bounds the working memory: ~50 MB for a colour guide)
 
 
@@ -49,7 +56,15 @@ def restore_photo(
     if method != "refine":
         return upsample(edit, photo, method)
     photo = photo.convert("RGB")
-    return refiner.refine(photo, upsample(edit, photo, "guided"))
+    guided = upsample(edit, photo, "guided")
+    if photo.width * photo.height > REFINE_MAX_PIXELS:
+        logger.info(
+            "photo is %.1f MP: over the refiner's %.0f MP budget, guided upsampling only",
+            photo.width * photo.height / 1e6,
+            REFINE_MAX_PIXELS / 1e6,
+        )
+        return guided
+    return refiner.refine(photo, guided)
 
 
 def check_method(method: str, refiner: Refiner | None) -> None:

@@ -178,3 +178,17 @@ def test_a_lora_style_comes_back_guided_not_through_the_base_models_refiner(refi
     assert load_pipeline(refined_model_dir).config.upsample == "refine"
     exported = export_model(refined_model_dir, tmp_path / "onnx", fmt="onnx", progress=False, loras=[(lora, 1.0)])
     assert json.loads((exported / "model_index.json").read_text())["pipeline"]["upsample"] == "guided"
+
+
+def test_a_photo_over_the_refiners_budget_comes_back_guided(monkeypatch):
+    import sanaedit.upsample as up
+    from sanaedit.image_io import preprocess
+
+    photo = _noise_image(7, (96, 60))
+    _, restore = preprocess(photo, 32, "reflect")
+    output = torch.rand(1, 3, 32, 32) * 2 - 1
+    refiner = _trained_looking(3)
+    guided = np.asarray(restore_photo(output, restore, photo, "guided"))
+    assert not np.array_equal(np.asarray(restore_photo(output, restore, photo, "refine", refiner)), guided)
+    monkeypatch.setattr(up, "REFINE_MAX_PIXELS", 96 * 60 - 1)
+    assert np.array_equal(np.asarray(restore_photo(output, restore, photo, "refine", refiner)), guided)

@@ -59,28 +59,30 @@ class Refiner(nn.Module):
     @torch.no_grad()
     def refine(self, photo: Image.Image, edit: Image.Image, tile: int = TILE) -> Image.Image:
         """The edit (already at the photo's size) refined, tile by tile with `margin` pixels of overlap, so the
-        result equals one pass over the whole picture (each output pixel sees its full receptive field)."""
+        result equals one pass over the whole picture (each output pixel sees its full receptive field). Only one
+        tile at a time is in floats: the working memory is a few tiles' feature maps plus the uint8 pictures."""
         if photo.size != edit.size:
             raise ValueError(f"refiner: photo {photo.size} and edit {edit.size} differ in size")
         f, m = self.factor, self.margin
         tile = max(f, tile - tile % f)  # tiles (and so their margins) start on the factor's grid
         width, height = photo.size
-        pad = (0, -width % f, 0, -height % f)  # to whole f x f blocks, by replication; cropped off at the end
-        photo_t, edit_t = (F.pad(_tensor(x), pad, mode="replicate") for x in (photo, edit))
+        pad = ((0, -height % f), (0, -width % f), (0, 0))  # to whole f x f blocks by replication; cropped at the end
+        photo_a, edit_a = (np.pad(np.asarray(x.convert("RGB")), pad, mode="edge") for x in (photo, edit))
         out = np.empty((height, width, 3), np.uint8)
-        rows, cols = photo_t.shape[-2:]
+        rows, cols = photo_a.shape[:2]
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 y0, x0 = max(0, y - m), max(0, x - m)
                 y1, x1 = min(rows, y + tile + m), min(cols, x + tile + m)
-                piece = self(photo_t[..., y0:y1, x0:x1], edit_t[..., y0:y1, x0:x1])
+                piece = self(_tensor(photo_a[y0:y1, x0:x1]), _tensor(edit_a[y0:y1, x0:x1]))
                 piece = piece[0, :, y - y0 : y - y0 + min(tile, height - y), x - x0 : x - x0 + min(tile, width - x)]
                 out[y : y + piece.shape[1], x : x + piece.shape[2]] = _uint8(piece)
         return Image.fromarray(out)
 
 
-def _tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+def _tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [h, w, 3] -> float [1, 3, h, w] in [0, 1]."""
+    return torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def _uint8(x: torch.Tensor) -> np.ndarray:
