@@ -32,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .image_pixels import normalise, orientation
-from .tempfiles import remove_stale, temp_file
+from .tempfiles import remove_stale, replacing
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000: far beyond a 512 px model input, far below a bomb
 # A strip is padded to a square of its longer side (40000x1 -> 40000x40000). Past 20:1 the photo fills under 5% of
@@ -315,24 +315,17 @@ def save_image_atomic(
     if fmt is None:
         raise ValueError(f"{path}: unknown image extension {path.suffix!r}; use one of {sorted(SAVE_FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-            if text and fmt == "PNG":
-                from PIL.PngImagePlugin import PngInfo
+    with replacing(path) as (fd, _), os.fdopen(fd, "wb") as f:
+        options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+        if text and fmt == "PNG":
+            from PIL.PngImagePlugin import PngInfo
 
-                options["pnginfo"] = PngInfo()
-                for key, value in text.items():
-                    options["pnginfo"].add_itxt(key, str(value))  # iTXt: UTF-8, any prompt
-            image.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            options["pnginfo"] = PngInfo()
+            for key, value in text.items():
+                options["pnginfo"].add_itxt(key, str(value))  # iTXt: UTF-8, any prompt
+        image.save(f, format=fmt, **options)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

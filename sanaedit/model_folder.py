@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .log import quiet_libraries
-from .tempfiles import pid_alive, remove_stale, temp_file, temp_folder
+from .tempfiles import pid_alive, remove_stale, replacing, temp_folder
 
 MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
@@ -208,15 +208,9 @@ def save_prompt_cache(
         tensors[f"{i}.mask"] = mask.detach().contiguous().cpu()
         prompts.append(prompt)
     path = Path(model_dir) / PROMPT_CACHE_FILE
-    fd, tmp = temp_file(path)
-    os.close(fd)
-    try:
+    with replacing(path) as (fd, tmp):
+        os.close(fd)
         save_file(tensors, tmp, metadata={**(metadata or {}), "prompts": json.dumps(prompts)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -16,6 +16,8 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # `.NAME.PID.RANDOM.tmp`; RANDOM is what tempfile adds (8 characters), optionally `@HOST` before `.tmp`
@@ -37,6 +39,20 @@ def temp_file(target: Path) -> tuple[int, Path]:
     """(fd, path) of a new hidden temporary file beside `target`, tagged with this process."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=_suffix(), dir=target.parent)
     return fd, Path(tmp)
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[tuple[int, Path]]:
+    """(fd, path) of a temporary file beside `target` (`temp_file`) to write; when the block ends well it is made
+    readable by all (0644) and renamed over `target`, else removed: `target` is never partly written."""
+    fd, tmp = temp_file(target)
+    try:
+        yield fd, tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def temp_folder(target: Path) -> Path:
