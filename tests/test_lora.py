@@ -48,6 +48,44 @@ def test_file_is_in_diffusers_sana_lora_format(lora_dir):
     assert theirs.peft_config and any("lora_A" in n for n, _ in theirs.named_parameters())
 
 
+def test_our_lora_gives_the_same_output_in_diffusers(tiny_model_dir, lora_dir):
+    """Our file in diffusers' own SanaTransformer2DModel (its loader, its set_adapters scale) gives the output
+    sanaedit's load_lora gives on our editing transformer, same weights and inputs; at scale 0 both are the base."""
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+
+    from sanaedit.lora import load_lora, unload_loras
+    from sanaedit.models.transformer import SanaEditTransformer2DModel
+
+    ours = SanaEditTransformer2DModel.from_pretrained(tiny_model_dir / "transformer").eval()
+    config = {k: v for k, v in ours.config.items() if not k.startswith("_")}
+    theirs = SanaTransformer2DModel.from_config(config).eval()  # in_channels: noise + reference, concatenated
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(2, 4, 4, 6, generator=g), torch.randn(2, 4, 4, 6, generator=g)
+    text = torch.randn(2, 5, 24, generator=g)
+    mask, t = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]), torch.tensor([700.0, 250.0])
+
+    @torch.no_grad()
+    def run(model):
+        if model is ours:
+            return ours(x, text, t, mask, ref_latents=ref)
+        return theirs(torch.cat([x, ref], 1), text, t, encoder_attention_mask=mask, return_dict=False)[0]
+
+    base = run(ours)
+    assert torch.equal(run(theirs), base)
+    load_lora(ours, lora_dir, scale=0.5)
+    state = SanaPipeline.lora_state_dict(str(lora_dir / LORA_FILE))
+    theirs.load_lora_adapter(state, prefix="transformer", adapter_name="style")
+    theirs.set_adapters(["style"], [0.5])
+    styled = run(ours)
+    assert (styled - base).abs().max() > 0.1 * base.abs().max()  # the LoRA really moves the output
+    torch.testing.assert_close(run(theirs), styled, rtol=1e-5, atol=1e-5 * float(styled.abs().max()))
+    unload_loras(ours)
+    load_lora(ours, lora_dir, scale=0.0)
+    theirs.set_adapters(["style"], [0.0])
+    assert torch.equal(run(ours), base) and torch.equal(run(theirs), base)
+
+
 def test_a_diffusers_trained_lora_loads(tmp_path, tiny_model_dir):
     """A LoRA saved the way diffusers' train_dreambooth_lora_sana.py saves it, on a text-to-image SANA DiT,
     loads into the editing transformer (LoRA targets never touch the ref-latent input)."""
@@ -159,3 +197,56 @@ def test_lora_stage_trains_only_the_adapters(tmp_path, tiny_model_dir, tiny_edit
     assert not np.array_equal(_edit(pipe), plain)
     with pytest.raises(ValueError, match="last stage"):
         train({**config, "stages": [{"train": {"stage": "lora"}}, {"train": {"stage": "stage3"}}]})
+
+
+def test_shipped_ghibli_lora_on_the_bundled_model():
+    """The shipped Ghibli LoRA loads into the bundled comic model: at scale 0 the edit is bit-identical to the base
+    edit (same upsampling: a loaded LoRA switches "refine" to "guided"), at scale 1 it is another picture."""
+    from sanaedit.defaults import ASSETS, SAMPLE_PHOTO, load_pipeline
+    from sanaedit.image_io import load_image
+
+    pipe = load_pipeline(None)
+    pipe.config.resolution = 128  # (256 is the model's; 128 keeps the test fast)
+    photo = load_image(SAMPLE_PHOTO).resize((64, 48))
+
+    def edit() -> np.ndarray:
+        return np.asarray(pipe(photo, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0])
+
+    assert pipe.config.upsample == "refine"
+    pipe.config.upsample = "guided"
+    base = edit()
+    pipe.load_lora(ASSETS / "ghibli-lora", scale=0.0)
+    assert pipe.config.upsample == "guided" and np.array_equal(edit(), base)
+    pipe.unload_lora()
+    pipe.load_lora(ASSETS / "ghibli-lora", scale=1.0)
+    styled = edit()
+    assert styled.shape == base.shape == (48, 64, 3)
+    assert np.abs(styled.astype(int) - base.astype(int)).mean() > 2
+
+
+def test_serve_cli_merges_its_lora(tiny_model_dir, lora_dir, tmp_path, monkeypatch):
+    """`sanaedit serve --lora FILE:0.5` (no live server: `serve` is replaced) builds its app on a pipeline whose DiT
+    weights are the base's plus 0.5 * B @ A from the file, for every adapted layer."""
+    import sanaedit.defaults
+    import sanaedit.serve.server
+
+    loaded, served = [], {}
+    load_pipeline = sanaedit.defaults.load_pipeline
+    monkeypatch.setattr(
+        sanaedit.defaults, "load_pipeline", lambda *a, **k: loaded.append(load_pipeline(*a, **k)) or loaded[-1]
+    )
+    monkeypatch.setattr(sanaedit.serve.server, "serve", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.delenv("SANAEDIT_TOKEN", raising=False)
+    args = ["serve", "--model", str(tiny_model_dir), "--dtype", "float32", "--lora", f"{lora_dir}:0.5", "--port", "0"]
+    assert main([*args, "-o", str(tmp_path / "results"), "-q"]) == 0
+    assert served["app"] is not None and served["port"] == 0 and len(loaded) == 1
+    dit, base = loaded[0].transformer, SanaEditPipeline.from_pretrained(tiny_model_dir).transformer
+    lora = load_file(lora_dir / LORA_FILE)
+    layers = [
+        k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in lora if k.endswith("lora_A.weight")
+    ]
+    assert layers and not getattr(dit, "peft_config", None)  # merged into the weights, no adapters left
+    for name in layers:
+        delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
+        want = base.get_submodule(name).weight + 0.5 * delta
+        torch.testing.assert_close(dit.get_submodule(name).weight, want, rtol=1e-5, atol=1e-6)

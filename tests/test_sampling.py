@@ -179,3 +179,17 @@ def test_pipeline_runs_the_scm_sampler_with_its_schedule(tiny_pipe):
     assert out.images[0].size == (16, 16)
     s_mid = np.sin(1.3) / (np.sin(1.3) + np.cos(1.3))
     assert calls == pytest.approx([1000.0, 1000 * s_mid], abs=0.01)  # two calls at Sprint's times
+
+
+def test_cli_edit_sampler_dpm_writes_a_png_unlike_euler(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from sanaedit.cli import main
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    args = ["edit", str(tmp_path / "p.png"), "--model", str(tiny_model_dir), "--steps", "3", "--seed", "3", "-q"]
+    for sampler in ("dpm", "euler"):
+        assert main([*args, "-o", str(tmp_path / f"{sampler}.png"), "--sampler", sampler]) == 0
+    dpm, euler = (Image.open(tmp_path / f"{s}.png") for s in ("dpm", "euler"))
+    assert dpm.format == euler.format == "PNG" and dpm.size == euler.size == (32, 24)
+    assert not np.array_equal(np.asarray(dpm), np.asarray(euler))
