@@ -47,6 +47,14 @@ BUNDLED = ROOT / "sanaedit" / "assets" / "comic-model"
 METRICS = ("psnr", "ssim", "edge_f1")
 
 
+def load_dit_edits(folder: Path) -> SanaEditPipeline:
+    """A model folder whose edits are the DiT's own, guided back to size: these benches measure the DiT (pruning,
+    seeds, samplers), not the folder's learned refiner (`upsample: refine`, trained on the unpruned model's outputs)."""
+    pipe = SanaEditPipeline.from_pretrained(folder)
+    pipe.config.upsample = "guided"
+    return pipe
+
+
 def mean(rows: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
 
@@ -62,7 +70,7 @@ def dit_timer(pipe) -> list[float]:
 
 
 def scores(folder: Path, photos) -> dict:
-    pipe = SanaEditPipeline.from_pretrained(folder)
+    pipe = load_dit_edits(folder)
     rows = [compare(pipe(src, generator=torch.Generator().manual_seed(0)).images[0], tgt) for _, src, tgt in photos]
     return {**mean(rows), "transformer_params": sum(p.numel() for p in pipe.transformer.parameters())}
 
@@ -70,7 +78,7 @@ def scores(folder: Path, photos) -> dict:
 def interleaved_speed(folders: dict[str, Path], photo, rounds: int) -> dict[str, dict[str, float]]:
     """Seconds per edit and DiT seconds per edit of each model: the minimum over `rounds`, the models taking turns
     within each round (so a burst of load from elsewhere hits them alike)."""
-    pipes = {name: SanaEditPipeline.from_pretrained(folder) for name, folder in folders.items()}
+    pipes = {name: load_dit_edits(folder) for name, folder in folders.items()}
     timers = {name: dit_timer(pipe) for name, pipe in pipes.items()}
     times: dict[str, dict[str, list[float]]] = {name: {"edit_s": [], "dit_s": []} for name in pipes}
     for _ in range(rounds):
@@ -109,7 +117,7 @@ def run_pruning(args, photos, work: Path) -> dict:
     step = max(1, len(sources) // args.calib_count)
     for path in sources[::step][: args.calib_count]:
         shutil.copy(path, calib / path.name)
-    pipe = SanaEditPipeline.from_pretrained(BUNDLED)
+    pipe = load_dit_edits(BUNDLED)
     default_similarity = block_similarity(pipe, calibration_images(None))  # the CLI's default calibration
     out: dict = {
         "calibration": sorted(p.name for p in calib.iterdir()),
@@ -146,7 +154,7 @@ def run_pruning(args, photos, work: Path) -> dict:
 
 
 def run_best_of(args, photos) -> dict:
-    pipe = SanaEditPipeline.from_pretrained(BUNDLED)
+    pipe = load_dit_edits(BUNDLED)
     results = {}
     judge_s = [0.0]
 

@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from family import BUNDLED, mean  # noqa: E402
+from family import BUNDLED, load_dit_edits, mean  # noqa: E402
 
 from sanaedit.ghibli import ghibli  # noqa: E402
-from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import compare, load_full_photos, load_pairs, model_view  # noqa: E402
 from sanaedit.upsample import upsample  # noqa: E402
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0], help="LoRA scales (default: 0.5 1)")
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
-    pipe = SanaEditPipeline.from_pretrained(args.model)
+    pipe = load_dit_edits(args.model)  # a style comes back guided (lora.style_upsampling): the base too
     pairs, photos = load_pairs(args.eval_dir), load_full_photos(args.eval_dir)
     res = pipe.config.resolution
 

@@ -20,10 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from family import BUNDLED  # noqa: E402
+from family import BUNDLED, load_dit_edits  # noqa: E402
 from fast_path import quality, speed  # noqa: E402
 
-from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import load_pairs  # noqa: E402
 
 
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = SanaEditPipeline.from_pretrained(args.model)
+    pipe = load_dit_edits(args.model)
     steps = sorted(args.steps, reverse=True)
     rows: dict[str, tuple] = {}
     for n in steps:
