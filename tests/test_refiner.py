@@ -192,3 +192,14 @@ def test_a_photo_over_the_refiners_budget_comes_back_guided(monkeypatch):
     assert not np.array_equal(np.asarray(restore_photo(output, restore, photo, "refine", refiner)), guided)
     monkeypatch.setattr(up, "REFINE_MAX_PIXELS", 96 * 60 - 1)
     assert np.array_equal(np.asarray(restore_photo(output, restore, photo, "refine", refiner)), guided)
+
+
+def test_info_lists_the_refiner_and_refuses_a_broken_one(refined_model_dir, capsys):
+    from sanaedit.cli import main
+
+    assert main(["info", str(refined_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "refiner.safetensors" in out and "--upsample refine" in out
+    (refined_model_dir / REFINER_FILE).write_bytes(b"\0" * 64)
+    assert main(["info", str(refined_model_dir)]) != 0
+    assert "cannot load the refiner" in capsys.readouterr().err

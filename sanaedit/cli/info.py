@@ -13,6 +13,8 @@ from ..model_folder import (
     META_QUERIES_FILE,
     PROMPT_CACHE_FILE,
     REQUIRED,
+    TINY_VAE,
+    folder_refiner,
     follows_prompts,
     is_export,
     llm_width,
@@ -46,7 +48,10 @@ def describe(model_dir: Path) -> list[str]:
     index = read_index(model_dir)
     lines = [f"model folder: {model_dir}  (sanaedit {index.get('_sanaedit_version', '?')})"]
     grand_total = 0
-    for name in (*REQUIRED, META_QUERIES_FILE):
+    from ..models.refiner import REFINER_FILE
+
+    optional = [n for n in (TINY_VAE, REFINER_FILE) if (model_dir / n).exists()]
+    for name in (*REQUIRED, META_QUERIES_FILE, *optional):
         path = model_dir / name
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
         count, dtypes = tensor_stats(files)
@@ -92,6 +97,15 @@ def describe_graphs(folder: Path) -> list[str]:
 
 def common_lines(folder: Path, index: dict) -> list[str]:
     lines = ["pipeline defaults: " + json.dumps(index.get("pipeline", {}))]
+    from ..models.refiner import REFINER_FILE
+
+    refiner = folder_refiner(folder, index.get("pipeline", {}).get("upsample"))  # checked as loading checks it
+    if refiner is not None:
+        c = refiner.config
+        lines.append(
+            f"refiner: {REFINER_FILE} (learned full-resolution refiner, width {c['width']}, dilations "
+            f"{c['dilations']}, pixel blocks {c.get('unshuffle', 1)}): `--upsample refine`"
+        )
     if (folder / PROMPT_CACHE_FILE).is_file():
         from ..model_folder import load_prompt_cache
 
