@@ -677,6 +677,12 @@ def truncate(path: Path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def no_weights(component: str, file: str = "diffusion_pytorch_model.safetensors"):
+    """A component folder without its weights file (each loader would otherwise look for a .bin, or not at all)."""
+    message = f"{component}: cannot load {component}: no weights file (expected {file}"
+    return lambda f: (f / component / file).unlink(), message
+
+
 def reshaped_connector(folder: Path):
     import torch
     from safetensors.torch import load_file, save_file
@@ -714,27 +720,8 @@ BROKEN = {  # what `edit` refuses, and so must `info`; the prompt cache stays (t
         "token",
     ),
     "corrupt prompt cache": (lambda f: corrupt(f / "prompt_cache.safetensors"), "prompt cache"),
-    # a component folder without its weights file (each loader would otherwise look for a .bin, or not at all)
-    "no transformer weights": (
-        lambda f: (f / "transformer/diffusion_pytorch_model.safetensors").unlink(),
-        "transformer: cannot load transformer: no weights file (expected diffusion_pytorch_model.safetensors",
-    ),
-    "no vae weights": (
-        lambda f: (f / "vae/diffusion_pytorch_model.safetensors").unlink(),
-        "vae: cannot load vae: no weights file (expected diffusion_pytorch_model.safetensors",
-    ),
-    "no llm weights": (
-        lambda f: (f / "llm/model.safetensors").unlink(),
-        "llm: cannot load llm: no weights file (expected model.safetensors",
-    ),
-    "no connector weights": (
-        lambda f: (f / "connector/diffusion_pytorch_model.safetensors").unlink(),
-        "connector: cannot load connector: no weights file (expected diffusion_pytorch_model.safetensors",
-    ),
-    "no projector weights": (
-        lambda f: (f / "projector/diffusion_pytorch_model.safetensors").unlink(),
-        "projector: cannot load projector: no weights file (expected diffusion_pytorch_model.safetensors",
-    ),
+    **{f"no {c} weights": no_weights(c) for c in ("transformer", "vae", "connector", "projector")},
+    "no llm weights": no_weights("llm", "model.safetensors"),
     "transformer config []": (  # valid JSON, not an object: diffusers took it for a hub name
         lambda f: (f / "transformer/config.json").write_text("[]"),
         "transformer: cannot load transformer: config.json is not a JSON object",
