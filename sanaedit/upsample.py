@@ -32,9 +32,10 @@ METHODS = ("plain", "guided", "guided-grey", "refine")
 DEFAULT_METHOD = "guided"
 RADIUS = 1  # window radius at the edit's resolution (a 3x3 window)
 EPS = 1e-3  # ridge on the window's colour covariance, in [0, 1] units squared (flat patches keep the edit's colour)
-# the refiner costs ~1.5-2 s per megapixel on 2 cores (bench/refiner_speed.py; the guided filter ~0.07 s): above
-# this many pixels `refine` gives the guided edit alone, so a phone photo or a large upload costs seconds, not a minute
-REFINE_MAX_PIXELS = 2_000_000
+# the bundled refiner (pixel blocks of 2) costs ~0.5 s per megapixel on 2 cores (bench/refiner_speed.py; the guided
+# filter ~0.07 s): a 12 MP phone photo is refined in ~5 s; above this many pixels `refine` gives the guided edit
+# alone, so a very large upload costs seconds, not a minute
+REFINE_MAX_PIXELS = 12_000_000
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip (bounds the working memory: ~50 MB for a colour guide)
 
 
