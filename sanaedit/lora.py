@@ -109,8 +109,9 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name)
     except Exception as err:  # safetensors / peft / shape errors vary in type
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LoraError(f"{file}: cannot load this LoRA into the model ({first})") from err
+        from .model_folder import first_line
+
+        raise LoraError(f"{file}: cannot load this LoRA into the model ({first_line(err)})") from err
     if name not in _adapters(transformer):
         raise LoraError(f"{file}: holds no weights for this transformer (keys must start with 'transformer.')")
     transformer._sanaedit_lora_scales = {**have, name: float(scale)}

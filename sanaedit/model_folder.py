@@ -52,6 +52,12 @@ class ModelFolderError(ValueError):
     """A model folder is missing, incomplete or inconsistent."""
 
 
+def first_line(err: BaseException) -> str:
+    """A library error in one line for a user's message: its first line, or its type when it has no text."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def folder_kind(folder: str | Path) -> str | None:
     """MODEL_CLASS, EXPORT_CLASS or None: what `model_index.json` says a folder is (not checked further);
     RELEASE_KIND for a folder without one that holds the published MNN release's files (maybe not all)."""
@@ -130,8 +136,8 @@ def folder_refiner(folder: str | Path, upsample: str | None):
 
     try:
         refiner = load_refiner(Path(folder))
-    except ValueError as err:
-        raise ModelFolderError(str(err)) from err
+    except Exception as err:  # safetensors, JSON, key and shape errors vary in type
+        raise ModelFolderError(f"{Path(folder) / REFINER_FILE}: cannot load the refiner: {first_line(err)}") from err
     if upsample == "refine" and refiner is None:
         raise ModelFolderError(
             f"{folder}: model_index.json asks for upsample 'refine' but the folder has no {REFINER_FILE}"
@@ -177,8 +183,7 @@ def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) ->
     except ModelFolderError:
         raise
     except Exception as err:  # library errors (missing weights, shape mismatch, bad config) vary in type
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelFolderError(f"{path}: cannot load {name}: {first_line}") from err
+        raise ModelFolderError(f"{path}: cannot load {name}: {first_line(err)}") from err
 
 
 def load_meta_queries(model_dir: Path) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .model_folder import (
     ModelFolderError,
     atomic_folder,
     choose_vae,
+    first_line,
     folder_refiner,
     load_component,
     load_meta_queries,
@@ -61,7 +62,6 @@ def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None 
     it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
     from .speed.lowmem import load_model, replace_layers, weight_files
 
-    _check_files(path, DIFFUSERS_WEIGHTS)  # before diffusers, whose errors for these take two lines or mislead
     try:
         weight_files(path)
     except FileNotFoundError:
@@ -70,11 +70,6 @@ def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None 
             replace_layers(model, replace)
         return model
     return load_model(cls, path, dtype, replace=replace, only=only)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
@@ -90,7 +85,7 @@ def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
             with safe_open(path, "pt") as f:
                 shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
         except Exception as err:  # safetensors raises its own SafetensorError; OSError for a missing file
-            raise ValueError(f"{path.name}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+            raise ValueError(f"{path.name}: corrupt or truncated safetensors file ({first_line(err)})") from None
     return shapes
 
 
@@ -269,7 +264,9 @@ def load_model_folder(
     config = PipelineConfig.from_dict(index.get("pipeline", {}))
     # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
     check_text_path(model_dir, _caption_channels(model_dir))
-    for name in ("transformer", "vae", TINY_VAE):  # each one's config and weights file, loaded now or not (as info)
+    # each one's config and weights file, before diffusers (whose errors for these take two lines or mislead), loaded
+    # now or in its stage (as info checks them)
+    for name in ("transformer", "vae", TINY_VAE):
         if name != TINY_VAE or (model_dir / TINY_VAE).is_dir():
             load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
 

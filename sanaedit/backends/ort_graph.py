@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model_folder import ModelFolderError
+from ..model_folder import ModelFolderError, first_line
 from ..speed.cpu import physical_cores
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -29,8 +29,8 @@ class OrtGraph:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime's InvalidProtobuf / InvalidArgument / Fail: not our error types
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            reason = reason.split(" failed:", 1)[-1].strip()  # "Load model from PATH failed:Protobuf parsing failed."
+            # "Load model from PATH failed:Protobuf parsing failed." -> what failed
+            reason = first_line(err).split(" failed:", 1)[-1].strip()
             raise ModelFolderError(f"{path}: not a valid ONNX graph ({reason}); export the model again") from None
         self.inputs = [(i.name, _NUMPY_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
         self.path = path

@@ -99,24 +99,18 @@ def save_refiner(refiner: Refiner, folder: Path) -> Path:
 
 
 def load_refiner(folder: Path) -> Refiner | None:
-    """The folder's refiner (fp32, CPU, eval mode), or None when it has none; a broken file is a ValueError naming
-    it (model_folder.folder_refiner turns it into the folder's error)."""
+    """The folder's refiner (fp32, CPU, eval mode), or None when it has none. A broken file raises the library's
+    error (model_folder.folder_refiner names the file); weights that are not finite raise ValueError."""
     from safetensors import safe_open
 
     path = Path(folder) / REFINER_FILE
     if not path.is_file():
         return None
-    try:
-        with safe_open(path, "pt") as f:
-            config = json.loads((f.metadata() or {})["config"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        refiner = Refiner(
-            int(config["width"]), tuple(int(d) for d in config["dilations"]), int(config.get("unshuffle", 1))
-        )
-        refiner.load_state_dict(tensors)
-    except Exception as err:  # safetensors, JSON, key and shape errors vary in type
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot load the refiner: {first_line}") from err
+    with safe_open(path, "pt") as f:
+        config = json.loads((f.metadata() or {})["config"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    refiner = Refiner(int(config["width"]), tuple(int(d) for d in config["dilations"]), int(config.get("unshuffle", 1)))
+    refiner.load_state_dict(tensors)
     if not all(torch.isfinite(t).all() for t in tensors.values()):
-        raise ValueError(f"{path}: the refiner's weights hold NaN or inf")
+        raise ValueError("its weights hold NaN or inf")
     return refiner.float().eval().requires_grad_(False)

@@ -21,6 +21,7 @@ from ..model_folder import (
     TINY_GRAPHS,
     ModelFolderError,
     choose_vae,
+    first_line,
     folder_refiner,
     load_prompt_cache,
     read_index,
@@ -129,7 +130,7 @@ def check_exported(folder: str | Path) -> dict:
                 with safe_open(folder / name, "pt") as f:
                     list(f.keys())
             except Exception as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                reason = first_line(err)
                 raise ModelFolderError(f"{folder / name}: corrupt or missing ({reason}); export again") from None
     load_prompt_cache(folder)
     return manifest

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ..image_io import load_image
+from ..tempfiles import replacing
 from .sources import tensor_digest
 
 logger = logging.getLogger(__name__)
@@ -103,29 +105,25 @@ def refiner_crops(
                 return RefinerCrops(load_file(cache))
     from tqdm.auto import tqdm
 
+    from .evaluate import pipeline_editor
+
     rng = np.random.default_rng(seed)
-    upsample, pipe.config.upsample = pipe.config.upsample, "guided"  # what the refiner will be given
+    edit_guided = pipeline_editor(pipe, "guided", seed=0)  # what the refiner will be given
     out: dict[str, list[np.ndarray]] = {"photo": [], "edit": [], "target": []}
-    try:
-        for name, picture, target in tqdm(pictures, desc="refiner data", unit="picture", disable=not progress):
-            if min(picture.size) < crop:
-                logger.info(
-                    "refiner data: %s (%dx%d) is smaller than a %d px crop; left out", name, *picture.size, crop
-                )
-                continue
-            edit = pipe(picture, generator=torch.Generator().manual_seed(0), progress=False).images[0]
-            arrays = [np.asarray(x.convert("RGB")) for x in (picture, edit, target)]
-            for _ in range(crops_per_picture):
-                y, x = (int(rng.integers(0, n - crop + 1)) for n in arrays[0].shape[:2])
-                for k, a in zip(out, arrays):
-                    out[k].append(a[y : y + crop, x : x + crop])
-    finally:
-        pipe.config.upsample = upsample
+    for name, picture, target in tqdm(pictures, desc="refiner data", unit="picture", disable=not progress):
+        if min(picture.size) < crop:
+            logger.info("refiner data: %s (%dx%d) is smaller than a %d px crop; left out", name, *picture.size, crop)
+            continue
+        arrays = [np.asarray(x.convert("RGB")) for x in (picture, edit_guided(picture), target)]
+        for _ in range(crops_per_picture):
+            y, x = (int(rng.integers(0, n - crop + 1)) for n in arrays[0].shape[:2])
+            for k, a in zip(out, arrays):
+                out[k].append(a[y : y + crop, x : x + crop])
     if not out["photo"]:
         raise ValueError(f"refiner stage: no picture is at least {crop} px on its short side; lower train.refiner.crop")
     tensors = {k: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous() for k, v in out.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    save_file(tensors, tmp, metadata={"key": key})
-    tmp.replace(cache)
+    with replacing(cache) as (fd, tmp):
+        os.close(fd)
+        save_file(tensors, tmp, metadata={"key": key})
     return RefinerCrops(tensors)
