@@ -1,6 +1,7 @@
 """Step distillation (`sanaedit distill`, train/distill.py): a few-step, CFG-free student of a teacher."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -160,3 +161,112 @@ def test_scm_distillation_trains_its_adaptive_weight_and_exports_without_it(tiny
     trained = load_file(run / "checkpoints" / "step-00000002" / "model.safetensors")  # the run keeps it (resumable)
     weight = [v for k, v in trained.items() if k.startswith("adaptive_weight.")]
     assert weight and any(v.abs().sum() > 0 for v in weight)  # it started at zero and was trained
+
+
+# ------------------------------------------------------------------------------------------------------ LADD
+def _ladd_parts(pipe, ladd=0.5):
+    """DistillParts with LADD's discriminator on a copy of `pipe` (the parts freeze the teacher in place)."""
+    import copy
+
+    from sanaedit.train.config import DistillSettings
+    from sanaedit.train.distill import DistillParts
+    from sanaedit.train.stages import STAGES, apply_stage
+
+    parts = DistillParts(copy.deepcopy(pipe), STAGES["distill"], DistillSettings(ladd=ladd, guidance=1.0))
+    apply_stage(parts, STAGES["distill"])
+    return parts
+
+
+def _ladd_inputs(pipe, parts, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    size = pipe.config.resolution // pipe.vae_scale
+    shape = (2, pipe.latent_channels, size, size)
+    x0, ref, z = (torch.randn(shape, generator=gen) for _ in range(3))
+    hidden, mask = parts.text_encoder.condition(parts.llm_features([pipe.config.prompt] * 2))
+    return x0, ref, z, hidden.detach(), mask
+
+
+def test_discriminator_taps_spread_sprints_blocks_over_the_teachers_depth():
+    from sanaedit.train.distill import discriminator_taps, ladd_sigma
+
+    assert discriminator_taps(20, None) == [2, 8, 14, 19]  # Sprint's own, on its 20-block teacher
+    assert discriminator_taps(28, None) == [3, 11, 20, 27]
+    assert discriminator_taps(2, None) == [0, 1]  # duplicates merged
+    assert discriminator_taps(4, (3, 1, 1)) == [1, 3]
+    with pytest.raises(ValueError, match="ladd_blocks.*0..3"):
+        discriminator_taps(4, (4,))
+    sigma = ladd_sigma(torch.randn(4000, generator=torch.Generator().manual_seed(0)))
+    assert 0 < sigma.min() and sigma.max() < 1  # flow levels, biased towards the clean end (t_D's median ~0.83)
+    median = trig_to_flow(torch.atan(torch.tensor(-0.6).exp() / 0.5))
+    assert float(sigma.median()) == pytest.approx(float(median), abs=0.02)
+
+
+def test_ladd_terms_reach_only_their_own_side(tiny_pipe):
+    """One backward pass trains both: the adversarial term moves the student (through the frozen teacher) and not
+    the heads; the hinge loss moves the heads and not the student."""
+    parts = _ladd_parts(tiny_pipe)
+    x0, ref, z, hidden, mask = _ladd_inputs(tiny_pipe, parts)
+    sigma = torch.tensor([0.9, 0.5])
+    s = sigma.view(-1, 1, 1, 1)
+    fake = z - s * parts.flow.velocity(z, sigma, hidden, mask, ref)  # the student's x0
+    generator, discriminator = parts.ladd_losses(fake, x0, torch.tensor([0.3, 0.6]), z, hidden, mask, ref)
+    heads = list(parts.discriminator.parameters())
+    student = list(parts.transformer.parameters())
+    assert all(not p.requires_grad for p in parts.teacher.parameters())
+
+    def grads(loss):
+        found = torch.autograd.grad(loss, heads + student, retain_graph=True, allow_unused=True)
+        moved = [g is not None and bool(g.abs().sum() > 0) for g in found]
+        return any(moved[: len(heads)]), any(moved[len(heads) :])
+
+    assert grads(generator) == (False, True)
+    assert grads(discriminator) == (True, False)
+
+
+def test_ladd_heads_learn_to_tell_edits_from_photos(tiny_pipe):
+    """The discriminator machinery (teacher hooks, heads, hinge loss) learns: trained alone on real = one set of
+    latents and fake = another, its hinge loss falls from its start (2: chance)."""
+    parts = _ladd_parts(tiny_pipe)
+    real, photo, z, hidden, mask = _ladd_inputs(tiny_pipe, parts)
+    real = real.sign()  # two clearly different distributions of latents
+    opt = torch.optim.Adam(parts.discriminator.parameters(), lr=1e-2)
+    losses, gen = [], torch.Generator().manual_seed(1)
+    for _ in range(100):
+        noise = torch.randn(z.shape, generator=gen)
+        _, loss = parts.ladd_losses(photo, real, torch.tensor([0.2, 0.4]), noise, hidden, mask, ref=None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    start, end = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert start > 1.8 and end < 0.75 * start  # measured 2.0 -> 1.2 (spectral norm keeps the heads' steps small)
+
+
+def test_ladd_distillation_logs_its_terms_resumes_exactly_and_exports_without_its_heads(
+    tiny_model_dir, tiny_edit_pairs, tmp_path
+):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    extra = ["--train.distill.guidance=1", "--ladd", "0.5", "--checkpoint.every=2"]
+    losses = _distill(tiny_model_dir, tiny_edit_pairs, tmp_path / "s", "ode", 4, extra)
+    assert len(losses) == 4 and all(loss == loss for loss in losses)
+    log = [json.loads(line) for line in (tmp_path / ".s.distill-run" / "log.jsonl").read_text().splitlines()]
+    assert all({"ode", "adversarial", "discriminator"} <= record.keys() for record in log)
+    total = [r["ode"] + 0.5 * r["adversarial"] + r["discriminator"] for r in log]
+    assert [r["loss"] for r in log] == pytest.approx(total, rel=1e-4)
+    student = tmp_path / "s" / "transformer" / "diffusion_pytorch_model.safetensors"
+    with safe_open(student, "pt") as f:
+        assert not [k for k in f.keys() if "discriminator" in k or "heads" in k]
+    kept = load_file(tmp_path / ".s.distill-run" / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert any(k.startswith("discriminator.heads.") for k in kept)  # the run keeps them (resumable)
+    # lose everything after the step-2 checkpoint, as a kill would, and resume: the same steps 3-4, bit for bit
+    straight = load_file(student)
+    run = tmp_path / ".s.distill-run"
+    for name in ("model", "done.json", "log.jsonl"):
+        path = run / name
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    again = _distill(tiny_model_dir, tiny_edit_pairs, tmp_path / "s", "ode", 4, [*extra, "--resume"])
+    assert again == losses[2:]
+    resumed = load_file(student)
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

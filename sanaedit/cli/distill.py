@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("--log.progress=false")
     if args.steps is not None:
         overrides.append(f"--train.distill.steps={args.steps}")
+    if args.ladd is not None:
+        overrides.append(f"--train.distill.ladd={args.ladd}")
     if args.train_steps is not None:
         overrides.append(f"--train.steps={args.train_steps}")
     if args.data is not None:
@@ -68,6 +70,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--objective", choices=("ode", "scm"), help="ode: regress the teacher's N-step result (default); "
         "scm: continuous-time consistency (SANA-Sprint's sCM)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ladd", type=float, metavar="WEIGHT", help="add SANA-Sprint's latent adversarial term (discriminator heads "
+        "on the frozen teacher) with this weight (Sprint: 0.5; default: off)",
     )  # fmt: skip
     p.add_argument("--train-steps", type=int, metavar="N", help="optimizer steps (default: the recipe's, 600)")
     p.add_argument("--config", help="recipe: a YAML file or a bundled name (default: distill)")

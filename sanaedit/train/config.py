@@ -94,6 +94,9 @@ class DistillSettings:
     tangent_warmup: int = _spec(1000, min=0)  # scm: optimizer steps until the dv/ds term is fully on
     tangent_norm: float = _spec(0.1, min=0)  # scm: g / (|g| + c)
     adaptive_weight: bool = True  # scm: a learned per-noise-level weight, loss / exp(logvar) + logvar (SANA-Sprint)
+    ladd: float = _spec(0.0, min=0)  # weight of LADD's adversarial term (SANA-Sprint: 0.5); 0 = no discriminator
+    ladd_lr: float | None = _spec(None, min=0)  # the heads' rate (default 10 x train.lr: they start from scratch)
+    ladd_blocks: tuple[int, ...] | None = None  # the teacher blocks the heads read (default: Sprint's 4, spread)
 
 
 @dataclass(frozen=True)

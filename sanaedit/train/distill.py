@@ -16,7 +16,15 @@ x0 = x - sigma v(x, sigma): that is what `sampling.scm_sample` steps with, and w
                     error weighted by a learned logvar of its noise level (err / exp(logvar) + logvar: levels
                     where the target is noisy weigh less) -- SANA-Sprint's sCM recipe (tangent warm-up, tangent
                     normalisation, adaptive weighting; its logvar reads the DiT's time embedding, ours Fourier
-                    features of sigma, so the student's own weights stay as they export) without LADD.
+                    features of sigma, so the student's own weights stay as they export).
+    + ladd          (`ladd` > 0, with either objective) SANA-Sprint's latent adversarial distillation: the student's
+                    x0 and the data's target latent are re-noised to a level sigma_D (Sprint's t_D ~ atan(e^N(-0.6,
+                    1) / 0.5)); the frozen teacher reads them, and small heads on a few of its blocks' tokens
+                    (spectral-norm convs, batch norm, leaky ReLU: Sprint's design) tell real from fake, a real target
+                    paired with another photo's source counting as fake too (the head must check the edit, not
+                    only the style). Hinge loss for the heads, `-ladd * mean D(fake)` for the student. The heads are
+                    trained beside the student and never exported. Both gradients come out of the one backward pass
+                    each step: the student's term is computed with the heads frozen, the heads' on detached fakes.
 
 Why `ode` is the default: our editing task maps a photo to nearly one answer, so the teacher's trajectories are
 smooth and cheap to regress on, and on the bundled model it measures better at 1-2 steps (docs/training.md).
@@ -40,6 +48,7 @@ from .parts import TrainParts
 from .stages import Stage
 
 OBJECTIVES = ("ode", "scm")
+SPRINT_TAPS = (2, 8, 14, 19)  # the teacher blocks SANA-Sprint's heads read, of its 20: spread over ours by depth
 
 
 class AdaptiveWeight(nn.Module):
@@ -56,6 +65,68 @@ class AdaptiveWeight(nn.Module):
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         angles = sigma.float().reshape(-1, 1) * self.freqs
         return self.linear(torch.cat([angles.sin(), angles.cos()], dim=1)).squeeze(1)
+
+
+class DiscriminatorHead(nn.Module):
+    """A LADD head: the tokens of one frozen teacher block -> a realness logit per token."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+
+        def block(kernel: int) -> nn.Sequential:
+            conv = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, padding_mode="circular")
+            return nn.Sequential(sn(conv), nn.BatchNorm1d(channels), nn.LeakyReLU(0.2))
+
+        self.pointwise, self.mix, self.out = block(1), block(9), sn(nn.Conv1d(channels, 1, 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.pointwise(tokens.float().transpose(1, 2))
+        return self.out((x + self.mix(x)) / math.sqrt(2)).flatten(1)
+
+
+class Discriminator(nn.Module):
+    """LADD's discriminator: the frozen teacher's tokens at a few blocks (`taps`), one head each. The teacher is
+    passed in, not held: its weights are not this module's (and stay frozen)."""
+
+    def __init__(self, teacher: nn.Module, taps: list[int]):
+        super().__init__()
+        self.taps = taps
+        width = teacher.config.num_attention_heads * teacher.config.attention_head_dim
+        self.heads = nn.ModuleList(DiscriminatorHead(width) for _ in taps)
+
+    def features(self, teacher_flow: FlowModel, x: torch.Tensor, sigma: torch.Tensor, *condition) -> list:
+        """The teacher blocks' output tokens on noisy latents x at flow level sigma (the rest of its output unused)."""
+        captured: dict[int, torch.Tensor] = {}
+        blocks = teacher_flow.transformer.transformer_blocks
+        keep = lambda i: lambda _module, _inputs, out: captured.__setitem__(i, out)  # noqa: E731
+        hooks = [blocks[i].register_forward_hook(keep(i)) for i in self.taps]
+        try:
+            teacher_flow.velocity(x, sigma, *condition)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [captured[i] for i in self.taps]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([head(f) for head, f in zip(self.heads, features)], dim=1)
+
+
+def discriminator_taps(depth: int, taps: tuple[int, ...] | None) -> list[int]:
+    """The teacher blocks the heads read: as given, else Sprint's four spread over this depth."""
+    if taps:
+        bad = [i for i in taps if not 0 <= i < depth]
+        if bad:
+            raise ValueError(
+                f"config key 'train.distill.ladd_blocks': {bad} not in the teacher's blocks 0..{depth - 1}"
+            )
+        return sorted(set(taps))
+    return sorted({round(i * (depth - 1) / 19) for i in SPRINT_TAPS})
+
+
+def ladd_sigma(u: torch.Tensor) -> torch.Tensor:
+    """Sprint's discriminator noise level from a standard normal u: t_D = atan(e^(u - 0.6) / 0.5), as flow sigma."""
+    return trig_to_flow(torch.atan(torch.exp(u.float() - 0.6) / 0.5))
 
 
 def student_levels(max_steps: int) -> torch.Tensor:
@@ -85,8 +156,23 @@ class DistillParts(TrainParts):
         use_weight = settings.objective == "scm" and settings.adaptive_weight
         self.adaptive_weight = AdaptiveWeight() if use_weight else None
         self.objective_modules = [self.adaptive_weight] if use_weight else []  # trained beside the student
+        self.discriminator = None
+        if settings.ladd > 0:
+            taps = discriminator_taps(len(teacher.transformer_blocks), settings.ladd_blocks)
+            self.discriminator = Discriminator(teacher, taps).to(self.vae.device)
+            self.objective_modules.append(self.discriminator)
+        self.last_terms: dict[str, float] = {}  # the last step's loss terms, for the training log
         self.negative_prompt = config.negative_prompt
         self.step = 0  # optimizer steps so far (the loop sets it): the sCM tangent warm-up reads it
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The optimizer's groups: LADD's heads, which learn from scratch, at their own rate (`ladd_lr`)."""
+        if self.discriminator is None:
+            return [{"params": list(self.parameters())}]
+        heads = list(self.discriminator.parameters())
+        ids = {id(p) for p in heads}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": heads, "lr": self.settings.ladd_lr or 10 * lr}]
 
     def export_defaults(self) -> dict[str, Any]:
         """What the student's model folder records: the few-step sampler, its schedule and step count."""
@@ -129,12 +215,24 @@ class DistillParts(TrainParts):
         if self.settings.objective == "ode":
             level_u = batch.get("level_u")
             level_u = torch.rand(len(x0)) if level_u is None else level_u
-            return self.ode_loss(teacher, student, noise, fresh, level_u)
-        t = torch.rand(len(x0)) if t is None else t
-        return self.scm_loss(teacher, student, x0, noise, t.to(x0.device))
+            loss, x0_student = self.ode_loss(teacher, student, noise, fresh, level_u)
+        else:
+            t = torch.rand(len(x0)) if t is None else t
+            loss, x0_student = self.scm_loss(teacher, student, x0, noise, t.to(x0.device))
+        self.last_terms = {self.settings.objective: float(loss.detach())}
+        if self.discriminator is None:
+            return loss
+        ladd_u, ladd_noise = batch.get("ladd_u"), batch.get("ladd_noise")
+        ladd_u = torch.randn(len(x0)) if ladd_u is None else ladd_u
+        ladd_noise = torch.randn_like(x0) if ladd_noise is None else ladd_noise.to(x0)
+        generator, discriminator = self.ladd_losses(x0_student, x0, ladd_sigma(ladd_u).to(x0.device), ladd_noise,
+                                                    hidden, mask, ref)  # fmt: skip
+        self.last_terms.update(adversarial=float(generator.detach()), discriminator=float(discriminator.detach()))
+        return loss + self.settings.ladd * generator + discriminator
 
-    def ode_loss(self, teacher, student, z: torch.Tensor, fresh: torch.Tensor, level_u: torch.Tensor) -> torch.Tensor:
-        """MSE between the student's one-call x0 at an `scm` level and the teacher's N-step result from z."""
+    def ode_loss(self, teacher, student, z: torch.Tensor, fresh: torch.Tensor, level_u: torch.Tensor):
+        """MSE between the student's one-call x0 at an `scm` level and the teacher's N-step result from z; and
+        that x0."""
         with torch.no_grad():
             x0_teacher = self.teacher_sampler(teacher, z, self.teacher_sigmas).float()
         # half the draws at sigma 1 (the first step: every few-step edit starts there), the rest over the others
@@ -146,10 +244,11 @@ class DistillParts(TrainParts):
         first = (index == 0).to(z.device).view(-1, 1, 1, 1)
         x = torch.where(first, z, (1 - s) * x0_teacher + s * fresh)
         x0_student = x - s * student(x, sigma)
-        return F.mse_loss(x0_student, x0_teacher)
+        return F.mse_loss(x0_student, x0_teacher), x0_student
 
-    def scm_loss(self, teacher, student, x0: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """sCM in flow terms (see the module docstring): MSE(s v, sg(s v + g)), g the normalised tangent."""
+    def scm_loss(self, teacher, student, x0: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor):
+        """sCM in flow terms (see the module docstring): MSE(s v, sg(s v + g)), g the normalised tangent; and the
+        student's x0."""
         s = sigma.view(-1, 1, 1, 1).float()
         x = (1 - s) * x0 + s * z
         with torch.no_grad():
@@ -163,8 +262,29 @@ class DistillParts(TrainParts):
             g = v_teacher - v_now - warmup * s * dv_ds
             norm = g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) / g[0].numel() ** 0.5
             target = s * v_now + g / (norm + self.settings.tangent_norm)
-        error = (s * student(x, sigma) - target).float().pow(2).flatten(1).mean(dim=1)
+        scaled_v = s * student(x, sigma)
+        error = (scaled_v - target).float().pow(2).flatten(1).mean(dim=1)
+        x0_student = x - scaled_v
         if self.adaptive_weight is None:
-            return error.mean()
+            return error.mean(), x0_student
         logvar = self.adaptive_weight(sigma)
-        return (error * torch.exp(-logvar) + logvar).mean()
+        return (error * torch.exp(-logvar) + logvar).mean(), x0_student
+
+    def ladd_losses(self, fake: torch.Tensor, real: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor,
+                    hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None):  # fmt: skip
+        """(the student's adversarial loss, the heads' hinge loss) for x0s `fake` (the student's) and `real` (the
+        data's), both re-noised to `sigma` with `z`. Each term's gradient reaches only its own side."""
+        s = sigma.view(-1, 1, 1, 1)
+        noisy = lambda x0: (1 - s) * x0 + s * z  # noqa: E731
+        disc, flow = self.discriminator, self.teacher_flow
+        disc.requires_grad_(False)  # the student's term: through the frozen teacher, heads fixed
+        fake_features = disc.features(flow, noisy(fake), sigma, hidden, mask, ref)
+        generator = -disc(fake_features).mean()
+        disc.requires_grad_(True)
+        with torch.no_grad():
+            real_features = disc.features(flow, noisy(real), sigma, hidden, mask, ref)
+            fakes = [[f.detach() for f in fake_features]]
+            if ref is not None and len(real) > 1:  # a real target with another photo's source: a fake edit
+                fakes.append(disc.features(flow, noisy(real), sigma, hidden, mask, ref.roll(1, dims=0)))
+        hinge_fake = torch.stack([F.relu(1 + disc(f)).mean() for f in fakes]).mean()
+        return generator, F.relu(1 - disc(real_features)).mean() + hinge_fake

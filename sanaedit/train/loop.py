@@ -92,7 +92,8 @@ class Trainer:
             f"{len(trainable)} tensors); frozen: the rest"
         )
         self.dataset = self._dataset()
-        self.optimizer = build_optimizer(parts.parameters(), t.optimizer, lr=t.lr, **t.optimizer_args)
+        groups = parts.param_groups(t.lr) if hasattr(parts, "param_groups") else parts.parameters()  # own rates
+        self.optimizer = build_optimizer(groups, t.optimizer, lr=t.lr, **t.optimizer_args)
         self.scheduler = warmup_constant(self.optimizer, t.warmup)
         self.ema = EMA([p for p in parts.parameters() if p.requires_grad], t.ema) if t.ema else None
         self.model, self.optimizer = self.accel.prepare(parts, self.optimizer)
@@ -176,6 +177,7 @@ class Trainer:
                     "lr": self.scheduler.get_last_lr()[0],
                     "samples_per_s": round(seen * world / (time.perf_counter() - started), 3),
                     "skipped": skipped,
+                    **getattr(self.unwrapped(), "last_terms", {}),  # an objective's own terms, last micro-step
                 }
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -218,6 +220,8 @@ class Trainer:
                 extra = [distill_draws(self.cfg.seed, first + j, shape) for j in range(batch["size"])]
                 batch["level_u"] = torch.cat([e[0] for e in extra]).to(device)
                 batch["fresh_noise"] = torch.stack([e[1] for e in extra]).to(device)
+                batch["ladd_u"] = torch.cat([e[2] for e in extra]).to(device)
+                batch["ladd_noise"] = torch.stack([e[3] for e in extra]).to(device)
                 self.unwrapped().step = micro // t.grad_accum
             if t.text_dropout:
                 drop = [d[2] for d in draws]

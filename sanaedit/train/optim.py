@@ -16,9 +16,19 @@ SANA_CAME = dict(betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16), weight_decay=0.
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str = "came", lr: float = 1e-4, **overrides: Any
+    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+    name: str = "came",
+    lr: float = 1e-4,
+    **overrides: Any,
 ) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """The optimizer over the parameters that require grad; `params` may be torch's param groups (dicts with
+    "params" and their own settings, e.g. "lr")."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in groups if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad (check the stage's `trainable` list)")
     if name == "came":

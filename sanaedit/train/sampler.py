@@ -56,8 +56,10 @@ def sample_draws(
     return t, noise, bool(torch.rand(1, generator=gen) < train.text_dropout)
 
 
-def distill_draws(seed: int, position: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uniform [1], noise `shape`) for the distill stage: which noise level to train at, and the fresh noise of the
-    few-step sampler's re-noising. A stream of their own, so the other draws stay what they were."""
+def distill_draws(seed: int, position: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """(uniform [1], noise `shape`, normal [1], noise `shape`) for the distill stage: which noise level to train at,
+    the fresh noise of the few-step sampler's re-noising, and LADD's noise level and noise. A stream of their own,
+    so the other draws stay what they were (and the first two what they were before LADD drew after them)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + position + (1 << 48))
-    return torch.rand(1, generator=gen), torch.randn(shape, generator=gen)
+    level_u, fresh = torch.rand(1, generator=gen), torch.randn(shape, generator=gen)
+    return level_u, fresh, torch.randn(1, generator=gen), torch.randn(shape, generator=gen)
