@@ -41,7 +41,8 @@ sanaedit edit photo.jpg -o out.png --model DIR-onnx        run the export""",
     p.add_argument(
         "--quant",
         default=DEFAULT_QUANT,
-        help=f"weight bits per part, e.g. {DEFAULT_QUANT!r} (default), 'transformer=8,rest=32', or 'none' (fp32)",
+        help=f"weight bits per part, e.g. {DEFAULT_QUANT!r} (default), 'transformer=8,rest=32', or 'none' (fp32); "
+        "add 'vae_encoder=w8a8,vae_decoder=w8a8' for int8 DC-AE convolutions, calibrated on photos (ONNX only)",
     )
     add_lora_arg(p)
     p.set_defaults(func=run)

@@ -36,6 +36,7 @@ from ..model_folder import (
 )
 from ..models.refiner import save_refiner
 from ..release_folder import RELEASE_LAYOUT
+from .calibrate import W8A8, W8A8_GRAPHS, Calibration, quantize_onnx_static, vae_calibration
 from .graphs import baked_guidance, graph_specs
 from .onnx_export import export_onnx, quantize_onnx_weights
 
@@ -44,22 +45,35 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder", *TINY_GRAPHS]
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
+# A w8a8 graph off by more than this (relative L2 on a held-out photo) has lost the picture: the tiny random test
+# model's DC-AE measures 0.04 (encoder) / 0.06 (decoder); ranges from all-zero or 10x too small inputs 0.7-0.97.
+W8A8_TOLERANCE = 0.25
 
 
-def parse_quant(text: str | None) -> dict[str, int | None]:
-    """'llm=4,rest=8' -> bits per component (None = fp32). Keys: components or 'rest'; values 4, 8 or 32."""
-    bits: dict[str, int | None] = dict.fromkeys(COMPONENTS)
+def parse_quant(text: str | None) -> dict[str, int | str | None]:
+    """'llm=4,rest=8' -> bits per component (None = fp32). Keys: components or 'rest'; values 4, 8 or 32 (weight
+    bits), or 'w8a8' for the DC-AE graphs: int8 compute, 8-bit weights and activations (see export/calibrate.py).
+
+    w8a8 is a value, not a new key, because it is one more way to store a graph, chosen per graph like the bits;
+    it is not a bit count for the weights alone, so `rest=` cannot spread it to graphs it does not fit."""
+    bits: dict[str, int | str | None] = dict.fromkeys(COMPONENTS)
     if not text:
         return bits
     rest = None
     given = {}
     for part in text.split(","):
         key, sep, value = part.strip().partition("=")
-        if not sep or key not in [*COMPONENTS, "rest"] or value not in ("4", "8", "32"):
+        if not sep or key not in [*COMPONENTS, "rest"] or value not in ("4", "8", "32", W8A8):
             raise ValueError(
-                f"bad --quant entry {part!r}: use NAME=BITS with NAME in {COMPONENTS + ['rest']} and BITS 4, 8 or 32"
+                f"bad --quant entry {part!r}: use NAME=BITS with NAME in {COMPONENTS + ['rest']} and BITS 4, 8 or 32 "
+                f"(or {' / '.join(W8A8_GRAPHS)}={W8A8}: int8 convolutions with calibrated activations)"
             )
-        number = None if value == "32" else int(value)
+        if value == W8A8 and key not in W8A8_GRAPHS:
+            raise ValueError(
+                f"bad --quant entry {part!r}: {W8A8} (int8 convolutions with calibrated activations) is for "
+                f"{' and '.join(W8A8_GRAPHS)} only, e.g. --quant llm=4,rest=8,vae_encoder={W8A8},vae_decoder={W8A8}"
+            )
+        number = None if value == "32" else value if value == W8A8 else int(value)
         if key == "rest":
             rest = number
         else:
@@ -76,7 +90,7 @@ def export_model(
     model_dir: str | Path,
     out: str | Path,
     fmt: str = "onnx",
-    quant: str | dict[str, int | None] | None = None,
+    quant: str | dict[str, int | str | None] | None = None,
     progress: bool = True,
     pipe=None,
     loras: list[tuple[str | Path, float]] | None = None,
@@ -90,6 +104,10 @@ def export_model(
     bits = quant if isinstance(quant, dict) else parse_quant(quant)
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")
+    if fmt != "onnx" and W8A8 in bits.values():
+        raise ValueError(f"--quant ...={W8A8} (ONNX Runtime's static int8 Conv) is for --format onnx only")
+    if any(b == W8A8 for name, b in bits.items() if name not in W8A8_GRAPHS):  # a dict passed in as is
+        raise ValueError(f"--quant ...={W8A8} is for {' and '.join(W8A8_GRAPHS)} only")
     given_pipe = pipe is not None
     pipe = pipe or load_model_folder(model_dir, vae="full")  # every graph, the DC-AE's included
     if pipe.vae is None:
@@ -148,17 +166,23 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
     encoder = pipe.text_encoder
     specs = graph_specs(pipe)
     graphs: dict[str, dict] = {}
+    calibration: dict[str, Calibration] = {}
+    if W8A8 in bits.values():  # both DC-AE graphs' inputs from one encoder pass per photo
+        _say(progress, f"      {W8A8}: calibrating DC-AE activations on photos ...")
+        calibration = vae_calibration(pipe.vae_encoder, pipe.config.resolution)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
         _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
         where = tmp / "llm" if spec.name == "llm" else tmp
-        entry = _export_graph(spec, where, fmt, bits[spec.name])
+        entry = _export_graph(spec, where, fmt, bits[spec.name], calibration.get(spec.name))
         entry["file"] = str((where / entry["file"]).relative_to(tmp))
         graphs[spec.name] = entry
+        error = f"max rel. error vs torch {entry['max_rel_error']:.1e}"
+        if "rel_l2_error" in entry:  # w8a8: measured on a held-out photo
+            error = f"rel. L2 error vs torch on a held-out photo {entry['rel_l2_error']:.1e}"
         _say(
             progress,
-            f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, "
-            f"{entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
+            f"      {entry['file']}: {error}, {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
         )
     _say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ...")
     embed_dtype = torch.float32 if bits["llm"] is None else torch.bfloat16
@@ -178,13 +202,25 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
     return graphs, llm
 
 
-def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
-    entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": bits}
+def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibration: Calibration | None = None) -> dict:
+    entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": 8 if bits == W8A8 else bits}
     if fmt == "onnx":
         path = export_onnx(spec, folder / f"{spec.name}.onnx")
-        if bits is not None:
+        if bits == W8A8:
+            entry["quant"] = quantize_onnx_static(path, spec.inputs[0], calibration.samples)
+        elif bits is not None:
             entry["quant"] = quantize_onnx_weights(path, bits, block_size=_onnx_block(bits))
-        entry["max_rel_error"] = _check(spec, load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1))
+        graph = load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1)
+        if bits == W8A8:  # its ranges fit photos, and random inputs lie outside them: checked on a held-out photo
+            entry["max_rel_error"], entry["rel_l2_error"] = _errors(spec, graph, (calibration.check,))
+            if entry["rel_l2_error"] > W8A8_TOLERANCE:
+                raise RuntimeError(
+                    f"the {W8A8} {spec.name} graph is {entry['rel_l2_error']:.2f} off PyTorch (relative L2 on a "
+                    f"held-out photo; at most {W8A8_TOLERANCE} passes): this model's activations do not survive "
+                    f"int8. Nothing was written; export {spec.name} with 8 or 32 bits instead."
+                )
+        else:
+            entry["max_rel_error"] = _errors(spec, graph, spec.example)[0]
     else:
         from .mnn_convert import onnx_to_mnn
 
@@ -193,7 +229,7 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | None) -> dict:
             path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=_mnn_block(bits))
         if bits is not None:
             entry["quant"] = {"bits": bits, "block_size": _mnn_block(bits), "scheme": "MNN asymmetric weights"}
-        entry["max_rel_error"] = _check(spec, load_graph(path, "mnn", spec.inputs, spec.outputs))
+        entry["max_rel_error"] = _errors(spec, load_graph(path, "mnn", spec.inputs, spec.outputs), spec.example)[0]
     error = entry["max_rel_error"]
     if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):
         # The folder is written atomically: a broken graph leaves no export (and an older one untouched).
@@ -214,9 +250,9 @@ def _onnx_block(bits: int) -> int:
     return LLM_GROUP_SIZE if bits == 4 else 128  # MatMulNBits needs blocks; 128 is its default
 
 
-def _check(spec, graph: Callable) -> float:
-    """Max |graph - torch| / max |torch| on the spec's example inputs."""
+def _errors(spec, graph: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    """(max |graph - torch| / max |torch|, |graph - torch|_2 / |torch|_2) on `inputs`."""
     with torch.no_grad():
-        ref = spec.module(*spec.example).float()
-    out = graph(*spec.example)
-    return float((out - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+        ref = spec.module(*inputs).float()
+    diff = graph(*inputs) - ref
+    return float(diff.abs().max() / ref.abs().max().clamp(min=1e-12)), float(diff.norm() / ref.norm().clamp(min=1e-12))

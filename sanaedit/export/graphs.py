@@ -185,10 +185,17 @@ def _base_specs(pipe, encoder, latents, llm_mask, queries, width, caption) -> li
             dynamo=False,
             dynamic_batch=True,
         ),
+        *vae_specs(pipe.vae_encoder, pipe.vae_decoder, pipe.config.resolution, channels, size),
+    ]
+
+
+def vae_specs(encoder: nn.Module, decoder: nn.Module, resolution: int, channels: int, size: int) -> list[GraphSpec]:
+    """DC-AE's encoder and decoder graphs (`models/vae.py`: scaled latents); bench/vae_speed.py exports them alone."""
+    return [
         GraphSpec(
             "vae_encoder",
-            pipe.vae_encoder,
-            (torch.rand(1, 3, pipe.config.resolution, pipe.config.resolution) * 2 - 1,),
+            encoder,
+            (torch.rand(1, 3, resolution, resolution) * 2 - 1,),
             ["pixels"],
             ["latents"],
             dynamo=True,
@@ -196,7 +203,7 @@ def _base_specs(pipe, encoder, latents, llm_mask, queries, width, caption) -> li
         ),
         GraphSpec(
             "vae_decoder",
-            pipe.vae_decoder,
+            decoder,
             (torch.randn(1, channels, size, size),),
             ["latents"],
             ["pixels"],

@@ -1,0 +1,126 @@
+"""`--quant vae_encoder=w8a8,vae_decoder=w8a8`: int8 convolutions in the ONNX DC-AE graphs, activations calibrated
+on photos at export (sanaedit/export/calibrate.py), on the tiny random model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sanaedit.cli import main
+from sanaedit.defaults import SAMPLE_PHOTO, load_pipeline
+from sanaedit.export import export_model, parse_quant
+from sanaedit.export.graphs import graph_specs
+from sanaedit.export.onnx_export import export_onnx
+from sanaedit.image_io import load_image
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+W8A8_QUANT = "rest=32,vae_encoder=w8a8,vae_decoder=w8a8"  # only the DC-AE differs from an fp32 export
+VAE_GRAPHS = ("vae_encoder", "vae_decoder")
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_model_dir, tiny_pipe, tmp_path_factory):
+    """(w8a8 export through the CLI, the same folder with the fp32 export's DC-AE graphs)."""
+    base = tmp_path_factory.mktemp("int8")
+    int8 = base / "int8"
+    assert main(["export", str(tiny_model_dir), "-o", str(int8), "--quant", W8A8_QUANT, "-q"]) == 0
+    # The fp32 export differs from this one only in the two DC-AE graphs: write those as an fp32 export writes them
+    # rather than exporting every graph again (the tiny model's LLM and DiT take most of an export's time).
+    fp32 = base / "fp32"
+    shutil.copytree(int8, fp32)
+    manifest = json.loads((fp32 / "model_index.json").read_text())
+    for spec in graph_specs(tiny_pipe):
+        if spec.name in VAE_GRAPHS:
+            path = export_onnx(spec, fp32 / f"{spec.name}.onnx")
+            entry = manifest["graphs"][spec.name]
+            entry.update(bits=None, bytes=path.stat().st_size)  # the runtime checks each graph's recorded size
+            del entry["quant"], entry["rel_l2_error"]
+    (fp32 / "model_index.json").write_text(json.dumps(manifest))
+    return int8, fp32
+
+
+def _producer(model, name: str):
+    return next((n for n in model.graph.node if name in n.output), None)
+
+
+@pytest.mark.parametrize("name", VAE_GRAPHS)
+def test_w8a8_graphs_compute_convolutions_in_int8(exports, name, tmp_path):
+    int8, _ = exports
+    manifest = json.loads((int8 / "model_index.json").read_text())
+    entry = manifest["graphs"][name]
+    assert entry["bits"] == 8 and entry["quant"]["activation_bits"] == 8
+    assert 0 < entry["rel_l2_error"] < 0.15  # measured 0.04 (encoder), 0.06 (decoder) on the held-out photo
+    assert manifest["graphs"]["transformer"]["bits"] is None  # rest=32: untouched
+
+    model = onnx.load(str(int8 / entry["file"]))
+    inits = {init.name: init for init in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:  # QDQ: uint8 activations in, int8 weights with one scale per output channel
+        x, w = _producer(model, conv.input[0]), _producer(model, conv.input[1])
+        assert x.op_type == w.op_type == "DequantizeLinear", conv.name
+        assert _producer(model, x.input[0]).op_type == "QuantizeLinear"
+        assert inits[x.input[2]].data_type == onnx.TensorProto.UINT8
+        weight, scale = inits[w.input[0]], inits[w.input[1]]
+        assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[0]]
+
+    # ... and ONNX Runtime really runs them as integer convolutions (the QDQ pairs fused into QLinearConv)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3  # its note that the optimized file is CPU-specific
+    ort.InferenceSession(str(int8 / entry["file"]), options, providers=["CPUExecutionProvider"])
+    optimized = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "Conv" not in optimized and optimized.count("QLinearConv") == len(convs)
+
+
+def test_w8a8_export_edits_a_photo_close_to_fp32(exports, tmp_path):
+    int8, fp32 = exports
+    photo = load_image(SAMPLE_PHOTO)
+    out = load_pipeline(int8)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    want = load_pipeline(fp32)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == want.size == photo.size
+    mse = np.mean((np.asarray(out, dtype=np.float64) - np.asarray(want, dtype=np.float64)) ** 2)
+    psnr = 10 * np.log10(255**2 / mse)
+    assert 25 < psnr < 80, psnr  # measured 30.2 dB (random tiny weights); < 80: the graphs really differ
+
+    # the CLI runs it too
+    assert main(["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "out.png"), "--model", str(int8), "-q"]) == 0
+    assert Image.open(tmp_path / "out.png").size == photo.size
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("transformer=w8a8", "vae_encoder and vae_decoder only"),
+        ("rest=w8a8", "vae_encoder and vae_decoder only"),
+        ("vae_decoder=int8", "w8a8"),
+        ("vae_decoder=W8A8", "w8a8"),
+    ],
+)
+def test_bad_w8a8_setting_says_what_is_allowed(text, message):
+    with pytest.raises(ValueError, match="--quant") as err:
+        parse_quant(text)
+    assert message in str(err.value)
+
+
+def test_w8a8_is_parsed_per_graph():
+    bits = parse_quant("llm=4,rest=8,vae_encoder=w8a8,vae_decoder=w8a8")
+    assert bits["vae_encoder"] == bits["vae_decoder"] == "w8a8" and bits["transformer"] == 8 and bits["llm"] == 4
+
+
+def test_w8a8_is_onnx_only_and_fails_before_loading(tmp_path, capsys):
+    missing = tmp_path / "no-model"  # refused before the model folder is read
+    with pytest.raises(ValueError, match="--format onnx only"):
+        export_model(missing, tmp_path / "out", fmt="mnn", quant="vae_decoder=w8a8", progress=False)
+    with pytest.raises(ValueError, match="vae_encoder and vae_decoder only"):  # bits given as a dict skip the parser
+        export_model(missing, tmp_path / "out", quant={**parse_quant(None), "transformer": "w8a8"}, progress=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    assert main(["export", str(model), "-o", str(tmp_path / "o"), "--quant", "transformer=w8a8"]) == 1
+    assert "vae_encoder and vae_decoder only" in capsys.readouterr().err
