@@ -1,10 +1,12 @@
 """The few-step student against its teacher, on held-out photos: quality and time per edit.
 
-    python bench/fast_path.py EVAL_DIR --teacher sanaedit/assets/comic-model --student runs/comic-fast \
-        --json bench/results/fast-path-comic-DATE.json
+    python bench/fast_path.py EVAL_DIR --teacher sanaedit/assets/comic-model --student ode=runs/comic-fast \
+        ladd=runs/comic-fast-ladd --tiny-vae --json bench/results/fast-path-comic-DATE.json
 
 Rows: the teacher with its own settings (the reference: 10 steps); the teacher at 1/2/4 steps without any training
-(Euler on its schedule, and the scm sampler) -- what the step count alone costs; the student at 1/2/4 scm steps.
+(Euler on its schedule, and the scm sampler) -- what the step count alone costs; each student (LABEL=DIR, or DIR)
+at 1/2/4 scm steps. With --tiny-vae, also the teacher's own edit and each student's at 2 steps through the light
+autoencoder (`--vae tiny`: every folder needs its tiny_vae/).
 Scores: `sanaedit.train.evaluate.compare` at the model's resolution on the held-out images of
 EVAL_DIR/manifest.jsonl (PSNR / SSIM / edge F1 against the comic filter's output), and PSNR against the teacher's own
 10-step edit of the same image (how close the fast path is to what it replaces). Seed 0 for every edit.
@@ -31,12 +33,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from family import dit_timer  # noqa: E402
 
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
+from sanaedit.torch_model import load_model_folder  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs, psnr  # noqa: E402
 
 METRICS = ("psnr", "ssim", "edge_f1")
 
 
-def rows_of(teacher: SanaEditPipeline, student: SanaEditPipeline, steps: list[int]) -> dict[str, tuple]:
+def rows_of(teacher: SanaEditPipeline, students: dict[str, SanaEditPipeline], steps: list[int]) -> dict[str, tuple]:
     """name -> (pipeline, call settings)."""
     own = teacher.config.num_inference_steps
     rows: dict[str, tuple] = {f"teacher, its own {own} steps": (teacher, {})}
@@ -46,9 +49,26 @@ def rows_of(teacher: SanaEditPipeline, student: SanaEditPipeline, steps: list[in
             teacher,
             {"num_inference_steps": n, "sampler": "scm", "schedule": "scm"},
         )
-    for n in steps:
-        rows[f"student, {n} scm steps"] = (student, {"num_inference_steps": n})
+    for label, student in students.items():
+        for n in steps:
+            rows[f"student {label}, {n} scm steps"] = (student, {"num_inference_steps": n})
     return rows
+
+
+def tiny_vae_rows(teacher_dir: str, students: dict[str, str]) -> dict[str, tuple]:
+    """The teacher's own edit and each student's 2-step edit through the light autoencoder."""
+    rows = {"teacher, its own steps, tiny VAE": (load_model_folder(teacher_dir, vae="tiny"), {})}
+    for label, folder in students.items():
+        rows[f"student {label}, 2 scm steps, tiny VAE"] = (
+            load_model_folder(folder, vae="tiny"),
+            {"num_inference_steps": 2},
+        )
+    return rows
+
+
+def labelled(specs: list[str]) -> dict[str, str]:
+    """LABEL=DIR or DIR (labelled by the folder's name) -> {label: dir}."""
+    return dict(spec.split("=", 1) if "=" in spec else (Path(spec).name, spec) for spec in specs)
 
 
 def edit(pipe: SanaEditPipeline, image, settings: dict):
@@ -87,20 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("eval_dir", help="held-out folder with manifest.jsonl (runs/comic/data/eval)")
     ap.add_argument("--teacher", required=True, help="the teacher's model folder")
-    ap.add_argument("--student", required=True, help="the student's model folder (sanaedit distill)")
+    ap.add_argument("--student", required=True, nargs="+", help="students' model folders (sanaedit distill): LABEL=DIR")
+    ap.add_argument("--tiny-vae", action="store_true", help="also rows through the light autoencoder (--vae tiny)")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="student step counts (default: 1 2 4)")
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds (default: 5)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    teacher, student = SanaEditPipeline.from_pretrained(args.teacher), SanaEditPipeline.from_pretrained(args.student)
+    teacher, folders = SanaEditPipeline.from_pretrained(args.teacher), labelled(args.student)
+    students = {label: SanaEditPipeline.from_pretrained(folder) for label, folder in folders.items()}
     pairs = load_pairs(args.eval_dir)
-    rows = rows_of(teacher, student, args.steps)
+    rows = rows_of(teacher, students, args.steps)
+    if args.tiny_vae:
+        rows.update(tiny_vae_rows(args.teacher, folders))
     results = {"quality": quality(rows, pairs), "speed": speed(rows, pairs[0][1], args.repeats)}
     results["setup"] = {
         "teacher": str(args.teacher),
-        "student": str(args.student),
+        "students": folders,
         "held_out_images": len(pairs),
         "resolution": teacher.config.resolution,
         "threads": args.threads,
