@@ -11,6 +11,8 @@ Each row is a fresh `sanaedit edit` process (the console script); wall-clock fro
 - student:  the same DiT with a guidance embedding (what `sanaedit distill` makes: one forward per step, no CFG
             batch), the scm sampler at 1/2/4 steps, stored in bf16 (the dtype it runs in), with a tiny autoencoder
             (TAESANA's architecture) beside the DC-AE: `--vae tiny|full`; `--dtype int8`, `--low-memory` variants.
+- student int8-stored: `sanaedit export STUDENT --format int8` (the DiT's int8 codes in the folder: no float read,
+            no conversion at load), the same 2-step tiny rows.
 - onnx / mnn: `sanaedit export` of the student folder (--onnx / --mnn, default 8-bit weights, LLM 4-bit): the
             same rows on ONNX Runtime / MNN (no diffusers import; float32 compute).
 - steady:   the student's 2-step tiny path over --batch copies of the photo in one process: (t_N - t_1) / (N - 1)
@@ -33,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "sanaedit/assets/sample.jpg"
 
 
-def build_folders(variant: str, work: Path) -> tuple[Path, Path]:
-    """(teacher, student) model folders of random weights, built once into `work`."""
+def build_folders(variant: str, work: Path) -> tuple[Path, Path, Path]:
+    """(teacher, student, student stored in int8) model folders of random weights, built once into `work`."""
     import torch
 
     from sanaedit.assemble import build_tiny_vae
@@ -54,7 +56,13 @@ def build_folders(variant: str, work: Path) -> tuple[Path, Path]:
         config = pipe.config
         config.sampler, config.schedule, config.num_inference_steps, config.vae = "scm", "scm", 2, "tiny"
         SanaEditPipeline(flow, pipe.text_encoder, config, prompt_cache=pipe.prompt_cache).save_pretrained(student)
-    return teacher, student
+    int8 = work / f"{variant}-student-int8"
+    if not (int8 / "model_index.json").is_file():
+        from sanaedit.int8_folder import write_int8_folder
+
+        print(f"building {int8} ...", flush=True)
+        write_int8_folder(student, int8)
+    return teacher, student, int8
 
 
 def timed_edit(model: Path, flags: list[str], out: Path, inputs: list[Path]) -> dict:
@@ -89,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", default=None, metavar="DIR", help="an ONNX export of the student folder: its rows too")
     p.add_argument("--mnn", default=None, metavar="DIR", help="an MNN export of the student folder: its rows too")
     p.add_argument("--only-exports", action="store_true", help="just the export rows")
+    p.add_argument("--only", default=None, metavar="TEXT", help="just the rows whose name contains TEXT")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    teacher, student = build_folders(args.variant, work)
+    teacher, student, student_int8 = build_folders(args.variant, work)
     cfg10 = ["--steps", "10", "--guidance", "4.5"]
     rows = [("teacher: 10 steps, CFG 4.5, DC-AE (fp32 files)", teacher, cfg10)]
     for vae in ("tiny", "full"):
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         ("student: 2 steps, tiny VAE, --low-memory", student, [*tiny, "--low-memory"]),
         ("student: 2 steps, tiny VAE, int8, --low-memory", student, [*tiny, "--dtype", "int8", "--low-memory"]),
         ("teacher: 10 steps, CFG 4.5, DC-AE, --low-memory", teacher, [*cfg10, "--low-memory"]),
+        ("student int8-stored: 2 steps, tiny VAE", student_int8, tiny),
+        ("student int8-stored: 2 steps, tiny VAE, --low-memory", student_int8, [*tiny, "--low-memory"]),
     ]
     exports = [(name, Path(folder)) for name, folder in (("onnx", args.onnx), ("mnn", args.mnn)) if folder]
     if args.only_exports:
@@ -115,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             for steps in (1, 2, 4):
                 name = f"student {runtime}: {steps} step{'s' * (steps > 1)}, {vae} VAE"
                 rows.append((name, folder, ["--steps", str(steps), "--vae", vae]))
+    if args.only:
+        rows = [row for row in rows if args.only in row[0]]
     out_dir = work / "cli-speed-out"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.batch):
         copies.append(out_dir / f"copy{i}.jpg")
         shutil.copy(PHOTO, copies[-1])
-    for runtime, folder in ([] if args.only_exports else [("torch", student)]) + exports:
+    for runtime, folder in ([] if args.only_exports or args.only else [("torch", student)]) + exports:
         one = timed_edit(folder, ["--vae", "tiny"], out_dir / "steady1", copies[:1])
         many = timed_edit(folder, ["--vae", "tiny"], out_dir / "steadyN", copies)
         steady = (many["wall_s"] - one["wall_s"]) / (args.batch - 1)

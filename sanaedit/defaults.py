@@ -138,7 +138,14 @@ def _torch_pipeline(
         prepare(pipe.transformer)
         return pipe
     from .lora import style_upsampling
+    from .model_folder import stored_int8
     from .torch_model import load_model_folder
+
+    if loras and stored_int8(folder):
+        raise ValueError(
+            f"{folder} stores its DiT in int8 (sanaedit export --format int8): a LoRA merges into float weights; "
+            "use the float folder it was made from"
+        )
 
     pipe = load_model_folder(
         folder,

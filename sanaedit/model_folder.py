@@ -44,6 +44,8 @@ EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
 RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (release_folder.py)
 EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
 TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exported graphs' prefix)
+# A DiT stored in int8 (`sanaedit export DIR --format int8`, speed/int8.py) says so in its config.json under this key
+STORED_INT8 = "sanaedit_int8"
 VAE_CHOICES = ("full", "tiny")  # `--vae`: DC-AE or the light autoencoder
 TINY_GRAPHS = ("tiny_vae_encoder", "tiny_vae_decoder")  # its exported graphs (scaled latents, pixels in [-1, 1])
 
@@ -165,6 +167,15 @@ def llm_width(folder: str | Path) -> int | None:
             return int(f.get_slice("meta_queries").get_shape()[-1])
     except Exception:
         return None
+
+
+def stored_int8(folder: str | Path) -> bool:
+    """Whether a model folder's DiT is stored in int8 (its blocks' matmuls run in int8 whatever --dtype says)."""
+    try:
+        config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get(STORED_INT8))
 
 
 def follows_prompts(folder: str | Path) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ def test_int8_linear_close_to_float(dtype):
     layer = Int8Linear.from_linear(linear)
     out = layer(x.to(dtype))
     assert out.dtype == dtype and out.shape == (2, 7, 40)
-    assert layer.weight_t.dtype == torch.int8
+    assert layer.weight.dtype == torch.int8 and layer.weight.shape == (40, 96)
     assert 0 < _rel(out, linear(x)) < 0.02  # quantized (not exact), within 2%
 
 
@@ -98,3 +100,74 @@ def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# ------------------------------------------------------------------------------------ a DiT stored in int8
+@pytest.fixture(scope="module")
+def int8_folder(tiny_model_dir, tmp_path_factory):
+    from sanaedit.cli import main
+
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    assert main(["export", str(tiny_model_dir), "--format", "int8", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def _edit(pipe) -> np.ndarray:
+    photo = Image.new("RGB", (80, 56), (200, 120, 40))
+    return np.asarray(pipe(photo, generator=torch.Generator().manual_seed(0)).images[0])
+
+
+def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_model_dir, int8_folder):
+    """`export --format int8` writes the codes `--dtype int8` makes (quantized from the stored weights) and loads
+    them as they are: the same layers, bit for bit, and the same picture; everything else copied byte for byte."""
+    import json
+
+    from safetensors import safe_open
+
+    from sanaedit.model_folder import stored_int8
+    from sanaedit.speed.int8 import Int8Linear, int8_layer
+    from sanaedit.torch_model import load_model_folder
+
+    assert stored_int8(int8_folder) and not stored_int8(tiny_model_dir)
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    with safe_open(int8_folder / weights, "pt") as f:
+        codes = [k for k in f.keys() if f.get_slice(k).get_dtype() == "I8"]
+        assert codes and all(k.startswith("transformer_blocks.") and k.endswith(".weight") for k in codes)
+    assert (int8_folder / weights).stat().st_size < (tiny_model_dir / weights).stat().st_size
+    for name in ("vae/diffusion_pytorch_model.safetensors", "prompt_cache.safetensors", "model_index.json"):
+        assert (int8_folder / name).read_bytes() == (tiny_model_dir / name).read_bytes()
+    config = json.loads((int8_folder / "transformer" / "config.json").read_text())
+    source = json.loads((tiny_model_dir / "transformer" / "config.json").read_text())
+    assert {k: v for k, v in config.items() if k not in ("sanaedit_int8", "_name_or_path")} == {
+        k: v for k, v in source.items() if k != "_name_or_path"
+    }
+    quantized_on_load = load_model_folder(tiny_model_dir, transformer_layers=int8_layer)
+    stored = load_model_folder(int8_folder)
+    a, b = quantized_on_load.transformer.state_dict(), stored.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert sum(isinstance(m, Int8Linear) for m in stored.transformer.modules()) > 0
+    assert np.array_equal(_edit(quantized_on_load), _edit(stored))
+    staged = load_model_folder(int8_folder, staged=True)  # --low-memory loads it in its stage the same way
+    assert np.array_equal(_edit(staged), _edit(stored))
+
+
+def test_a_dit_stored_in_int8_refuses_what_needs_float_weights(tiny_model_dir, int8_folder, tmp_path, capsys):
+    from sanaedit.cli import main
+    from sanaedit.train.config import ModelConfig
+    from sanaedit.train.model import build_model
+
+    lora = Path(__file__).parents[1] / "sanaedit" / "assets" / "ghibli-lora"  # a real LoRA file (any would do)
+    with pytest.raises(ValueError, match="stores its DiT in int8.*LoRA merges into float weights"):
+        load_pipeline(int8_folder, loras=[(lora, 1.0)])
+    with pytest.raises(ValueError, match="model.from.*stores its DiT in int8.*cannot be trained"):
+        build_model(ModelConfig(from_=str(int8_folder)))
+    cases = [
+        (["export", str(int8_folder), "-o", str(tmp_path / "x")], "export graphs from the float folder"),
+        (["export", str(int8_folder), "--format", "int8", "-o", str(tmp_path / "y")], "already stored in int8"),
+        (["export", str(tiny_model_dir), "--format", "int8", "-o", str(tmp_path / "z"), "--lora", str(lora)],
+         "bake a LoRA in first"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) != 0
+        assert message in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "xyz")

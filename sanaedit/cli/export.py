@@ -1,4 +1,5 @@
-"""`sanaedit export MODEL_DIR --format onnx|mnn -o DIR [--quant llm=4,rest=8]`: graphs for on-device runtimes."""
+"""`sanaedit export MODEL_DIR --format onnx|mnn -o DIR [--quant llm=4,rest=8]`: graphs for on-device runtimes;
+`--format int8`: a PyTorch model folder whose DiT is stored in int8 (sanaedit/int8_folder.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model folder not found: {model}")
     if out.resolve() == model.resolve():
         raise ValueError(f"-o/--output {out} is the model folder itself; choose another folder")
+    if args.format == "int8":
+        from ..int8_folder import write_int8_folder
+
+        if args.lora:
+            raise ValueError("--format int8 stores the folder's own DiT: bake a LoRA in first (save_pretrained)")
+        write_int8_folder(model, out)
+        result(args, f"wrote {out}: its DiT in int8; run it with `sanaedit edit PHOTO -o OUT --model {out}`")
+        return 0
     quant = None if args.quant in ("none", "fp32") else args.quant
     parse_quant(quant)  # a bad --quant fails before any model is loaded
     export_model(model, out, fmt=args.format, quant=quant, progress=not args.quiet, loras=args.lora)
@@ -33,10 +42,14 @@ def add_parser(sub) -> None:
         examples="""
 sanaedit export DIR -o DIR-onnx                            ONNX, 4-bit LLM and 8-bit rest (the published mix)
 sanaedit export DIR --format mnn -o DIR-mnn --quant none   MNN, fp32
+sanaedit export DIR --format int8 -o DIR-int8              PyTorch, the DiT stored in int8 (--dtype int8, no conversion)
 sanaedit edit photo.jpg -o out.png --model DIR-onnx        run the export""",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder (from train, assemble or save_pretrained)")
-    p.add_argument("--format", choices=["onnx", "mnn"], default="onnx", help="graph format (default: onnx)")
+    p.add_argument(
+        "--format", choices=["onnx", "mnn", "int8"], default="onnx",
+        help="graph format (default: onnx); int8: a PyTorch model folder with its DiT stored in int8 (--quant unused)",
+    )  # fmt: skip
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder, written atomically (required)")
     p.add_argument(
         "--quant",

@@ -31,6 +31,7 @@ from ..model_folder import (
     TINY_GRAPHS,
     atomic_folder,
     save_meta_queries,
+    stored_int8,
     write_index,
     write_prompt_cache,
 )
@@ -108,6 +109,11 @@ def export_model(
         raise ValueError(f"--quant ...={W8A8} (ONNX Runtime's static int8 Conv) is for --format onnx only")
     if any(b == W8A8 for name, b in bits.items() if name not in W8A8_GRAPHS):  # a dict passed in as is
         raise ValueError(f"--quant ...={W8A8} is for {' and '.join(W8A8_GRAPHS)} only")
+    if pipe is None and stored_int8(model_dir):
+        raise ValueError(
+            f"{model_dir} stores its DiT in int8 (sanaedit export --format int8): export graphs from the float folder "
+            "it was made from (--quant chooses the graphs' own quantization)"
+        )
     given_pipe = pipe is not None
     pipe = pipe or load_model_folder(model_dir, vae="full")  # every graph, the DC-AE's included
     if pipe.vae is None:

@@ -18,6 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# What a DiT stored in int8 records under model_folder.STORED_INT8 (`sanaedit export DIR --format int8`): its blocks'
+# Linear and 1x1 Conv layers hold `weight` (int8 codes), `weight_scale` and `bias` (float32), loaded as they are.
+STORED_INT8_SCHEME = {
+    "layers": "transformer_blocks: Linear and 1x1 Conv",
+    "weights": "int8, symmetric per output channel (weight_scale)",
+    "activations": "int8, symmetric per token, quantized on the fly",
+}
+
 
 def _int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (int8 codes, float32 scale per row [M, 1]), symmetric."""
@@ -26,12 +34,13 @@ def _int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """`nn.Linear` as an int8 x int8 -> int32 product (see module docstring)."""
+    """`nn.Linear` as an int8 x int8 -> int32 product (see module docstring). Its state: `weight` (int8 codes,
+    [out, in]), `weight_scale` (float32 per output channel) and `bias` (float32): what a stored-int8 folder holds."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         codes, scale = _int8_rows(weight.detach().reshape(weight.shape[0], -1).float())
-        self.register_buffer("weight_t", codes.t())  # [K, N]: a transposed view is what oneDNN reads fastest
+        self.register_buffer("weight", codes)
         self.register_buffer("weight_scale", scale.reshape(1, -1))
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = codes.shape[1], codes.shape[0]
@@ -40,10 +49,24 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         return cls(linear.weight, linear.bias)
 
+    @classmethod
+    def shell(cls, module: nn.Module) -> Int8Linear:
+        """An empty layer (meta tensors) of `module`'s shape, for a stored-int8 folder's values to stream into."""
+        out_features, in_features = module.weight.shape[0], module.weight[0].numel()
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device="meta"))
+        layer.register_buffer("weight_scale", torch.empty(1, out_features, device="meta"))
+        bias = None if module.bias is None else torch.empty(out_features, device="meta")
+        layer.register_buffer("bias", bias)
+        layer.in_features, layer.out_features = in_features, out_features
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         codes, scale = _int8_rows(rows)
-        out = torch._int_mm(codes, self.weight_t).float() * (scale * self.weight_scale)
+        # weight.t(): a transposed view of the [out, in] codes is what oneDNN reads fastest
+        out = torch._int_mm(codes, self.weight.t()).float() * (scale * self.weight_scale)
         if self.bias is not None:
             out += self.bias
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -70,16 +93,28 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
-def int8_layer(name: str, module: nn.Module) -> nn.Module | None:
-    """The int8 layer that replaces the DiT's module `name` (a path from the transformer), or None where it stays:
-    for `quantize_dit_int8`, and for streaming loads that quantize each layer as it arrives (speed/lowmem.py)."""
+def _int8_kind(name: str, module: nn.Module) -> type[Int8Linear] | None:
+    """Which int8 layer replaces the DiT's module `name` (a path from the transformer), None where it stays float."""
     if not name.startswith("transformer_blocks."):
         return None
     if isinstance(module, nn.Linear):
-        return Int8Linear.from_linear(module)
+        return Int8Linear
     if _is_pointwise(module):
-        return Int8Conv1x1.from_conv(module)
+        return Int8Conv1x1
     return None
+
+
+def int8_layer(name: str, module: nn.Module) -> nn.Module | None:
+    """The int8 layer that replaces the DiT's module `name`, or None where it stays: for `quantize_dit_int8`, and
+    for streaming loads that quantize each layer as it arrives (speed/lowmem.py)."""
+    kind = _int8_kind(name, module)
+    return None if kind is None else kind(module.weight, module.bias)
+
+
+def int8_shell(name: str, module: nn.Module) -> nn.Module | None:
+    """An empty int8 layer where `int8_layer` would put one: the skeleton a stored-int8 DiT loads into."""
+    kind = _int8_kind(name, module)
+    return None if kind is None else kind.shell(module)
 
 
 def quantize_dit_int8(transformer: nn.Module) -> int:

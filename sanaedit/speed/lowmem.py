@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model_folder import STORED_INT8
 from ..quant import QuantizedConv2d, QuantizedLinear
+from .int8 import Int8Linear, int8_shell
 
 QUANTIZED = {nn.Linear: QuantizedLinear, nn.Conv2d: QuantizedConv2d}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -95,11 +97,18 @@ def load_model(
 
 
 def empty_model(cls, folder: str | Path):
-    """`cls` built from `folder`'s config on the meta device: its structure and config, no memory."""
+    """`cls` built from `folder`'s config on the meta device: its structure and config, no memory (a DiT stored in
+    int8 with its int8 layers)."""
     from accelerate import init_empty_weights
 
+    config = dict(cls.load_config(folder))
+    int8 = config.pop(STORED_INT8, None)  # ours, not the class's: passed on, diffusers would warn that it ignores it
     with init_empty_weights():
-        return cls.from_config(cls.load_config(folder))
+        model = cls.from_config(config)
+    if int8:  # the layers it stores in int8 as empty int8 layers, for their codes to stream into
+        model.register_to_config(**{STORED_INT8: int8})
+        replace_layers(model, int8_shell)
+    return model
 
 
 def replace_layers(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
@@ -119,6 +128,9 @@ def _load_model(cls, folder, dtype, replace, only):
     files = weight_files(folder)
     model = empty_model(cls, folder)
     model.register_to_config(_name_or_path=folder)  # as diffusers' from_pretrained records it
+    # tensors kept in their stored dtype: a stored-int8 DiT's codes, scales and biases
+    int8 = {name for name, m in model.named_modules() if isinstance(m, Int8Linear)}
+    as_stored = {key for key, _ in model.named_buffers() if key.rpartition(".")[0] in int8}
     expected = {key for key in model.state_dict() if only is None or key.startswith(only)}
     pending: dict[str, set[str]] = {}  # module name -> its own tensors not loaded yet
     if replace is not None:
@@ -127,7 +139,7 @@ def _load_model(cls, folder, dtype, replace, only):
             if own and own <= expected:
                 pending[name] = own
     unexpected = []
-    _stream(model, files, expected, pending, unexpected, dtype, replace, only)
+    _stream(model, files, expected, pending, unexpected, dtype, replace, only, as_stored)
     tensors = [*model.named_parameters(), *model.named_buffers()]
     left = [n for n, t in tensors if t.device.type == "meta" and (only is None or n.startswith(only))]
     if unexpected or left:
@@ -141,7 +153,7 @@ def _load_model(cls, folder, dtype, replace, only):
     return model.eval().requires_grad_(False)
 
 
-def _stream(model, files, expected, pending, unexpected, dtype, replace, only) -> None:
+def _stream(model, files, expected, pending, unexpected, dtype, replace, only, as_stored=frozenset()) -> None:
     """`load_model`'s loop: each stored tensor read, cast, placed; a module swapped by `replace` once complete."""
     from accelerate.utils import set_module_tensor_to_device
 
@@ -150,7 +162,7 @@ def _stream(model, files, expected, pending, unexpected, dtype, replace, only) -
             if key not in expected:
                 unexpected.append(key)
                 continue
-            value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            value = tensor.to(dtype) if tensor.is_floating_point() and key not in as_stored else tensor
             set_module_tensor_to_device(model, key, "cpu", value=value, dtype=value.dtype)
             expected.discard(key)
             if value.data_ptr() != tensor.data_ptr() and tensor.nbytes >= 1 << 20:

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..flow import FlowModel
+from ..model_folder import stored_int8
 from ..pipeline import PipelineConfig, SanaEditPipeline
 from .config import ModelConfig
 from .parts import TrainParts
@@ -19,6 +20,11 @@ def build_model(model: ModelConfig) -> SanaEditPipeline:
     if model.from_:
         from ..torch_model import load_model_folder
 
+        if stored_int8(model.from_):
+            raise ValueError(
+                f"config key 'model.from': {model.from_} stores its DiT in int8 (sanaedit export --format int8), "
+                "which cannot be trained: start from the float folder it was made from"
+            )
         pipe = load_model_folder(model.from_, vae="full")  # training needs the DC-AE whatever the folder's default
         pipe.text_encoder  # noqa: B018 - load the LLM path now (training needs it)
         return pipe
