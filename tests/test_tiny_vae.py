@@ -187,17 +187,21 @@ def test_cli_edit_vae_tiny(tiny_vae_dir, tmp_path):
 
 def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_model_dir, tiny_edit_pairs):
     """The stage adds a fresh light autoencoder to a folder without one, its loss falls, the DC-AE and its latent
-    scale stay as they were, and the exported folder carries tiny_vae/."""
+    scale stay as they were, and the exported folder carries tiny_vae/ and still edits at the model's own resolution
+    (the stage trains on smaller views)."""
     import numpy as np
 
     from sanaedit.torch_model import check_model_folder, load_model_folder
     from sanaedit.train.loop import train
 
+    base = load_model_folder(tiny_model_dir)
+    views = base.config.resolution // 2
+    assert views % base.vae_scale == 0
     cfg = {
         "output_dir": str(tmp_path / "run"),
         "device": "cpu",
         "model": {"from": str(tiny_model_dir)},
-        "data": {"manifest": str(tiny_edit_pairs)},
+        "data": {"manifest": str(tiny_edit_pairs), "resolution": views},
         "train": {"stage": "tiny-vae", "steps": 12, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3},
         "log": {"every": 1, "progress": False},
         "checkpoint": {"every": 0},
@@ -208,6 +212,7 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
     assert check_model_folder(out)["tiny_vae"] == ["sanaedit", "TinyAutoencoder"]
     before, after = load_model_folder(tiny_model_dir), load_model_folder(out, vae="tiny")
     assert after.vae is None and after.flow.tiny_vae.config.scaling_factor == before.vae.config.scaling_factor
+    assert after.config.resolution == base.config.resolution
     dc_ae = load_model_folder(out).vae
     for (name, a), b in zip(before.vae.state_dict().items(), dc_ae.state_dict().values()):
         assert torch.equal(a, b), name  # the DC-AE is the frozen teacher

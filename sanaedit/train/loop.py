@@ -71,7 +71,11 @@ class Trainer:
     def setup(self) -> None:
         cfg, t = self.cfg, self.t
         self.pipe = build_model(cfg.model)
-        self.resolution = cfg.data.resolution or self.pipe.config.resolution
+        self.resolution = cfg.data.resolution or self.pipe.config.resolution  # what this stage trains on
+        # The size the model edits at is its DiT's: a stage that leaves the DiT alone (the autoencoders are fully
+        # convolutional and train on views of any size; the refiner) exports the model's own resolution.
+        trains_dit = bool({"transformer", "lora"} & set(self.stage.trainable))
+        self.edit_resolution = self.resolution if trains_dit else self.pipe.config.resolution
         if self.resolution != self.pipe.config.resolution:
             self.pipe.config.resolution = self.resolution
         if "lora" in self.stage.trainable:
@@ -255,7 +259,7 @@ class Trainer:
     def export_pipeline(self) -> SanaEditPipeline:
         parts = self.unwrapped()
         export = {**getattr(parts, "export_defaults", dict)(), **self.cfg.export}  # a student names its sampler
-        return export_pipeline(parts, self.pipe.config, self.resolution, export)
+        return export_pipeline(parts, self.pipe.config, self.edit_resolution, export)
 
     def write_samples(self, step: int) -> Path:
         path = self.dir / "samples" / f"step-{step:08d}.png"
