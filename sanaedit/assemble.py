@@ -90,11 +90,11 @@ def assemble(
 
 def build_tiny_vae(vae, weights: bool | tuple[Path, Path], dtype: torch.dtype = torch.float32):
     """A light autoencoder fitting the DC-AE `vae`: fresh, or from taesd-layout `(encoder.pth, decoder.pth)`."""
-    from .models.tiny_vae import TinyAutoencoder, load_taesd_state_dicts
+    from .models.tiny_vae import TAESD_LATENT_CLAMP, TinyAutoencoder, load_taesd_state_dicts
 
-    tiny = TinyAutoencoder.for_autoencoder(vae)
     if weights is True:
-        return tiny.to(dtype).eval()
+        return TinyAutoencoder.for_autoencoder(vae).to(dtype).eval()
+    tiny = TinyAutoencoder.for_autoencoder(vae, latent_clamp=TAESD_LATENT_CLAMP)  # what the weights were trained with
     states = []
     for path in map(Path, weights):
         try:

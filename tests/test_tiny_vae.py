@@ -99,6 +99,23 @@ def test_taesana_defaults_hold_the_published_key_layout_and_compute_the_same(tmp
     assert 8.0e6 < n_dec < 8.6e6 and 1.1e6 < n_enc < 1.4e6  # TAESANA: 8.3M + 1.3M
 
 
+def test_fresh_weights_clamp_latents_over_the_same_spread_as_taesana(tmp_path):
+    """A DC-AE whose raw latents spread wider (a smaller scaling factor) gets a proportionally wider soft clamp, so
+    the decoder sees them un-squashed as TAESANA's does its own; the setting is saved with the folder."""
+    from types import SimpleNamespace
+
+    from sanaedit.models.tiny_vae import TAESANA_SCALING_FACTOR
+
+    dc_ae = SimpleNamespace(config=SimpleNamespace(latent_channels=32, scaling_factor=TAESANA_SCALING_FACTOR / 5))
+    dc_ae.config.encoder_block_out_channels = [128] * 6  # 32x compression
+    tiny = TinyAutoencoder.for_autoencoder(dc_ae)
+    assert tiny.config.latent_clamp == pytest.approx(15.0)
+    wide = torch.full((1, 32, 1, 1), 12.0)  # 5x TAESANA's 2.4 spread
+    assert tiny.decoder[0](wide).min() > 0.7 * 12.0  # TAESANA's clamp of 3 would flatten it to < 3
+    tiny.save_pretrained(tmp_path / "t")
+    assert TinyAutoencoder.from_pretrained(tmp_path / "t").decoder[0].limit == pytest.approx(15.0)
+
+
 def test_a_wrong_state_dict_is_refused_by_name(tmp_path):
     (enc_path, dec_path), _, _ = _published_files(tmp_path, 32)
     enc, dec = torch.load(enc_path, weights_only=True), torch.load(dec_path, weights_only=True)
@@ -235,7 +252,8 @@ def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_
         teacher = pipe.vae.decode(z).sample
         student = decoder(z) * 2 - 1
         F = torch.nn.functional
-        expected = F.mse_loss(encoder(pixels * 0.5 + 0.5), z) + 2.0 * F.l1_loss(student, teacher)
+        sf = pipe.vae.config.scaling_factor  # the latents' error counts in the DiT's scaled units
+        expected = F.mse_loss(encoder(pixels * 0.5 + 0.5), z) * sf**2 + 2.0 * F.l1_loss(student, teacher)
         expected = expected + 0.5 * F.mse_loss(student, teacher)
         torch.testing.assert_close(parts({"target": pixels}), expected)
 

@@ -24,6 +24,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 TAESANA_DECODER_CHANNELS = (256, 128, 64, 64, 64, 64)  # per upsampling stage, then the last block's
+TAESANA_SCALING_FACTOR = 0.41407  # DC-AE F32C32's: its raw latents spread ~2.4
+TAESD_LATENT_CLAMP = 3.0  # the decoder's soft clamp in every published taesd checkpoint
 
 
 def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
@@ -31,10 +33,14 @@ def _conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
 
 
 class SoftClamp(nn.Module):
-    """3 tanh(x / 3): keeps out-of-range latents from blowing up the decoder (taesd's `Clamp`)."""
+    """limit tanh(x / limit): keeps out-of-range latents from blowing up the decoder (taesd's `Clamp`, limit 3)."""
+
+    def __init__(self, limit: float = TAESD_LATENT_CLAMP):
+        super().__init__()
+        self.limit = limit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x / 3) * 3
+        return torch.tanh(x / self.limit) * self.limit
 
 
 class TinyBlock(nn.Module):
@@ -62,7 +68,8 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         encoder_channels: tuple[int, int] = (32, 64),
         decoder_channels: tuple[int, ...] = TAESANA_DECODER_CHANNELS,
         blocks_per_stage: int = 3,
-        scaling_factor: float = 0.41407,
+        scaling_factor: float = TAESANA_SCALING_FACTOR,
+        latent_clamp: float = TAESD_LATENT_CLAMP,
     ):
         super().__init__()
         stages = len(decoder_channels) - 1  # spatial compression 2**stages, in the encoder as in the decoder
@@ -74,7 +81,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         for _ in range(stages - 2):
             encoder += [_conv(e1, e1, stride=2, bias=False), *(TinyBlock(e1, e1) for _ in range(blocks_per_stage))]
         encoder.append(_conv(e1, latent_channels))
-        decoder: list[nn.Module] = [SoftClamp(), _conv(latent_channels, decoder_channels[0]), nn.ReLU()]
+        decoder: list[nn.Module] = [SoftClamp(latent_clamp), _conv(latent_channels, decoder_channels[0]), nn.ReLU()]
         for width, narrower in zip(decoder_channels[:-1], decoder_channels[1:]):
             decoder += [TinyBlock(width, width) for _ in range(blocks_per_stage)]
             decoder += [nn.Upsample(scale_factor=2), _conv(width, narrower, bias=False)]
@@ -86,9 +93,12 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         return 2 ** (len(self.config.decoder_channels) - 1)
 
     @classmethod
-    def for_autoencoder(cls, vae) -> TinyAutoencoder:
+    def for_autoencoder(cls, vae, latent_clamp: float | None = None) -> TinyAutoencoder:
         """Fresh weights fitting a DC-AE (`AutoencoderDC`): its latent channels, compression and scaling factor;
-        TAESANA's exact architecture for a 32x one."""
+        TAESANA's exact architecture for a 32x one. The decoder's soft clamp covers the same range, in units of the
+        latents' spread (1 / scaling factor), as TAESANA's +-3 does on its DC-AE: a DC-AE with wider raw latents
+        (the bundled model's spread ~11.5 against ~2.4) would otherwise have most of them squashed flat. Published
+        weights were trained with their own clamp: pass it (`TAESD_LATENT_CLAMP`)."""
         from .vae import spatial_compression
 
         stages = spatial_compression(vae).bit_length() - 1
@@ -97,6 +107,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
             latent_channels=vae.config.latent_channels,
             decoder_channels=tuple(channels),
             scaling_factor=float(vae.config.scaling_factor),
+            latent_clamp=latent_clamp or TAESD_LATENT_CLAMP * TAESANA_SCALING_FACTOR / float(vae.config.scaling_factor),
         )
 
 

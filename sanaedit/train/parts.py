@@ -89,9 +89,10 @@ class TrainParts(nn.Module):
         return self.vae(pixels).sample
 
     def distillation_loss(self, pixels: torch.Tensor) -> torch.Tensor:
-        """MSE of the tiny encoder to the DC-AE's raw latents, plus the reconstruction weights' L1 / MSE of the tiny
-        decoder (of those latents) to the DC-AE decoder's output, in [-1, 1]. TAESANA's conventions: images in
-        [0, 1], raw latents."""
+        """MSE of the tiny encoder to the DC-AE's latents, measured in the scaled units the DiT sees (so it weighs
+        the same for any DC-AE: raw latents may spread ~2.4 or ~11.5), plus the reconstruction weights' L1 / MSE of
+        the tiny decoder (of those latents) to the DC-AE decoder's output, in [-1, 1]. TAESANA's conventions: images
+        in [0, 1], raw latents."""
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent
             teacher = self.vae.decode(latents).sample.float()
@@ -99,7 +100,7 @@ class TrainParts(nn.Module):
         decoded = self.tiny_vae.decoder(latents).float() * 2 - 1
         w = self.reconstruction
         return (
-            F.mse_loss(encoded, latents.float())
+            F.mse_loss(encoded, latents.float()) * self.tiny_vae.config.scaling_factor**2
             + w.l1 * F.l1_loss(decoded, teacher)
             + w.mse * F.mse_loss(decoded, teacher)
         )
