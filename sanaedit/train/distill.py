@@ -27,7 +27,9 @@ x0 = x - sigma v(x, sigma): that is what `sampling.scm_sample` steps with, and w
                     each step: the student's term is computed with the heads frozen, the heads' on detached fakes.
 
 Why `ode` is the default: our editing task maps a photo to nearly one answer, so the teacher's trajectories are
-smooth and cheap to regress on, and on the bundled model it measures better at 1-2 steps (docs/training.md).
+smooth and cheap to regress on, and on the bundled model it measures best of `ode`, `ode` + LADD and `scm` after the
+same 600 steps: closest to the teacher's own 10-step edit at one step, level with it against the comic filter at
+1-4 steps (docs/training.md, bench/results/fast-path-comic-2026-12-03.json).
 """
 
 from __future__ import annotations
