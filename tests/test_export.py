@@ -109,6 +109,30 @@ def test_every_graph_matches_pytorch(exported, tiny_pipe, name, batch):
         assert 0 < error < QUANT_BOUND[name], f"{fmt} quantized {name}: relative error {error:.2e}"
 
 
+def test_onnx_8_bit_graphs_compute_in_int8_with_their_pointwise_convs_as_matmuls(exported):
+    """The quantized ONNX DiT keeps no 1x1 Conv (they became MatMuls, quantized with the rest) and every MatMulNBits
+    computes in int8 (accuracy_level 4); the other convs (the Mix-FFN's depthwise 3x3) keep 8-bit weights behind a
+    DequantizeLinear. Its output is checked against PyTorch in test_every_graph_matches_pytorch."""
+    import onnx
+
+    fmt, quant, folder = exported
+    if fmt != "onnx" or quant is None:
+        pytest.skip("the ONNX 8-bit export")
+    manifest = json.loads((folder / "model_index.json").read_text())
+    graph = onnx.load(str(folder / manifest["graphs"]["transformer"]["file"])).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] in dequantized for n in convs)  # depthwise convs: 8-bit weights, float compute
+    for conv in convs:
+        kernel = weights.get(conv.input[1] + "_q", [0, 0, 0, 0])[2:]
+        assert kernel != [1, 1], conv.name
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) >= 4 and not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert {onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
+    assert manifest["graphs"]["transformer"]["quant"]["pointwise_convs_as_matmul"] > 0
+
+
 def test_published_layout_and_names(exported):
     fmt, quant, folder = exported
     manifest = json.loads((folder / "model_index.json").read_text())
