@@ -7,6 +7,7 @@ import io
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,11 +154,11 @@ def quantize_onnx_weights(path: Path, bits: int, block_size: int = 128) -> dict:
     }
 
 
-def _pointwise_convs_as_matmuls(model) -> int:
-    """Rewrite each plain 1x1 Conv (stride 1, no padding, one group, constant weight) on an NCHW tensor as
-    Transpose -> MatMul [Cin, Cout] (-> Add bias) -> Transpose, the same function, so that MatMulNBits quantizes it.
-    Returns how many were rewritten."""
-    from onnx import helper, numpy_helper
+def _rewrite_convs(model, rewrite: Callable) -> int:
+    """Rebuild the graph's node list, replacing each Conv whose weight is a float initializer only it uses by the
+    nodes `rewrite(node, weight)` returns (None keeps the Conv; `rewrite` swaps the initializers it changes).
+    Returns how many were replaced."""
+    import onnx
 
     initializers = {init.name: init for init in model.graph.initializer}
     users: dict[str, int] = {}
@@ -167,76 +168,67 @@ def _pointwise_convs_as_matmuls(model) -> int:
     new_nodes, done = [], 0
     for node in model.graph.node:
         weight = initializers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        own = weight is not None and weight.data_type == onnx.TensorProto.FLOAT and users[weight.name] == 1
+        replacement = rewrite(node, weight) if own else None
+        new_nodes.extend([node] if replacement is None else replacement)
+        done += replacement is not None
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return done
+
+
+def _pointwise_convs_as_matmuls(model) -> int:
+    """Rewrite each plain 1x1 Conv (stride 1, no padding, one group) on an NCHW tensor as Transpose -> MatMul
+    [Cin, Cout] (-> Add bias) -> Transpose, the same function, so that MatMulNBits quantizes it."""
+    from onnx import helper, numpy_helper
+
+    def as_matmul(node, weight):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         plain = (
-            weight is not None
-            and len(weight.dims) == 4
+            len(weight.dims) == 4
             and tuple(weight.dims[2:]) == (1, 1)
-            and users[weight.name] == 1
             and attrs.get("group", 1) == 1
             and all(v == 1 for v in attrs.get("strides", [1]) + attrs.get("dilations", [1]))
             and all(v == 0 for v in attrs.get("pads", [0]))
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
         )
         if not plain:
-            new_nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight)
+            return None
+        matrix = numpy_helper.to_array(weight)[:, :, 0, 0].T
         model.graph.initializer.remove(weight)
-        matrix = f"{weight.name}_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, 0, 0].T), matrix))
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix), f"{weight.name}_matmul"))
         base = node.name or node.output[0]
-        last = f"{base}_nhwc_in"
-        new_nodes.append(helper.make_node("Transpose", [node.input[0]], [last], perm=[0, 2, 3, 1], name=last))
-        new_nodes.append(helper.make_node("MatMul", [last, matrix], [f"{base}_mm"], name=f"{base}_mm"))
-        last = f"{base}_mm"
+        nodes = [
+            helper.make_node("Transpose", [node.input[0]], [f"{base}_nhwc"], perm=[0, 2, 3, 1], name=f"{base}_nhwc"),
+            helper.make_node("MatMul", [f"{base}_nhwc", f"{weight.name}_matmul"], [f"{base}_mm"], name=f"{base}_mm"),
+        ]
         if len(node.input) > 2 and node.input[2]:
-            new_nodes.append(helper.make_node("Add", [last, node.input[2]], [f"{base}_bias"], name=f"{base}_bias"))
-            last = f"{base}_bias"
-        back = helper.make_node("Transpose", [last], [node.output[0]], perm=[0, 3, 1, 2], name=f"{base}_nchw")
-        new_nodes.append(back)
-        done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    return done
+            nodes.append(helper.make_node("Add", [f"{base}_mm", node.input[2]], [f"{base}_bias"], name=f"{base}_bias"))
+        last = nodes[-1].output[0]
+        nodes.append(helper.make_node("Transpose", [last], [node.output[0]], perm=[0, 3, 1, 2], name=f"{base}_nchw"))
+        return nodes
+
+    return _rewrite_convs(model, as_matmul)
 
 
 def _dequantize_conv_weights(model) -> int:
     """Replace each Conv's float initializer weight by uint8 codes + scale + zero point -> DequantizeLinear."""
-    import onnx
     from onnx import helper, numpy_helper
 
     from ..quant import quantize_tensor
 
-    initializers = {init.name: init for init in model.graph.initializer}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    new_nodes, done = [], 0
-    for node in model.graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or users[weight.name] != 1:
-            new_nodes.append(node)
-            continue
+    def dequantized(node, weight):
         q = quantize_tensor(torch.from_numpy(numpy_helper.to_array(weight).copy()), bits=8)
-        codes = q.codes.reshape(q.shape).numpy()
         base = weight.name
         model.graph.initializer.remove(weight)
         model.graph.initializer.extend(
             [
-                numpy_helper.from_array(codes, f"{base}_q"),
+                numpy_helper.from_array(q.codes.reshape(q.shape).numpy(), f"{base}_q"),
                 numpy_helper.from_array(q.scale.reshape(-1).numpy().astype(np.float32), f"{base}_scale"),
                 numpy_helper.from_array(q.zero.reshape(-1).numpy(), f"{base}_zero"),
             ]
         )
-        new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zero"], [base], axis=0, name=f"{base}_dq"
-            )
-        )
-        new_nodes.append(node)
-        done += 1
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    return done
+        inputs = [f"{base}_q", f"{base}_scale", f"{base}_zero"]
+        return [helper.make_node("DequantizeLinear", inputs, [base], axis=0, name=f"{base}_dq"), node]
+
+    return _rewrite_convs(model, dequantized)
