@@ -224,3 +224,27 @@ def test_multi_stage_final_model_is_written_atomically(tmp_path, tiny_model_dir,
     monkeypatch.undo()
     out = train(cfg, resume=True)  # both stages are done: only the copy runs
     assert out == final and (final / "model_index.json").is_file() and not (final / "older-model.txt").exists()
+
+
+def test_ema_ramps_up_so_the_starting_weights_fade_and_resumes_where_it_was():
+    """Weights that move away from their start for 1200 updates: at decay 0.999 without the ramp the average would
+    still hold 0.999**1200 = 30% of the start; with it, nothing measurable. Its state carries the update count; a
+    checkpoint from before the ramp (no count) continues at the full decay."""
+    from sanaedit.train.ema import EMA
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([param], 0.999)
+    with torch.no_grad():
+        param.fill_(1.0)
+    for _ in range(1200):
+        ema.update()
+    assert ema.shadow[0].min() > 0.99
+    state = ema.state_dict()
+    assert state["updates"] == 1200
+    resumed = EMA([param], 0.999)
+    resumed.load_state_dict(state)
+    assert resumed.updates == 1200 and torch.equal(resumed.shadow[0], ema.shadow[0])
+    old = EMA([param], 0.5)
+    old.load_state_dict({"decay": 0.5, "shadow": [torch.zeros(3)]})
+    old.update()
+    assert torch.allclose(old.shadow[0], torch.full((3,), 0.5))  # the full decay, not the ramp's 0.1
