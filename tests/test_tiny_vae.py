@@ -227,7 +227,7 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
     curve = [json.loads(x)["loss"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(curve) == 12 and np.mean(curve[-3:]) < 0.8 * np.mean(curve[:3]), curve
     assert check_model_folder(out)["tiny_vae"] == ["sanaedit", "TinyAutoencoder"]
-    before, after = load_model_folder(tiny_model_dir), load_model_folder(out, vae="tiny")
+    before, after = base, load_model_folder(out, vae="tiny")
     assert after.vae is None and after.flow.tiny_vae.config.scaling_factor == before.vae.config.scaling_factor
     assert after.config.resolution == base.config.resolution
     dc_ae = load_model_folder(out).vae
