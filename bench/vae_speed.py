@@ -108,7 +108,7 @@ def main() -> None:
     torch.manual_seed(0)
     vae = build_vae(load_variant(args.variant)).eval()
     if args.input == "photo":
-        pixels = preprocess(load_image(SAMPLE_PHOTO), args.size)[0]
+        pixels = torch.from_numpy(preprocess(load_image(SAMPLE_PHOTO), args.size)[0])
     else:
         pixels = torch.rand(1, 3, args.size, args.size) * 2 - 1
     factor = vae.config.scaling_factor

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 Judge = Callable[[Image.Image, Image.Image], float]
@@ -80,7 +79,7 @@ def best_of(pipe, image, n: int, judge: Judge | str | None = None, seed: int = 0
     source = image.convert("RGB")
     best, best_score, scores = None, -math.inf, []
     for i in range(n):
-        candidate = pipe(source, generator=torch.Generator().manual_seed(seed + i), **call_kwargs).images[0]
+        candidate = pipe(source, generator=pipe.flow.arrays.generator(seed + i), **call_kwargs).images[0]
         value = judge(source, candidate)
         try:
             value = float(value)

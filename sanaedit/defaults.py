@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -22,6 +24,8 @@ def resolve_dtype(dtype: torch.dtype | str, device: str = "cpu") -> tuple[torch.
     'auto': bf16 on CPUs with native bf16 instructions, else fp32 (emulated bf16 is slower; see speed/cpu.py);
     fp32 off the CPU. 'int8': the DiT blocks' matmuls in int8 (speed/int8.py), everything else as 'auto'.
     """
+    import torch
+
     from .speed import best_compute_dtype
 
     if isinstance(dtype, torch.dtype):
@@ -64,7 +68,7 @@ def load_pipeline(
             raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
         model = BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
     if model is not None and (is_export(model) or backend not in (None, "torch")):
-        if device != "cpu" or dtype not in ("auto", "float32", torch.float32):
+        if device != "cpu" or str(dtype).split(".")[-1] not in ("auto", "float32"):
             raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
         if not is_export(model):
             raise ValueError(
@@ -80,7 +84,6 @@ def load_pipeline(
             )
         from .runtime import load_exported
 
-        _set_threads(device, threads)
         pipe = load_exported(model, backend=backend, threads=threads, vae=vae)
     else:
         pipe = _torch_pipeline(model, device, dtype, threads, loras or [], vae, staged)
@@ -89,6 +92,8 @@ def load_pipeline(
 
 
 def _set_threads(device: str, threads: int | None) -> None:
+    import torch
+
     from .speed import set_threads
 
     if torch.device(device).type == "cpu":

@@ -5,8 +5,9 @@ objective they train with (minRF's `rf.py`), in one small place.
 
 `FlowModel` owns the conventions every caller shares: the DiT is fed timestep = 1000 sigma, latents are the
 autoencoder's multiplied by its scaling factor (`models/vae.py`'s encoder/decoder, the modules the exported graphs
-are made of), CFG is one [uncond, cond] batch. Its networks are PyTorch modules or exported graphs alike: the
-pipeline, the training loop and the runtimes all go through it.
+are made of), CFG is one [uncond, cond] batch. Its networks are PyTorch modules on torch tensors or exported graphs
+on NumPy arrays (`arrays.py`): the pipeline, the training loop and the runtimes all go through it, and on graphs
+nothing here imports torch.
 
 t is drawn logit-normal (sigmoid of N(mean, std), as SANA / SD3 train) or uniform, then shifted
 (t -> shift t / (1 + (shift - 1) t), shift 3 as SANA): the same shift the sampler uses, so training spends its
@@ -16,13 +17,14 @@ steps where sampling does. For editing, x0 is the target latent and the source l
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from .arrays import NumpyArrays, TorchArrays, float32
+from .sampling import Array, VelocityFn, shift_sigmas
 
-from .sampling import VelocityFn, shift_sigmas
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 TIMESTEP_SCALE = 1000.0  # the DiT's timestep for noise level sigma (SANA, diffusers' flow schedulers)
 T_SAMPLING = ("logit_normal", "uniform")
@@ -37,6 +39,8 @@ def sample_t(
     std: float = 1.0,
 ) -> torch.Tensor:
     """n noise levels in (0, 1), float32, on the CPU (move them with the batch)."""
+    import torch
+
     if mode == "logit_normal":
         u = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
     elif mode == "uniform":
@@ -54,6 +58,8 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple
 
 def flow_matching_loss(velocity: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """MSE between `velocity(x_t, t)` and noise - x0 (computed in float32)."""
+    import torch.nn.functional as F
+
     x_t, target = interpolate(x0, noise, t)
     pred = velocity(x_t, t.to(x0.device))
     return F.mse_loss(pred.float(), target.float())
@@ -81,6 +87,7 @@ class FlowModel:
         guidance_embeds: float | None = None,
         tiny_vae: Any = None,
         refiner: Any = None,
+        arrays: NumpyArrays | TorchArrays | None = None,
     ):
         self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
         self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
@@ -90,6 +97,8 @@ class FlowModel:
         self.guidance_embeds = guidance_embeds
         # (device, dtype) fixed from outside when the networks come and go (residency.py); else read off the DiT
         self.placement: tuple[torch.device, torch.dtype] | None = None
+        # what the networks take and return: torch tensors on (device, dtype), or float32 NumPy arrays (graphs)
+        self.arrays = arrays or TorchArrays(self)
 
     @classmethod
     def from_torch(
@@ -138,69 +147,68 @@ class FlowModel:
 
     @property
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.transformer, self.vae, self.tiny_vae) if isinstance(m, nn.Module)]
+        """The PyTorch networks (none on exported graphs)."""
+        return [m for m in (self.transformer, self.vae, self.tiny_vae) if hasattr(m, "parameters")]
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> torch.device | str:
         if self.placement is not None:
             return self.placement[0]
-        return next(self.transformer.parameters()).device if hasattr(self.transformer, "parameters") else _CPU
+        return next(self.transformer.parameters()).device if hasattr(self.transformer, "parameters") else "cpu"
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> torch.dtype | str:
         if self.placement is not None:
             return self.placement[1]
-        return next(self.transformer.parameters()).dtype if hasattr(self.transformer, "parameters") else _FP32
+        return next(self.transformer.parameters()).dtype if hasattr(self.transformer, "parameters") else "float32"
 
     # ------------------------------------------------------------------------------------------- the calls
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder(pixels.to(self.device, self.dtype))
+    def encode(self, pixels: Array) -> Array:
+        return self.encoder(self.arrays.input(pixels))
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents.to(self.device, self.dtype))
+    def decode(self, latents: Array) -> Array:
+        return self.decoder(self.arrays.input(latents))
 
     def velocity(
         self,
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        ref: torch.Tensor | None = None,
+        x: Array,
+        sigma: Any,
+        hidden: Array,
+        mask: Array,
+        ref: Array | None = None,
         guidance: float | None = None,
-    ) -> torch.Tensor:
+    ) -> Array:
         """The DiT's velocity at noise level `sigma` (a scalar or one per sample); `guidance` is the scale a
         guidance-embedding student is told (ignored by other models)."""
-        timestep = (torch.as_tensor(sigma) * TIMESTEP_SCALE).to(self.device, torch.float32).reshape(-1)
+        n, arrays = x.shape[0], self.arrays
         if not self.ref_channels:
             ref = None  # a text-to-image model has no reference input
-        args = (x.to(self.dtype), hidden, timestep.expand(x.shape[0]), mask, ref)
+        args = (arrays.input(x), hidden, arrays.full(n, sigma * TIMESTEP_SCALE), mask, ref)
         if self.guidance_embeds is None:
             return self.transformer(*args)
-        told = torch.full((x.shape[0],), float(guidance or 1.0) * self.guidance_embeds, device=self.device)
-        return self.transformer(*args, guidance=told.to(self.dtype))
+        told = arrays.full(n, float(guidance or 1.0) * self.guidance_embeds)
+        return self.transformer(*args, guidance=arrays.input(told))
 
     def sampling_velocity(
-        self, hidden: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None = None, guidance: float = 1.0
+        self, hidden: Array, mask: Array, ref: Array | None = None, guidance: float = 1.0
     ) -> VelocityFn:
-        """`velocity(x, sigma)` for the sampler: one conditioning (`hidden`/`mask` batch 1) and one `ref` shared by
-        every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the model runs once on the
-        batch [x; x] (CFG)."""
-
-        def rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
-            return None if t is None else t.expand(n, *t.shape[1:])
-
+        """`velocity(x, sigma)` (float32) for the sampler: one conditioning (`hidden`/`mask` batch 1) and one `ref`
+        shared by every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the model runs once
+        on the batch [x; x] (CFG)."""
+        rows = self.arrays.rows
         if guidance <= 1.0 or self.guidance_embeds is not None:  # no CFG batch (a student is told the scale)
-            return lambda x, sigma: self.velocity(
-                x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)), guidance
+            return lambda x, sigma: float32(
+                self.velocity(x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)), guidance)
             )
 
         pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
 
-        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        def guided(x: Array, sigma: Any) -> Array:
             n = len(x)
             if n not in pairs:
-                pairs[n] = (hidden.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), rows(ref, 2 * n))
-            uncond, cond = self.velocity(torch.cat([x, x]), sigma, *pairs[n]).float().chunk(2)
+                pairs[n] = (self.arrays.repeat(hidden, n), self.arrays.repeat(mask, n), rows(ref, 2 * n))
+            both = float32(self.velocity(self.arrays.cat([x, x]), sigma, *pairs[n]))
+            uncond, cond = both[:n], both[n:]
             return uncond + guidance * (cond - uncond)
 
         return guided
@@ -216,6 +224,3 @@ class FlowModel:
     ) -> torch.Tensor:
         """The training objective (`flow_matching_loss`) of this model on clean latents x0."""
         return flow_matching_loss(lambda x_t, s: self.velocity(x_t, s, hidden, mask, ref), x0, noise.to(x0), t)
-
-
-_CPU, _FP32 = torch.device("cpu"), torch.float32

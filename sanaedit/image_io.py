@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
+from .arrays import to_numpy
 from .image_pixels import normalise, orientation
 from .tempfiles import remove_stale, replacing
 
@@ -246,8 +247,9 @@ class Restore:
 PADDINGS = ("black", "reflect")
 
 
-def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> tuple[torch.Tensor, Restore]:
-    """RGB PIL image -> [1,3,R,R] in [-1,1]: bilinear-resized so its longer side is R, centred on an R x R square.
+def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> tuple[np.ndarray, Restore]:
+    """RGB PIL image -> [1,3,R,R] float32 NumPy in [-1,1] (every runtime's input; torch takes it without a copy via
+    torch.from_numpy): bilinear-resized so its longer side is R, centred on an R x R square.
     The layout of padding to a centred square and resizing, without ever building the padded square at the
     input's resolution (a 40000x1 strip would make a 40000x40000 one).
 
@@ -274,16 +276,17 @@ def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> t
             square = Image.new("RGB", (resolution, resolution), (0, 0, 0))
             square.paste(image, (x0, y0))
             array = np.asarray(square)
-    pixels = torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1) / 255 * 2 - 1
+    pixels = np.ascontiguousarray(array.astype(np.float32).transpose(2, 0, 1)) / np.float32(255) * 2 - 1
     box = (x0, y0, x0 + inner[0], y0 + inner[1])
     return pixels[None], Restore(width, height, left, top, side, box, resolution)
 
 
-def postprocess(pixels: torch.Tensor, restore: Restore | None, size: tuple[int, int] | None = None) -> Image.Image:
-    """[1,3,R,R] in [-1,1] -> PIL image; with `restore`, crop the padding and resize to the input's size (or to
-    `size`: the box's own size gives the edit at the model's resolution, for `upsample`)."""
-    array = (pixels[0].float() * 0.5 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
-    image = Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+def postprocess(pixels: Any, restore: Restore | None, size: tuple[int, int] | None = None) -> Image.Image:
+    """[1,3,R,R] in [-1,1] (a NumPy array or a torch tensor) -> PIL image; with `restore`, crop the padding and
+    resize to the input's size (or to `size`: the box's own size gives the edit at the model's resolution, for
+    `upsample`)."""
+    array = np.clip(to_numpy(pixels[0]) * np.float32(0.5) + np.float32(0.5), 0, 1) * np.float32(255)
+    image = Image.fromarray(np.round(array).astype(np.uint8).transpose(1, 2, 0))
     if restore is None:
         return image
     size = size or (restore.width, restore.height)

@@ -27,13 +27,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from .log import quiet_libraries
 from .tempfiles import pid_alive, remove_stale, replacing, temp_folder
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
@@ -42,6 +42,7 @@ REQUIRED = ("transformer", "vae", "llm", "connector", "projector")
 MODEL_CLASS = "SanaEditPipeline"  # model_index.json `_class_name` of a PyTorch model folder
 EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
 RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (release_folder.py)
+RELEASE_LAYOUT = "mnn-release"  # model_index.json "layout" of an MNN export: the release's files, plus ours
 EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
 TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exported graphs' prefix)
 # A DiT stored in int8 (`sanaedit export DIR --format int8`, speed/int8.py) says so in its config.json under this key
@@ -134,17 +135,37 @@ def choose_vae(folder: str | Path, requested: str | None, default: str, has_tiny
 def folder_refiner(folder: str | Path, upsample: str | None):
     """A model or exported folder's learned refiner (models/refiner.py; None without one). A broken file, or a
     folder whose default upsampling needs a refiner it lacks, is named at load time, not after an edit's sampling."""
-    from .models.refiner import REFINER_FILE, load_refiner
+    from .models.refine_tiles import REFINER_FILE  # torch-free
 
-    try:
-        refiner = load_refiner(Path(folder))
-    except Exception as err:  # safetensors, JSON, key and shape errors vary in type
-        raise ModelFolderError(f"{Path(folder) / REFINER_FILE}: cannot load the refiner: {first_line(err)}") from err
+    if not (Path(folder) / REFINER_FILE).is_file():
+        refiner = None  # nothing to load: torch is not imported for it
+    else:
+        from .models.refiner import load_refiner
+
+        try:
+            refiner = load_refiner(Path(folder))
+        except Exception as err:  # safetensors, JSON, key and shape errors vary in type
+            raise ModelFolderError(
+                f"{Path(folder) / REFINER_FILE}: cannot load the refiner: {first_line(err)}"
+            ) from err
     if upsample == "refine" and refiner is None:
         raise ModelFolderError(
             f"{folder}: model_index.json asks for upsample 'refine' but the folder has no {REFINER_FILE}"
         )
     return refiner
+
+
+def is_release_layout(folder: str | Path) -> bool:
+    """The release's files alone, or an export of ours in the release's layout."""
+    kind = folder_kind(folder)
+    if kind == RELEASE_KIND:
+        return True
+    if kind != EXPORT_CLASS:
+        return False
+    try:
+        return json.loads((Path(folder) / MODEL_INDEX).read_text()).get("layout") == RELEASE_LAYOUT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 MIN_PROMPT_LLM_WIDTH = 256  # Qwen3-0.6B is 1024 wide; the bundled and test models' LLMs are 32-wide stand-ins
@@ -198,6 +219,8 @@ def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) ->
 
 
 def load_meta_queries(model_dir: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
     path = Path(model_dir) / META_QUERIES_FILE
     try:
         tensors = load_file(path)
@@ -209,24 +232,38 @@ def load_meta_queries(model_dir: Path) -> torch.Tensor:
 
 
 def save_meta_queries(meta_queries: torch.Tensor, model_dir: Path) -> None:
+    from safetensors.torch import save_file
+
     save_file({"meta_queries": meta_queries.detach().contiguous().cpu()}, Path(model_dir) / META_QUERIES_FILE)
 
 
 def save_prompt_cache(
     entries: dict[str, tuple[torch.Tensor, torch.Tensor]], model_dir: Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """entries: prompt text -> (encoder_hidden_states [1,N,C], encoder_attention_mask [1,N]). `metadata`: more
-    string entries for the file's header (a release's cache: the key of the files it was computed from). The one
-    writer of the format, atomically (a temporary beside it, renamed over it), readable by all (0644)."""
+    """entries: prompt text -> (encoder_hidden_states [1,N,C], encoder_attention_mask [1,N]), torch tensors or NumPy
+    arrays (exported graphs). `metadata`: more string entries for the file's header (a release's cache: the key of
+    the files it was computed from). The one writer of the format, atomically (a temporary beside it, renamed over
+    it), readable by all (0644)."""
+    import numpy as np
+
     tensors, prompts = {}, []
     for i, (prompt, (hidden, mask)) in enumerate(entries.items()):
-        tensors[f"{i}.hidden"] = hidden.detach().contiguous().cpu()
-        tensors[f"{i}.mask"] = mask.detach().contiguous().cpu()
+        tensors[f"{i}.hidden"], tensors[f"{i}.mask"] = hidden, mask
         prompts.append(prompt)
+    header = {**(metadata or {}), "prompts": json.dumps(prompts)}
     path = Path(model_dir) / PROMPT_CACHE_FILE
     with replacing(path) as (fd, tmp):
         os.close(fd)
-        save_file(tensors, tmp, metadata={**(metadata or {}), "prompts": json.dumps(prompts)})
+        if all(isinstance(t, np.ndarray) for t in tensors.values()):  # exported graphs' (no torch needed)
+            from safetensors.numpy import save_file
+
+            tensors = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
+        else:  # torch tensors (a bf16 cache has no NumPy dtype)
+            import torch
+            from safetensors.torch import save_file
+
+            tensors = {k: torch.as_tensor(t).detach().contiguous().cpu() for k, t in tensors.items()}
+        save_file(tensors, tmp, metadata=header)
     return path
 
 
@@ -235,22 +272,24 @@ def write_prompt_cache(
 ) -> None:
     """Store the conditioning of `prompts` (a model's fixed prompt and negative prompt), so later runs with them
     never need the LLM. `encode` is the pipeline's text path."""
-    with torch.no_grad():
-        entries = {p: tuple(t[:1] for t in encode([p])) for p in dict.fromkeys(prompts)}
+    from .arrays import no_grad
+
+    entries = {p: tuple(t[:1] for t in no_grad(encode)([p])) for p in dict.fromkeys(prompts)}
     save_prompt_cache(entries, folder)
 
 
 def load_prompt_cache(
-    model_dir: Path, match: dict[str, str] | None = None
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The cache `save_prompt_cache` wrote; empty when absent, or when its header lacks an entry of `match`."""
+    model_dir: Path, match: dict[str, str] | None = None, framework: str = "pt"
+) -> dict[str, tuple[Any, Any]]:
+    """The cache `save_prompt_cache` wrote, as torch tensors (`framework` "pt") or NumPy arrays ("np": exported
+    graphs, without torch); empty when absent, or when its header lacks an entry of `match`."""
     path = Path(model_dir) / PROMPT_CACHE_FILE
     if not path.is_file():
         return {}
     from safetensors import safe_open
 
     try:
-        with safe_open(path, "pt") as f:
+        with safe_open(path, framework) as f:
             metadata = f.metadata() or {}
             if any(metadata.get(k) != v for k, v in (match or {}).items()):
                 return {}  # computed from other files: computed again

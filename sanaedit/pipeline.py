@@ -12,30 +12,31 @@ folder of ONNX / MNN graphs (`runtime/exported.py`). `from_pretrained` picks the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .arrays import float32, no_grad
 from .flow import TIMESTEP_SCALE, FlowModel
 from .image_io import load_image, preprocess
 from .model_folder import ModelFolderError
-from .models.prompt import PROMPT_TEMPLATE
+from .pipeline_config import COMIC_PROMPT, PipelineConfig  # noqa: F401  (both part of this module's API)
 from .residency import StagedResidencyMixin
-from .sampling import flow_sigmas, get_sampler
-from .upsample import DEFAULT_METHOD as DEFAULT_UPSAMPLE
+from .sampling import Array, flow_sigmas, get_sampler
 from .upsample import check_method, restore_photo
+
+if TYPE_CHECKING:
+    import torch
 
 OWN_SCHEDULE = {"dpm": "linear", "scm": "scm"}  # the schedule a sampler runs on unless one is given
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
-COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
-TextEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]  # prompts -> (hidden, mask)
+TextEncoder = Callable[[list[str]], tuple[Array, Array]]  # prompts -> (hidden, mask)
 ImageInput = Image.Image | str | Path
 
 
@@ -46,30 +47,6 @@ class SanaEditOutput:
     images: list[Image.Image]
 
 
-@dataclass
-class PipelineConfig:
-    """Run-time settings stored in model_index.json (the model's own defaults)."""
-
-    resolution: int = 512
-    prompt: str = COMIC_PROMPT
-    negative_prompt: str = ""
-    num_inference_steps: int = 10
-    guidance_scale: float = 4.5
-    shift: float = 3.0
-    schedule: str = "default"
-    sampler: str = "euler"  # or "dpm" (flow DPM-Solver++), "scm" (SANA-Sprint's few-step sampler): sampling.py
-    template: str = PROMPT_TEMPLATE
-    fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
-    padding: str = "black"  # fills the square around a non-square photo: "black" (the published engine) or "reflect"
-    upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: upsample.METHODS ("guided", "refine", "plain", ...)
-    vae: str = "full"  # the autoencoder edits run on: "full" (DC-AE) or "tiny" (model_folder.choose_vae)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
-
-
 class SanaEditPipeline(StagedResidencyMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
@@ -78,7 +55,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         flow: FlowModel,
         text_encoder: TextEncoder | None = None,
         config: PipelineConfig | None = None,
-        prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        prompt_cache: dict[str, tuple[Array, Array]] | None = None,
         text_encoder_loader: Callable[[], TextEncoder] | None = None,
         model_dir: Path | None = None,
         backend: str = "torch",
@@ -176,9 +153,11 @@ class SanaEditPipeline(StagedResidencyMixin):
             return self._staged_to(device, dtype)
         modules = [*self.flow.modules, self._text_encoder]
         if not self.flow.modules:
-            if (device is not None and torch.device(device).type != "cpu") or dtype not in (None, torch.float32):
+            if str(device or "cpu").split(":")[0] != "cpu" or str(dtype or "float32").split(".")[-1] != "float32":
                 raise ValueError("an exported pipeline runs on the CPU with float32 inputs only")
             return self
+        import torch
+
         for module in modules:
             if not isinstance(module, torch.nn.Module):
                 continue
@@ -213,12 +192,12 @@ class SanaEditPipeline(StagedResidencyMixin):
         cls,
         model_dir: str | Path,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         torch_dtype: torch.dtype | None = None,
     ) -> SanaEditPipeline:
         """Load a model folder (PyTorch; the LLM only if a prompt is not in its prompt cache) or an exported folder
-        (its own runtime: CPU, float32). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`.
-        `torch_dtype` is diffusers' name for `dtype`."""
+        (its own runtime: CPU, float32; torch is not imported). For the CLI's defaults (threads, dtype, caches) use
+        `load_pipeline`. `torch_dtype` is diffusers' name for `dtype` (default float32)."""
         from .model_folder import is_export
 
         dtype = torch_dtype or dtype
@@ -226,9 +205,11 @@ class SanaEditPipeline(StagedResidencyMixin):
             from .runtime import load_exported
 
             return load_exported(model_dir).to(device, dtype)
+        import torch
+
         from .torch_model import load_model_folder
 
-        return load_model_folder(model_dir, device, dtype)
+        return load_model_folder(model_dir, device, dtype or torch.float32)
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
         """Write the model folder atomically (an existing folder is replaced only once the new one is complete).
@@ -246,8 +227,8 @@ class SanaEditPipeline(StagedResidencyMixin):
         return save_model_folder(self, Path(model_dir), prompt_cache)
 
     # ------------------------------------------------------------------------------------------------ stages
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    @no_grad
+    def encode_prompt(self, prompts: list[str]) -> tuple[Array, Array]:
         """Conditioning for each prompt, from the prompt cache where possible, else through the LLM (batched)."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
         if missing:
@@ -255,23 +236,24 @@ class SanaEditPipeline(StagedResidencyMixin):
             if not self.keep_text_encoder:
                 self.release_text_encoder()
             for i, p in enumerate(missing):
-                self.prompt_cache[p] = (hidden[i : i + 1].cpu(), mask[i : i + 1].cpu())
+                self.prompt_cache[p] = (hidden[i : i + 1], mask[i : i + 1])
             # bounded: a server fed user prompts must not grow without limit. The oldest entries go first; the
             # model's own prompts stay (they are what spares loading the LLM at all).
             pinned = {self.config.prompt, self.config.negative_prompt, *prompts}
             evictable = [p for p in self.prompt_cache if p not in pinned]
             for p in evictable[: max(0, len(self.prompt_cache) - PROMPT_CACHE_SIZE)]:
                 del self.prompt_cache[p]
-        hidden = torch.cat([self.prompt_cache[p][0] for p in prompts]).to(self.device, self.dtype)
-        mask = torch.cat([self.prompt_cache[p][1] for p in prompts]).to(self.device)
+        arrays = self.flow.arrays
+        hidden = arrays.input(arrays.cat([self.prompt_cache[p][0] for p in prompts]))
+        mask = arrays.cat([self.prompt_cache[p][1] for p in prompts])
         return hidden, mask
 
-    @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+    @no_grad
+    def encode_image(self, pixels: Array) -> Array:
         return self.flow.encode(pixels)
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    @no_grad
+    def decode_latents(self, latents: Array) -> Array:
         return self.flow.decode(latents)
 
     # -------------------------------------------------------------------------------------------------- call
@@ -279,7 +261,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         """tqdm settings for the denoising bar (diffusers' convention); `disable=False` shows it by default."""
         self._progress_bar_config = dict(kwargs)
 
-    @torch.no_grad()
+    @no_grad
     def __call__(
         self,
         image: ImageInput | list[ImageInput] | None = None,
@@ -287,7 +269,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         negative_prompt: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: Any = None,
         num_images_per_prompt: int = 1,
         strength: float = 1.0,
         progress: bool | None = None,
@@ -303,7 +285,9 @@ class SanaEditPipeline(StagedResidencyMixin):
         per input in input order, each the size of its input. `strength` < 1 edits partially: sampling starts
         part-way, from the source latent noised to that level (as diffusers' img2img pipelines do).
         `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
-        return {"latents": ...} to replace them.
+        return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
+        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.noise.Generator` (the same numbers for
+        the same seed, without torch); None draws fresh noise.
         """
         sources = list(image) if isinstance(image, (list, tuple)) else [image]
         if not sources or (None in sources and len(sources) > 1):
@@ -350,20 +334,20 @@ class SanaEditPipeline(StagedResidencyMixin):
                 ref_latents = self.encode_image(pixels)
         else:
             restore = None
-            ref_latents = torch.zeros((1, *latent_shape[1:]), device=self.device, dtype=self.dtype)
+            ref_latents = self.flow.arrays.zeros((1, *latent_shape[1:]))
 
         use_cfg = scale > 1.0 and self.flow.guidance_embeds is None  # a student embeds the scale instead
         hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])
         velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
-        # Noise drawn on the CPU in fp32 so a seed gives the same image on every device and dtype.
-        latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(self.device)
+        # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
+        latents = self.flow.arrays.randn(latent_shape, generator)
         if strength < 1.0:
             kept = int(steps * strength)
             if kept < 1:
                 raise ValueError(f"strength {strength} x {steps} steps leaves no step to run; raise either")
             sigmas = sigmas[steps - kept :]
-            latents = (1 - sigmas[0]) * ref_latents.float() + sigmas[0] * latents
+            latents = (1 - float(sigmas[0])) * float32(ref_latents) + float(sigmas[0]) * latents
 
         total = len(sigmas) - 1
         bar_config = {"desc": "denoising", "unit": "step", "leave": False, **self._progress_bar_config}
@@ -374,8 +358,8 @@ class SanaEditPipeline(StagedResidencyMixin):
             if callback is not None:
                 callback(i, total)
 
-        def step_end(i: int, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-            timestep = sigma.float() * TIMESTEP_SCALE
+        def step_end(i: int, sigma: float, x: Array) -> Array | None:
+            timestep = self.flow.arrays.full(1, np.float32(sigma) * TIMESTEP_SCALE)[0]
             return callback_on_step_end(self, i, timestep, {"latents": x}).get("latents")
 
         try:
@@ -390,7 +374,7 @@ class SanaEditPipeline(StagedResidencyMixin):
                 )
         finally:
             bar.close()
-        if not torch.isfinite(latents).all():
+        if not self.flow.arrays.all_finite(latents):
             raise RuntimeError(
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "
                 "try float32)"

@@ -20,14 +20,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .model_folder import MODEL_INDEX, ModelFolderError
 
+if TYPE_CHECKING:
+    import torch
+
 RELEASE_BYTES = 1_662_741_606  # the whole release in MNN's model market (apps/Android/MnnLlmChat model_market.json)
-RELEASE_LAYOUT = "mnn-release"  # model_index.json "layout" of an MNN export: the release's files, plus ours
+
 ENGINE_PROMPT = (
     "Convert to a Ghibli-style illustration: soft contrast, warm tones, slight linework, keep the scene consistent."
 )
@@ -193,8 +196,8 @@ class EmbeddingTable:
         if self.count <= 0 or size < end:
             raise ModelFolderError(f"{self.path}: {size:,} bytes, too short for the LLM's embeddings (needs {end:,})")
 
-    def rows(self, ids: list[int]) -> torch.Tensor:
-        """[len(ids), hidden] float32."""
+    def rows(self, ids: list[int]) -> np.ndarray:
+        """[len(ids), hidden] float32 NumPy."""
         out = np.empty((len(ids), self.hidden), np.float32)
         done: dict[int, int] = {}
         with open(self.path, "rb") as f:
@@ -210,7 +213,7 @@ class EmbeddingTable:
                 done[token] = n
                 f.seek(self.offset + token * self.row_bytes)
                 out[n] = self._row(f.read(self.row_bytes), f, token)
-        return torch.from_numpy(out)
+        return out
 
     def _row(self, raw: bytes, f, token: int) -> np.ndarray:
         if self.bits == "bf16":
@@ -233,8 +236,8 @@ class EmbeddingTable:
         return (q * scale[:, None] + zero[:, None]).reshape(-1)
 
 
-def load_meta_queries_mnn(path: Path) -> torch.Tensor:
-    """llm/meta_queries.mnn: one [num_queries, hidden] constant saved with MNN.expr.save."""
+def load_meta_queries_mnn(path: Path) -> np.ndarray:
+    """llm/meta_queries.mnn: one [num_queries, hidden] constant saved with MNN.expr.save (float32 NumPy)."""
     import MNN.expr as mnn_expr
 
     if not Path(path).is_file():
@@ -245,12 +248,14 @@ def load_meta_queries_mnn(path: Path) -> torch.Tensor:
     var = found[0]
     if var.data_format == mnn_expr.NC4HW4:
         var = mnn_expr.convert(var, mnn_expr.NCHW)
-    return torch.from_numpy(np.array(var.read(), dtype=np.float32).reshape(var.shape))
+    return np.array(var.read(), dtype=np.float32).reshape(var.shape)
 
 
-def save_meta_queries_mnn(meta_queries: torch.Tensor, path: Path) -> None:
+def save_meta_queries_mnn(meta_queries: torch.Tensor | np.ndarray, path: Path) -> None:
     import MNN.expr as mnn_expr
 
-    array = np.ascontiguousarray(meta_queries.detach().float().cpu().numpy())
+    from .arrays import to_numpy
+
+    array = np.ascontiguousarray(to_numpy(meta_queries))
     var = mnn_expr.const(array, list(array.shape), mnn_expr.NCHW, mnn_expr.float)
     mnn_expr.save([var], str(path))

@@ -10,21 +10,20 @@ the maps. `guided-grey` guides with the photo's luminance only (cheaper, weaker 
 `guided`, then the model folder's learned full-resolution refiner (`models/refiner.py`), trained on the editor's
 own outputs.
 
-Pure NumPy/PyTorch (no OpenCV): the same code runs after every runtime (PyTorch, ONNX Runtime, MNN). Memory is
-bounded for 12 MP photos: the maps are computed at the edit's resolution and applied in strips of rows.
+Pure NumPy and PIL (no torch, no OpenCV): the same code runs after every runtime (PyTorch, ONNX Runtime, MNN), and
+the exported runtimes import it without torch. Memory is bounded for 12 MP photos: the maps are computed at the
+edit's resolution and applied in strips of rows.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .image_io import Restore, postprocess
-from .models.refiner import Refiner
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +38,22 @@ REFINE_MAX_PIXELS = 12_000_000
 STRIP_PIXELS = 1 << 20  # full-resolution pixels per strip (bounds the working memory: ~50 MB for a colour guide)
 
 
+class PhotoRefiner(Protocol):
+    """What `refine` needs: `models.refiner.Refiner` (torch) or the exported graph's `RefinerGraph` (no torch)."""
+
+    def refine(self, photo: Image.Image, edit: Image.Image) -> Image.Image: ...
+
+
 def restore_photo(
-    pixels: torch.Tensor,
+    pixels: Any,
     restore: Restore | None,
     photo: Image.Image | None,
     method: str,
-    refiner: Refiner | None = None,
+    refiner: PhotoRefiner | None = None,
 ) -> Image.Image:
-    """The model's output [1,3,R,R] -> the edited photo at the input's own size: the padding cropped away, then
-    `upsample(method)` from the model's resolution with `photo` (the full-resolution input) as the guide; `refine`
-    runs `refiner` (the folder's, required) on the guided result."""
+    """The model's output [1,3,R,R] in [-1, 1] (NumPy or torch) -> the edited photo at the input's own size: the
+    padding cropped away, then `upsample(method)` from the model's resolution with `photo` (the full-resolution
+    input) as the guide; `refine` runs `refiner` (the folder's, required) on the guided result."""
     check_method(method, refiner)
     if restore is None or photo is None or method == "plain" or restore.box is None:
         return postprocess(pixels, restore)
@@ -68,7 +73,7 @@ def restore_photo(
     return refiner.refine(photo, guided)
 
 
-def check_method(method: str, refiner: Refiner | None) -> None:
+def check_method(method: str, refiner: PhotoRefiner | None) -> None:
     """A known method, and `refine` only with a refiner (named errors, raised before any work)."""
     if method not in METHODS:
         raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS)}")
@@ -104,38 +109,53 @@ def upsample(
     return Image.fromarray(_apply(maps, photo, grey))
 
 
-def _planes(image: Image.Image, grey: bool) -> torch.Tensor:
+# The filter's pieces are hand-written NumPy (box means by running sums, batched LAPACK solves) rather than OpenCV's
+# ximgproc or torch ops: numpy is what every runtime has, and this keeps the exported runtime torch- and OpenCV-free.
+
+
+def _planes(image: Image.Image, grey: bool) -> np.ndarray:
     """PIL RGB -> [C, h, w] float64 in [0, 1] (C = 1 for luminance)."""
-    x = torch.from_numpy(np.asarray(image, dtype=np.float64) / 255.0).permute(2, 0, 1)
+    x = (np.asarray(image, dtype=np.float64) / 255.0).transpose(2, 0, 1)
     return _luma(x) if grey else x
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3]).to(x.dtype)
+def _luma(x: np.ndarray) -> np.ndarray:
+    return 0.299 * x[0:1] + 0.587 * x[1:2] + 0.114 * x[2:3]
 
 
-def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, windows cut at the border (each pixel averages what exists around it)."""
-    k = 2 * radius + 1
-    return F.avg_pool2d(x[None], k, stride=1, padding=radius, count_include_pad=False)[0]
+def _box(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window on the last two axes, windows cut at the border (each pixel averages what exists
+    around it), in float64. Separable, one plane at a time (a few planes of working memory): running sums down the
+    columns, each window's sum the difference of two of them divided by its length, then the same on the transpose
+    (a cut window is still a rectangle, so its mean is the mean of its columns' means)."""
+    out = np.empty(x.shape)
+    for index in np.ndindex(x.shape[:-2]):
+        plane = x[index]
+        for _ in range(2):
+            n = plane.shape[0]
+            sums = np.zeros((n + 1, plane.shape[1]))
+            np.cumsum(plane, 0, out=sums[1:])
+            lo, hi = np.maximum(np.arange(n) - radius, 0), np.minimum(np.arange(n) + radius + 1, n)
+            plane = ((sums[hi] - sums[lo]) / (hi - lo)[:, None]).T
+        out[index] = plane
+    return out
 
 
-def _affine_maps(guide: torch.Tensor, edit: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+def _affine_maps(guide: np.ndarray, edit: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """Per-pixel ridge regression edit_c ~ sum_k A[k, c] guide_k + b_c over each window, the coefficients then
-    averaged over windows (the guided filter). Returns [K + 1, C_edit, h, w]: K rows of A, then b."""
+    averaged over windows (the guided filter). Returns float32 [K + 1, C_edit, h, w]: K rows of A, then b."""
     radius = max(1, min(radius, (min(guide.shape[1:]) - 1) // 2))
     k = guide.shape[0]
     mean_i, mean_p = _box(guide, radius), _box(edit, radius)
     # covariance of the guide's channels (K x K per pixel) and with the edit's channels (K x C per pixel)
-    cov_ii = torch.stack([_box(guide[a] * guide[b][None], radius)[0] for a in range(k) for b in range(k)])
-    cov_ii = cov_ii.view(k, k, *guide.shape[1:]) - mean_i[:, None] * mean_i[None, :]
-    cov_ip = torch.stack([_box(guide[a][None] * edit, radius) for a in range(k)]) - mean_i[:, None] * mean_p[None]
-    sigma = cov_ii.permute(2, 3, 0, 1) + eps * torch.eye(k, dtype=guide.dtype)  # [h, w, K, K]
-    a = torch.linalg.solve(sigma, cov_ip.permute(2, 3, 0, 1))  # [h, w, K, C]
-    a = a.permute(2, 3, 0, 1)  # [K, C, h, w]
+    cov_ii = _box(guide[:, None] * guide[None], radius) - mean_i[:, None] * mean_i[None]
+    cov_ip = _box(guide[:, None] * edit[None], radius) - mean_i[:, None] * mean_p[None]
+    cov_ii[range(k), range(k)] += eps  # the ridge
+    # [h, w, K, K] @ a = [h, w, K, C]: a stack of K x C right-hand sides (both 4-D, so NumPy >= 2 reads it as one)
+    a = np.linalg.solve(cov_ii.transpose(2, 3, 0, 1), cov_ip.transpose(2, 3, 0, 1)).transpose(2, 3, 0, 1)
+    del cov_ii, cov_ip  # [K, K, h, w] float64 each: not kept through the last box
     b = mean_p - (a * mean_i[:, None]).sum(0)
-    maps = torch.cat([a, b[None]]).float()
-    return _box(maps.flatten(0, 1), radius).view(maps.shape)
+    return _box(np.concatenate([a, b[None]]), radius).astype(np.float32)
 
 
 def _interp_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,13 +173,12 @@ def _plane(m: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
     return m[i0] * (1 - wr) + m[i1] * wr
 
 
-def _apply(maps: torch.Tensor, photo: Image.Image, grey: bool) -> np.ndarray:
+def _apply(maps: np.ndarray, photo: Image.Image, grey: bool) -> np.ndarray:
     """Upsample the maps bilinearly to photo.size and apply them to the photo, a strip of rows and one map plane at
     a time (the working set is a few float planes of one strip, whatever the photo's size)."""
     width, height = photo.size
     k, c, h, _ = maps.shape
-    m = maps.numpy()
-    cols = _interp_weights(width, m.shape[-1])
+    cols = _interp_weights(width, maps.shape[-1])
     r0, r1, rw = _interp_weights(height, h)
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     out = np.empty((height, width, 3), np.uint8)
@@ -171,8 +190,8 @@ def _apply(maps: torch.Tensor, photo: Image.Image, grey: bool) -> np.ndarray:
         strip = np.asarray(photo.crop((0, top, width, bottom)), np.float32) / 255.0  # [rows, W, 3]
         guide = [strip @ luma] if grey else [strip[..., i] for i in range(3)]
         for ch in range(c):
-            result = _plane(m[k - 1, ch, lo:hi], rows, cols)  # b
+            result = _plane(maps[k - 1, ch, lo:hi], rows, cols)  # b
             for a in range(k - 1):
-                result += _plane(m[a, ch, lo:hi], rows, cols) * guide[a]  # A[a, ch] * guide_a
+                result += _plane(maps[a, ch, lo:hi], rows, cols) * guide[a]  # A[a, ch] * guide_a
             out[top:bottom, :, ch] = np.clip(result * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out

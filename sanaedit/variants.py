@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -62,6 +60,7 @@ def load_variant(name_or_path: str | Path) -> Variant:
 
 def build_transformer(variant: Variant, edit: bool = True):
     """A randomly initialised SANA transformer; expanded for editing (zero ref weights) when `edit`."""
+    import torch
     from diffusers import SanaTransformer2DModel
 
     from .models.transformer import SanaEditTransformer2DModel
@@ -91,9 +90,7 @@ def build_llm(variant: Variant, vocab_size: int | None = None):
     return AutoModelForCausalLM.from_config(config)
 
 
-def build_conditioner_parts(
-    variant: Variant, llm_width: int, caption_channels: int, generator: torch.Generator | None = None
-):
+def build_conditioner_parts(variant: Variant, llm_width: int, caption_channels: int, generator: Any = None):
     """Fresh meta-queries, connector and projector for an LLM of width `llm_width`."""
     from .models.connector import Connector
     from .models.projector import Projector

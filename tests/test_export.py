@@ -48,7 +48,8 @@ def _graph(folder, manifest, name):
     return MnnGraph(folder / entry["file"], entry["inputs"], entry["outputs"], threads=1)
 
 
-def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+def _rel_l2(out, ref: torch.Tensor) -> float:
+    out = torch.as_tensor(out)  # graphs return NumPy
     return float((out - ref).norm() / ref.norm())
 
 
@@ -99,7 +100,7 @@ def test_every_graph_matches_pytorch(exported, tiny_pipe, name, batch):
     inputs = _fresh_inputs(spec, batch)
     with torch.no_grad():
         ref = spec.module(*inputs)
-    out = _graph(folder, manifest, name)(*inputs)
+    out = torch.from_numpy(_graph(folder, manifest, name)(*inputs))  # graphs return NumPy
     assert out.shape == ref.shape
     assert torch.isfinite(out).all()
     error = _rel_l2(out, ref)
@@ -291,6 +292,44 @@ def test_cli_edit_picks_the_runtime_from_the_folder(exported, tmp_path, capsys):
     args = ["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "x.png"), "--model", str(folder), "--backend", wrong]
     assert main(args) == 1
     assert "cannot run" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+# Runs the CLI in a process where torch, diffusers and transformers cannot be imported, and fails if any of them
+# (or anything from them) was loaded by the end: an exported folder's edit needs only its runtime, NumPy and PIL.
+WITHOUT_TORCH = """
+import sys
+BLOCKED = ("torch", "diffusers", "transformers")
+for name in BLOCKED:
+    sys.modules[name] = None  # `import torch` now raises ImportError
+from sanaedit.cli import main
+status = main(sys.argv[1:])
+loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in BLOCKED)
+assert not loaded, loaded
+sys.exit(status)
+"""
+
+
+def test_exported_folder_edits_without_torch(exported, tmp_path):
+    """The CLI edits with an exported folder without importing torch (its import alone is ~1 s of a CLI edit, and
+    a deployment need not install it), with the model's cached prompt and with a new one (the LLM graph, tokenized
+    by `tokenizers`), and writes what the pipeline makes in-process from the same seed (noise.Generator draws
+    torch.randn's numbers)."""
+    import subprocess
+    import sys
+
+    from sanaedit.defaults import SAMPLE_PHOTO
+
+    _, _, folder = exported
+    pipe = load_pipeline(folder)
+    for extra in ([], ["--prompt", "turn the sky purple"]):
+        out = tmp_path / f"out{len(extra)}.png"
+        args = ["edit", str(SAMPLE_PHOTO), "-o", str(out), "--model", str(folder), "--steps", "2", "--seed", "5"]
+        command = [sys.executable, "-c", WITHOUT_TORCH, *args, *extra, "-q"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        prompt = {"prompt": extra[1]} if extra else {}
+        want = pipe(SAMPLE_PHOTO, num_inference_steps=2, generator=torch.Generator().manual_seed(5), **prompt)
+        assert np.array_equal(np.asarray(Image.open(out)), np.asarray(want.images[0])), extra
 
 
 def test_cli_export_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):

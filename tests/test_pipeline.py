@@ -44,7 +44,7 @@ def test_preprocess_pads_to_centred_square_and_postprocess_restores():
     assert pixels.shape == (1, 3, 64, 64) and pixels.min() >= -1 and pixels.max() <= 1
     assert (restore.left, restore.top, restore.side) == (0, 40, 120)
     # the padding is black (-1) above and below the photo
-    assert torch.all(pixels[0, :, :10] == -1) and torch.all(pixels[0, :, -10:] == -1)
+    assert np.all(pixels[0, :, :10] == -1) and np.all(pixels[0, :, -10:] == -1)
     back = postprocess(pixels, restore)
     assert back.size == img.size
     err = np.abs(np.asarray(back, float) - np.asarray(img.resize((120, 40)), float))

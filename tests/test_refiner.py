@@ -99,7 +99,12 @@ def test_a_folder_with_a_refiner_edits_with_it_saves_it_and_exports_it(refined_m
     saved = pipe.save_pretrained(tmp_path / "saved")
     assert (saved / REFINER_FILE).is_file()
     exported = export_model(refined_model_dir, tmp_path / "onnx", fmt="onnx", progress=False)
-    assert (exported / REFINER_FILE).is_file()
+    assert (exported / REFINER_FILE).is_file()  # for PyTorch readers; the exported runtime runs the graph
+    entry = json.loads((exported / "model_index.json").read_text())["graphs"]["refiner"]
+    assert entry["file"] == "refiner.onnx" and (exported / "refiner.onnx").is_file()
+    assert entry["inputs"] == ["photo", "edit"] and entry["outputs"] == ["refined"] and entry["bits"] is None
+    assert entry["factor"] == 1 and entry["margin"] == pipe.flow.refiner.margin
+    assert entry["max_rel_error"] < 1e-5 and entry["max_level_error"] <= 1
     onnx_pipe = load_pipeline(exported)
     assert onnx_pipe.config.upsample == "refine" and onnx_pipe.flow.refiner is not None
     onnx_out = onnx_pipe(photo, generator=torch.Generator().manual_seed(0)).images[0]

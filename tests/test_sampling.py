@@ -17,7 +17,7 @@ def reference_published(n: int) -> np.ndarray:
 def test_published_schedule_matches_reference_formula(n):
     sigmas = flow_sigmas(n, schedule="published")
     assert len(sigmas) == n + 1 and sigmas[-1] == 0
-    np.testing.assert_allclose((sigmas[:-1] * 1000).numpy(), reference_published(n), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(sigmas[:-1] * 1000, reference_published(n), rtol=0, atol=1e-9)
     if n > 1:
         assert sigmas[-2] == 0  # the engine's last call sits at t = 0: a zero step
 
@@ -27,8 +27,8 @@ def test_default_schedule_is_diffusers_flow_match_euler(n):
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 1000, n))
     ours = flow_sigmas(n)
-    np.testing.assert_allclose(ours.numpy(), sched.sigmas.numpy(), atol=1e-6)
-    np.testing.assert_allclose((ours[:-1] * 1000).numpy(), sched.timesteps.numpy(), atol=1e-3)
+    np.testing.assert_allclose(ours, sched.sigmas.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours[:-1] * 1000, sched.timesteps.numpy(), atol=1e-3)
     assert ours[0] == 1 and ours[-1] == 0
     if n > 1:
         assert abs(ours[-2] - 0.003) < 1e-4
@@ -76,9 +76,9 @@ def test_dpm_solver_matches_diffusers_flow_dpm_solver(n):
     )
     sched.set_timesteps(n)
     sigmas = flow_sigmas(n, schedule="linear")
-    np.testing.assert_allclose(sigmas.numpy(), sched.sigmas.numpy(), atol=1e-6)
+    np.testing.assert_allclose(sigmas, sched.sigmas.numpy(), atol=1e-6)
     # diffusers hands the DiT integer timesteps; ours (and the published engine's) are 1000 sigma unrounded
-    np.testing.assert_allclose((sigmas[:-1] * 1000).numpy(), sched.timesteps.numpy(), atol=1)
+    np.testing.assert_allclose(sigmas[:-1] * 1000, sched.timesteps.numpy(), atol=1)
 
     x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(n))
     want = x.clone()
@@ -146,9 +146,28 @@ def test_scm_sampler_matches_diffusers_scm_scheduler_with_sprints_conversion(n):
     want = denoised / sigma_data
 
     sigmas = flow_sigmas(n, schedule="scm")
-    ours = scm_sample(_curved_velocity, start * float(torch.sqrt(sigmas[0] ** 2 + (1 - sigmas[0]) ** 2)), sigmas,
+    ours = scm_sample(_curved_velocity, start * float(np.sqrt(sigmas[0] ** 2 + (1 - sigmas[0]) ** 2)), sigmas,
                       generator=torch.Generator().manual_seed(7))  # fmt: skip
     torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpm", "scm"])
+def test_samplers_give_the_same_latents_on_numpy_arrays_as_on_torch_tensors(sampler):
+    """Exported graphs sample on NumPy arrays with the same code: same numbers (the sCM's fresh noise included, drawn
+    by `noise.Generator` as torch.randn draws it for that seed)."""
+    from sanaedit.noise import Generator
+    from sanaedit.sampling import get_sampler
+
+    def curved_numpy(x, sigma):
+        return np.tanh(x) * (1.5 - float(sigma)) + 0.3 * np.sin(3 * x) + float(sigma) ** 2
+
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigmas = flow_sigmas(4, schedule="scm" if sampler == "scm" else "default")
+    sample = get_sampler(sampler)
+    ours = sample(_curved_velocity, x.clone(), sigmas, generator=torch.Generator().manual_seed(3))
+    on_numpy = sample(curved_numpy, x.numpy().copy(), sigmas, generator=Generator(3))
+    assert isinstance(on_numpy, np.ndarray) and on_numpy.dtype == np.float32
+    np.testing.assert_allclose(on_numpy, ours.numpy(), atol=1e-5, rtol=0)
 
 
 def test_trigflow_conversion_of_a_flow_model_is_exact():

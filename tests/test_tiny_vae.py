@@ -280,10 +280,10 @@ def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tm
     pixels = torch.rand(1, 3, 64, 64) * 2 - 1
     latents = torch.randn(1, 4, 2, 2)
     with torch.no_grad():
-        torch.testing.assert_close(tiny.encode_image(pixels), torch_tiny.encode_image(pixels), rtol=1e-3, atol=1e-4)
-        torch.testing.assert_close(
-            tiny.decode_latents(latents), torch_tiny.decode_latents(latents), rtol=1e-3, atol=1e-4
-        )
+        encoded = torch.from_numpy(tiny.encode_image(pixels))  # exported graphs return NumPy
+        torch.testing.assert_close(encoded, torch_tiny.encode_image(pixels), rtol=1e-3, atol=1e-4)
+        decoded = torch.from_numpy(tiny.decode_latents(latents))
+        torch.testing.assert_close(decoded, torch_tiny.decode_latents(latents), rtol=1e-3, atol=1e-4)
     photo = Image.new("RGB", (64, 64), (10, 200, 30))
     assert tiny(photo, num_inference_steps=2).images[0].size == (64, 64)
 

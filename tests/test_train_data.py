@@ -133,7 +133,7 @@ def test_exif_rotated_and_icc_profiled_images_train_as_inference_sees_them(tmp_p
     (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = ManifestDataset(tmp_path, kind="images", resolution=32)
     for i, name in enumerate(["rotated.jpg", "profiled.png"]):
-        inference = preprocess(load_image(tmp_path / name), 32)[0][0]  # what the pipeline feeds the model
-        naive = preprocess(Image.open(tmp_path / name).convert("RGB"), 32)[0][0]  # orientation/profile ignored
+        inference = torch.from_numpy(preprocess(load_image(tmp_path / name), 32)[0][0])  # what the pipeline feeds
+        naive = torch.from_numpy(preprocess(Image.open(tmp_path / name).convert("RGB"), 32)[0][0])  # EXIF/ICC ignored
         assert torch.equal(ds[i]["target"], inference), name
         assert not torch.allclose(ds[i]["target"], naive, atol=0.1), f"{name}: the test image tests nothing"

@@ -1,6 +1,10 @@
 """Full-resolution output: the guided upsampler (sanaedit/upsample.py), the padding policy of preprocessing and the
 pipeline's use of both (every runtime shares that pipeline code)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +75,35 @@ def test_strips_give_the_same_picture(monkeypatch):
     assert np.array_equal(np.asarray(upsample(edit, big, "guided")), whole)
 
 
+def test_upsample_imports_and_runs_without_torch():
+    """The exported runtimes (ONNX Runtime, MNN) are torch-free: upsample.py and what it imports need numpy and PIL
+    only. A fresh interpreter where `import torch` fails imports it and runs the guided filter."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from PIL import Image\n"
+        "from sanaedit.upsample import upsample\n"
+        "assert upsample(Image.new('RGB', (9, 7), 'red'), Image.new('RGB', (37, 23)), 'guided').size == (37, 23)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_box_mean_cuts_windows_at_the_border():
+    """Each pixel's mean is over the part of its window inside the picture (avg_pool2d's count_include_pad=False)."""
+    x = np.random.default_rng(0).random((2, 7, 5))
+    for radius in (1, 2):
+        expected = [
+            [
+                [p[max(0, i - radius) : i + radius + 1, max(0, j - radius) : j + radius + 1].mean() for j in range(5)]
+                for i in range(7)
+            ]
+            for p in x
+        ]
+        assert np.allclose(up._box(x, radius), expected, rtol=0, atol=1e-12)
+
+
 def test_same_size_and_tiny_edits_are_returned_plainly():
     big = photo(64, 48)
     assert upsample(big, big, "guided").size == big.size
@@ -94,14 +127,14 @@ def test_twelve_megapixel_photo_in_bounded_memory():
 
 def test_reflect_padding_mirrors_the_picture_and_black_is_the_engine_default():
     image = photo(90, 30)
-    black, restore = preprocess(image, 48)
-    reflect, same = preprocess(image, 48, "reflect")
+    (black, restore), (reflect, same) = preprocess(image, 48), preprocess(image, 48, "reflect")
+    black, reflect = np.asarray(black), np.asarray(reflect)  # NumPy (or a CPU tensor)
     assert restore == same
     x0, y0, x1, y1 = restore.box
-    assert torch.equal(black[..., y0:y1, x0:x1], reflect[..., y0:y1, x0:x1])
+    assert np.array_equal(black[..., y0:y1, x0:x1], reflect[..., y0:y1, x0:x1])
     assert (black[..., :y0, :] == -1).all()  # zeros in [0, 255] -> -1
     # the rows above the picture mirror its first rows (numpy's "reflect": the edge row is not repeated)
-    assert torch.equal(reflect[..., y0 - 1, :], reflect[..., y0 + 1, :])
+    assert np.array_equal(reflect[..., y0 - 1, :], reflect[..., y0 + 1, :])
     with pytest.raises(ValueError, match="reflect"):
         preprocess(image, 48, "grey")
 
@@ -111,8 +144,20 @@ def test_postprocess_at_the_box_size_is_the_model_resolution_crop():
     pixels, restore = preprocess(image, 48, "reflect")
     x0, y0, x1, y1 = restore.box
     low = postprocess(pixels, restore, size=(x1 - x0, y1 - y0))
-    expected = ((pixels[0, :, y0:y1, x0:x1] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    expected = ((np.asarray(pixels)[0, :, y0:y1, x0:x1] + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
     assert np.array_equal(np.asarray(low), expected)
+
+
+@pytest.mark.parametrize("method", ["plain", "guided"])
+def test_restore_photo_takes_numpy_and_torch_pixels_alike(method):
+    """The exported runtimes hand NumPy arrays, the PyTorch one tensors: the same picture either way."""
+    image = photo(90, 30)
+    pixels, restore = preprocess(image, 48, "reflect")
+    pixels = np.asarray(pixels)
+    as_numpy = restore_photo(pixels, restore, image, method)
+    assert np.array_equal(
+        np.asarray(as_numpy), np.asarray(restore_photo(torch.from_numpy(pixels), restore, image, method))
+    )
 
 
 def test_restore_photo_plain_is_the_old_postprocess_and_guided_keeps_the_size():

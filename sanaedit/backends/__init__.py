@@ -1,4 +1,5 @@
-"""Exported graphs as callables on torch tensors: ONNX Runtime and MNN, CPU.
+"""Exported graphs as callables on arrays (NumPy in and out; CPU torch tensors are taken too): ONNX Runtime and MNN,
+CPU. Nothing here imports torch.
 
 Used by the runtime (to run an exported folder) and by the exporter (to check each graph against PyTorch), so
 neither imports the other.
@@ -13,7 +14,7 @@ FORMATS = {fmt: backend for backend, fmt in BACKENDS.items()}
 
 
 def load_graph(path: str | Path, backend: str, inputs: list[str], outputs: list[str], threads: int | None = None):
-    """`graph(*tensors) -> tensor` for one exported graph file."""
+    """`graph(*arrays) -> array` for one exported graph file."""
     if backend == "onnxruntime":
         from .ort_graph import OrtGraph
 

@@ -1,18 +1,20 @@
-"""One exported .mnn graph as a callable on torch tensors (the `mnn` wheel's Module API, CPU)."""
+"""One exported .mnn graph as a callable on arrays (the `mnn` wheel's Module API, CPU): NumPy (or CPU torch tensors)
+in, NumPy out."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from ..arrays import to_numpy
 from ..model_folder import ModelFolderError
 from ..speed.cpu import physical_cores
 
 
 class MnnGraph:
-    """`graph(*tensors) -> tensor` for a .mnn file with the given input/output names."""
+    """`graph(*arrays) -> array` for a .mnn file with the given input/output names."""
 
     def __init__(self, path: str | Path, inputs: list[str], outputs: list[str], threads: int | None = None):
         import MNN.nn as mnn_nn
@@ -33,17 +35,17 @@ class MnnGraph:
             raise ModelFolderError(f"{path}: not a valid MNN graph (corrupt or truncated); export the model again")
         self.inputs, self.path = inputs, path
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *tensors: Any) -> np.ndarray:
         import MNN.expr as mnn_expr
 
         if len(tensors) != len(self.inputs):
             raise ValueError(f"{self.path.name}: expects {len(self.inputs)} inputs {self.inputs}, got {len(tensors)}")
         # The arrays stay referenced until forward has run (MNN's const may read them in place).
-        arrays = [np.ascontiguousarray(t.detach().cpu().float().numpy()) for t in tensors]
+        arrays = [np.ascontiguousarray(to_numpy(t)) for t in tensors]
         feed = [mnn_expr.const(a, list(a.shape), mnn_expr.NCHW, mnn_expr.float) for a in arrays]
         out = self.module.forward(feed)
         out = out[0] if isinstance(out, (list, tuple)) else out
         if out.data_format == mnn_expr.NC4HW4:
             out = mnn_expr.convert(out, mnn_expr.NCHW)
         # Copy out: the next step must not share (or grow) MNN's buffers.
-        return torch.from_numpy(np.array(out.read(), dtype=np.float32).reshape(out.shape))
+        return np.array(out.read(), dtype=np.float32).reshape(out.shape)

@@ -10,10 +10,11 @@ of every query's attention, so each prompt's queries see exactly what they see i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from ..arrays import to_numpy
 from ..model_folder import ModelFolderError
 from ..speed.cpu import physical_cores
 
@@ -40,13 +41,13 @@ class MnnLlm:
         if self.module is None:
             raise ModelFolderError(f"{self.path}: not a valid MNN LLM graph (corrupt, truncated or another format)")
 
-    def __call__(self, embeds: torch.Tensor, last: int) -> torch.Tensor:
+    def __call__(self, embeds: Any, last: int) -> np.ndarray:
         import MNN.expr as mnn_expr
 
         length, width = embeds.shape
         mask = np.triu(np.full((length, length), np.finfo(np.float32).min, np.float32), 1)[None, None]
         arrays = [
-            np.ascontiguousarray(embeds.detach().float().cpu().numpy()[:, None, :]),  # [T, 1, H]
+            np.ascontiguousarray(to_numpy(embeds)[:, None, :]),  # [T, 1, H]
             np.ascontiguousarray(mask),  # additive: 0 where a key is visible
             np.arange(length, dtype=np.int32)[None],  # cumsum(mask) - 1 of an unpadded prompt
             np.array([-last], dtype=np.int32),  # only the last `last` rows go through the final norm
@@ -60,7 +61,7 @@ class MnnLlm:
             out = out[0]
         if out.data_format == mnn_expr.NC4HW4:
             out = mnn_expr.convert(out, mnn_expr.NCHW)
-        hidden = torch.from_numpy(np.array(out.read(), dtype=np.float32).reshape(-1, width))
+        hidden = np.array(out.read(), dtype=np.float32).reshape(-1, width)
         if hidden.shape[0] != last:
             raise ModelFolderError(f"{self.path}: returned {hidden.shape[0]} rows of hidden states, expected {last}")
         return hidden

@@ -1,12 +1,13 @@
-"""One exported .onnx graph as a callable on torch tensors (ONNX Runtime, CPU)."""
+"""One exported .onnx graph as a callable on arrays (ONNX Runtime, CPU): NumPy (or CPU torch tensors) in, NumPy out."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from ..arrays import to_numpy
 from ..model_folder import ModelFolderError, first_line
 from ..speed.cpu import physical_cores
 
@@ -14,7 +15,7 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(
 
 
 class OrtGraph:
-    """`graph(*tensors) -> tensor`: inputs in the graph's declared order, converted to its declared types."""
+    """`graph(*arrays) -> array`: inputs in the graph's declared order, converted to its declared types."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
@@ -35,13 +36,13 @@ class OrtGraph:
         self.inputs = [(i.name, _NUMPY_TYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
         self.path = path
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *tensors: Any) -> np.ndarray:
         if len(tensors) != len(self.inputs):
             names = [name for name, _ in self.inputs]
             raise ValueError(f"{self.path.name}: expects {len(self.inputs)} inputs {names}, got {len(tensors)}")
         feed = {
-            name: np.ascontiguousarray(t.detach().cpu().float().numpy().astype(dtype, copy=False))
+            name: np.ascontiguousarray(to_numpy(t).astype(dtype, copy=False))
             for (name, dtype), t in zip(self.inputs, tensors)
         }
         # A fresh output array each call: nothing from one step is kept or grown into the next.
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return self.session.run(None, feed)[0]

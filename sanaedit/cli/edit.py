@@ -83,8 +83,6 @@ def default_device(args: argparse.Namespace) -> str:
 
 
 def edit_share(args: argparse.Namespace, processes) -> int:
-    import torch
-
     from ..batch import check_output_folder, check_outputs, edit_files, edit_folder
     from ..defaults import load_pipeline
 
@@ -147,7 +145,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
             from ..best_of import best_of
 
             return best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)[0]
-        return pipe(image, generator=torch.Generator().manual_seed(args.seed), **settings).images[0]
+        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings).images[0]
 
     if folder_mode:
         summary = edit_folder(

@@ -48,7 +48,7 @@ def describe(model_dir: Path) -> list[str]:
     index = read_index(model_dir)
     lines = [f"model folder: {model_dir}  (sanaedit {index.get('_sanaedit_version', '?')})"]
     grand_total = 0
-    from ..models.refiner import REFINER_FILE
+    from ..models.refine_tiles import REFINER_FILE
 
     optional = [n for n in (TINY_VAE, REFINER_FILE) if (model_dir / n).exists()]
     for name in (*REQUIRED, META_QUERIES_FILE, *optional):
@@ -97,7 +97,7 @@ def describe_graphs(folder: Path) -> list[str]:
 
 def common_lines(folder: Path, index: dict) -> list[str]:
     lines = ["pipeline defaults: " + json.dumps(index.get("pipeline", {}))]
-    from ..models.refiner import REFINER_FILE
+    from ..models.refine_tiles import REFINER_FILE
 
     refiner = folder_refiner(folder, index.get("pipeline", {}).get("upsample"))  # checked as loading checks it
     if refiner is not None:
@@ -109,7 +109,7 @@ def common_lines(folder: Path, index: dict) -> list[str]:
     if (folder / PROMPT_CACHE_FILE).is_file():
         from ..model_folder import load_prompt_cache
 
-        prompts = list(load_prompt_cache(folder))
+        prompts = list(load_prompt_cache(folder, framework="np"))
         lines.append(f"prompt cache: {len(prompts)} prompt(s) precomputed (no LLM load needed for them): {prompts}")
     width = llm_width(folder)
     if not follows_prompts(folder):
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe_export(folder: Path) -> list[str]:
     """An exported folder: its graphs (the MNN release's layout, ours or downloaded, has its own description)."""
-    from ..runtime.release import is_release_layout
+    from ..model_folder import is_release_layout
 
     if is_release_layout(folder):
         from ..runtime.release_info import describe_release

@@ -54,7 +54,7 @@ def vae_calibration(encoder: nn.Module, resolution: int) -> dict[str, Calibratio
     from ..image_io import load_image, preprocess
 
     held_out, photos = calibration_photos()
-    pixels = [preprocess(load_image(p), resolution)[0] for p in [held_out, *photos]]
+    pixels = [torch.from_numpy(preprocess(load_image(p), resolution)[0]) for p in [held_out, *photos]]
     with torch.no_grad():
         latents = [encoder(x).float() for x in pixels]
     return {

@@ -6,7 +6,9 @@ large); `llm/`: the frozen LLM's body as a graph (`llm/llm.onnx`, 4-bit by defau
 `meta_queries.safetensors` (only needed for prompts outside the prompt cache).
 MNN layout: the published release's files and I/O names exactly, the LLM written by MNN's own LLM exporter
 (`release_folder.py`, `export/release.py`): MNN's engine loads it as it loads MNN-Sana-Edit-V2.
-Both add `prompt_cache.safetensors` and `model_index.json` (`_class_name` SanaEditExport), which the engine ignores.
+Both add `prompt_cache.safetensors` and `model_index.json` (`_class_name` SanaEditExport), which the engine ignores,
+and a model with a learned refiner its graph (`refiner.onnx` / `refiner.mnn`, fp32, any height and width) beside
+its weights (`refiner.safetensors`, for PyTorch readers and older runtimes).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from ..backends import FORMATS, load_graph
@@ -28,6 +32,7 @@ from ..model_folder import (
     EMBEDDINGS_KEY,
     EXPORT_CLASS,
     PROMPT_CACHE_FILE,
+    RELEASE_LAYOUT,
     TINY_GRAPHS,
     atomic_folder,
     save_meta_queries,
@@ -35,16 +40,19 @@ from ..model_folder import (
     write_index,
     write_prompt_cache,
 )
+from ..models.refine_tiles import REFINER_GRAPH, RefinerGraph
 from ..models.refiner import save_refiner
-from ..release_folder import RELEASE_LAYOUT
 from .calibrate import W8A8, W8A8_GRAPHS, Calibration, quantize_onnx_static, vae_calibration
-from .graphs import baked_guidance, graph_specs
+from .graphs import baked_guidance, graph_specs, refiner_spec
 from .onnx_export import export_onnx, quantize_onnx_weights
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder", *TINY_GRAPHS]
 LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
+# The refiner graph's tiled refine of a check photo may round a pixel to the next uint8 level, never further.
+REFINER_LEVEL_TOLERANCE = 1
+REFINER_CHECK_SIZE, REFINER_CHECK_TILE = (203, 150), 64  # non-square, several tiles of several shapes
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
 # A w8a8 graph off by more than this (relative L2 on a held-out photo) has lost the picture: the tiny random test
 # model's DC-AE measures 0.04 (encoder) / 0.06 (decoder); ranges from all-zero or 10x too small inputs 0.7-0.97.
@@ -138,8 +146,9 @@ def export_model(
             graphs, llm = _export_onnx_folder(pipe, tmp, fmt, bits, progress)
             layout = {}
         write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
-        if pipe.flow.refiner is not None:  # pixel post-processing every runtime runs the same way (torch, fp32)
+        if pipe.flow.refiner is not None:  # the graph for the exported runtime; the weights for PyTorch readers
             save_refiner(pipe.flow.refiner, tmp)
+            graphs[REFINER_GRAPH] = export_refiner(pipe.flow.refiner, tmp, fmt, progress)
         t = pipe.transformer
         settings = dataclasses.asdict(pipe.config)
         baked = baked_guidance(pipe)
@@ -208,6 +217,39 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
     return graphs, llm
 
 
+def export_refiner(refiner, folder: Path, fmt: str, progress: bool = False) -> dict:
+    """The learned refiner as a graph (`refiner.onnx` / `refiner.mnn`, fp32, height and width free), checked as
+    every graph is (max relative error on a tile), then refining a non-square check photo in tiles as the exported
+    runtime does (`runtime/refiner_graph.py`): at most REFINER_LEVEL_TOLERANCE uint8 levels off PyTorch's. Returns
+    its manifest entry, with the factor and margin the tiling needs."""
+    t0 = time.perf_counter()
+    _say(progress, f"      refiner: exporting to {fmt} (fp32, any height and width) ...")
+    spec = refiner_spec(refiner)
+    entry = _export_graph(spec, folder, fmt, None)
+    entry.update(factor=refiner.factor, margin=refiner.margin, config=dict(refiner.config))
+    graph = load_graph(folder / entry["file"], FORMATS[fmt], spec.inputs, spec.outputs, threads=1)
+    photo, edit = (_noise_picture(seed, REFINER_CHECK_SIZE) for seed in (1, 2))
+    want = np.asarray(refiner.refine(photo, edit, tile=REFINER_CHECK_TILE), np.int16)
+    got = RefinerGraph(graph, refiner.factor, refiner.margin).refine(photo, edit, tile=REFINER_CHECK_TILE)
+    entry["max_level_error"] = int(np.abs(np.asarray(got, np.int16) - want).max())
+    if entry["max_level_error"] > REFINER_LEVEL_TOLERANCE:
+        raise RuntimeError(
+            f"the exported refiner graph refines a photo {entry['max_level_error']} uint8 levels off PyTorch (at most "
+            f"{REFINER_LEVEL_TOLERANCE} passes); nothing was written. Please report this with your model's config."
+        )
+    _say(
+        progress,
+        f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, tiled photo at most "
+        f"{entry['max_level_error']} level(s) off, {entry['bytes'] / 2**10:.0f} KiB, {time.perf_counter() - t0:.0f} s",
+    )
+    return entry
+
+
+def _noise_picture(seed: int, size: tuple[int, int]) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
 def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibration: Calibration | None = None) -> dict:
     entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": 8 if bits == W8A8 else bits}
     if fmt == "onnx":
@@ -260,5 +302,5 @@ def _errors(spec, graph: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[fl
     """(max |graph - torch| / max |torch|, |graph - torch|_2 / |torch|_2) on `inputs`."""
     with torch.no_grad():
         ref = spec.module(*inputs).float()
-    diff = graph(*inputs) - ref
+    diff = torch.from_numpy(np.asarray(graph(*inputs), np.float32)) - ref  # a graph returns arrays (or tensors)
     return float(diff.abs().max() / ref.abs().max().clamp(min=1e-12)), float(diff.norm() / ref.norm().clamp(min=1e-12))

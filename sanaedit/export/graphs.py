@@ -36,6 +36,7 @@ class GraphSpec:
     # Folding also turns the weights' transposes into constants, so ORT's MatMulNBits can quantize them.
     cleanup: str = "fold"
     length_inputs: tuple[str, ...] = ()  # inputs whose axis 1 is free too (the LLM's sequence length)
+    spatial: bool = False  # height and width (axes 2, 3) of every input and output left free (the refiner's tiles)
 
 
 class _Transformer(nn.Module):
@@ -211,3 +212,25 @@ def vae_specs(encoder: nn.Module, decoder: nn.Module, resolution: int, channels:
             dynamic_batch=False,
         ),
     ]
+
+
+def refiner_spec(refiner: nn.Module) -> GraphSpec:
+    """The learned full-resolution refiner (models/refiner.py) on one tile: photo and edit [1, 3, H, W] in [0, 1]
+    -> the refined edit, H and W free (multiples of its unshuffle factor; `refine_tiles.py` cuts them). Plain
+    convolutions, and pixel (un)shuffle as Reshape/Transpose and DepthToSpace, which ONNX Runtime and MNN both run:
+    the TorchScript exporter suffices. Checked on a non-square tile."""
+    from ..models.refine_tiles import REFINER_GRAPH, REFINER_INPUTS, REFINER_OUTPUTS
+
+    f = refiner.factor
+    generator = torch.Generator().manual_seed(0)
+    example = tuple(torch.rand(1, 3, 40 * f, 56 * f, generator=generator) for _ in REFINER_INPUTS)
+    return GraphSpec(
+        REFINER_GRAPH,
+        refiner,
+        example,
+        list(REFINER_INPUTS),
+        list(REFINER_OUTPUTS),
+        dynamo=False,
+        dynamic_batch=False,
+        spatial=True,
+    )

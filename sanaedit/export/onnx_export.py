@@ -33,11 +33,14 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
     dynamic_axes = {name: {0: "batch"} for name in spec.inputs + spec.outputs} if spec.dynamic_batch else {}
     for name in spec.length_inputs:
         dynamic_axes.setdefault(name, {})[1] = "length"
+    if spec.spatial:
+        for name in spec.inputs + spec.outputs:
+            dynamic_axes.setdefault(name, {}).update({2: "height", 3: "width"})
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > ONNX_SIZE_LIMIT // 2
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
         warnings.simplefilter("ignore")
         if spec.dynamo:
-            dims = {"batch": torch.export.Dim("batch"), "length": torch.export.Dim("length")}
+            dims = {d: torch.export.Dim(d) for d in ("batch", "length", "height", "width")}
             shapes = tuple({axis: dims[d] for axis, d in dynamic_axes.get(name, {}).items()} for name in spec.inputs)
             if not any(shapes):
                 shapes = None

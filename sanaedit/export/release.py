@@ -144,9 +144,9 @@ def check_llm(pipe, folder: Path) -> tuple[dict[str, float], list[str]]:
             want_rows = encoder.llm.get_input_embeddings().weight[ids].float()
             x = torch.cat([want_rows, queries])
             want = reference(x[None], torch.ones(1, x.shape[0]))[0]
-        rows = table.rows(ids)
-        got = llm(x, queries.shape[0])
-        full = llm(torch.cat([rows, queries]), queries.shape[0])
+        rows = torch.from_numpy(table.rows(ids))  # the runtime's NumPy, compared here in torch
+        got = torch.from_numpy(llm(x, queries.shape[0]))
+        full = torch.from_numpy(llm(torch.cat([rows, queries]), queries.shape[0]))
         errs = {
             "hidden_states_max_rel": float((got - want).abs().max() / want.abs().max().clamp(min=1e-12)),
             "hidden_states_rel_l2": _rel_l2(got, want),

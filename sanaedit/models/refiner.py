@@ -12,9 +12,10 @@ ESPCN-style super-resolution nets do, so the convs run on f^2 fewer positions), 
 convs with the given dilations, SiLU, and a zero-initialised 3x3 conv to an RGB correction per pixel of each block
 (pixel shuffle), added to the edit: a fresh refiner returns the guided edit unchanged.
 
-Stored as one safetensors file (`refiner.safetensors`, its config in the metadata) so that every runtime (PyTorch,
-ONNX Runtime, MNN folders) reads it without diffusers; it always runs in fp32 on the CPU, in overlapping tiles, so
-a 12 MP photo needs a few hundred MB at most.
+Stored as one safetensors file (`refiner.safetensors`, its config in the metadata), read without diffusers; an
+export also writes it as a graph (`refiner.onnx` / `refiner.mnn`, `export/folder.py`), which the exported runtime
+runs without torch (`runtime/refiner_graph.py`). Either way it runs in fp32 on the CPU, in overlapping tiles
+(`refine_tiles.py`, shared), so a 12 MP photo needs a few hundred MB at most.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-REFINER_FILE = "refiner.safetensors"
-TILE = 512  # output pixels per tile side (memory: ~width x (TILE + 2 * margin)^2 floats per feature map)
+from .refine_tiles import REFINER_FILE, TILE, refine_in_tiles
 
 
 class Refiner(nn.Module):
@@ -56,37 +56,16 @@ class Refiner(nn.Module):
             h = h + F.silu(conv(h))
         return edit + F.pixel_shuffle(self.out(h), self.factor)
 
-    @torch.no_grad()
     def refine(self, photo: Image.Image, edit: Image.Image, tile: int = TILE) -> Image.Image:
         """The edit (already at the photo's size) refined, tile by tile with `margin` pixels of overlap, so the
-        result equals one pass over the whole picture (each output pixel sees its full receptive field). Only one
-        tile at a time is in floats: the working memory is a few tiles' feature maps plus the uint8 pictures."""
-        if photo.size != edit.size:
-            raise ValueError(f"refiner: photo {photo.size} and edit {edit.size} differ in size")
-        f, m = self.factor, self.margin
-        tile = max(f, tile - tile % f)  # tiles (and so their margins) start on the factor's grid
-        width, height = photo.size
-        pad = ((0, -height % f), (0, -width % f), (0, 0))  # to whole f x f blocks by replication; cropped at the end
-        photo_a, edit_a = (np.pad(np.asarray(x.convert("RGB")), pad, mode="edge") for x in (photo, edit))
-        out = np.empty((height, width, 3), np.uint8)
-        rows, cols = photo_a.shape[:2]
-        for y in range(0, height, tile):
-            for x in range(0, width, tile):
-                y0, x0 = max(0, y - m), max(0, x - m)
-                y1, x1 = min(rows, y + tile + m), min(cols, x + tile + m)
-                piece = self(_tensor(photo_a[y0:y1, x0:x1]), _tensor(edit_a[y0:y1, x0:x1]))
-                piece = piece[0, :, y - y0 : y - y0 + min(tile, height - y), x - x0 : x - x0 + min(tile, width - x)]
-                out[y : y + piece.shape[1], x : x + piece.shape[2]] = _uint8(piece)
-        return Image.fromarray(out)
+        result equals one pass over the whole picture (`refine_tiles.refine_in_tiles`, which the exported graph's
+        runner shares)."""
+        return refine_in_tiles(self.forward_numpy, photo, edit, self.factor, self.margin, tile)
 
-
-def _tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [h, w, 3] -> float [1, 3, h, w] in [0, 1]."""
-    return torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1).permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).numpy()
+    @torch.no_grad()
+    def forward_numpy(self, photo: np.ndarray, edit: np.ndarray) -> np.ndarray:
+        """`forward` on float32 arrays [1, 3, h, w] in [0, 1] -> the refined tile as an array."""
+        return self(torch.from_numpy(photo), torch.from_numpy(edit)).numpy()
 
 
 def save_refiner(refiner: Refiner, folder: Path) -> Path:

@@ -62,7 +62,8 @@ class MetaQueryTextEncoder(nn.Module):
         return self
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return tokenize(self.tokenizer, self.template, prompts, self.max_prompt_tokens)
+        ids, mask = tokenize(self.tokenizer, self.template, prompts, self.max_prompt_tokens)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def llm_features(self, prompts: list[str]) -> torch.Tensor:
         """Final-norm LLM hidden states at the meta-query positions: [B, num_queries, width]."""

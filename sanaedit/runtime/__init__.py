@@ -1,8 +1,16 @@
 """Run an exported folder (ONNX Runtime or MNN graphs) through the one SanaEditPipeline: `load_exported(folder)`,
-which also runs the published MNN release's files alone (`load_release`, runtime/release.py)."""
+which also runs the published MNN release's files alone (`load_release`, runtime/release.py). Names load lazily:
+an exported folder's edit must not import the release runtime (torch, for the release's own LLM)."""
+
+from importlib import import_module
 
 from ..backends import BACKENDS
-from .exported import load_exported
-from .release import load_release
 
+_WHERE = {"load_exported": "exported", "load_release": "release"}
 __all__ = ["BACKENDS", "load_exported", "load_release"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(name)
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

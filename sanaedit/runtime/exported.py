@@ -3,30 +3,35 @@
 Sampling, CFG, pre/post-processing and the prompt cache are the pipeline's own code; only the networks are graphs,
 behind the same `FlowModel` the PyTorch pipeline uses. Each graph call returns a fresh tensor, so nothing
 accumulates across steps. A prompt outside the prompt cache runs the LLM graph (loaded for that call and released
-right after), then the connector and projector graphs. Nothing here imports diffusers, and transformers only for
-the tokenizer of a new prompt.
+right after), then the connector and projector graphs. Everything is NumPy (`arrays.NumpyArrays`): an edit imports
+neither torch nor diffusers nor transformers (a new prompt is tokenized by the `tokenizers` library alone).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from ..arrays import NumpyArrays
 from ..backends import BACKENDS, load_graph
 from ..flow import FlowModel
 from ..model_folder import (
     EMBEDDINGS_KEY,
     EXPORT_CLASS,
+    META_QUERIES_FILE,
     TINY_GRAPHS,
     ModelFolderError,
     choose_vae,
     first_line,
     folder_refiner,
+    is_release_layout,
     load_prompt_cache,
     read_index,
 )
 from ..pipeline import PipelineConfig, SanaEditPipeline
+from .refiner_graph import load_refiner_graph
 
 GRAPHS = ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"]  # loaded up front
 
@@ -39,52 +44,63 @@ class TransformerGraph:
 
     def __call__(self, sample, encoder_hidden_states, timestep, encoder_attention_mask=None, ref_latents=None):
         if encoder_attention_mask is None:
-            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2])
+            encoder_attention_mask = np.ones(encoder_hidden_states.shape[:2], np.float32)
         if ref_latents is None:
-            ref_latents = torch.zeros_like(sample)
+            ref_latents = np.zeros(sample.shape, np.float32)
         return self.graph(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
 
 
 class ExportedTextEncoder:
     """prompts -> (encoder_hidden_states, mask), all as graphs: the LLM graph is loaded for the call and released
-    right after; the token embeddings are read row by row from the export's table (only the prompt's rows)."""
+    right after; the token embeddings are read row by row from the export's table (only the prompt's rows). Made
+    only when a prompt is not in the prompt cache (the connector and projector graphs load with it)."""
 
-    def __init__(self, folder: Path, manifest: dict, connector, projector, load_graph, template: str):
-        self.folder, self.manifest, self.template = folder, manifest, template
-        self.connector, self.projector, self.load_graph = connector, projector, load_graph
+    def __init__(self, folder: Path, manifest: dict, load_graph, template: str):
+        self.folder, self.manifest, self.template, self.load_graph = folder, manifest, template, load_graph
+        self.connector, self.projector = load_graph("connector"), load_graph("projector")
 
-    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         llm = self.load_graph(self.manifest["llm"]["graph"])
         try:
             features = llm(*self.llm_inputs(prompts))
         finally:
             del llm  # released as soon as the features exist
         hidden = self.projector(self.connector(features))
-        return hidden, torch.ones(hidden.shape[:2], dtype=torch.long)
+        return hidden, np.ones(hidden.shape[:2], np.int64)
 
-    def llm_inputs(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from safetensors import safe_open
-        from transformers import AutoTokenizer
-
-        from ..model_folder import load_meta_queries
-        from ..models.prompt import llm_inputs, tokenize
+    def llm_inputs(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from ..models.prompt import FastTokenizer, llm_inputs, tokenize
 
         info = self.manifest["llm"]
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.folder / info["folder"], local_files_only=True)
+            tokenizer = FastTokenizer.load(self.folder / info["folder"])
             input_ids, text_mask = tokenize(tokenizer, self.template, prompts, info["max_prompt_tokens"])
-            wanted = input_ids.unique()  # sorted
-            with safe_open(self.folder / info["embeddings"], "pt") as table:
-                rows = table.get_slice(EMBEDDINGS_KEY)
-                found = torch.cat([rows[int(i) : int(i) + 1] for i in wanted]).float()
-        except Exception as err:  # tokenizer / safetensors errors vary in type
+            wanted = np.unique(input_ids)  # sorted
+            found = embedding_rows(self.folder / info["embeddings"], EMBEDDINGS_KEY, wanted)
+            queries = embedding_rows(self.folder / info["folder"] / META_QUERIES_FILE, "meta_queries")
+        except Exception as err:  # tokenizer / file errors vary in type
             raise ModelFolderError(
-                f"{self.folder}: cannot read the LLM's tokenizer or embeddings ({err}); export again"
+                f"{self.folder}: cannot read the LLM's tokenizer or embeddings ({first_line(err)}); export again"
             ) from err
-        token_embeds = found[torch.searchsorted(wanted, input_ids)]
-        queries = load_meta_queries(self.folder / info["folder"]).float()
+        token_embeds = found[np.searchsorted(wanted, input_ids)]
         embeds, mask = llm_inputs(token_embeds, text_mask, queries)
-        return embeds, mask.float()
+        return embeds, mask.astype(np.float32)
+
+
+def embedding_rows(path: Path, key: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a 2-D float32 or bfloat16 tensor in a safetensors file, as float32 (all rows with `rows=None`),
+    read through a memory map: only the rows asked for leave the disk. By hand because safetensors' NumPy loader
+    has no bfloat16 (the exported LLM's 300 MB table is bf16), and a bf16 value is the top half of a float32."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(size))[key]
+    dtype = {"F32": np.float32, "BF16": np.uint16}[entry["dtype"]]
+    start, end = entry["data_offsets"]
+    table = np.memmap(path, dtype, "r", offset=8 + size + start, shape=tuple(entry["shape"]))
+    if end - start != table.nbytes:
+        raise ValueError(f"{path.name}: {key} holds {end - start} bytes, its shape needs {table.nbytes}")
+    picked = np.array(table if rows is None else table[rows])
+    return (picked.astype(np.uint32) << 16).view(np.float32) if dtype is np.uint16 else picked
 
 
 def check_graph_file(folder: Path, entry: dict) -> None:
@@ -112,7 +128,7 @@ def check_exported(folder: str | Path) -> dict:
     the LLM's embeddings and meta-queries headers, the prompt cache. Returns the manifest."""
     from safetensors import safe_open
 
-    from .release import check_release, is_release_layout
+    from .release import check_release
 
     folder = Path(folder)
     if is_release_layout(folder):  # the published MNN release's layout (runtime/release.py)
@@ -127,12 +143,12 @@ def check_exported(folder: str | Path) -> dict:
     for name in (info.get("embeddings"), info.get("meta_queries")):
         if name:
             try:
-                with safe_open(folder / name, "pt") as f:
+                with safe_open(folder / name, "np") as f:
                     list(f.keys())
             except Exception as err:
                 reason = first_line(err)
                 raise ModelFolderError(f"{folder / name}: corrupt or missing ({reason}); export again") from None
-    load_prompt_cache(folder)
+    load_prompt_cache(folder, framework="np")
     return manifest
 
 
@@ -142,7 +158,7 @@ def load_exported(
     """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format). `vae`:
     "full" (the DC-AE graphs), "tiny" (the light autoencoder's; the DC-AE's are then not loaded), None: the
     folder's default."""
-    from .release import is_release_layout, load_release
+    from .release import load_release
 
     folder = Path(folder)
     if is_release_layout(folder):  # the published MNN release's files, or our MNN export of them
@@ -168,8 +184,11 @@ def load_exported(
     config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
     tiny = choose_vae(folder, vae, config.vae, all(n in manifest["graphs"] for n in TINY_GRAPHS)) == "tiny"
     autoencoder = list(TINY_GRAPHS) if tiny else ["vae_encoder", "vae_decoder"]
-    # the LLM only when a new prompt needs it; one autoencoder's graphs
-    graphs = {name: load(name) for name in [*GRAPHS[:3], *autoencoder]}
+    # files checked now; loaded now: the DiT and one autoencoder's graphs (the LLM, connector and projector only
+    # when a prompt outside the prompt cache needs them)
+    for name in ("connector", "projector"):
+        check_graph_file(folder, manifest["graphs"][name])
+    graphs = {name: load(name) for name in ["transformer", *autoencoder]}
     info = manifest["transformer"]
     flow = FlowModel(
         TransformerGraph(graphs["transformer"]),
@@ -178,14 +197,15 @@ def load_exported(
         latent_channels=info["out_channels"],
         ref_channels=info["ref_channels"],
         vae_scale=manifest["vae"]["scale_factor"],
-        refiner=folder_refiner(folder, config.upsample),
+        # the refiner's graph; the PyTorch refiner only for exports made before it was a graph
+        refiner=load_refiner_graph(folder, manifest, backend, threads) or folder_refiner(folder, config.upsample),
+        arrays=NumpyArrays(),
     )
-    encoder = ExportedTextEncoder(folder, manifest, graphs["connector"], graphs["projector"], load, config.template)
     return SanaEditPipeline(
         flow,
         config=config,
-        prompt_cache=load_prompt_cache(folder),
-        text_encoder_loader=lambda: encoder,
+        prompt_cache=load_prompt_cache(folder, framework="np"),
+        text_encoder_loader=lambda: ExportedTextEncoder(folder, manifest, load, config.template),
         model_dir=folder,
         backend=backend,
     )

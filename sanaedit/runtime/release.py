@@ -14,13 +14,13 @@ read-only, keyed to the files it came from.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from ..arrays import NumpyArrays
 from ..backends import load_graph
 from ..backends.mnn_inspect import GraphInfo, inspect_graphs
 from ..backends.mnn_llm import MnnLlm
@@ -28,11 +28,9 @@ from ..flow import FlowModel
 from ..model_folder import (
     EXPORT_CLASS,
     MODEL_INDEX,
-    RELEASE_KIND,
     TINY_GRAPHS,
     ModelFolderError,
     choose_vae,
-    folder_kind,
     folder_refiner,
     load_prompt_cache,
     read_index,
@@ -49,7 +47,6 @@ from ..release_folder import (
     GRAPHS,
     LLM_FILES,
     LLM_GRAPH,
-    RELEASE_LAYOUT,
     EmbeddingTable,
     check_files,
     fingerprint,
@@ -58,21 +55,9 @@ from ..release_folder import (
     tokenizer_file,
 )
 from .exported import TransformerGraph, check_graph_file
+from .refiner_graph import load_refiner_graph
 
 MAX_PROMPT_TOKENS = 300  # as the model folders' text encoder (the engine itself does not cut long prompts)
-
-
-def is_release_layout(folder: str | Path) -> bool:
-    """The release's files alone, or an export of ours in the release's layout."""
-    kind = folder_kind(folder)
-    if kind == RELEASE_KIND:
-        return True
-    if kind != EXPORT_CLASS:
-        return False
-    try:
-        return json.loads((Path(folder) / MODEL_INDEX).read_text()).get("layout") == RELEASE_LAYOUT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 @dataclass
@@ -81,7 +66,7 @@ class ReleaseCheck:
     graphs: dict[str, GraphInfo] | None  # what the graph files hold (read for the release's files alone)
     config: dict
     llm_config: dict
-    meta_queries: torch.Tensor
+    meta_queries: np.ndarray
 
 
 def check_release(folder: str | Path) -> ReleaseCheck:
@@ -132,7 +117,7 @@ class _Scaled:
     def __init__(self, graph, factor: float, decode: bool):
         self.graph, self.factor, self.decode = graph, factor, decode
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.graph(x / self.factor) if self.decode else self.graph(x) * self.factor
 
 
@@ -160,21 +145,21 @@ class ReleaseTextEncoder:
     def token_ids(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(self.template.replace("{prompt}", prompt))[: self.max_tokens]
 
-    def llm_features(self, prompts: list[str]) -> torch.Tensor:
+    def llm_features(self, prompts: list[str]) -> np.ndarray:
         """[B, queries, width]: the last rows of the LLM's final-norm hidden states, one prompt at a time."""
         config, llm_config = llm_configs(self.folder)
         table = EmbeddingTable(self.folder, config, llm_config)
         queries = load_meta_queries_mnn(self.folder / "llm" / "meta_queries.mnn")
         llm = MnnLlm(self.folder / LLM_GRAPH.file, self.threads)
         try:
-            rows = [llm(torch.cat([table.rows(self.token_ids(p)), queries]), queries.shape[0]) for p in prompts]
+            rows = [llm(np.concatenate([table.rows(self.token_ids(p)), queries]), queries.shape[0]) for p in prompts]
         finally:
             del llm  # released as soon as the features exist
-        return torch.stack(rows)
+        return np.stack(rows)
 
-    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         hidden = self.projector(self.connector(self.llm_features(prompts)))
-        mask = torch.ones(hidden.shape[:2], dtype=torch.long)
+        mask = np.ones(hidden.shape[:2], np.int64)
         if self.on_encoded is not None:
             self.on_encoded(prompts, hidden, mask)
         return hidden, mask
@@ -204,7 +189,7 @@ def load_release_cache(folder: Path) -> dict:
     key = fingerprint(folder, _cache_sources(folder))
     for where in cache_folders(folder):
         try:  # one computed from other files (the release was replaced) reads as empty: computed again
-            entries = load_prompt_cache(where, match={"release_fingerprint": key})
+            entries = load_prompt_cache(where, match={"release_fingerprint": key}, framework="np")
         except Exception:  # unreadable: it is only a cache
             continue
         if entries:
@@ -212,7 +197,7 @@ def load_release_cache(folder: Path) -> dict:
     return {}
 
 
-def store_release_cache(folder: Path, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Path | None:
+def store_release_cache(folder: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path | None:
     """Merge `entries` into the release's prompt cache (atomically); None when no place is writable."""
     entries = {**load_release_cache(folder), **entries}
     key = fingerprint(folder, _cache_sources(folder))
@@ -262,19 +247,22 @@ def load_release(
     entries = (manifest or {}).get("graphs", {})
     default = (manifest or {}).get("pipeline", {}).get("vae", "full")
     tiny = choose_vae(folder, vae, default, all(n in entries for n in TINY_GRAPHS)) == "tiny"
-    skip = ("vae_encoder", "vae_decoder") if tiny else ()
-    graphs = {
-        name: load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads)
-        for name, io in GRAPHS.items()
-        if name not in skip
-    }
+    # loaded now: the DiT and one autoencoder's graphs; the connector and projector with the text encoder, only
+    # when a prompt outside the prompt cache needs them (check_release has checked every file)
+    skip = ("connector", "projector", *(("vae_encoder", "vae_decoder") if tiny else ()))
+
+    def load(name: str):
+        io = GRAPHS[name]
+        return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads)
+
+    graphs = {name: load(name) for name in GRAPHS if name not in skip}
     if manifest is not None:
         config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
         channels, ref_channels = manifest["transformer"]["out_channels"], manifest["transformer"]["ref_channels"]
         vae_scale = manifest["vae"]["scale_factor"]
         factor = manifest["vae"].get("scaling_factor", ENGINE_SCALING_FACTOR)
         max_tokens = manifest.get("llm", {}).get("max_prompt_tokens", MAX_PROMPT_TOKENS)
-        prompt_cache, on_encoded = load_prompt_cache(folder), None
+        prompt_cache, on_encoded = load_prompt_cache(folder, framework="np"), None
     else:  # the release's files alone: the shapes its graphs were exported for, the engine's constants
         infos = found.graphs
         resolution = _dim(infos["vae_encoder"], "image", 2, ENGINE_RESOLUTION)
@@ -306,12 +294,14 @@ def load_release(
         latent_channels=channels,
         ref_channels=ref_channels,
         vae_scale=vae_scale,
-        refiner=folder_refiner(folder, config.upsample),  # ours, beside the release's files, when exported with one
+        # ours, beside the release's files, when exported with one (its graph; the PyTorch one in older exports)
+        refiner=load_refiner_graph(folder, manifest or {}, "mnn", threads) or folder_refiner(folder, config.upsample),
+        arrays=NumpyArrays(),  # graphs: NumPy in and out
     )
 
-    def text_encoder():  # a fresh one each time: releasing it frees the tokenizer too
+    def text_encoder():  # a fresh one each time: releasing it frees the tokenizer, connector and projector too
         return ReleaseTextEncoder(
-            folder, graphs["connector"], graphs["projector"], config.template, max_tokens, threads, on_encoded
+            folder, load("connector"), load("projector"), config.template, max_tokens, threads, on_encoded
         )
 
     return SanaEditPipeline(

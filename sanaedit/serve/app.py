@@ -229,10 +229,9 @@ def create_app(
 def pipeline_editor(pipe):
     """Adapt a SanaEditPipeline to the queue's `edit` signature (a fresh seeded generator per job). Its `work_side`
     tells the server that uploads need not be decoded larger than the model's resolution."""
-    import torch
 
     def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None):
-        generator = torch.Generator().manual_seed(seed)
+        generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
         return pipe(
             image,
             num_inference_steps=num_inference_steps,

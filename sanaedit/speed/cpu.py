@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -35,6 +37,8 @@ def has_fast_bf16() -> bool:
 
 def best_compute_dtype() -> torch.dtype:
     """bfloat16 where the CPU computes it natively, else float32."""
+    import torch
+
     return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
@@ -48,6 +52,8 @@ def physical_cores() -> int:
 
 def set_threads(n: int | None = None) -> int:
     """Intra-op threads = cores (PyTorch's default can exceed the cores a container grants)."""
+    import torch  # only PyTorch pipelines set it: graphs get their threads at load
+
     n = n or physical_cores()
     torch.set_num_threads(n)
     return n

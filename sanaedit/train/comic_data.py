@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..comic import comic
@@ -105,7 +104,7 @@ def model_view(image: Image.Image, resolution: int, padding: str = PADDING) -> I
     """What the model sees of `image`: the pipeline's own preprocessing (resize to R, pad to a square), as a PIL
     image. Sources and targets are stored this way, so the training loader's preprocessing is the identity."""
     pixels, _ = preprocess(image, resolution, padding)
-    array = ((pixels[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    array = np.clip(np.round((pixels[0] + 1) * np.float32(127.5)), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Image.fromarray(array)
 
 

@@ -94,7 +94,7 @@ def load_pixels(image: Image.Image | str | Path, resolution: int) -> torch.Tenso
             image = load_image(image)
         except ImageLoadError as err:
             raise DataError(str(err)) from err
-    return preprocess(image, resolution)[0][0]
+    return torch.from_numpy(preprocess(image, resolution)[0][0])
 
 
 class SampleDataset(Dataset):

@@ -133,7 +133,7 @@ def ladd_sigma(u: torch.Tensor) -> torch.Tensor:
 
 def student_levels(max_steps: int) -> torch.Tensor:
     """The flow noise levels an `scm` sampler of 1..max_steps steps calls the model at (sigma 1 first)."""
-    levels = torch.cat([trig_to_flow(scm_times(n)[:-1]) for n in range(1, max_steps + 1)])
+    levels = torch.cat([torch.from_numpy(trig_to_flow(scm_times(n)[:-1])) for n in range(1, max_steps + 1)])
     return torch.unique(levels.float()).flip(0)
 
 
