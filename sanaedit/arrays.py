@@ -2,10 +2,10 @@
 
 PyTorch networks take and return torch tensors; exported graphs (ONNX Runtime, MNN) take and return NumPy arrays.
 Sampling, CFG batching, the prompt cache and pre/post-processing are one code path for both (`pipeline.py`,
-`flow.py`, `sampling.py`), written against `Arrays`: `TorchArrays` for PyTorch networks, `NumpyArrays` for graphs.
-An exported folder's edit therefore never imports torch (~1 s of a CLI edit, and a 700 MB dependency a deployment
-does not need). Hand-written, not the array-API standard: the eight operations below are all we use, and device,
-dtype and the seeded noise (`noise.py`) are not part of that standard anyway.
+`flow.py`, `sampling.py`), written against the same methods of `TorchArrays` (PyTorch networks) and `NumpyArrays`
+(graphs), which `FlowModel.arrays` holds. An exported folder's edit therefore never imports torch (~1 s of a CLI
+edit, and a dependency a deployment need not load). Hand-written, not the array-API standard: these nine methods
+are all we use, and device, dtype and the seeded noise (`noise.py`) are not part of that standard anyway.
 """
 
 from __future__ import annotations

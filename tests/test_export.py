@@ -134,6 +134,26 @@ def test_onnx_8_bit_graphs_compute_in_int8_with_their_pointwise_convs_as_matmuls
     assert manifest["graphs"]["transformer"]["quant"]["pointwise_convs_as_matmul"] > 0
 
 
+def test_onnx_graphs_are_saved_as_onnxruntime_optimizes_them(exported, tmp_path):
+    """ONNX graphs are stored after ORT's extended-level optimizer (so a session has nothing left to fuse at load):
+    optimizing the stored DiT again changes no node. Its output is checked in test_every_graph_matches_pytorch."""
+    import onnx
+
+    from sanaedit.export.onnx_export import optimize_for_onnxruntime
+
+    fmt, _, folder = exported
+    if fmt != "onnx":
+        pytest.skip("ONNX Runtime's graphs")
+    manifest = json.loads((folder / "model_index.json").read_text())
+    assert all(entry.get("optimized") for entry in manifest["graphs"].values()), manifest["graphs"].keys()
+    stored = folder / manifest["graphs"]["transformer"]["file"]
+    again = tmp_path / stored.name
+    shutil.copy(stored, again)
+    optimize_for_onnxruntime(again)
+    nodes = [sorted(n.op_type for n in onnx.load(str(p)).graph.node) for p in (stored, again)]
+    assert nodes[0] == nodes[1]  # the same nodes (the optimizer may list them in another order)
+
+
 def test_published_layout_and_names(exported):
     fmt, quant, folder = exported
     manifest = json.loads((folder / "model_index.json").read_text())

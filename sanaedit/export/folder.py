@@ -44,7 +44,7 @@ from ..models.refine_tiles import REFINER_GRAPH, RefinerGraph
 from ..models.refiner import save_refiner
 from .calibrate import W8A8, W8A8_GRAPHS, Calibration, quantize_onnx_static, vae_calibration
 from .graphs import baked_guidance, graph_specs, refiner_spec
-from .onnx_export import export_onnx, quantize_onnx_weights
+from .onnx_export import export_onnx, optimize_for_onnxruntime, quantize_onnx_weights
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
             entry["quant"] = quantize_onnx_static(path, spec.inputs[0], calibration.samples)
         elif bits is not None:
             entry["quant"] = quantize_onnx_weights(path, bits, block_size=_onnx_block(bits))
+        entry.update(optimize_for_onnxruntime(path))  # checked below as it will run
         graph = load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1)
         if bits == W8A8:  # its ranges fit photos, and random inputs lie outside them: checked on a held-out photo
             entry["max_rel_error"], entry["rel_l2_error"] = _errors(spec, graph, (calibration.check,))

@@ -235,3 +235,28 @@ def _dequantize_conv_weights(model) -> int:
         return [helper.make_node("DequantizeLinear", inputs, [base], axis=0, name=f"{base}_dq"), node]
 
     return _rewrite_convs(model, dequantized)
+
+
+def optimize_for_onnxruntime(path: Path) -> dict:
+    """Rewrite the graph at `path` as ONNX Runtime's extended-level optimizer leaves it (its node fusions; none of the
+    hardware-specific layouts of the "all" level), so a session made from it has almost nothing left to do at load:
+    the published-size int8 DiT's session starts in ~1 s instead of ~2.4-3 s, with the same outputs and step time
+    (measured 2026-12-03). ORT's documented offline-optimization path; the result, like MatMulNBits itself, is for
+    ONNX Runtime. A graph with a weight side file keeps one (same name)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    side = path.with_name(path.name + ".data")
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        optimized = Path(scratch) / path.name
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        if side.exists():  # written beside the new graph, then both moved over the old ones (never read while written)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", side.name)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if side.exists():
+            (Path(scratch) / side.name).replace(side)
+        optimized.replace(path)
+    return {"optimized": "onnxruntime extended level (offline)"}
