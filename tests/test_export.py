@@ -350,6 +350,8 @@ def test_exported_folder_edits_without_torch(exported, tmp_path):
         prompt = {"prompt": extra[1]} if extra else {}
         want = pipe(SAMPLE_PHOTO, num_inference_steps=2, generator=torch.Generator().manual_seed(5), **prompt)
         assert np.array_equal(np.asarray(Image.open(out)), np.asarray(want.images[0])), extra
+    info = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "info", str(folder)], capture_output=True, text=True)
+    assert info.returncode == 0 and "pipeline defaults" in info.stdout, info.stderr[-3000:]
 
 
 def test_cli_export_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):

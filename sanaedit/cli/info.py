@@ -30,7 +30,7 @@ def tensor_stats(paths: list[Path]) -> tuple[int, Counter]:
     total, dtypes = 0, Counter()
     for path in paths:
         try:
-            f = safe_open(path, "pt")
+            f = safe_open(path, "np")  # headers only (dtypes by name, bf16 too): no torch needed
         except Exception as err:  # SafetensorError is no ValueError: say it in one line
             raise ValueError(f"{path}: corrupt or truncated safetensors file ({str(err).strip()[:200]})") from None
         with f:
@@ -97,14 +97,18 @@ def describe_graphs(folder: Path) -> list[str]:
 
 def common_lines(folder: Path, index: dict) -> list[str]:
     lines = ["pipeline defaults: " + json.dumps(index.get("pipeline", {}))]
-    from ..models.refine_tiles import REFINER_FILE
+    from ..models.refine_tiles import REFINER_FILE, REFINER_GRAPH
 
-    refiner = folder_refiner(folder, index.get("pipeline", {}).get("upsample"))  # checked as loading checks it
-    if refiner is not None:
-        c = refiner.config
+    graph = index.get("graphs", {}).get(REFINER_GRAPH)
+    if isinstance(graph, dict) and isinstance(graph.get("config"), dict):  # an export's: the graph its runtime runs
+        config, where = graph["config"], graph.get("file", REFINER_GRAPH)
+    else:
+        refiner = folder_refiner(folder, index.get("pipeline", {}).get("upsample"))  # checked as loading checks it
+        config, where = (refiner.config, REFINER_FILE) if refiner is not None else (None, None)
+    if config is not None:
         lines.append(
-            f"refiner: {REFINER_FILE} (learned full-resolution refiner, width {c['width']}, dilations "
-            f"{c['dilations']}, pixel blocks {c.get('unshuffle', 1)}): `--upsample refine`"
+            f"refiner: {where} (learned full-resolution refiner, width {config['width']}, dilations "
+            f"{config['dilations']}, pixel blocks {config.get('unshuffle', 1)}): `--upsample refine`"
         )
     if (folder / PROMPT_CACHE_FILE).is_file():
         from ..model_folder import load_prompt_cache
