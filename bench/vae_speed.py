@@ -38,6 +38,11 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
     return best, out
 
 
+def finite_or_none(value):
+    """JSON has no inf: the reference row's PSNR (against itself) is written as null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def psnr(ref: torch.Tensor, x: torch.Tensor) -> float:
     a, b = (t.float().clamp(-1, 1) * 127.5 + 127.5 for t in (ref, x))
     mse = float(((a - b) ** 2).mean())
@@ -168,7 +173,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             header = {"variant": args.variant, "size": args.size, "input": args.input}
-            json.dump({**header, "threads": torch.get_num_threads(), **results}, f)
+            strict = {k: {m: finite_or_none(v) for m, v in r.items()} for k, r in results.items()}
+            json.dump({**header, "threads": torch.get_num_threads(), **strict}, f, allow_nan=False)
 
 
 if __name__ == "__main__":
