@@ -39,6 +39,11 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a, np.float32)
 
 
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values stored as uint16 -> float32 (a bf16 value is the top half of a float32; NumPy has no bf16)."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 def no_grad(fn: F) -> F:
     """`torch.no_grad()` around `fn` when torch is loaded; without torch there is no autograd to turn off."""
 

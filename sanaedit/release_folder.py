@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .arrays import bfloat16_to_float32
 from .model_folder import MODEL_INDEX, ModelFolderError
 
 if TYPE_CHECKING:
     import torch
 
 RELEASE_BYTES = 1_662_741_606  # the whole release in MNN's model market (apps/Android/MnnLlmChat model_market.json)
-
 ENGINE_PROMPT = (
     "Convert to a Ghibli-style illustration: soft contrast, warm tones, slight linework, keep the scene consistent."
 )
@@ -217,7 +217,7 @@ class EmbeddingTable:
 
     def _row(self, raw: bytes, f, token: int) -> np.ndarray:
         if self.bits == "bf16":
-            return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            return bfloat16_to_float32(np.frombuffer(raw, np.uint16))
         if self.bits == 16:
             return np.frombuffer(raw, np.float16).astype(np.float32)
         q = np.frombuffer(raw, np.uint8)

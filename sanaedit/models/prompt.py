@@ -36,7 +36,7 @@ class FastTokenizer:
             return tokenizer
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
-            pad_id = QWEN_PAD_ID if len(tokenizer) > QWEN_PAD_ID else tokenizer.eos_token_id
+            pad_id = _fallback_pad_id(len(tokenizer), tokenizer.eos_token_id)
         return cls(tokenizer.backend_tokenizer, int(pad_id))
 
     @classmethod
@@ -55,11 +55,15 @@ class FastTokenizer:
 
         pad_id = token_id(config.get("pad_token"))
         if pad_id is None:
-            large = backend.get_vocab_size(with_added_tokens=True) > QWEN_PAD_ID
-            pad_id = QWEN_PAD_ID if large else token_id(config.get("eos_token"))
+            pad_id = _fallback_pad_id(backend.get_vocab_size(with_added_tokens=True), token_id(config.get("eos_token")))
         if pad_id is None:
             raise ValueError(f"{folder}: the tokenizer has no pad or eos token")
         return cls(backend, int(pad_id))
+
+
+def _fallback_pad_id(vocab_size: int, eos_id: int | None) -> int | None:
+    """A tokenizer without a pad token pads with Qwen's (the published runtime's) where it has one, else with eos."""
+    return QWEN_PAD_ID if vocab_size > QWEN_PAD_ID else eos_id
 
 
 def tokenize(tokenizer: Any, template: str, prompts: list[str], max_tokens: int = 300) -> tuple[np.ndarray, np.ndarray]:

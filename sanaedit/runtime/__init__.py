@@ -1,6 +1,6 @@
 """Run an exported folder (ONNX Runtime or MNN graphs) through the one SanaEditPipeline: `load_exported(folder)`,
 which also runs the published MNN release's files alone (`load_release`, runtime/release.py). Names load lazily:
-an exported folder's edit must not import the release runtime (torch, for the release's own LLM)."""
+an exported folder's edit imports only the runtime its layout needs."""
 
 from importlib import import_module
 

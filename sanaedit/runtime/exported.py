@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arrays import NumpyArrays
+from ..arrays import NumpyArrays, bfloat16_to_float32
 from ..backends import BACKENDS, load_graph
 from ..flow import FlowModel
 from ..model_folder import (
@@ -90,7 +90,7 @@ class ExportedTextEncoder:
 def embedding_rows(path: Path, key: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Rows of a 2-D float32 or bfloat16 tensor in a safetensors file, as float32 (all rows with `rows=None`),
     read through a memory map: only the rows asked for leave the disk. By hand because safetensors' NumPy loader
-    has no bfloat16 (the exported LLM's 300 MB table is bf16), and a bf16 value is the top half of a float32."""
+    has no bfloat16 (the exported LLM's 300 MB table is bf16)."""
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         entry = json.loads(f.read(size))[key]
@@ -100,7 +100,7 @@ def embedding_rows(path: Path, key: str, rows: np.ndarray | None = None) -> np.n
     if end - start != table.nbytes:
         raise ValueError(f"{path.name}: {key} holds {end - start} bytes, its shape needs {table.nbytes}")
     picked = np.array(table if rows is None else table[rows])
-    return (picked.astype(np.uint32) << 16).view(np.float32) if dtype is np.uint16 else picked
+    return bfloat16_to_float32(picked) if dtype is np.uint16 else picked
 
 
 def check_graph_file(folder: Path, entry: dict) -> None:
