@@ -305,3 +305,31 @@ def test_cli_serve_vae_tiny_loads_no_dc_ae(tiny_vae_dir, tmp_path, monkeypatch):
     args = ["serve", "--model", str(tiny_vae_dir[0]), "-o", str(tmp_path / "r"), "--vae", "tiny"]
     assert main(args) == 0
     assert seen and seen[0].vae is None and loaded  # served (warmed up) on the light autoencoder alone
+
+
+def test_the_light_autoencoder_exports_w8a8_calibrated_on_photos(tiny_vae_dir, tmp_path):
+    """`--quant tiny_vae_encoder=w8a8,tiny_vae_decoder=w8a8`: int8 convolutions, activation ranges calibrated on photos
+    (the decoder's on the DC-AE's latents of them: the space it decodes), checked on a held-out photo."""
+    import numpy as np
+    import onnx
+
+    from sanaedit.defaults import SAMPLE_PHOTO, load_pipeline
+    from sanaedit.export import export_model
+    from sanaedit.image_io import load_image
+
+    folder = tiny_vae_dir[0]
+    out = export_model(folder, tmp_path / "w8a8", quant="rest=32,tiny_vae_encoder=w8a8,tiny_vae_decoder=w8a8")
+    manifest = json.loads((out / "model_index.json").read_text())
+    for name in ("tiny_vae_encoder", "tiny_vae_decoder"):
+        entry = manifest["graphs"][name]
+        assert entry["quant"]["activation_bits"] == 8 and entry["quant"]["calibration_pictures"] > 0
+        assert 0 < entry["rel_l2_error"] < 0.15, (name, entry["rel_l2_error"])
+        ops = [n.op_type for n in onnx.load(str(out / entry["file"])).graph.node]
+        assert "QLinearConv" in ops and "Conv" not in ops, name
+    assert manifest["graphs"]["vae_decoder"]["bits"] is None  # rest=32: the DC-AE untouched
+
+    photo = load_image(SAMPLE_PHOTO).resize((64, 48))
+    got = load_pipeline(out, vae="tiny")(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    want = load_pipeline(folder, vae="tiny")(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    mse = np.mean((np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64)) ** 2)
+    assert 25 < 10 * np.log10(255**2 / mse) < 80  # close to PyTorch's edit, and the int8 graphs really differ

@@ -1,5 +1,6 @@
-"""`--quant vae_encoder=w8a8,vae_decoder=w8a8`: int8 convolutions in the ONNX DC-AE graphs, activations calibrated
-on photos at export (sanaedit/export/calibrate.py), on the tiny random model."""
+"""`--quant ...=w8a8`: int8 compute in ONNX graphs, on the tiny random model. The DC-AE graphs' convolutions with
+activations calibrated on photos at export (sanaedit/export/calibrate.py); the DiT's matmuls with activations ranged
+per call (onnx_export.quantize_onnx_dynamic). The light autoencoder's: tests/test_tiny_vae.py."""
 
 import json
 import shutil
@@ -83,8 +84,9 @@ def test_w8a8_export_edits_a_photo_close_to_fp32(exports, tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("transformer=w8a8", "vae_encoder and vae_decoder only"),
-        ("rest=w8a8", "vae_encoder and vae_decoder only"),
+        ("llm=w8a8", "tiny_vae_decoder and transformer only"),
+        ("connector=w8a8", "tiny_vae_decoder and transformer only"),
+        ("rest=w8a8", "tiny_vae_decoder and transformer only"),
         ("vae_decoder=int8", "w8a8"),
         ("vae_decoder=W8A8", "w8a8"),
     ],
@@ -98,15 +100,67 @@ def test_bad_w8a8_setting_says_what_is_allowed(text, message):
 def test_w8a8_is_parsed_per_graph():
     bits = parse_quant("llm=4,rest=8,vae_encoder=w8a8,vae_decoder=w8a8")
     assert bits["vae_encoder"] == bits["vae_decoder"] == "w8a8" and bits["transformer"] == 8 and bits["llm"] == 4
+    bits = parse_quant("llm=4,rest=8,transformer=w8a8,tiny_vae_encoder=w8a8,tiny_vae_decoder=w8a8")
+    assert bits["transformer"] == bits["tiny_vae_encoder"] == bits["tiny_vae_decoder"] == "w8a8"
+    assert bits["vae_decoder"] == bits["connector"] == 8
 
 
 def test_w8a8_is_onnx_only_and_fails_before_loading(tmp_path, capsys):
     missing = tmp_path / "no-model"  # refused before the model folder is read
     with pytest.raises(ValueError, match="--format onnx only"):
         export_model(missing, tmp_path / "out", fmt="mnn", quant="vae_decoder=w8a8", progress=False)
-    with pytest.raises(ValueError, match="vae_encoder and vae_decoder only"):  # bits given as a dict skip the parser
-        export_model(missing, tmp_path / "out", quant={**parse_quant(None), "transformer": "w8a8"}, progress=False)
+    with pytest.raises(ValueError, match="and transformer only"):  # bits given as a dict skip the parser
+        export_model(missing, tmp_path / "out", quant={**parse_quant(None), "connector": "w8a8"}, progress=False)
     model = tmp_path / "model"
     model.mkdir()
-    assert main(["export", str(model), "-o", str(tmp_path / "o"), "--quant", "transformer=w8a8"]) == 1
-    assert "vae_encoder and vae_decoder only" in capsys.readouterr().err
+    assert main(["export", str(model), "-o", str(tmp_path / "o"), "--quant", "projector=w8a8"]) == 1
+    assert "and transformer only" in capsys.readouterr().err
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe, tmp_path):
+    out = export_model(tiny_model_dir, tmp_path / "dit", quant="rest=32,transformer=w8a8", progress=False)
+    manifest = json.loads((out / "model_index.json").read_text())
+    entry = manifest["graphs"]["transformer"]
+    assert entry["bits"] == 8 and entry["quant"]["activation_bits"] == 8
+    assert entry["quant"]["pointwise_convs_as_matmul"] > 0  # the Mix-FFN's 1x1 convs joined the int8 matmuls
+    assert 0 < entry["rel_l2_error"] < 0.1  # on the example inputs (no calibration); measured ~0.006
+    assert manifest["graphs"]["vae_decoder"]["bits"] is None  # rest=32: untouched
+
+    # stored fused, as ONNX Runtime runs it: one DynamicQuantizeMatMul per weight matmul, none left in float
+    model = onnx.load(str(out / entry["file"]))
+    inits = {init.name: init for init in model.graph.initializer}
+    fused = [n for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert fused
+    assert not [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+    for node in fused:  # int8 weights [K, N] with a scale per output column
+        weight, scale = inits[node.input[1]], inits[node.input[2]]
+        assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[1]], node.name
+
+    # the edit stays close to PyTorch's, through the CLI's loader
+    photo = load_image(SAMPLE_PHOTO)
+    got = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    want = tiny_pipe(photo, generator=torch.Generator().manual_seed(0)).images[0]
+    assert 30 < _psnr(got, want) < 80, _psnr(got, want)  # measured ~51.5 dB; < 80: the int8 graph really differs
+
+
+def test_a_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """Over its check's tolerance a w8a8 graph is not shipped: the export warns, writes the graph as `=8` writes it
+    and records why in the manifest (here forced by a zero tolerance)."""
+    import sanaedit.export.folder as folder
+
+    monkeypatch.setattr(folder, "W8A8_DYNAMIC_TOLERANCE", 0.0)
+    with caplog.at_level("WARNING", logger="sanaedit.export.folder"):
+        out = export_model(tiny_model_dir, tmp_path / "o", quant="rest=32,transformer=w8a8", progress=False)
+    assert "do not survive int8" in caplog.text and "transformer=8" in caplog.text
+    entry = json.loads((out / "model_index.json").read_text())["graphs"]["transformer"]
+    assert entry["bits"] == 8 and entry["w8a8_rejected"]["tolerance"] == 0.0
+    assert entry["w8a8_rejected"]["rel_l2_error"] > 0 and "MatMulNBits" in entry["quant"]["scheme"]
+    ops = {n.op_type for n in onnx.load(str(out / entry["file"])).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeMatMul" not in ops
+    photo = Image.new("RGB", (40, 30), (200, 60, 20))
+    assert load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0].size == (40, 30)

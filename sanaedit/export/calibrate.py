@@ -1,28 +1,30 @@
-"""int8 compute for the DC-AE graphs (`--quant vae_encoder=w8a8,vae_decoder=w8a8`): ONNX Runtime's `quantize_static`
-on activation ranges measured on real photos.
+"""int8 compute for the autoencoder graphs (`--quant vae_encoder=w8a8,vae_decoder=w8a8`, and the light
+autoencoder's `tiny_vae_encoder` / `tiny_vae_decoder`): ONNX Runtime's `quantize_static` on activation ranges
+measured on real photos. (The DiT's `transformer=w8a8` needs no calibration: onnx_export.quantize_onnx_dynamic.)
 
 Why static and only the convolutions: with ranges fixed at export, ORT fuses each QDQ-wrapped Conv into a
 QLinearConv (u8 activations x s8 per-channel weights, VNNI kernels); dynamic quantization computes ranges per call
 and ran DC-AE 4x slower here. The rest (RMSNorms, linear attention's matmuls of two activations, element-wise ops)
 stays float: those are not where DC-AE spends its time (~65% convolutions) and int8 there costs more accuracy.
+The light autoencoder is all 3x3 convolutions and ReLUs: its w8a8 decoder ran 4x its float one (published size).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .onnx_export import _quiet_logs
+from .onnx_export import _quiet_logs, _quiet_root
 
 W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations, ranges calibrated at export
-W8A8_GRAPHS = ("vae_encoder", "vae_decoder")  # the graphs it applies to: DC-AE, where convolutions dominate
+# The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
+W8A8_CALIBRATED = ("vae_encoder", "vae_decoder", "tiny_vae_encoder", "tiny_vae_decoder")
+W8A8_DYNAMIC = ("transformer",)  # matmuls: ranges measured per call (ORT's DynamicQuantizeMatMul)
+W8A8_GRAPHS = (*W8A8_CALIBRATED, *W8A8_DYNAMIC)
 CALIBRATION_PHOTOS = 8  # MinMax ranges settle within a few pictures; each costs a float pass at export time
 
 
@@ -48,19 +50,35 @@ def calibration_photos() -> tuple[Path, list[Path]]:
     return SAMPLE_PHOTO, photos
 
 
-def vae_calibration(encoder: nn.Module, resolution: int) -> dict[str, Calibration]:
-    """Inputs of the DC-AE graphs for real photos, preprocessed as an edit preprocesses them: pixels for the encoder,
-    and for the decoder the latents `encoder` (PyTorch, scaled as the decoder graph takes them) makes of them."""
+def vae_calibration(encoder, resolution: int, prefix: str = "vae", decoder: bool = True) -> dict[str, Calibration]:
+    """Inputs of one autoencoder's graphs (`{prefix}_encoder`, and `{prefix}_decoder` with `decoder`) for real
+    photos, preprocessed as an edit preprocesses them: pixels for the encoder, and for the decoder the scaled latents
+    `encoder` (PyTorch, as the decoder graph takes them) makes of them."""
     from ..image_io import load_image, preprocess
 
     held_out, photos = calibration_photos()
     pixels = [torch.from_numpy(preprocess(load_image(p), resolution)[0]) for p in [held_out, *photos]]
-    with torch.no_grad():
-        latents = [encoder(x).float() for x in pixels]
-    return {
-        "vae_encoder": Calibration(pixels[1:], pixels[0]),
-        "vae_decoder": Calibration(latents[1:], latents[0]),
-    }
+    found = {f"{prefix}_encoder": Calibration(pixels[1:], pixels[0])}
+    if decoder:
+        with torch.no_grad():
+            latents = [encoder(x).float() for x in pixels]
+        found[f"{prefix}_decoder"] = Calibration(latents[1:], latents[0])
+    return found
+
+
+def autoencoder_calibration(pipe, names: list[str]) -> dict[str, Calibration]:
+    """`vae_calibration` for the autoencoder graphs `names` of `pipe`, each decoder on its own autoencoder's latents:
+    the light autoencoder is trained to make the DC-AE's, so its own serve its decoder, at ~1/150 of the DC-AE
+    encoder's cost (minutes at the published size)."""
+    from ..models.tiny_vae import TinyVaeEncoder
+
+    tiny = getattr(pipe.flow, "tiny_vae", None)
+    encoders = {"vae": pipe.vae_encoder, "tiny_vae": None if tiny is None else TinyVaeEncoder(tiny)}
+    found: dict[str, Calibration] = {}
+    for prefix, encoder in encoders.items():
+        if encoder is not None and {f"{prefix}_encoder", f"{prefix}_decoder"} & set(names):
+            found.update(vae_calibration(encoder, pipe.config.resolution, prefix, f"{prefix}_decoder" in names))
+    return found
 
 
 class _Reader:
@@ -109,16 +127,3 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
         "scheme": "static int8 Conv (QDQ): uint8 activations calibrated (MinMax) on photos, int8 per-channel weights",
         "calibration_pictures": len(samples),
     }
-
-
-@contextlib.contextmanager
-def _quiet_root():
-    """quantize_static warns on the root logger that the graph was not pre-processed; ORT's pre-processing
-    (symbolic shape inference) crashes on these dynamo graphs, and the session optimizes the graph at load anyway."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
