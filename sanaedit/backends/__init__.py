@@ -11,10 +11,20 @@ from pathlib import Path
 
 BACKENDS = {"onnxruntime": "onnx", "mnn": "mnn"}  # runtime -> the export format it runs
 FORMATS = {fmt: backend for backend, fmt in BACKENDS.items()}
+# The graphs MNN runs in its low-memory mode: the matmul-bound ones (mnn_graph.py says why not the others).
+MNN_LOW_MEMORY = ("transformer", "connector", "projector")
 
 
-def load_graph(path: str | Path, backend: str, inputs: list[str], outputs: list[str], threads: int | None = None):
-    """`graph(*arrays) -> array` for one exported graph file."""
+def load_graph(
+    path: str | Path,
+    backend: str,
+    inputs: list[str],
+    outputs: list[str],
+    threads: int | None = None,
+    component: str | None = None,
+):
+    """`graph(*arrays) -> array` for one exported graph file; `component` (its name in the model, e.g.
+    "transformer") lets a runtime pick per-graph settings (MNN's low-memory mode: mnn_graph.py)."""
     if backend == "onnxruntime":
         from .ort_graph import OrtGraph
 
@@ -22,5 +32,5 @@ def load_graph(path: str | Path, backend: str, inputs: list[str], outputs: list[
     if backend == "mnn":
         from .mnn_graph import MnnGraph
 
-        return MnnGraph(path, inputs, outputs, threads)
+        return MnnGraph(path, inputs, outputs, threads, low_memory=component in MNN_LOW_MEMORY)
     raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")

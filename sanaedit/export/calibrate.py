@@ -20,7 +20,7 @@ import torch
 
 from .onnx_export import _quiet_logs, _quiet_root
 
-W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations, ranges calibrated at export
+W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
 # The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
 W8A8_CALIBRATED = ("vae_encoder", "vae_decoder", "tiny_vae_encoder", "tiny_vae_decoder")
 W8A8_DYNAMIC = ("transformer",)  # matmuls: ranges measured per call (ORT's DynamicQuantizeMatMul)

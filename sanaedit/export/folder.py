@@ -305,7 +305,8 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
             path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=_mnn_block(bits))
         if bits is not None:
             entry["quant"] = {"bits": bits, "block_size": _mnn_block(bits), "scheme": "MNN asymmetric weights"}
-        entry["max_rel_error"] = _errors(spec, load_graph(path, "mnn", spec.inputs, spec.outputs), spec.example)[0]
+        graph = load_graph(path, "mnn", spec.inputs, spec.outputs, component=spec.name)  # checked as it will run
+        entry["max_rel_error"] = _errors(spec, graph, spec.example)[0]
     error = entry["max_rel_error"]
     if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):
         # The folder is written atomically: a broken graph leaves no export (and an older one untouched).

@@ -179,7 +179,7 @@ def load_exported(
     def load(name: str):
         entry = manifest["graphs"][name]
         check_graph_file(folder, entry)
-        return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads)
+        return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads, name)
 
     config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
     tiny = choose_vae(folder, vae, config.vae, all(n in manifest["graphs"] for n in TINY_GRAPHS)) == "tiny"

@@ -253,7 +253,7 @@ def load_release(
 
     def load(name: str):
         io = GRAPHS[name]
-        return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads)
+        return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads, name)
 
     graphs = {name: load(name) for name in GRAPHS if name not in skip}
     if manifest is not None:
