@@ -62,11 +62,12 @@ LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
 REFINER_LEVEL_TOLERANCE = 1
 REFINER_CHECK_SIZE, REFINER_CHECK_TILE = (203, 150), 64  # non-square, several tiles of several shapes
 FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
-# A w8a8 graph off by more than this (relative L2) has lost the picture and is exported again with 8-bit weights
-# (float compute), with a warning. Calibrated autoencoders, on a held-out photo: the tiny random test model's DC-AE
-# measures 0.04 (encoder) / 0.06 (decoder); ranges from all-zero or 10x too small inputs 0.7-0.97. The DiT, on its
-# example inputs: 0.016 at the published size (random weights), 0.020 for the bundled model's student, 0.006 for
-# the tiny test model; activations with a few 20x channels (what per-tensor ranges handle worst) would be ~0.1.
+# A w8a8 graph off by more than this (relative L2) has lost the picture and is exported again as `NAME=8` exports
+# it (8-bit weights only), with a warning. Calibrated autoencoders, on a held-out photo: the tiny random test
+# model's DC-AE measures 0.04 (encoder) / 0.06 (decoder); ranges from all-zero or 10x too small inputs 0.7-0.97.
+# The DiT, on its example inputs: 0.016 at the published size (random weights), 0.020 for the bundled model's
+# student, 0.006 for the tiny test model; activations with a few 20x channels (what per-tensor ranges handle
+# worst) would be ~0.1.
 W8A8_TOLERANCE = 0.25
 W8A8_DYNAMIC_TOLERANCE = 0.05
 W8A8_WHERE = f"{', '.join(W8A8_GRAPHS[:-1])} and {W8A8_GRAPHS[-1]}"  # for messages

@@ -182,7 +182,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
     Why: on a SANA DiT's products (176-512 tokens x 1152 x 1152-5760) it ran ~2x MatMulNBits' int8 mode (700-770
     against 340-390 GOP/s) and the published-size DiT's step 0.7x. The price is coarser activations (one range a
     tensor, not one per 128-value block): 7-10% relative error against 1.5% on products whose activations have a
-    few 20x channels (0.75% against 1.6% without), so each export is checked (folder.W8A8_TOLERANCE)."""
+    few 20x channels (0.75% against 1.6% without), so each export is checked (folder.W8A8_DYNAMIC_TOLERANCE)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
