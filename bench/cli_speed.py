@@ -13,8 +13,9 @@ Each row is a fresh `sanaedit edit` process (the console script); wall-clock fro
             (TAESANA's architecture) beside the DC-AE: `--vae tiny|full`; `--dtype int8`, `--low-memory` variants.
 - student int8-stored: `sanaedit export STUDENT --format int8` (the DiT's int8 codes in the folder: no float read,
             no conversion at load), the same 2-step tiny rows.
-- onnx / mnn: `sanaedit export` of the student folder (--onnx / --mnn, default 8-bit weights, LLM 4-bit): the
-            same rows on ONNX Runtime / MNN (no diffusers import; float32 compute).
+- onnx / mnn: `sanaedit export` of the student folder (--onnx / --mnn, made with the export's defaults): the same
+            rows on ONNX Runtime / MNN (no torch, diffusers or transformers import; ONNX computes the DiT and the
+            light autoencoder in int8, MNN runs its matmul graphs in its low-memory mode).
 - steady:   the student's 2-step tiny path over --batch copies of the photo in one process: (t_N - t_1) / (N - 1)
             per photo, what a batch or the server pays once loaded.
 Output: a table and JSON (--json).
