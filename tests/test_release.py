@@ -205,12 +205,10 @@ def _separate_embeddings(folder: Path) -> torch.Tensor:
 
 def test_release_with_separate_bf16_embeddings_matches_the_tied_one(release_only, tmp_path, monkeypatch):
     import sanaedit.backends as backends
-    import sanaedit.backends.mnn_llm as mnn_llm
 
     # float compute, so that only the tables differ: MNN's low-memory mode (int8 activations) would add its own
     # rounding, 6.5e-3 here, against 5.3e-2 for the wrong table below
     monkeypatch.setattr(backends, "MNN_LOW_MEMORY", ())
-    monkeypatch.setattr(mnn_llm, "LOW_MEMORY", False)
     separate = _release_only(release_only, tmp_path / "separate")
     tied = _separate_embeddings(separate)
     table = EmbeddingTable(separate, *llm_configs(separate))
@@ -494,7 +492,6 @@ def test_matmul_graphs_run_in_mnns_low_memory_mode(tiny_mnn_release, monkeypatch
     import MNN.nn as mnn_nn
 
     import sanaedit.backends as backends
-    import sanaedit.backends.mnn_llm as mnn_llm
 
     made = []
     real = mnn_nn.create_runtime_manager
@@ -505,7 +502,6 @@ def test_matmul_graphs_run_in_mnns_low_memory_mode(tiny_mnn_release, monkeypatch
     assert all(isinstance(c["memory"], int) and isinstance(c["precision"], int) for c in made)
     assert sorted(c["memory"] for c in made) == [0, 0, 2, 2, 2, 2]  # vae encoder/decoder; DiT, connector, proj., LLM
     monkeypatch.setattr(backends, "MNN_LOW_MEMORY", ())
-    monkeypatch.setattr(mnn_llm, "LOW_MEMORY", False)
     normal = load_pipeline(tiny_mnn_release)(photo, generator=torch.Generator().manual_seed(0), **run).images[0]
     diff = np.abs(np.asarray(low, np.int16) - np.asarray(normal, np.int16))
     assert 0 < diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())  # measured 2 and 0.24: it differs

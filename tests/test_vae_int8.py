@@ -16,6 +16,7 @@ from sanaedit.export import export_model, parse_quant
 from sanaedit.export.graphs import graph_specs
 from sanaedit.export.onnx_export import export_onnx
 from sanaedit.image_io import load_image
+from sanaedit.train.evaluate import psnr
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -72,9 +73,8 @@ def test_w8a8_export_edits_a_photo_close_to_fp32(exports, tmp_path):
     out = load_pipeline(int8)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     want = load_pipeline(fp32)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == want.size == photo.size
-    mse = np.mean((np.asarray(out, dtype=np.float64) - np.asarray(want, dtype=np.float64)) ** 2)
-    psnr = 10 * np.log10(255**2 / mse)
-    assert 25 < psnr < 80, psnr  # measured 30.2 dB (random tiny weights); < 80: the graphs really differ
+    close = psnr(np.asarray(out), np.asarray(want))
+    assert 25 < close < 80, close  # measured 30.2 dB (random tiny weights); < 80: the graphs really differ
 
     # the CLI runs it too
     assert main(["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "out.png"), "--model", str(int8), "-q"]) == 0
@@ -117,11 +117,6 @@ def test_w8a8_is_onnx_only_and_fails_before_loading(tmp_path, capsys):
     assert "and transformer only" in capsys.readouterr().err
 
 
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / mse))
-
-
 def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe, tmp_path):
     out = export_model(tiny_model_dir, tmp_path / "dit", quant="rest=32,transformer=w8a8", progress=False)
     manifest = json.loads((out / "model_index.json").read_text())
@@ -145,7 +140,8 @@ def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe
     photo = load_image(SAMPLE_PHOTO)
     got = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     want = tiny_pipe(photo, generator=torch.Generator().manual_seed(0)).images[0]
-    assert 30 < _psnr(got, want) < 80, _psnr(got, want)  # measured ~51.5 dB; < 80: the int8 graph really differs
+    close = psnr(np.asarray(got), np.asarray(want))
+    assert 30 < close < 80, close  # measured ~51.5 dB; < 80: the int8 graph really differs
 
 
 def test_a_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_model_dir, tmp_path, monkeypatch, caplog):

@@ -14,14 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
 from ..arrays import to_numpy
 from ..model_folder import ModelFolderError
 from .mnn_graph import runtime_config
-
-# MNN's low-memory mode (mnn_graph.MnnGraph): the 4-bit weights stay packed, int8 activations per call. A new prompt
-# on the published-size release layout then peaks at 1.30 GB instead of 4.79 GB (the 0.6B LLM turned back to
-# float32), in the same time.
-LOW_MEMORY = True
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "logits_index"]
 
@@ -35,7 +31,8 @@ class MnnLlm:
         self.path = Path(path)
         if not self.path.is_file() or self.path.stat().st_size == 0:
             raise ModelFolderError(f"{self.path}: the LLM graph is missing or empty")
-        self.runtime = mnn_nn.create_runtime_manager((runtime_config(threads, LOW_MEMORY),))
+        low_memory = "llm" in backends.MNN_LOW_MEMORY  # its 4-bit weights kept packed (MnnGraph's low_memory)
+        self.runtime = mnn_nn.create_runtime_manager((runtime_config(threads, low_memory),))
         try:
             self.module = mnn_nn.load_module_from_file(
                 str(self.path), INPUTS, list(outputs), runtime_manager=self.runtime, rearrange=True

@@ -11,14 +11,13 @@ The light autoencoder is all 3x3 convolutions and ReLUs: its w8a8 decoder ran 4x
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .onnx_export import _quiet_logs, _quiet_root
+from .onnx_export import _move_graph, _quiet_logs, _quiet_root
 
 W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
 # The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
@@ -99,7 +98,6 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
     if not samples:
         raise ValueError(f"{W8A8} needs at least one calibration sample")
     path = Path(path)
-    data = Path(str(path) + ".data")
     reader = _Reader(input_name, samples)
     # Into a scratch folder first: quantize_static writes its weight file as OUTPUT_NAME.data, so the graph keeps
     # its own name there and both move into place together.
@@ -115,12 +113,9 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
             activation_type=QuantType.QUInt8,  # u8 x s8: the pair ORT's x86 int8 kernels (VNNI) are built for
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            use_external_data_format=data.is_file(),
+            use_external_data_format=Path(str(path) + ".data").is_file(),
         )
-        data.unlink(missing_ok=True)
-        out.replace(path)
-        if Path(str(out) + ".data").is_file():
-            shutil.move(str(out) + ".data", data)
+        _move_graph(out, path)
     return {
         "bits": 8,
         "activation_bits": 8,

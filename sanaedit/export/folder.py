@@ -209,9 +209,8 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
         entry["file"] = str((where / entry["file"]).relative_to(tmp))
         graphs[spec.name] = entry
         error = f"max rel. error vs torch {entry['max_rel_error']:.1e}"
-        if "rel_l2_error" in entry:  # w8a8: the autoencoders measured on a held-out photo
-            on = "example inputs" if spec.name in W8A8_DYNAMIC else "a held-out photo"
-            error = f"rel. L2 error vs torch on {on} {entry['rel_l2_error']:.1e}"
+        if "rel_l2_error" in entry:  # w8a8
+            error = f"rel. L2 error vs torch on {_w8a8_check(spec.name)} {entry['rel_l2_error']:.1e}"
         _say(
             progress,
             f"      {entry['file']}: {error}, {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
@@ -271,7 +270,8 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
     entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": 8 if bits == W8A8 else bits}
     if fmt == "onnx":
         path = export_onnx(spec, folder / f"{spec.name}.onnx")
-        if bits == W8A8 and spec.name in W8A8_DYNAMIC:
+        dynamic = spec.name in W8A8_DYNAMIC  # w8a8 with ranges per call, not calibrated
+        if bits == W8A8 and dynamic:
             entry["quant"] = quantize_onnx_dynamic(path)
         elif bits == W8A8:
             entry["quant"] = quantize_onnx_static(path, spec.inputs[0], calibration.samples)
@@ -282,15 +282,14 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
         if bits == W8A8:
             # Calibrated ranges fit photos, and random inputs lie outside them: checked on a held-out photo. Ranges
             # measured per call fit any input: checked on the usual example inputs.
-            check = spec.example if calibration is None else (calibration.check,)
+            check = spec.example if dynamic else (calibration.check,)
             entry["max_rel_error"], entry["rel_l2_error"] = _errors(spec, graph, check)
-            tolerance = W8A8_TOLERANCE if calibration is not None else W8A8_DYNAMIC_TOLERANCE
+            tolerance = W8A8_DYNAMIC_TOLERANCE if dynamic else W8A8_TOLERANCE
             if entry["rel_l2_error"] > tolerance:
-                on = "example inputs" if calibration is None else "a held-out photo"
                 logger.warning(
-                    f"the {W8A8} {spec.name} graph is {entry['rel_l2_error']:.3f} off PyTorch (relative L2 on {on}; "
-                    f"at most {tolerance} passes): this model's activations do not survive int8 there. "
-                    f"Exporting {spec.name} with 8-bit weights only (--quant {spec.name}=8) instead."
+                    f"the {W8A8} {spec.name} graph is {entry['rel_l2_error']:.3f} off PyTorch (relative L2 on "
+                    f"{_w8a8_check(spec.name)}; at most {tolerance} passes): this model's activations do not survive "
+                    f"int8 there. Exporting {spec.name} with 8-bit weights only (--quant {spec.name}=8) instead."
                 )
                 del graph
                 fallback = _export_graph(spec, folder, fmt, 8)
@@ -318,6 +317,11 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
     entry["file"] = path.name
     entry["bytes"] = sum(p.stat().st_size for p in folder.glob(path.name + "*"))
     return entry
+
+
+def _w8a8_check(name: str) -> str:
+    """What a w8a8 graph is checked on against PyTorch (for messages)."""
+    return "example inputs" if name in W8A8_DYNAMIC else "a held-out photo"
 
 
 def _mnn_block(bits: int | None) -> int | None:

@@ -115,6 +115,17 @@ def _quiet_root():
         root.setLevel(level)
 
 
+def _move_graph(src: Path, dst: Path) -> None:
+    """Move the graph `src` over `dst`, each with its weight side file (NAME.data, named after its graph): `dst`'s old
+    one removed, `src`'s, if any, moved beside it. The exporters and ORT write into a scratch folder beside `dst`
+    under `dst`'s name, so the graph's reference to its side file holds after the move."""
+    old, new = Path(str(dst) + ".data"), Path(str(src) + ".data")
+    old.unlink(missing_ok=True)
+    if new.is_file():
+        new.replace(old)
+    src.replace(dst)
+
+
 def _save_with_one_weight_file(src: Path, path: Path) -> None:
     import onnx
 
@@ -187,8 +198,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = Path(path)
-    data = Path(str(path) + ".data")
-    big = data.is_file()  # a graph exported with a side file keeps one
+    big = Path(str(path) + ".data").is_file()  # a graph exported with a side file keeps one
     model = onnx.load(str(path))
     pointwise = _pointwise_convs_as_matmuls(model)
     convs = _dequantize_conv_weights(model)
@@ -207,10 +217,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
             weight_type=QuantType.QInt8,  # u8 activations x s8 weights: ORT's x86 VNNI kernels
             use_external_data_format=big,
         )
-        data.unlink(missing_ok=True)
-        out.replace(path)
-        if Path(str(out) + ".data").is_file():
-            Path(str(out) + ".data").replace(data)
+        _move_graph(out, path)
     return {
         "bits": 8,
         "activation_bits": 8,
@@ -320,7 +327,5 @@ def optimize_for_onnxruntime(path: Path) -> dict:
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", side.name)
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        if side.exists():
-            (Path(scratch) / side.name).replace(side)
-        optimized.replace(path)
+        _move_graph(optimized, path)
     return {"optimized": "onnxruntime extended level (offline)"}
