@@ -40,10 +40,10 @@ def build_folders(variant: str, work: Path) -> tuple[Path, Path, Path]:
     """(teacher, student, student stored in int8) model folders of random weights, built once into `work`."""
     import torch
 
-    from sanaedit.assemble import build_tiny_vae
-    from sanaedit.flow import FlowModel
+    from sanaedit.core.flow import FlowModel
     from sanaedit.pipeline import SanaEditPipeline
-    from sanaedit.random_model import build_random_pipeline
+    from sanaedit.runtime.random_model import build_random_pipeline
+    from sanaedit.tools.assemble import build_tiny_vae
 
     teacher, student = work / variant, work / f"{variant}-student-bf16"
     if not (teacher / "model_index.json").is_file():
@@ -59,7 +59,7 @@ def build_folders(variant: str, work: Path) -> tuple[Path, Path, Path]:
         SanaEditPipeline(flow, pipe.text_encoder, config, prompt_cache=pipe.prompt_cache).save_pretrained(student)
     int8 = work / f"{variant}-student-int8"
     if not (int8 / "model_index.json").is_file():
-        from sanaedit.int8_folder import write_int8_folder
+        from sanaedit.formats.int8_folder import write_int8_folder
 
         print(f"building {int8} ...", flush=True)
         write_int8_folder(student, int8)

@@ -11,7 +11,7 @@ Same random weights for everyone (one model folder, built once, seed 0), the bun
 - torch:       ours in PyTorch, as `sanaedit edit` loads it (`--dtype auto`): weights streamed from the files (no
                file-sized RSS spike), prompt cache from the model folder (no LLM loaded), text K/V cache,
                threads = cores, compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
-- torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.speed.int8).
+- torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.backends.torch_int8).
 - torch-staged, torch-int8-staged: the same with `--low-memory` (staged residency: DC-AE encoder, DiT, DC-AE
                decoder each loaded for its stage and freed after; their loading counts in end to end, not in load).
 - onnxruntime / mnn: `sanaedit export` of the same folder (8-bit weights, LLM 4-bit), run through
@@ -72,7 +72,7 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         pipe.text_encoder  # loaded now, so its loading counts as loading, not as LLM time  # noqa: B018
         return pipe, {"threads": torch.get_num_threads(), "dtype": "float32"}
     if backend.startswith("torch"):
-        from sanaedit.defaults import load_pipeline as load_torch_pipeline
+        from sanaedit.load import load_pipeline as load_torch_pipeline
 
         int8 = backend.startswith("torch-int8")
         pipe = load_torch_pipeline(model, dtype="int8" if int8 else "auto", staged=backend.endswith("-staged"))
@@ -80,8 +80,8 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         return pipe, {"threads": torch.get_num_threads(), "dtype": dtype}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
-    from sanaedit.defaults import load_pipeline
-    from sanaedit.speed import physical_cores
+    from sanaedit.backends.cpu import physical_cores
+    from sanaedit.load import load_pipeline
 
     threads = physical_cores()
     return load_pipeline(exports[backend], backend=backend, threads=threads), {"threads": threads, "dtype": "float32"}
@@ -148,7 +148,7 @@ def _seed(torch):
 def build_model(variant: str, folder: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
-    from sanaedit.random_model import build_random_pipeline
+    from sanaedit.runtime.random_model import build_random_pipeline
 
     print(f"building random {variant} model folder at {folder} ...", flush=True)
     build_random_pipeline(variant, seed=0).save_pretrained(folder)
@@ -159,7 +159,7 @@ def export(model: Path, fmt: str, out: Path, quant: str, timeout: int) -> tuple[
     """`sanaedit export`; returns (folder, note)."""
     if (out / "model_index.json").is_file():
         return str(out), "reused"
-    cmd = [sys.executable, "-m", "sanaedit.cli", "export", str(model), "--format", fmt, "--out", str(out)]
+    cmd = [sys.executable, "-m", "sanaedit.apps.cli", "export", str(model), "--format", fmt, "--out", str(out)]
     cmd += ["--quant", quant or "none"]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
-    from sanaedit.variants import load_variant
+    from sanaedit.models.variants import load_variant
 
     work = Path(args.work or tempfile.mkdtemp(prefix="edit_speed."))
     work.mkdir(parents=True, exist_ok=True)

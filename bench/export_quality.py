@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sanaedit.defaults import load_pipeline  # noqa: E402
-from sanaedit.noise import Generator  # noqa: E402
+from sanaedit.core.noise import Generator  # noqa: E402
+from sanaedit.load import load_pipeline  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs, psnr  # noqa: E402
 
 METRICS = ("psnr", "ssim", "edge_f1")

@@ -12,7 +12,7 @@ held-out image of eval/manifest.jsonl against its stored target, the comic filte
 own settings). Pruning calibrates on training photos (`--calib-count` sources of the train split: no held-out
 photo chooses the blocks), drops blocks at K = --keep, and optionally fine-tunes each
 pruned model (and, as a control, the unpruned one) `--finetune-steps` on the train split. Best-of-N: seeds 0..N-1
-per photo, the built-in judge's pick (`sanaedit.best_of.structure_judge`, which never sees the filter) against
+per photo, the built-in judge's pick (`sanaedit.tools.best_of.structure_judge`, which never sees the filter) against
 seed 0, plus an oracle that picks by the held-out PSNR itself (an upper bound no judge can beat; not deployable).
 Speed: CPU threads = --threads (1 by default: on a shared, loaded machine one thread is far less noisy); DiT time
 and whole-edit time of one held-out image at 128 px, each the minimum over --repeats rounds in which the models
@@ -37,10 +37,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sanaedit.best_of import best_of, structure_judge  # noqa: E402
-from sanaedit.image_io import preprocess  # noqa: E402
+from sanaedit.image.io import preprocess  # noqa: E402
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
-from sanaedit.prune import block_similarity, calibration_images, finetune_folder, prune_model  # noqa: E402
+from sanaedit.tools.best_of import best_of, structure_judge  # noqa: E402
+from sanaedit.tools.prune import block_similarity, calibration_images, finetune_folder, prune_model  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs  # noqa: E402
 
 BUNDLED = ROOT / "sanaedit" / "assets" / "comic-model"

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from family import BUNDLED, load_dit_edits, mean  # noqa: E402
 
-from sanaedit.ghibli import ghibli  # noqa: E402
+from sanaedit.image.upsample import upsample  # noqa: E402
 from sanaedit.train.evaluate import compare, load_full_photos, load_pairs, model_view  # noqa: E402
-from sanaedit.upsample import upsample  # noqa: E402
+from sanaedit.train.filters.ghibli import ghibli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,10 +35,10 @@ from torch import nn
 def prep(out: Path) -> None:
     from PIL import Image
 
-    from sanaedit.comic import comic
-    from sanaedit.defaults import load_pipeline
-    from sanaedit.image_io import load_image
+    from sanaedit.image.io import load_image
+    from sanaedit.load import load_pipeline
     from sanaedit.train.comic_data import HELD_OUT, package_photos, synthetic_scene
+    from sanaedit.train.filters.comic import comic
 
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(None)

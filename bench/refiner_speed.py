@@ -22,8 +22,8 @@ def _measure(size: tuple[int, int], model: str | None, threads: int, repeats: in
     import torch
     from PIL import Image
 
-    from sanaedit.defaults import load_pipeline
-    from sanaedit.upsample import upsample
+    from sanaedit.image.upsample import upsample
+    from sanaedit.load import load_pipeline
 
     torch.set_num_threads(threads)
     refiner = load_pipeline(model).flow.refiner

@@ -175,7 +175,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     out_flag = "--out" if args.before else "-o"  # the code before issue 11 spelled it --out
-    cmd = [sys.executable, "-m", "sanaedit.cli", "serve", "--port", str(port), out_flag, str(work / "results")]
+    cmd = [sys.executable, "-m", "sanaedit.apps.cli", "serve", "--port", str(port), out_flag, str(work / "results")]
     cmd += ["--model", args.model] if args.model else []
     env = {**os.environ, "PYTHONPATH": args.before} if args.before else None
     log = open(work / "server.log", "w")

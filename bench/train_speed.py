@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from sanaedit.variants import load_variant
+    from sanaedit.models.variants import load_variant
 
     rows = []
     for variant in args.variants:

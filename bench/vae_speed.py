@@ -103,11 +103,11 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from sanaedit.defaults import SAMPLE_PHOTO
-    from sanaedit.image_io import load_image, preprocess
-    from sanaedit.quant import quantize_model
-    from sanaedit.speed import set_threads
-    from sanaedit.variants import build_vae, load_variant
+    from sanaedit.backends.cpu import set_threads
+    from sanaedit.backends.torch_weight_quant import quantize_model
+    from sanaedit.image.io import load_image, preprocess
+    from sanaedit.load import SAMPLE_PHOTO
+    from sanaedit.models.variants import build_vae, load_variant
 
     set_threads()
     torch.manual_seed(0)

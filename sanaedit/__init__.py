@@ -8,11 +8,11 @@ __all__ = ["SanaEditPipeline", "__version__", "load_pipeline"]
 def __getattr__(name: str):
     # Lazy so `import sanaedit` (and the CLI's --help) does not pay for torch/diffusers.
     if name == "SanaEditPipeline":
-        from .pipeline import SanaEditPipeline
+        from sanaedit.pipeline import SanaEditPipeline
 
         return SanaEditPipeline
     if name == "load_pipeline":
-        from .defaults import load_pipeline
+        from sanaedit.load import load_pipeline
 
         return load_pipeline
     raise AttributeError(name)

@@ -21,14 +21,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .arrays import float32, no_grad
-from .flow import TIMESTEP_SCALE, FlowModel
-from .image_io import load_image, preprocess
-from .model_folder import ModelFolderError
-from .pipeline_config import COMIC_PROMPT, PipelineConfig  # noqa: F401  (both part of this module's API)
-from .residency import StagedResidencyMixin
-from .sampling import Array, flow_sigmas, get_sampler
-from .upsample import check_method, restore_photo
+from sanaedit.core.arrays import float32, no_grad
+from sanaedit.core.config import COMIC_PROMPT, PipelineConfig  # noqa: F401  (both part of this module's API)
+from sanaedit.core.flow import TIMESTEP_SCALE, FlowModel
+from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
+from sanaedit.formats.index import ModelFolderError
+from sanaedit.image.io import load_image, preprocess
+from sanaedit.image.upsample import check_method, restore_photo
+from sanaedit.residency import StagedResidencyMixin
 
 if TYPE_CHECKING:
     import torch
@@ -171,7 +171,7 @@ class SanaEditPipeline(StagedResidencyMixin):
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
         """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
         at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
-        from .lora import load_lora, style_upsampling
+        from sanaedit.models.lora import load_lora, style_upsampling
 
         self._refuse_when_staged("loading a LoRA")
         if not self.flow.modules:
@@ -181,7 +181,7 @@ class SanaEditPipeline(StagedResidencyMixin):
 
     def unload_lora(self) -> None:
         """Remove every LoRA: the pipeline edits exactly as its base model again."""
-        from .lora import unload_loras
+        from sanaedit.models.lora import unload_loras
 
         if self.flow.modules and not self.staged:  # staged: no LoRA can have been loaded
             unload_loras(self.transformer)
@@ -198,16 +198,16 @@ class SanaEditPipeline(StagedResidencyMixin):
         """Load a model folder (PyTorch; the LLM only if a prompt is not in its prompt cache) or an exported folder
         (its own runtime: CPU, float32; torch is not imported). For the CLI's defaults (threads, dtype, caches) use
         `load_pipeline`. `torch_dtype` is diffusers' name for `dtype` (default float32)."""
-        from .model_folder import is_export
+        from sanaedit.formats.index import is_export
 
         dtype = torch_dtype or dtype
         if is_export(model_dir):
-            from .runtime import load_exported
+            from sanaedit.formats.exported import load_exported
 
             return load_exported(model_dir).to(device, dtype)
         import torch
 
-        from .torch_model import load_model_folder
+        from sanaedit.formats.torch_folder import load_model_folder
 
         return load_model_folder(model_dir, device, dtype or torch.float32)
 
@@ -219,10 +219,10 @@ class SanaEditPipeline(StagedResidencyMixin):
         """
         self._refuse_when_staged("saving")
         if not self.flow.modules:
-            from .model_folder import copy_folder
+            from sanaedit.formats.index import copy_folder
 
             return copy_folder(self.model_dir, Path(model_dir))
-        from .torch_model import save_model_folder
+        from sanaedit.formats.torch_folder import save_model_folder
 
         return save_model_folder(self, Path(model_dir), prompt_cache)
 
@@ -286,7 +286,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         part-way, from the source latent noised to that level (as diffusers' img2img pipelines do).
         `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
         return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
-        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.noise.Generator` (the same numbers for
+        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers for
         the same seed, without torch); None draws fresh noise.
         """
         sources = list(image) if isinstance(image, (list, tuple)) else [image]

@@ -35,7 +35,7 @@ class OnDisk:
 @contextmanager
 def resident(holder: Any, name: str, load: Callable[[str], Any]) -> Iterator[Any]:
     """`holder.<name>` loaded for the duration of the block, then back on disk and its memory given back."""
-    from .speed.lowmem import release_freed_memory
+    from sanaedit.backends.torch_loading import release_freed_memory
 
     setattr(holder, name, load(name))
     try:

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 from test_image_io import gradient, png_header_only
 
-from sanaedit.batch import edit_folder
-from sanaedit.cli import main
+from sanaedit.apps.batch import edit_folder
+from sanaedit.apps.cli import main
 
 
 def fake_edit(image, **kwargs):

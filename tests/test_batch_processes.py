@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from test_image_io import gradient
 
-from sanaedit.cli import main
-from sanaedit.processes import Processes, launched_count
+from sanaedit.apps.cli import main
+from sanaedit.apps.processes import Processes, launched_count
 
 LAUNCH_TIMEOUT_S = 180
 EDITING = re.compile(r"process (\d) of 2: editing (\S+)")  # the -v line of each edit, with its process
@@ -23,7 +23,7 @@ EDITING = re.compile(r"process (\d) of 2: editing (\S+)")  # the -v line of each
 
 @pytest.fixture
 def one_process(monkeypatch):
-    """`sanaedit.cli.main` as a plain one-process run; this session's torch threads as they were afterwards."""
+    """`sanaedit.apps.cli.main` as a plain one-process run; this session's torch threads as they were afterwards."""
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
@@ -32,8 +32,8 @@ def one_process(monkeypatch):
 
 
 def launch_two(*args, script=None):
-    """`torchrun --standalone --nproc_per_node 2 -m sanaedit.cli ARGS` (or SCRIPT ARGS) on the CPU."""
-    target = [str(script)] if script else ["-m", "sanaedit.cli"]
+    """`torchrun --standalone --nproc_per_node 2 -m sanaedit.apps.cli ARGS` (or SCRIPT ARGS) on the CPU."""
+    target = [str(script)] if script else ["-m", "sanaedit.apps.cli"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
@@ -121,13 +121,13 @@ def test_failures_in_one_process_are_reported_once_and_nothing_hangs(tiny_model_
     script = tmp_path / "fail_on_1.py"
     script.write_text(
         "import os, sys\n"
-        "import sanaedit.defaults\n"
+        "import sanaedit.load\n"
         "def load(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise RuntimeError('out of memory (simulated)')\n"
         "    return object()\n"
-        "sanaedit.defaults.load_pipeline = load\n"
-        "from sanaedit.cli import main\n"
+        "sanaedit.load.load_pipeline = load\n"
+        "from sanaedit.apps.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
     run = launch_two("edit", str(src), "-o", str(tmp_path / "out3"), *common, script=script)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from sanaedit.best_of import best_of, load_judge, structure_judge
-from sanaedit.cli import main
-from sanaedit.prune import SAMPLE_PHOTO
+from sanaedit.apps.cli import main
+from sanaedit.tools.best_of import best_of, load_judge, structure_judge
+from sanaedit.tools.prune import SAMPLE_PHOTO
 
 PHOTO = Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 40, 3), dtype=np.uint8))
 
@@ -54,7 +54,7 @@ def test_structure_judge_measures_agreement_with_the_photo_edges():
     [
         ("structure_judge", "expected MODULE:FUNCTION"),
         ("no_such_module_xyz:score", "cannot import module 'no_such_module_xyz'"),
-        ("sanaedit.best_of:no_such", "has no function 'no_such'"),
+        ("sanaedit.tools.best_of:no_such", "has no function 'no_such'"),
     ],
 )
 def test_load_judge_errors_name_the_spec(spec, message):
@@ -64,18 +64,18 @@ def test_load_judge_errors_name_the_spec(spec, message):
 
 
 def test_load_judge_imports_a_function():
-    assert load_judge("sanaedit.best_of:structure_judge") is structure_judge
+    assert load_judge("sanaedit.tools.best_of:structure_judge") is structure_judge
 
 
 def test_cli_checks_candidates_and_judge_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import sanaedit.defaults
+    import sanaedit.load
 
     photo = tmp_path / "p.png"
     PHOTO.save(photo)
     with pytest.raises(SystemExit):
         main(["edit", str(photo), "-o", str(tmp_path / "o.png"), "--candidates", "0"])
     assert "--candidates" in capsys.readouterr().err
-    monkeypatch.setattr(sanaedit.defaults, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model"))
     assert main(["edit", str(photo), "-o", str(tmp_path / "o.png"), "--judge", "nope_xyz:f"]) == 1
     assert "--judge 'nope_xyz:f'" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
@@ -87,7 +87,10 @@ def test_cli_writes_the_judges_pick(tiny_model_dir, tmp_path):
     photo, out = tmp_path / "p.png", tmp_path / "o.png"
     PHOTO.save(photo)
     args = ["edit", str(photo), "-o", str(out), "--model", str(tiny_model_dir), "--steps", "2", "--dtype", "float32"]
-    assert main([*args, "--candidates", "3", "--seed", "4", "--judge", "sanaedit.best_of:structure_judge", "-q"]) == 0
+    assert (
+        main([*args, "--candidates", "3", "--seed", "4", "--judge", "sanaedit.tools.best_of:structure_judge", "-q"])
+        == 0
+    )
     pipe = SanaEditPipeline.from_pretrained(tiny_model_dir)
     best, _ = best_of(pipe, PHOTO, 3, structure_judge, seed=4, num_inference_steps=2)
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(best))

@@ -4,8 +4,8 @@ photo it never saw (the README's sample, held out of training)."""
 import pytest
 import torch
 
-from sanaedit.defaults import BUNDLED_MODEL, SAMPLE_PHOTO, load_pipeline
-from sanaedit.image_io import load_image
+from sanaedit.image.io import load_image
+from sanaedit.load import BUNDLED_MODEL, SAMPLE_PHOTO, load_pipeline
 
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")

@@ -5,8 +5,8 @@ import sys
 import pytest
 from PIL import Image
 
-from sanaedit.cli import main
-from sanaedit.defaults import SAMPLE_PHOTO
+from sanaedit.apps.cli import main
+from sanaedit.load import SAMPLE_PHOTO
 
 
 def test_edit_one_photo(tiny_model_dir, tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_files_follow_the_folder_modes_naming_and_failure_rules(tiny_model_dir, 
     assert main(["edit", str(b), str(c), "-o", str(tmp_path / "o2"), "--model", str(tiny_model_dir)]) == 1
     assert "collides" in capsys.readouterr().err and len(list((tmp_path / "o2").iterdir())) == 1
 
-    import sanaedit.sampling as sampling
+    import sanaedit.core.sampling as sampling
 
     def nan_sample(velocity, x, sigmas, **kwargs):
         return x * float("nan")
@@ -118,5 +118,5 @@ def test_console_script_runs_the_readme_job(tmp_path):
 
 
 def test_module_entry_point_help():
-    done = subprocess.run([sys.executable, "-m", "sanaedit.cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "sanaedit.apps.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "edit" in done.stdout and "assemble" in done.stdout

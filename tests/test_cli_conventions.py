@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import sanaedit.defaults
+import sanaedit.load
 from sanaedit import __version__
-from sanaedit.cli import build_parser, main, normalize_argv
-from sanaedit.cli.train import normalize_overrides
-from sanaedit.defaults import BUNDLED_MODEL, SAMPLE_PHOTO
+from sanaedit.apps.cli import build_parser, main, normalize_argv
+from sanaedit.apps.cli.train import normalize_overrides
+from sanaedit.load import BUNDLED_MODEL, SAMPLE_PHOTO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(sanaedit.defaults, "load_pipeline", refuse)
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", refuse)
 
 
 def parse(argv):
@@ -230,7 +230,7 @@ def test_a_prompt_the_model_cannot_follow_is_warned_about_once(tiny_model_dir, t
 def test_prompt_support_comes_from_the_llm_width(tmp_path):
     from safetensors.torch import save_file
 
-    from sanaedit.model_folder import META_QUERIES_FILE, follows_prompts, llm_width
+    from sanaedit.formats.index import META_QUERIES_FILE, follows_prompts, llm_width
 
     assert llm_width(BUNDLED_MODEL) == 32 and not follows_prompts(BUNDLED_MODEL)
     save_file({"meta_queries": torch.zeros(256, 1024)}, tmp_path / META_QUERIES_FILE)  # Qwen3-0.6B's width
@@ -286,5 +286,5 @@ def test_documented_commands_parse(doc, line):
 
 
 def test_module_entry_point_version():
-    done = subprocess.run([sys.executable, "-m", "sanaedit.cli", "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "sanaedit.apps.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"sanaedit {__version__}"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import sanaedit.log
-from sanaedit.cli import build_parser, main, normalize_argv, verbosity
+import sanaedit.core.log
+from sanaedit.apps.cli import build_parser, main, normalize_argv, verbosity
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sanaedit"
 LIBRARY_BARS = ("Loading weights", "Writing model shards")
@@ -137,18 +137,18 @@ def test_edit_shows_sanaedits_messages_by_default_and_nothing_with_q(tiny_model_
 
 
 def test_library_messages_are_plain_lines_and_warnings_say_so(capsys):
-    sanaedit.log.configure(0)
+    sanaedit.core.log.configure(0)
     log = logging.getLogger("sanaedit.some.module")
     log.debug("hidden")
     log.info("[1/7] connector: exporting ...")
     log.warning("careful")
     assert capsys.readouterr().err == "[1/7] connector: exporting ...\nwarning: careful\n"
-    sanaedit.log.configure(1)
+    sanaedit.core.log.configure(1)
     log.debug("shown")
-    sanaedit.log.configure(-1)
+    sanaedit.core.log.configure(-1)
     log.info("hidden")
     assert capsys.readouterr().err == "shown\n"
-    ours = [h for h in logging.getLogger("sanaedit").handlers if type(h).__module__ == "sanaedit.log"]
+    ours = [h for h in logging.getLogger("sanaedit").handlers if type(h).__module__ == "sanaedit.core.log"]
     assert len(ours) == 1  # configured three times, one handler
 
 
@@ -156,12 +156,12 @@ def test_without_configure_the_libraries_settings_are_left_alone(monkeypatch):
     """A Python API user's own logging setup decides: nothing is silenced behind their back."""
     import transformers.utils.logging as tf_logging
 
-    monkeypatch.setattr(sanaedit.log, "_verbosity", None)
+    monkeypatch.setattr(sanaedit.core.log, "_verbosity", None)
     tf_logging.enable_progress_bar()
-    sanaedit.log.quiet_libraries()
+    sanaedit.core.log.quiet_libraries()
     assert tf_logging.is_progress_bar_enabled()
-    monkeypatch.setattr(sanaedit.log, "_verbosity", 0)
-    sanaedit.log.quiet_libraries()
+    monkeypatch.setattr(sanaedit.core.log, "_verbosity", 0)
+    sanaedit.core.log.quiet_libraries()
     assert not tf_logging.is_progress_bar_enabled()
 
 
@@ -169,11 +169,11 @@ def test_without_configure_the_libraries_settings_are_left_alone(monkeypatch):
 def test_the_servers_log_follows_the_verbosity_and_q_silences_python_warnings(monkeypatch, verbosity, level):
     import warnings
 
-    from sanaedit.serve import server
+    from sanaedit.apps.serve import server
 
     seen = {}
     monkeypatch.setattr(server.DrainingServer, "run", lambda self: seen.setdefault("level", self.config.log_level))
-    sanaedit.log.configure(verbosity)
+    sanaedit.core.log.configure(verbosity)
     app = type("App", (), {"state": type("State", (), {"jobs": None})()})()
     server.serve(app, host="127.0.0.1", port=1)
     assert seen["level"] == level  # uvicorn's access log only with -v

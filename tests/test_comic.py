@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanaedit.comic import ComicStyle, comic, comic_array, ink_mask
-from sanaedit.defaults import SAMPLE_PHOTO
+from sanaedit.load import SAMPLE_PHOTO
+from sanaedit.train.filters.comic import ComicStyle, comic, comic_array, ink_mask
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from PIL import Image
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")
 
-from sanaedit.comic import comic  # noqa: E402
 from sanaedit.train import comic_data  # noqa: E402
 from sanaedit.train import evaluate as ev  # noqa: E402
+from sanaedit.train.filters.comic import comic  # noqa: E402
 
 
 def scene(width, height, seed=0) -> Image.Image:
@@ -79,7 +79,7 @@ def fake_photos(tmp_path, monkeypatch):
 
 
 def test_comic_dataset_holds_out_photos_and_reads_through_the_inference_loader(tmp_path, fake_photos, monkeypatch):
-    from sanaedit.image_io import load_image
+    from sanaedit.image.io import load_image
 
     held, rotated = fake_photos
     loaded = []

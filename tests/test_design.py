@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sanaedit.defaults import load_pipeline
-from sanaedit.flow import FlowModel
-from sanaedit.model_folder import EXPORT_CLASS, MODEL_CLASS, folder_kind
+from sanaedit.core.flow import FlowModel
+from sanaedit.formats.index import EXPORT_CLASS, MODEL_CLASS, folder_kind
+from sanaedit.load import load_pipeline
 from sanaedit.pipeline import SanaEditPipeline
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sanaedit"
@@ -37,7 +37,7 @@ def _imported_modules(path: Path) -> set[str]:
 def test_export_and_runtime_do_not_import_each_other(package, forbidden):
     for path in sorted((PACKAGE / package).glob("*.py")):
         bad = sorted(n for n in _imported_modules(path) if n == forbidden or n.startswith(forbidden + "."))
-        assert not bad, f"{path.name} imports {bad}: go through sanaedit.model_folder / sanaedit.backends"
+        assert not bad, f"{path.name} imports {bad}: go through sanaedit.formats.index / sanaedit.backends"
 
 
 def test_models_do_not_import_the_pipeline_or_the_cli():
@@ -84,7 +84,7 @@ def test_an_exported_folder_runs_without_diffusers_transformers_or_accelerate(ti
     script = f"""
 import sys
 from PIL import Image
-from sanaedit.defaults import load_pipeline
+from sanaedit.load import load_pipeline
 pipe = load_pipeline({str(exported)!r})
 out = pipe(Image.new("RGB", (40, 24), "red"), num_inference_steps=2).images[0]
 assert out.size == (40, 24)

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from sanaedit.cli import main
-from sanaedit.image_io import load_image, preprocess
+from sanaedit.apps.cli import main
+from sanaedit.core.sampling import flow_sigmas, get_sampler, trig_to_flow
+from sanaedit.image.io import load_image, preprocess
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.sampling import flow_sigmas, get_sampler, trig_to_flow
 from sanaedit.train.distill import student_levels
 
 

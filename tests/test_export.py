@@ -10,10 +10,10 @@ from PIL import Image
 
 from sanaedit.backends.mnn_graph import MnnGraph
 from sanaedit.backends.ort_graph import OrtGraph
-from sanaedit.defaults import load_pipeline
 from sanaedit.export import export_model, parse_quant
 from sanaedit.export.graphs import graph_specs, release_specs
-from sanaedit.model_folder import ModelFolderError
+from sanaedit.formats.index import ModelFolderError
+from sanaedit.load import load_pipeline
 from sanaedit.pipeline import SanaEditPipeline
 
 pytest.importorskip("onnxruntime")
@@ -301,8 +301,8 @@ def test_large_models_keep_weights_in_one_side_file(tiny_model_dir, tmp_path, mo
 
 
 def test_cli_edit_picks_the_runtime_from_the_folder(exported, tmp_path, capsys):
-    from sanaedit.cli import main
-    from sanaedit.defaults import SAMPLE_PHOTO
+    from sanaedit.apps.cli import main
+    from sanaedit.load import SAMPLE_PHOTO
 
     fmt, _, folder = exported
     out = tmp_path / "comic.png"
@@ -321,7 +321,7 @@ import sys
 BLOCKED = ("torch", "diffusers", "transformers")
 for name in BLOCKED:
     sys.modules[name] = None  # `import torch` now raises ImportError
-from sanaedit.cli import main
+from sanaedit.apps.cli import main
 status = main(sys.argv[1:])
 loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in BLOCKED)
 assert not loaded, loaded
@@ -337,7 +337,7 @@ def test_exported_folder_edits_without_torch(exported, tmp_path):
     import subprocess
     import sys
 
-    from sanaedit.defaults import SAMPLE_PHOTO
+    from sanaedit.load import SAMPLE_PHOTO
 
     _, _, folder = exported
     pipe = load_pipeline(folder)
@@ -355,7 +355,7 @@ def test_exported_folder_edits_without_torch(exported, tmp_path):
 
 
 def test_cli_export_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert "model folder not found" in capsys.readouterr().err

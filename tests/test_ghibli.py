@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanaedit.ghibli import ghibli, ghibli_array, line_mask
 from sanaedit.train.comic_data import build_comic_dataset, model_view, pair
+from sanaedit.train.filters.ghibli import ghibli, ghibli_array, line_mask
 
 SAMPLE = "sanaedit/assets/sample.jpg"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.cli import main
-from sanaedit.grow import grow_transformer
+from sanaedit.apps.cli import main
 from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.tools.grow import grow_transformer
 
 
 def test_new_blocks_start_as_the_identity(tiny_pipe):

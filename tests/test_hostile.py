@@ -31,9 +31,12 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sanaedit.batch import edit_folder
-from sanaedit.cli import main
-from sanaedit.image_io import (
+from sanaedit.apps.batch import edit_folder
+from sanaedit.apps.cli import main
+from sanaedit.apps.serve.app import create_app
+from sanaedit.apps.serve.http import uvicorn_options
+from sanaedit.formats.index import ModelFolderError
+from sanaedit.image.io import (
     ImageLoadError,
     decode_cost,
     decode_image,
@@ -43,9 +46,6 @@ from sanaedit.image_io import (
     preprocess,
     save_image_atomic,
 )
-from sanaedit.model_folder import ModelFolderError
-from sanaedit.serve.app import create_app
-from sanaedit.serve.http import uvicorn_options
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "http://127.0.0.1"
@@ -124,7 +124,7 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 
 # ----------------------------------------------------------------------------------------- 1. worker and health
 def test_1_a_failing_prune_never_ends_the_worker_and_errors_hide_server_paths(tmp_path, monkeypatch):
-    from sanaedit.serve.jobs import JobQueue
+    from sanaedit.apps.serve.jobs import JobQueue
 
     prunes = []
     original = JobQueue._prune
@@ -213,7 +213,7 @@ def torch_close(tensor, value, tol):
 # ---------------------------------------------------------------------------------------- 3. decode amplification
 PEAK_SCRIPT = """
 import sys, time
-from sanaedit.image_io import decode_image, decode_reduced, ImageLoadError
+from sanaedit.image.io import decode_image, decode_reduced, ImageLoadError
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 data = open(sys.argv[1], "rb").read()
@@ -254,7 +254,7 @@ def test_3_a_6300px_upload_is_decoded_in_bounded_memory(tmp_path, kind):
 
 
 def test_3_concurrent_decodes_wait_for_room_in_the_memory_budget():
-    from sanaedit.serve.limits import MemoryBudget
+    from sanaedit.apps.serve.limits import MemoryBudget
 
     budget, seen = MemoryBudget(100), []
 
@@ -422,8 +422,8 @@ def test_5_token(tmp_path):
 
 
 def test_5_cli_warns_when_exposed_without_a_token_and_prints_the_token_url(tiny_model_dir, monkeypatch, capsys):
-    from sanaedit.serve import server
-    from sanaedit.serve.security import host_policy
+    from sanaedit.apps.serve import server
+    from sanaedit.apps.serve.security import host_policy
 
     started = {}
     monkeypatch.setattr(server, "serve", lambda app, **kw: started.update(app=app, **kw))  # uvicorn, gracefully
@@ -472,12 +472,12 @@ def test_6_only_raster_formats_are_decoded(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- 8. raw tracebacks
 def test_8_unwritable_outputs_fail_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
-    import sanaedit.defaults
+    import sanaedit.load
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(sanaedit.defaults, "load_pipeline", no_model)
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", no_model)
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (8, 8)).save(photos / "a.png")
@@ -496,7 +496,7 @@ def test_8_unwritable_outputs_fail_in_one_line_before_the_model_loads(tmp_path, 
 
 
 def test_8_any_oserror_or_memoryerror_reaching_the_cli_is_one_line(monkeypatch, capsys, tmp_path):
-    import sanaedit.cli.edit as edit_cli
+    import sanaedit.apps.cli.edit as edit_cli
 
     for raised, words in (
         (PermissionError(errno.EACCES, "Permission denied", "/data/out"), "/data/out: Permission denied"),
@@ -514,7 +514,7 @@ def test_8_any_oserror_or_memoryerror_reaching_the_cli_is_one_line(monkeypatch, 
 
 
 def test_8_a_full_disk_stops_the_batch_and_lists_what_was_not_attempted(tmp_path, monkeypatch):
-    import sanaedit.batch as batch
+    import sanaedit.apps.batch as batch
 
     src = tmp_path / "in"
     src.mkdir()
@@ -549,7 +549,7 @@ def test_8_efbig_through_the_real_cli_is_one_line_per_file(tiny_model_dir, tmp_p
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / f"{i}.png")
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "sanaedit.cli", "edit", str(src), "-o", str(out), "--model", str(tiny_model_dir)]
+        [sys.executable, "-m", "sanaedit.apps.cli", "edit", str(src), "-o", str(out), "--model", str(tiny_model_dir)]
         + ["--steps", "1", "-q"],
         capture_output=True,
         text=True,
@@ -566,7 +566,7 @@ def test_8_a_corrupt_graph_file_is_a_one_line_error(tmp_path):
     pytest.importorskip("MNN")
     from sanaedit.backends.mnn_graph import MnnGraph
     from sanaedit.backends.ort_graph import OrtGraph
-    from sanaedit.runtime.exported import check_graph_file
+    from sanaedit.formats.exported import check_graph_file
 
     garbage = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes()
     (tmp_path / "transformer.onnx").write_bytes(garbage)
@@ -583,8 +583,8 @@ def test_8_a_corrupt_graph_file_is_a_one_line_error(tmp_path):
 @pytest.mark.slow  # an ONNX export of the tiny model: ~60 s
 def test_8_a_damaged_export_fails_edit_and_info_in_one_line(tiny_model_dir, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    from sanaedit.defaults import SAMPLE_PHOTO
     from sanaedit.export import export_model
+    from sanaedit.load import SAMPLE_PHOTO
 
     folder = export_model(tiny_model_dir, tmp_path / "onnx", fmt="onnx", progress=False)
     graph = folder / "transformer.onnx"
@@ -603,7 +603,7 @@ def test_8_a_damaged_export_fails_edit_and_info_in_one_line(tiny_model_dir, tmp_
 KILLED_WRITER = """
 import os, sys, time
 from pathlib import Path
-from sanaedit.tempfiles import temp_file, temp_folder
+from sanaedit.core.tempfiles import temp_file, temp_folder
 fd, tmp = temp_file(Path(sys.argv[1]) / "a.png")
 os.write(fd, b"half a png")
 folder = temp_folder(Path(sys.argv[1]) / "model-onnx")
@@ -619,8 +619,8 @@ def test_9_what_a_killed_writer_leaves_is_removed_by_the_next_but_a_live_ones_is
         [sys.executable, "-c", KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True
     )  # a live writer: its files stay
     names = writer.stdout.readline().split()
-    from sanaedit.image_io import remove_stale_temps
-    from sanaedit.model_folder import atomic_folder
+    from sanaedit.formats.index import atomic_folder
+    from sanaedit.image.io import remove_stale_temps
 
     assert remove_stale_temps(out) == [] and sorted(p.name for p in out.iterdir()) == sorted(names)
     writer.kill()  # kill -9
@@ -637,7 +637,7 @@ def test_9_what_a_killed_writer_leaves_is_removed_by_the_next_but_a_live_ones_is
 
 
 def test_9_a_model_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
-    from sanaedit.model_folder import atomic_folder
+    from sanaedit.formats.index import atomic_folder
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -805,9 +805,9 @@ def test_11_unreadable_folders_are_reported_not_silent(tmp_path, monkeypatch, ca
     denied.add(src)
     with pytest.raises(ValueError, match="cannot read this folder"):
         edit_folder(flip, src, tmp_path / "out2", progress=False)
-    import sanaedit.defaults
+    import sanaedit.load
 
-    monkeypatch.setattr(sanaedit.defaults, "load_pipeline", lambda *a, **k: lambda image, **kw: image)
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", lambda *a, **k: lambda image, **kw: image)
     assert main(["edit", str(src), "-o", str(tmp_path / "out3"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "cannot read this folder" in err and "0 written" not in err

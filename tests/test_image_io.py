@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanaedit.image_io import ImageLoadError, load_image, save_image_atomic
+from sanaedit.image.io import ImageLoadError, load_image, save_image_atomic
 
 
 def gradient(w=40, h=30):
@@ -195,7 +195,7 @@ def test_random_corruption_never_escapes_as_a_raw_exception():
     import io
     import random
 
-    from sanaedit.image_io import decode_image
+    from sanaedit.image.io import decode_image
 
     rng = random.Random(0)
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sanaedit.cli import main
-from sanaedit.lora import LORA_FILE, add_lora, save_lora
+from sanaedit.apps.cli import main
+from sanaedit.models.lora import LORA_FILE, add_lora, save_lora
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.random_model import build_tiny_pipeline
+from sanaedit.runtime.random_model import build_tiny_pipeline
 
 
 def _photo() -> Image.Image:
@@ -53,7 +53,7 @@ def test_our_lora_gives_the_same_output_in_diffusers(tiny_model_dir, lora_dir):
     sanaedit's load_lora gives on our editing transformer, same weights and inputs; at scale 0 both are the base."""
     from diffusers import SanaPipeline, SanaTransformer2DModel
 
-    from sanaedit.lora import load_lora, unload_loras
+    from sanaedit.models.lora import load_lora, unload_loras
     from sanaedit.models.transformer import SanaEditTransformer2DModel
 
     ours = SanaEditTransformer2DModel.from_pretrained(tiny_model_dir / "transformer").eval()
@@ -126,7 +126,7 @@ def test_scales_unload_and_several_at_once(tiny_model_dir, lora_dir):
 
 
 def test_merged_lora_through_load_pipeline(tiny_model_dir, lora_dir):
-    from sanaedit.defaults import load_pipeline
+    from sanaedit.load import load_pipeline
 
     adapter = SanaEditPipeline.from_pretrained(tiny_model_dir)
     adapter.load_lora(lora_dir, scale=0.7)
@@ -163,7 +163,7 @@ def test_cli_edit_with_lora(tiny_model_dir, lora_dir, tmp_path):
 
 @pytest.mark.slow
 def test_export_merges_the_lora(tiny_model_dir, lora_dir, tmp_path):
-    from sanaedit.defaults import load_pipeline
+    from sanaedit.load import load_pipeline
 
     out = tmp_path / "onnx"
     args = ["export", str(tiny_model_dir), "-o", str(out), "--quant", "none", "--lora", f"{lora_dir}:0.5", "-q"]
@@ -202,8 +202,8 @@ def test_lora_stage_trains_only_the_adapters(tmp_path, tiny_model_dir, tiny_edit
 def test_shipped_ghibli_lora_on_the_bundled_model():
     """The shipped Ghibli LoRA loads into the bundled comic model: at scale 0 the edit is bit-identical to the base
     edit (same upsampling: a loaded LoRA switches "refine" to "guided"), at scale 1 it is another picture."""
-    from sanaedit.defaults import ASSETS, SAMPLE_PHOTO, load_pipeline
-    from sanaedit.image_io import load_image
+    from sanaedit.image.io import load_image
+    from sanaedit.load import ASSETS, SAMPLE_PHOTO, load_pipeline
 
     pipe = load_pipeline(None)
     pipe.config.resolution = 128  # (256 is the model's; 128 keeps the test fast)
@@ -227,15 +227,15 @@ def test_shipped_ghibli_lora_on_the_bundled_model():
 def test_serve_cli_merges_its_lora(tiny_model_dir, lora_dir, tmp_path, monkeypatch):
     """`sanaedit serve --lora FILE:0.5` (no live server: `serve` is replaced) builds its app on a pipeline whose DiT
     weights are the base's plus 0.5 * B @ A from the file, for every adapted layer."""
-    import sanaedit.defaults
-    import sanaedit.serve.server
+    import sanaedit.apps.serve.server
+    import sanaedit.load
 
     loaded, served = [], {}
-    load_pipeline = sanaedit.defaults.load_pipeline
+    load_pipeline = sanaedit.load.load_pipeline
     monkeypatch.setattr(
-        sanaedit.defaults, "load_pipeline", lambda *a, **k: loaded.append(load_pipeline(*a, **k)) or loaded[-1]
+        sanaedit.load, "load_pipeline", lambda *a, **k: loaded.append(load_pipeline(*a, **k)) or loaded[-1]
     )
-    monkeypatch.setattr(sanaedit.serve.server, "serve", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(sanaedit.apps.serve.server, "serve", lambda app, **kw: served.update(app=app, **kw))
     monkeypatch.delenv("SANAEDIT_TOKEN", raising=False)
     args = ["serve", "--model", str(tiny_model_dir), "--dtype", "float32", "--lora", f"{lora_dir}:0.5", "--port", "0"]
     assert main([*args, "-o", str(tmp_path / "results"), "-q"]) == 0

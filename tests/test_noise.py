@@ -1,4 +1,4 @@
-"""sanaedit.noise draws what torch.randn draws on the CPU, without importing torch."""
+"""sanaedit.core.noise draws what torch.randn draws on the CPU, without importing torch."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from sanaedit import noise
-from sanaedit.noise import Generator
+from sanaedit.core import noise
+from sanaedit.core.noise import Generator
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [0, 42, 2**40 + 7, 2**63 - 1]
@@ -201,7 +201,7 @@ def test_does_not_import_torch():
     code = (
         "import json, sys\n"
         "sys.modules['torch'] = None  # any import of torch now fails\n"
-        "from sanaedit.noise import Generator\n"
+        "from sanaedit.core.noise import Generator\n"
         f"g = Generator(0, kernel={KERNEL!r})\n"
         "small, big = g.randn((2, 3)), g.randn((1, 4, 3, 3))\n"
         "print(json.dumps([small.tolist(), big.ravel().tolist(), Generator().randn((17,)).shape[0]]))\n"

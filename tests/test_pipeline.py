@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.image_io import postprocess, preprocess
+from sanaedit.image.io import postprocess, preprocess
 from sanaedit.pipeline import SanaEditPipeline
 
 

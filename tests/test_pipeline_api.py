@@ -77,7 +77,7 @@ def test_callback_on_step_end_sees_and_may_replace_the_latents(tiny_pipe):
     out = tiny_pipe(None, num_inference_steps=3, callback_on_step_end=zero_at_the_end, generator=seeded()).images[0]
     assert [s for s, _, _ in seen] == [1, 2, 3] and seen[0][1] == pytest.approx(1000.0, abs=1)
     zeros = torch.zeros(1, tiny_pipe.latent_channels, *seen[0][2][2:])
-    from sanaedit.image_io import postprocess
+    from sanaedit.image.io import postprocess
 
     assert np.array_equal(np.asarray(out), np.asarray(postprocess(tiny_pipe.decode_latents(zeros), None)))
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.cli import main
-from sanaedit.grow import ZEROED
+from sanaedit.apps.cli import main
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.prune import block_similarity, blocks_to_keep, prune_transformer
+from sanaedit.tools.grow import ZEROED
+from sanaedit.tools.prune import block_similarity, blocks_to_keep, prune_transformer
 
 PHOTO = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
 
@@ -73,9 +73,9 @@ def test_prune_cli_writes_a_folder_that_loads_and_edits_with_k_blocks(tiny_model
 
 
 def test_prune_refuses_keep_out_of_range_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import sanaedit.prune
+    import sanaedit.tools.prune
 
-    monkeypatch.setattr(sanaedit.prune, "prune_model", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(sanaedit.tools.prune, "prune_model", lambda *a, **k: pytest.fail("loaded the model"))
     out = tmp_path / "x"
     assert main(["prune", str(tiny_model_dir), "--keep", "2", "-o", str(out)]) == 1  # the tiny model has 2 blocks
     assert "--keep 2: the model has 2 blocks" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sanaedit.quant import QuantizedConv2d, QuantizedLinear, dequantize_tensor, quantize_model, quantize_tensor
+from sanaedit.backends.torch_weight_quant import QuantizedConv2d, QuantizedLinear, quantize_model
+from sanaedit.export.weight_quant import dequantize_tensor, quantize_tensor
 
 
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 64), (4, 16), (4, None)])
@@ -86,7 +87,7 @@ def test_quantize_model_report_and_state_dict():
 
 
 def test_quantized_tiny_transformer_stays_close():
-    from sanaedit.random_model import build_tiny_pipeline
+    from sanaedit.runtime.random_model import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     t = pipe.transformer

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.model_folder import ModelFolderError, folder_refiner
+from sanaedit.formats.index import ModelFolderError, folder_refiner
+from sanaedit.image.upsample import restore_photo
 from sanaedit.models.refiner import REFINER_FILE, Refiner, load_refiner, save_refiner
-from sanaedit.upsample import restore_photo
 
 
 def _noise_image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -59,7 +59,7 @@ def test_saved_refiner_loads_the_same_and_broken_files_are_named(tmp_path):
 
 
 def test_refine_is_guided_then_the_refiner_and_needs_one():
-    from sanaedit.image_io import preprocess
+    from sanaedit.image.io import preprocess
 
     photo = _noise_image(2, (96, 60))
     pixels, restore = preprocess(photo, 32, "reflect")
@@ -85,8 +85,8 @@ def refined_model_dir(tmp_path, tiny_model_dir):
 
 
 def test_a_folder_with_a_refiner_edits_with_it_saves_it_and_exports_it(refined_model_dir, tmp_path):
-    from sanaedit.defaults import load_pipeline
     from sanaedit.export import export_model
+    from sanaedit.load import load_pipeline
 
     photo = _noise_image(3, (90, 60))
     pipe = load_pipeline(refined_model_dir)
@@ -112,8 +112,8 @@ def test_a_folder_with_a_refiner_edits_with_it_saves_it_and_exports_it(refined_m
 
 
 def test_a_folder_asking_for_refine_without_a_refiner_fails_at_load(refined_model_dir):
-    from sanaedit.cli import main
-    from sanaedit.defaults import load_pipeline
+    from sanaedit.apps.cli import main
+    from sanaedit.load import load_pipeline
 
     (refined_model_dir / REFINER_FILE).unlink()
     with pytest.raises(ModelFolderError, match="no refiner.safetensors"):
@@ -158,7 +158,7 @@ def test_the_refiner_stage_trains_on_the_editors_own_outputs(tiny_model_dir, tmp
     assert refiner is not None and refiner.out.weight.abs().sum() > 0
     base = "transformer/diffusion_pytorch_model.safetensors"
     assert (out / base).read_bytes() == (tiny_model_dir / base).read_bytes()  # nothing else trained
-    from sanaedit.defaults import load_pipeline
+    from sanaedit.load import load_pipeline
 
     assert load_pipeline(out)(_noise_image(5, (80, 72))).images[0].size == (80, 72)
 
@@ -166,10 +166,10 @@ def test_the_refiner_stage_trains_on_the_editors_own_outputs(tiny_model_dir, tmp
 def test_a_lora_style_comes_back_guided_not_through_the_base_models_refiner(refined_model_dir, tmp_path):
     """The refiner learned the base model's outputs; a style (adapters, merged, or merged at export) is upsampled
     guided, unless asked for again."""
-    from sanaedit.defaults import load_pipeline
     from sanaedit.export import export_model
-    from sanaedit.lora import add_lora, save_lora
-    from sanaedit.random_model import build_tiny_pipeline
+    from sanaedit.load import load_pipeline
+    from sanaedit.models.lora import add_lora, save_lora
+    from sanaedit.runtime.random_model import build_tiny_pipeline
 
     style = build_tiny_pipeline()
     add_lora(style.transformer, rank=2)
@@ -186,8 +186,8 @@ def test_a_lora_style_comes_back_guided_not_through_the_base_models_refiner(refi
 
 
 def test_a_photo_over_the_refiners_budget_comes_back_guided(monkeypatch):
-    import sanaedit.upsample as up
-    from sanaedit.image_io import preprocess
+    import sanaedit.image.upsample as up
+    from sanaedit.image.io import preprocess
 
     photo = _noise_image(7, (96, 60))
     _, restore = preprocess(photo, 32, "reflect")
@@ -200,7 +200,7 @@ def test_a_photo_over_the_refiners_budget_comes_back_guided(monkeypatch):
 
 
 def test_info_lists_the_refiner_and_refuses_a_broken_one(refined_model_dir, capsys):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     assert main(["info", str(refined_model_dir)]) == 0
     out = capsys.readouterr().out

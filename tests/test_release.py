@@ -23,10 +23,9 @@ if importlib.util.find_spec("llmexport") is None:  # (importing it needs its fol
 from sanaedit.backends.mnn_graph import MnnGraph  # noqa: E402
 from sanaedit.backends.mnn_inspect import inspect_graphs  # noqa: E402
 from sanaedit.backends.mnn_llm import MnnLlm  # noqa: E402
-from sanaedit.defaults import load_pipeline  # noqa: E402
 from sanaedit.export.llm_mnn import export_llm_mnn  # noqa: E402
-from sanaedit.model_folder import RELEASE_KIND, ModelFolderError, folder_kind  # noqa: E402
-from sanaedit.release_folder import (  # noqa: E402
+from sanaedit.formats.index import RELEASE_KIND, ModelFolderError, folder_kind  # noqa: E402
+from sanaedit.formats.release_files import (  # noqa: E402
     ENGINE_PROMPT,
     GRAPHS,
     LLM_GRAPH,
@@ -34,6 +33,7 @@ from sanaedit.release_folder import (  # noqa: E402
     graph_files,
     llm_configs,
 )
+from sanaedit.load import load_pipeline  # noqa: E402
 
 LLM_FILES = ["llm/config.json", "llm/llm_config.json", "llm/llm.mnn", "llm/llm.mnn.weight", "llm/tokenizer.mtok"]
 RELEASE = {*graph_files(), *LLM_FILES, "llm/meta_queries.mnn"}  # tied embeddings: no embeddings_bf16.bin
@@ -160,7 +160,7 @@ def test_release_files_alone_run_with_the_engines_defaults_and_match_the_full_ex
 
 
 def test_release_prompt_cache_is_computed_once_and_stored(release_only, tmp_path, monkeypatch):
-    import sanaedit.runtime.release as release
+    import sanaedit.formats.release as release
 
     photo = _photo()
     first = load_pipeline(release_only)(photo, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
@@ -227,7 +227,7 @@ def test_release_with_separate_bf16_embeddings_matches_the_tied_one(release_only
 
 
 def test_a_partial_download_names_every_missing_file(release_only, tmp_path, capsys):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     gone = ["transformer.mnn.weight", "vae_encoder.mnn", "llm/tokenizer.mtok", "llm/meta_queries.mnn"]
     for name in gone:
@@ -269,7 +269,7 @@ def test_a_file_that_does_not_parse_is_named(release_only, name, damage):
 
 
 def test_info_describes_the_release(release_only, capsys):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     assert main(["info", str(release_only)]) == 0
     out = capsys.readouterr().out
@@ -290,7 +290,7 @@ def test_info_describes_the_release(release_only, capsys):
 
 
 def test_edit_from_the_command_line_with_the_release_files_alone(release_only, tmp_path):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     out = tmp_path / "out.png"
     argv = ["edit", str(_photo_file(tmp_path)), "-o", str(out), "--model", str(release_only), "--steps", "2", "-q"]
@@ -324,7 +324,7 @@ def _qwen_shaped_tokenizer(folder: Path) -> Path:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sanaedit.random_model import _CORPUS
+    from sanaedit.runtime.random_model import _CORPUS
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -377,8 +377,8 @@ def _write_mnn_tokenizers(source: Path, out: Path) -> dict[str, Path]:
 def test_both_mnn_tokenizer_formats_read_in_python(shape, tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from sanaedit.mnn_tokenizer import HuggingfaceTxtTokenizer, TiktokenTokenizer, load_mnn_tokenizer
-    from sanaedit.mnn_tokenizer_pipeline import PipelineTokenizer
+    from sanaedit.formats.mnn_tokenizer import HuggingfaceTxtTokenizer, TiktokenTokenizer, load_mnn_tokenizer
+    from sanaedit.formats.mnn_tokenizer_pipeline import PipelineTokenizer
 
     source = tiny_model_dir / "llm" if shape == "tiny" else _qwen_shaped_tokenizer(tmp_path / "qwen")
     hf = AutoTokenizer.from_pretrained(source)
@@ -399,7 +399,7 @@ def test_both_mnn_tokenizer_formats_read_in_python(shape, tiny_model_dir, tmp_pa
 
 def test_release_with_tokenizer_txt_matches_the_mtok_one(release_only, tiny_model_dir, tmp_path):
     """An older export: tokenizer.txt (either way llmexport wrote it), no tokenizer_file in config.json."""
-    from sanaedit.mnn_tokenizer_pipeline import PipelineTokenizer
+    from sanaedit.formats.mnn_tokenizer_pipeline import PipelineTokenizer
 
     files = _write_mnn_tokenizers(tiny_model_dir / "llm", tmp_path / "tokenizers")
     mtok, photo, prompt = load_pipeline(release_only), _photo(), "turn the sky purple, make it night!"
@@ -474,7 +474,7 @@ def test_release_runs_without_diffusers_transformers_or_accelerate(release_only)
     script = f"""
 import sys
 from PIL import Image
-from sanaedit.defaults import load_pipeline
+from sanaedit.load import load_pipeline
 pipe = load_pipeline({str(release_only)!r})
 out = pipe(Image.new("RGB", (40, 24), "red"), prompt="a new prompt", num_inference_steps=2).images[0]
 assert out.size == (40, 24)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from sanaedit.sampling import euler_sample, flow_sigmas
+from sanaedit.core.sampling import euler_sample, flow_sigmas
 
 
 def reference_published(n: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def _curved_velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def test_dpm_solver_matches_diffusers_flow_dpm_solver(n):
     from diffusers import DPMSolverMultistepScheduler
 
-    from sanaedit.sampling import dpm_solver_sample
+    from sanaedit.core.sampling import dpm_solver_sample
 
     sched = DPMSolverMultistepScheduler(
         use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0, solver_order=2
@@ -89,7 +89,7 @@ def test_dpm_solver_matches_diffusers_flow_dpm_solver(n):
 
 
 def test_dpm_solver_on_a_straight_flow_lands_on_x0_and_skips_zero_steps():
-    from sanaedit.sampling import dpm_solver_sample
+    from sanaedit.core.sampling import dpm_solver_sample
 
     x0, noise = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
     calls = []
@@ -128,7 +128,7 @@ def test_scm_sampler_matches_diffusers_scm_scheduler_with_sprints_conversion(n):
     latents scaled by sigma_data) gives what our flow-space sCM sampler gives, noise draw for noise draw."""
     from diffusers import SCMScheduler
 
-    from sanaedit.sampling import scm_sample
+    from sanaedit.core.sampling import scm_sample
 
     sched = SCMScheduler()
     sched.set_timesteps(n, intermediate_timesteps=1.3 if n == 2 else None)
@@ -155,8 +155,8 @@ def test_scm_sampler_matches_diffusers_scm_scheduler_with_sprints_conversion(n):
 def test_samplers_give_the_same_latents_on_numpy_arrays_as_on_torch_tensors(sampler):
     """Exported graphs sample on NumPy arrays with the same code: same numbers (the sCM's fresh noise included, drawn
     by `noise.Generator` as torch.randn draws it for that seed)."""
-    from sanaedit.noise import Generator
-    from sanaedit.sampling import get_sampler
+    from sanaedit.core.noise import Generator
+    from sanaedit.core.sampling import get_sampler
 
     def curved_numpy(x, sigma):
         return np.tanh(x) * (1.5 - float(sigma)) + 0.3 * np.sin(3 * x) + float(sigma) ** 2
@@ -172,7 +172,7 @@ def test_samplers_give_the_same_latents_on_numpy_arrays_as_on_torch_tensors(samp
 
 def test_trigflow_conversion_of_a_flow_model_is_exact():
     """With the exact velocity of a straight flow, one sCM step from pure noise lands on x0."""
-    from sanaedit.sampling import scm_sample
+    from sanaedit.core.sampling import scm_sample
 
     x0, z = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     sigmas = flow_sigmas(1, schedule="scm")
@@ -203,7 +203,7 @@ def test_pipeline_runs_the_scm_sampler_with_its_schedule(tiny_pipe):
 def test_cli_edit_sampler_dpm_writes_a_png_unlike_euler(tiny_model_dir, tmp_path):
     from PIL import Image
 
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "p.png")
     args = ["edit", str(tmp_path / "p.png"), "--model", str(tiny_model_dir), "--steps", "3", "--seed", "3", "-q"]

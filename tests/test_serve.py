@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sanaedit.serve.app import create_app, pipeline_editor
+from sanaedit.apps.serve.app import create_app, pipeline_editor
 
 LOCAL = "http://127.0.0.1"  # the server answers only to this machine's names (DNS-rebinding guard)
 
@@ -110,8 +110,8 @@ def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
 
 
 def test_cli_builds_the_app_from_a_model_folder(tiny_model_dir, tmp_path, monkeypatch):
-    from sanaedit.cli import main
-    from sanaedit.serve import server
+    from sanaedit.apps.cli import main
+    from sanaedit.apps.serve import server
 
     started = {}
     monkeypatch.setattr(server, "serve", lambda app, **kw: started.update(app=app, **kw))

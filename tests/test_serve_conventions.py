@@ -14,10 +14,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from sanaedit.serve.app import create_app
-from sanaedit.serve.downloads import download_name, unique_names
-from sanaedit.serve.jobs import JobQueue, QueueFull
-from sanaedit.serve.server import DrainingServer
+from sanaedit.apps.serve.app import create_app
+from sanaedit.apps.serve.downloads import download_name, unique_names
+from sanaedit.apps.serve.jobs import JobQueue, QueueFull
+from sanaedit.apps.serve.server import DrainingServer
 
 LOCAL = "http://127.0.0.1"
 
@@ -192,9 +192,9 @@ def test_serve_warms_the_model_up_before_the_first_user(tiny_model_dir, tmp_path
     `sanaedit serve` runs one 1-step edit on its main thread before it listens."""
     from types import SimpleNamespace
 
-    import sanaedit.cli.serve as serve_cli
-    from sanaedit.cli import main
-    from sanaedit.serve import server
+    import sanaedit.apps.cli.serve as serve_cli
+    from sanaedit.apps.cli import main
+    from sanaedit.apps.serve import server
 
     calls = []
     serve_cli.warm_up(fake_edit(calls), SimpleNamespace(resolution=64, guidance_scale=4.5))

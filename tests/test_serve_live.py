@@ -15,8 +15,8 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from sanaedit.serve.app import create_app, pipeline_editor
-from sanaedit.serve.server import DrainingServer
+from sanaedit.apps.serve.app import create_app, pipeline_editor
+from sanaedit.apps.serve.server import DrainingServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

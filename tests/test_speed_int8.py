@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanaedit.defaults import load_pipeline, resolve_dtype
+from sanaedit.backends.cpu import best_compute_dtype
+from sanaedit.backends.torch_int8 import Int8Conv1x1, Int8Linear, quantize_dit_int8
+from sanaedit.load import load_pipeline, resolve_dtype
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.speed import best_compute_dtype, quantize_dit_int8
-from sanaedit.speed.int8 import Int8Conv1x1, Int8Linear
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -87,9 +87,9 @@ def test_resolve_dtype():
 def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_model_dir):
     """`--dtype int8` loads make each int8 layer as its weights arrive (no float DiT held): the same buffers as
     loading in bf16 and then swapping."""
+    from sanaedit.backends.torch_int8 import int8_layer
+    from sanaedit.backends.torch_loading import load_model
     from sanaedit.models.transformer import SanaEditTransformer2DModel
-    from sanaedit.speed.int8 import int8_layer
-    from sanaedit.speed.lowmem import load_model
 
     folder = tiny_model_dir / "transformer"
     streamed = load_model(SanaEditTransformer2DModel, folder, torch.bfloat16, replace=int8_layer)
@@ -105,7 +105,7 @@ def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_
 # ------------------------------------------------------------------------------------ a DiT stored in int8
 @pytest.fixture(scope="module")
 def int8_folder(tiny_model_dir, tmp_path_factory):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     out = tmp_path_factory.mktemp("int8") / "tiny-int8"
     assert main(["export", str(tiny_model_dir), "--format", "int8", "-o", str(out), "-q"]) == 0
@@ -124,9 +124,9 @@ def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_m
 
     from safetensors import safe_open
 
-    from sanaedit.model_folder import stored_int8
-    from sanaedit.speed.int8 import Int8Linear, int8_layer
-    from sanaedit.torch_model import load_model_folder
+    from sanaedit.backends.torch_int8 import Int8Linear, int8_layer
+    from sanaedit.formats.index import stored_int8
+    from sanaedit.formats.torch_folder import load_model_folder
 
     assert stored_int8(int8_folder) and not stored_int8(tiny_model_dir)
     weights = "transformer/diffusion_pytorch_model.safetensors"
@@ -152,7 +152,7 @@ def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_m
 
 
 def test_a_dit_stored_in_int8_refuses_what_needs_float_weights(tiny_model_dir, int8_folder, tmp_path, capsys):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
     from sanaedit.train.config import ModelConfig
     from sanaedit.train.model import build_model
 

@@ -6,9 +6,13 @@ import copy
 
 import torch
 
-from sanaedit.speed import disable_text_kv_cache, enable_text_kv_cache, text_kv_cache_enabled
-from sanaedit.speed.text_kv_cache import text_kv_cache_stats
-from sanaedit.variants import build_transformer, load_variant
+from sanaedit.backends.torch_kv_cache import (
+    disable_text_kv_cache,
+    enable_text_kv_cache,
+    text_kv_cache_enabled,
+    text_kv_cache_stats,
+)
+from sanaedit.models.variants import build_transformer, load_variant
 
 
 def _model():
@@ -100,7 +104,7 @@ def test_disable_restores_plain_model_and_state_dict_names():
 def test_pipeline_image_unchanged_with_cache():
     from PIL import Image
 
-    from sanaedit.random_model import build_tiny_pipeline
+    from sanaedit.runtime.random_model import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     image = Image.new("RGB", (40, 56), (200, 120, 40))

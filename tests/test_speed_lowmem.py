@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from sanaedit.backends.torch_loading import load_model, load_quantized_model
+from sanaedit.backends.torch_weight_quant import QuantizedConv2d, QuantizedLinear, quantize_model
 from sanaedit.models.transformer import SanaEditTransformer2DModel
-from sanaedit.quant import QuantizedConv2d, QuantizedLinear, quantize_model
-from sanaedit.speed.lowmem import load_model, load_quantized_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sanaedit.random_model import save_tiny_model
+    from sanaedit.runtime.random_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("lowmem") / "model")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.defaults import load_pipeline
+from sanaedit.load import load_pipeline
 from sanaedit.residency import OnDisk
 
 
@@ -66,7 +66,7 @@ def test_a_folder_with_only_half_an_autoencoder_fails_naming_the_tensor(tiny_mod
 
     from safetensors.torch import load_file, save_file
 
-    from sanaedit.model_folder import ModelFolderError
+    from sanaedit.formats.index import ModelFolderError
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
@@ -97,7 +97,7 @@ def test_staged_pipeline_refuses_what_needs_networks_in_memory(tiny_model_dir, t
 
 
 def test_cli_low_memory_writes_the_same_picture(tiny_model_dir, tmp_path):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     photo = _photo(tmp_path)
     for name, extra in (("plain.png", []), ("staged.png", ["--low-memory"])):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanaedit.model_folder import ModelFolderError
+from sanaedit.formats.index import ModelFolderError
 from sanaedit.models.tiny_vae import TinyAutoencoder, TinyVaeDecoder, TinyVaeEncoder, load_taesd_state_dicts
 
 
@@ -128,7 +128,7 @@ def test_a_wrong_state_dict_is_refused_by_name(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_vae_dir(tmp_path_factory, tiny_model_dir):
     """The tiny model assembled with published-layout tiny VAE weights (F32, 4 latent channels: the tiny DC-AE's)."""
-    from sanaedit.assemble import assemble
+    from sanaedit.tools.assemble import assemble
 
     tmp = tmp_path_factory.mktemp("tinyvae")
     paths, encoder, decoder = _published_files(tmp, 4)
@@ -144,7 +144,7 @@ def tiny_vae_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_assemble_adds_the_published_weights_and_both_autoencoders_load(tiny_vae_dir):
-    from sanaedit.torch_model import check_model_folder, load_model_folder
+    from sanaedit.formats.torch_folder import check_model_folder, load_model_folder
 
     folder, encoder, decoder = tiny_vae_dir
     index = check_model_folder(folder)
@@ -168,7 +168,7 @@ def test_assemble_adds_the_published_weights_and_both_autoencoders_load(tiny_vae
 def test_vae_choice_through_load_pipeline_and_the_folder_default(tiny_vae_dir, tiny_model_dir, tmp_path):
     import shutil
 
-    from sanaedit.defaults import load_pipeline
+    from sanaedit.load import load_pipeline
 
     folder = tiny_vae_dir[0]
     assert load_pipeline(folder, dtype="float32", vae="tiny").vae is None
@@ -186,14 +186,14 @@ def test_vae_choice_through_load_pipeline_and_the_folder_default(tiny_vae_dir, t
 
 
 def test_a_pipeline_without_the_dc_ae_refuses_to_save_a_model_folder(tiny_vae_dir, tmp_path):
-    from sanaedit.torch_model import load_model_folder
+    from sanaedit.formats.torch_folder import load_model_folder
 
     with pytest.raises(ValueError, match="DC-AE"):
         load_model_folder(tiny_vae_dir[0], vae="tiny").save_pretrained(tmp_path / "out")
 
 
 def test_cli_edit_vae_tiny(tiny_vae_dir, tmp_path):
-    from sanaedit.cli import main
+    from sanaedit.apps.cli import main
 
     photo = tmp_path / "in.png"
     Image.new("RGB", (80, 60), (200, 40, 40)).save(photo)
@@ -208,7 +208,7 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
     (the stage trains on smaller views)."""
     import numpy as np
 
-    from sanaedit.torch_model import check_model_folder, load_model_folder
+    from sanaedit.formats.torch_folder import check_model_folder, load_model_folder
     from sanaedit.train.loop import train
 
     base = load_model_folder(tiny_model_dir)
@@ -236,7 +236,7 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
 
 
 def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_teacher(tiny_vae_dir):
-    from sanaedit.torch_model import load_model_folder
+    from sanaedit.formats.torch_folder import load_model_folder
     from sanaedit.train.config import Reconstruction
     from sanaedit.train.parts import TrainParts
     from sanaedit.train.stages import apply_stage, get_stage
@@ -260,9 +260,9 @@ def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_
 
 @pytest.mark.parametrize("fmt", ["onnx", "mnn"])
 def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tmp_path, fmt):
-    from sanaedit.defaults import load_pipeline
     from sanaedit.export import export_model
-    from sanaedit.torch_model import load_model_folder
+    from sanaedit.formats.torch_folder import load_model_folder
+    from sanaedit.load import load_pipeline
 
     if fmt == "mnn":
         import importlib.util
@@ -289,16 +289,16 @@ def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tm
 
 
 def test_cli_serve_vae_tiny_loads_no_dc_ae(tiny_vae_dir, tmp_path, monkeypatch):
-    import sanaedit.cli.serve as serve_cli
-    from sanaedit.cli import main
-    from sanaedit.serve import server
+    import sanaedit.apps.cli.serve as serve_cli
+    from sanaedit.apps.cli import main
+    from sanaedit.apps.serve import server
 
     loaded = []
     real = serve_cli.warm_up
     monkeypatch.setattr(serve_cli, "warm_up", lambda edit, cfg: loaded.append(cfg) or real(edit, cfg))
     monkeypatch.setattr(server, "serve", lambda app, **kw: None)
     seen = []
-    import sanaedit.defaults as defaults
+    import sanaedit.load as defaults
 
     load = defaults.load_pipeline
     monkeypatch.setattr(defaults, "load_pipeline", lambda *a, **kw: seen.append(load(*a, **kw)) or seen[-1])
@@ -313,9 +313,9 @@ def test_the_light_autoencoder_exports_w8a8_calibrated_on_photos(tiny_vae_dir, t
     import numpy as np
     import onnx
 
-    from sanaedit.defaults import SAMPLE_PHOTO, load_pipeline
     from sanaedit.export import export_model
-    from sanaedit.image_io import load_image
+    from sanaedit.image.io import load_image
+    from sanaedit.load import SAMPLE_PHOTO, load_pipeline
     from sanaedit.train.evaluate import psnr
 
     folder = tiny_vae_dir[0]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.image_io import load_image, preprocess
+from sanaedit.image.io import load_image, preprocess
 from sanaedit.train.data import DataError, LatentDataset, ManifestDataset, collate, pre_encode
 
 

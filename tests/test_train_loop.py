@@ -167,14 +167,14 @@ def test_resume_after_kill_9(tmp_path, tiny_model_dir, pairs):
     cfg["output_dir"] = str(tmp_path / "run")
     path = _yaml(tmp_path / "c.yaml", cfg)
     threads = torch.get_num_threads()  # same float reductions as the in-process reference run
-    proc = _cli(sys.executable, "-m", "sanaedit.cli.train", str(path), threads=threads)
+    proc = _cli(sys.executable, "-m", "sanaedit.apps.cli.train", str(path), threads=threads)
     deadline = time.time() + 120
     while not list((tmp_path / "run/checkpoints").glob("step-*")) and time.time() < deadline:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "run/done.json").exists(), "the run finished before it was killed"
-    resumed = _cli(sys.executable, "-m", "sanaedit.cli.train", str(path), "--resume", threads=threads)
+    resumed = _cli(sys.executable, "-m", "sanaedit.apps.cli.train", str(path), "--resume", threads=threads)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
@@ -193,7 +193,7 @@ def test_ddp_two_processes_gloo(tmp_path, tiny_model_dir, pairs):
     path = _yaml(tmp_path / "ddp.yaml", ddp)
     proc = _cli(
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-        "-m", "sanaedit.cli.train", str(path),
+        "-m", "sanaedit.apps.cli.train", str(path),
     )  # fmt: skip
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output
@@ -203,7 +203,7 @@ def test_ddp_two_processes_gloo(tmp_path, tiny_model_dir, pairs):
 
 def test_multi_stage_final_model_is_written_atomically(tmp_path, tiny_model_dir, pairs, monkeypatch):
     """The final `<out>/model` of a multi-stage run replaces an older one only when the copy is complete."""
-    import sanaedit.model_folder as model_folder
+    import sanaedit.formats.index as model_folder
 
     cfg = config(tmp_path / "run", tiny_model_dir, pairs, steps=1)
     cfg["checkpoint"] = {"every": 0, "keep": 1}

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sanaedit.flow import flow_matching_loss, interpolate, sample_t
-from sanaedit.sampling import euler_sample, shift_sigmas
+from sanaedit.core.flow import flow_matching_loss, interpolate, sample_t
+from sanaedit.core.sampling import euler_sample, shift_sigmas
 from sanaedit.train.optim import build_optimizer, warmup_constant
 
 
@@ -84,7 +84,7 @@ def test_warmup_then_constant():
 
 def test_flow_model_loss_feeds_the_dit_timestep_1000_t():
     """The training loss goes through FlowModel.velocity: the DiT sees timestep = 1000 t (SANA's convention)."""
-    from sanaedit.flow import FlowModel
+    from sanaedit.core.flow import FlowModel
 
     seen = {}
 

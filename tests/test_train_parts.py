@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import sanaedit.flow
-from sanaedit.flow import flow_matching_loss
+import sanaedit.core.flow
+from sanaedit.core.flow import flow_matching_loss
 from sanaedit.pipeline import SanaEditPipeline
 from sanaedit.train.config import TrainSettings
 from sanaedit.train.data import ManifestDataset, collate
@@ -51,14 +51,14 @@ def test_train_parts_loss_is_the_flow_objective_through_the_sampler_velocity(tin
 
 def test_a_training_step_loss_is_flow_matching_loss_on_its_draws(tmp_path, tiny_model_dir, triples, monkeypatch):
     calls = []
-    original = sanaedit.flow.flow_matching_loss
+    original = sanaedit.core.flow.flow_matching_loss
 
     def recorded(velocity, x0, noise, t):
         loss = original(velocity, x0, noise, t)
         calls.append({"x0": x0.detach().clone(), "noise": noise.clone(), "t": t.clone(), "loss": float(loss.detach())})
         return loss
 
-    monkeypatch.setattr(sanaedit.flow, "flow_matching_loss", recorded)
+    monkeypatch.setattr(sanaedit.core.flow, "flow_matching_loss", recorded)
     cfg = {
         "output_dir": str(tmp_path / "run"),
         "device": "cpu",

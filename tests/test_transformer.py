@@ -3,7 +3,7 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from sanaedit.models.transformer import SanaEditTransformer2DModel
-from sanaedit.variants import build_transformer, load_variant
+from sanaedit.models.variants import build_transformer, load_variant
 
 
 def _inputs(model, batch=2, seed=0):

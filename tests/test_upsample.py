@@ -1,4 +1,4 @@
-"""Full-resolution output: the guided upsampler (sanaedit/upsample.py), the padding policy of preprocessing and the
+"""Full-resolution output: the guided upsampler (sanaedit/image/upsample.py), the padding policy of preprocessing and the
 pipeline's use of both (every runtime shares that pipeline code)."""
 
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit import upsample as up
-from sanaedit.image_io import postprocess, preprocess
-from sanaedit.upsample import METHODS, restore_photo, upsample
+from sanaedit.image import upsample as up
+from sanaedit.image.io import postprocess, preprocess
+from sanaedit.image.upsample import METHODS, restore_photo, upsample
 
 
 def photo(width=240, height=160, seed=0) -> Image.Image:
@@ -81,7 +81,7 @@ def test_upsample_imports_and_runs_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from PIL import Image\n"
-        "from sanaedit.upsample import upsample\n"
+        "from sanaedit.image.upsample import upsample\n"
         "assert upsample(Image.new('RGB', (9, 7), 'red'), Image.new('RGB', (37, 23)), 'guided').size == (37, 23)\n"
     )
     run = subprocess.run(
@@ -194,7 +194,7 @@ def test_pipeline_uses_its_padding_and_upsampling(monkeypatch, tiny_pipe):
 
 
 def test_cli_upsample_choices_are_the_methods():
-    from sanaedit.cli.edit import UPSAMPLE_METHODS
+    from sanaedit.apps.cli.edit import UPSAMPLE_METHODS
 
     assert tuple(UPSAMPLE_METHODS) == METHODS
     assert up.DEFAULT_METHOD in METHODS

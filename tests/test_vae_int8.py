@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.cli import main
-from sanaedit.defaults import SAMPLE_PHOTO, load_pipeline
+from sanaedit.apps.cli import main
 from sanaedit.export import export_model, parse_quant
 from sanaedit.export.graphs import graph_specs
 from sanaedit.export.onnx_export import export_onnx
-from sanaedit.image_io import load_image
+from sanaedit.image.io import load_image
+from sanaedit.load import SAMPLE_PHOTO, load_pipeline
 from sanaedit.train.evaluate import psnr
 
 onnx = pytest.importorskip("onnx")

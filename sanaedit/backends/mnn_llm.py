@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
-from ..arrays import to_numpy
-from ..model_folder import ModelFolderError
-from .mnn_graph import runtime_config
+from sanaedit import backends
+from sanaedit.backends.mnn_graph import runtime_config
+from sanaedit.core.arrays import to_numpy
+from sanaedit.formats.index import ModelFolderError
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "logits_index"]
 

@@ -1,5 +1,5 @@
 """Export a model folder to ONNX (ONNX Runtime) or MNN graphs with the published names."""
 
-from .folder import COMPONENTS, export_model, parse_quant
+from sanaedit.export.folder import COMPONENTS, export_model, parse_quant
 
 __all__ = ["COMPONENTS", "export_model", "parse_quant"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .onnx_export import _move_graph, _quiet_logs, _quiet_root
+from sanaedit.export.onnx_export import _move_graph, _quiet_logs, _quiet_root
 
 W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
 # The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
@@ -37,8 +37,8 @@ def calibration_photos() -> tuple[Path, list[Path]]:
     """(held-out photo, calibration photos): the bundled sample photo is kept out to check the graphs on; the
     ranges come from the first of scikit-image's photos by name (a portrait, a cat, coffee, coins, a grey camera
     shot, colour charts, textures)."""
-    from ..defaults import SAMPLE_PHOTO
-    from ..train.comic_data import package_photos
+    from sanaedit.load import SAMPLE_PHOTO
+    from sanaedit.train.comic_data import package_photos
 
     try:
         photos = list(package_photos().values())[:CALIBRATION_PHOTOS]
@@ -53,7 +53,7 @@ def vae_calibration(encoder, resolution: int, prefix: str = "vae", decoder: bool
     """Inputs of one autoencoder's graphs (`{prefix}_encoder`, and `{prefix}_decoder` with `decoder`) for real
     photos, preprocessed as an edit preprocesses them: pixels for the encoder, and for the decoder the scaled latents
     `encoder` (PyTorch, as the decoder graph takes them) makes of them."""
-    from ..image_io import load_image, preprocess
+    from sanaedit.image.io import load_image, preprocess
 
     held_out, photos = calibration_photos()
     pixels = [torch.from_numpy(preprocess(load_image(p), resolution)[0]) for p in [held_out, *photos]]
@@ -69,7 +69,7 @@ def autoencoder_calibration(pipe, names: list[str]) -> dict[str, Calibration]:
     """`vae_calibration` for the autoencoder graphs `names` of `pipe`, each decoder on its own autoencoder's latents:
     the light autoencoder is trained to make the DC-AE's, so its own serve its decoder, at ~1/150 of the DC-AE
     encoder's cost (minutes at the published size)."""
-    from ..models.tiny_vae import TinyVaeEncoder
+    from sanaedit.models.tiny_vae import TinyVaeEncoder
 
     tiny = getattr(pipe.flow, "tiny_vae", None)
     encoders = {"vae": pipe.vae_encoder, "tiny_vae": None if tiny is None else TinyVaeEncoder(tiny)}

@@ -26,8 +26,24 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ..backends import FORMATS, load_graph
-from ..model_folder import (
+from sanaedit.backends import FORMATS, load_graph
+from sanaedit.export.calibrate import (
+    W8A8,
+    W8A8_CALIBRATED,
+    W8A8_DYNAMIC,
+    W8A8_GRAPHS,
+    Calibration,
+    autoencoder_calibration,
+    quantize_onnx_static,
+)
+from sanaedit.export.graphs import baked_guidance, graph_specs, refiner_spec
+from sanaedit.export.onnx_export import (
+    export_onnx,
+    optimize_for_onnxruntime,
+    quantize_onnx_dynamic,
+    quantize_onnx_weights,
+)
+from sanaedit.formats.index import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_KEY,
     EXPORT_CLASS,
@@ -40,19 +56,8 @@ from ..model_folder import (
     write_index,
     write_prompt_cache,
 )
-from ..models.refine_tiles import REFINER_GRAPH, RefinerGraph
-from ..models.refiner import save_refiner
-from .calibrate import (
-    W8A8,
-    W8A8_CALIBRATED,
-    W8A8_DYNAMIC,
-    W8A8_GRAPHS,
-    Calibration,
-    autoencoder_calibration,
-    quantize_onnx_static,
-)
-from .graphs import baked_guidance, graph_specs, refiner_spec
-from .onnx_export import export_onnx, optimize_for_onnxruntime, quantize_onnx_dynamic, quantize_onnx_weights
+from sanaedit.models.refine_tiles import REFINER_GRAPH, RefinerGraph
+from sanaedit.models.refiner import save_refiner
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +126,7 @@ def export_model(
 ) -> Path:
     """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked. `loras`
     (file, scale) are merged into the transformer first."""
-    from ..torch_model import load_model_folder
+    from sanaedit.formats.torch_folder import load_model_folder
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)}")
@@ -142,7 +147,7 @@ def export_model(
     if pipe.vae is None:
         raise ValueError("this pipeline has no DC-AE (loaded with vae='tiny'): export needs the full model")
     if loras:
-        from ..lora import merge_loras, style_upsampling
+        from sanaedit.models.lora import merge_loras, style_upsampling
 
         merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
         style_upsampling(pipe.config)
@@ -152,7 +157,7 @@ def export_model(
     with atomic_folder(out) as tmp, torch.no_grad():
         (tmp / "llm").mkdir()
         if fmt == "mnn":  # the published release's layout (export/release.py)
-            from .release import export_release
+            from sanaedit.export.release import export_release
 
             llm_source = Path(model_dir) / "llm" if model_dir is not None and not given_pipe else None
             graphs, llm = export_release(pipe, tmp, bits, progress, llm_source)
@@ -298,7 +303,7 @@ def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrat
         else:
             entry["max_rel_error"] = _errors(spec, graph, spec.example)[0]
     else:
-        from .mnn_convert import onnx_to_mnn
+        from sanaedit.export.mnn_convert import onnx_to_mnn
 
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             onnx_path = export_onnx(spec, Path(scratch) / f"{spec.name}.onnx")

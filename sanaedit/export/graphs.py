@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model_folder import TINY_GRAPHS
-from ..release_folder import GRAPHS as RELEASE_GRAPHS
-from .llm_graph import LlmFeatures
+from sanaedit.export.llm_graph import LlmFeatures
+from sanaedit.formats.index import TINY_GRAPHS
+from sanaedit.formats.release_files import GRAPHS as RELEASE_GRAPHS
 
 TRANSFORMER_INPUTS = ["sample", "encoder_hidden_states", "timestep", "encoder_attention_mask", "ref_latents"]
 
@@ -110,7 +110,7 @@ def graph_specs(pipe) -> list[GraphSpec]:
 def _tiny_specs(pipe, channels: int, size: int) -> list[GraphSpec]:
     """The light autoencoder (models/tiny_vae.py) with the DC-AE graphs' interface: pixels in [-1, 1], scaled
     latents. Plain convolutions: the TorchScript exporter suffices."""
-    from ..models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
+    from sanaedit.models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
 
     tiny = getattr(pipe.flow, "tiny_vae", None)
     if tiny is None:
@@ -219,7 +219,7 @@ def refiner_spec(refiner: nn.Module) -> GraphSpec:
     -> the refined edit, H and W free (multiples of its unshuffle factor; `refine_tiles.py` cuts them). Plain
     convolutions, and pixel (un)shuffle as Reshape/Transpose and DepthToSpace, which ONNX Runtime and MNN both run:
     the TorchScript exporter suffices. Checked on a non-square tile."""
-    from ..models.refine_tiles import REFINER_GRAPH, REFINER_INPUTS, REFINER_OUTPUTS
+    from sanaedit.models.refine_tiles import REFINER_GRAPH, REFINER_INPUTS, REFINER_OUTPUTS
 
     f = refiner.factor
     generator = torch.Generator().manual_seed(0)

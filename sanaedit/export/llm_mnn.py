@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from .mnn_convert import run_converter
+from sanaedit.export.mnn_convert import run_converter
 
 LOG_MODULE = "MNN.tools.utils.log"
 _LEFTOVERS = ("export_args.json", "llm.mnn.json", "onnx")  # llmexport's scratch: not part of the release layout

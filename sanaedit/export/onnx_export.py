@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .graphs import GraphSpec
+from sanaedit.export.graphs import GraphSpec
 
 OPSET = 18
 ONNX_SIZE_LIMIT = 2**31 - 2**20  # protobuf's 2 GB limit, with room for the graph itself
@@ -289,7 +289,7 @@ def _dequantize_conv_weights(model) -> int:
     """Replace each Conv's float initializer weight by uint8 codes + scale + zero point -> DequantizeLinear."""
     from onnx import helper, numpy_helper
 
-    from ..quant import quantize_tensor
+    from sanaedit.export.weight_quant import quantize_tensor
 
     def dequantized(node, weight):
         q = quantize_tensor(torch.from_numpy(numpy_helper.to_array(weight).copy()), bits=8)

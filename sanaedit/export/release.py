@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ..backends.mnn_llm import MnnLlm
-from ..mnn_tokenizer import load_mnn_tokenizer
-from ..models.prompt import tokenize
-from ..release_folder import LLM_GRAPH, EmbeddingTable, llm_configs, save_meta_queries_mnn, tokenizer_file
-from .graphs import release_specs
-from .llm_graph import LlmFeatures
-from .llm_mnn import export_llm_mnn
+from sanaedit.backends.mnn_llm import MnnLlm
+from sanaedit.export.graphs import release_specs
+from sanaedit.export.llm_graph import LlmFeatures
+from sanaedit.export.llm_mnn import export_llm_mnn
+from sanaedit.formats.mnn_tokenizer import load_mnn_tokenizer
+from sanaedit.formats.release_files import LLM_GRAPH, EmbeddingTable, llm_configs, save_meta_queries_mnn, tokenizer_file
+from sanaedit.models.prompt import tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def llm_block(width: int) -> int:
 
 def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path | None = None) -> tuple[dict, dict]:
     """Write the release's files into `tmp`; returns (graph entries, the manifest's "llm" entry)."""
-    from .folder import _export_graph, _say
+    from sanaedit.export.folder import _export_graph, _say
 
     specs = release_specs(pipe)
     total = len(specs) + 1

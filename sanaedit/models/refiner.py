@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .refine_tiles import REFINER_FILE, TILE, refine_in_tiles
+from sanaedit.models.refine_tiles import REFINER_FILE, TILE, refine_in_tiles
 
 
 class Refiner(nn.Module):

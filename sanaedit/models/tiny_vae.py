@@ -99,7 +99,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         latents' spread (1 / scaling factor), as TAESANA's +-3 does on its DC-AE: a DC-AE with wider raw latents
         (the bundled model's spread ~11.5 against ~2.4) would otherwise have most of them squashed flat. Published
         weights were trained with their own clamp: pass it (`TAESD_LATENT_CLAMP`)."""
-        from .vae import spatial_compression
+        from sanaedit.models.vae import spatial_compression
 
         stages = spatial_compression(vae).bit_length() - 1
         channels = ((256,) * max(0, stages - 5) + TAESANA_DECODER_CHANNELS)[-(stages + 1) :]

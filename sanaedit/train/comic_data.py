@@ -2,7 +2,7 @@
 
 Sources: scikit-image's `skimage/data` photos, scikit-learn's sample images when scikit-learn is installed, and
 synthetic scenes (shapes, gradients, texture) drawn here. Targets come from the deterministic comic filter
-(`sanaedit.comic`). Whole photos are held out for evaluation (never cropped into the training set), Chelsea the
+(`sanaedit.train.filters.comic`). Whole photos are held out for evaluation (never cropped into the training set), Chelsea the
 cat among them: she is the README's sample photo. Everything is seeded, so the same packages give the same files.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..comic import comic
-from ..ghibli import ghibli
-from ..image_io import load_image, preprocess
-from ..pipeline import COMIC_PROMPT
+from sanaedit.image.io import load_image, preprocess
+from sanaedit.pipeline import COMIC_PROMPT
+from sanaedit.train.filters.comic import comic
+from sanaedit.train.filters.ghibli import ghibli
 
 # Colour and grey photos of natural scenes in skimage/data (textures, diagrams, binary and tiny images left out).
 SKIMAGE_PHOTOS = [
@@ -154,7 +154,7 @@ def build_comic_dataset(
     held-out photos at their own resolution in `eval/full/` (for scores at full resolution).
     `size` stores the pictures at that resolution instead of `resolution` (a stage training at another resolution,
     e.g. the autoencoder on 128 px views of the 256 px set, then reads the same files resized).
-    `style` chooses the targets' filter: "comic" (sanaedit.comic) or "ghibli" (sanaedit.ghibli, the LoRA style).
+    `style` chooses the targets' filter: "comic" (sanaedit.train.filters.comic) or "ghibli" (sanaedit.train.filters.ghibli, the LoRA style).
     A finished build is marked by out_dir/done.json and reused when its settings match.
     """
     if style not in STYLES:

@@ -27,9 +27,9 @@ from typing import Any
 
 import yaml
 
-from ..flow import T_SAMPLING
-from .optim import OPTIMIZERS
-from .stages import STAGES, Stage, get_stage
+from sanaedit.core.flow import T_SAMPLING
+from sanaedit.train.optim import OPTIMIZERS
+from sanaedit.train.stages import STAGES, Stage, get_stage
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")  # accelerate's names
 DATA_BUILDERS = ("comic",)
@@ -310,13 +310,13 @@ def _check(cfg: StageConfig) -> StageConfig:
     if cfg.data.pre_encode and ("vae" in stage.trainable or stage.data == "images"):
         raise ValueError("config key 'data.pre_encode' needs a frozen autoencoder (not the autoencoder stage)")
     if isinstance(cfg.model.variant, dict):
-        from ..variants import Variant
+        from sanaedit.models.variants import Variant
 
         known = [f.name for f in dataclasses.fields(Variant) if f.name != "name"]
         for key in cfg.model.variant:
             if key not in known:
                 raise ValueError(f"unknown config key 'model.variant.{key}'; known: {', '.join(known)}")
-    from ..pipeline import PipelineConfig
+    from sanaedit.pipeline import PipelineConfig
 
     known = [f.name for f in dataclasses.fields(PipelineConfig)]
     for key in cfg.export:

@@ -7,7 +7,7 @@ Manifest (JSONL, one object a line, or CSV with a header), paths relative to the
     {"source": "in/a.png", "target": "out/a.png", "prompt": "make it comic"}  editing triple (stage 3)
     {"image": "a.png"}                                                         image only (autoencoder stage)
 
-Images are read and prepared by the pipeline's own code (`sanaedit.image_io`: EXIF orientation, colour profile to
+Images are read and prepared by the pipeline's own code (`sanaedit.image.io`: EXIF orientation, colour profile to
 sRGB, centred square pad, bilinear resize, [-1, 1]), so what the model trains on is what it sees at inference.
 No random augmentation happens here: a sample is a pure function of its record, which is what makes pre-encoding
 and bit-exact resume possible.
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..image_io import ImageLoadError, load_image, preprocess, upright_rgb
+from sanaedit.image.io import ImageLoadError, load_image, preprocess, upright_rgb
 
 REQUIRED = {"images": ("image",), "text_image": ("image", "prompt"), "edit": ("source", "target", "prompt")}
 

@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..flow import FlowModel
-from ..pipeline import SanaEditPipeline
-from ..sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
-from .config import DistillSettings
-from .parts import TrainParts
-from .stages import Stage
+from sanaedit.core.flow import FlowModel
+from sanaedit.core.sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.train.config import DistillSettings
+from sanaedit.train.parts import TrainParts
+from sanaedit.train.stages import Stage
 
 OBJECTIVES = ("ode", "scm")
 SPRINT_TAPS = (2, 8, 14, 19)  # the teacher blocks SANA-Sprint's heads read, of its 20: spread over ours by depth

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..comic import comic
-from ..upsample import upsample
+from sanaedit.image.upsample import upsample
+from sanaedit.train.filters.comic import comic
 
 Editor = Callable[[Image.Image], Image.Image]
 
@@ -107,7 +107,7 @@ def compare(pred: Image.Image, target: np.ndarray, photo: np.ndarray | None = No
 def load_pairs(folder: str | Path) -> list[tuple[str, Image.Image, np.ndarray]]:
     """(name, source, target array) of a manifest folder's editing pairs, at the model's resolution, through the
     inference loader."""
-    from ..image_io import load_image
+    from sanaedit.image.io import load_image
 
     folder = Path(folder)
     records = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
@@ -119,7 +119,7 @@ def load_pairs(folder: str | Path) -> list[tuple[str, Image.Image, np.ndarray]]:
 
 def load_full_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
     """The whole held-out photos at their own resolution (`EVAL_DIR/full/*.png`), through the inference loader."""
-    from ..image_io import load_image
+    from sanaedit.image.io import load_image
 
     return [(p.stem, load_image(p)) for p in sorted((Path(folder) / "full").glob("*.png"))]
 
@@ -127,8 +127,8 @@ def load_full_photos(folder: str | Path) -> list[tuple[str, Image.Image]]:
 def untrained_pipeline(recipe: str | Path):
     """The recipe's model at step 0: what its first stage starts from (its random initialisation: same variant,
     same seed), with the recipe's export settings."""
-    from .config import load_config
-    from .model import build_model
+    from sanaedit.train.config import load_config
+    from sanaedit.train.model import build_model
 
     cfg = load_config(recipe)[0]
     pipe = build_model(cfg.model)
@@ -171,7 +171,7 @@ def filter_seen_at_model_resolution(resolution: int, method: str) -> Editor:
 def autoencoder_ceiling(pipe) -> Callable[[Image.Image], Image.Image]:
     """A picture through the model's DC-AE (encode + decode) at the model's resolution: applied to the target,
     the best any DiT on this autoencoder could score."""
-    from ..image_io import postprocess, preprocess
+    from sanaedit.image.io import postprocess, preprocess
 
     def recon(image: Image.Image) -> Image.Image:
         pixels, restore = preprocess(image, pipe.config.resolution, pipe.config.padding)
@@ -247,9 +247,9 @@ def _out(text: str = "") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..log import configure
-    from ..pipeline import SanaEditPipeline
-    from ..upsample import METHODS
+    from sanaedit.core.log import configure
+    from sanaedit.image.upsample import METHODS
+    from sanaedit.pipeline import SanaEditPipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("eval_dir", help="held-out folder with manifest.jsonl and full/ (runs/comic/data/eval)")

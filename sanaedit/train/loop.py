@@ -22,20 +22,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..lora import add_lora, save_lora
-from ..model_folder import copy_folder
-from ..pipeline import SanaEditPipeline
-from .checkpoints import Progress, checkpoint_dir, load_checkpoint, save_checkpoint
-from .config import StageConfig, load_config
-from .data import collate
-from .ema import EMA
-from .model import build_model, export_pipeline, set_latent_scale
-from .optim import build_optimizer, warmup_constant
-from .parts import TrainParts
-from .previews import Previews
-from .sampler import StreamBatches, distill_draws, first_position, sample_draws
-from .sources import build_dataset, pre_encoded
-from .stages import apply_stage
+from sanaedit.formats.index import copy_folder
+from sanaedit.models.lora import add_lora, save_lora
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.train.checkpoints import Progress, checkpoint_dir, load_checkpoint, save_checkpoint
+from sanaedit.train.config import StageConfig, load_config
+from sanaedit.train.data import collate
+from sanaedit.train.ema import EMA
+from sanaedit.train.model import build_model, export_pipeline, set_latent_scale
+from sanaedit.train.optim import build_optimizer, warmup_constant
+from sanaedit.train.parts import TrainParts
+from sanaedit.train.previews import Previews
+from sanaedit.train.sampler import StreamBatches, distill_draws, first_position, sample_draws
+from sanaedit.train.sources import build_dataset, pre_encoded
+from sanaedit.train.stages import apply_stage
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Trainer:
         if "lora" in self.stage.trainable:
             add_lora(self.pipe.transformer, t.lora.rank, t.lora.alpha, t.lora.targets)
         if self.stage.name == "distill":
-            from .distill import DistillParts
+            from sanaedit.train.distill import DistillParts
 
             parts = DistillParts(self.pipe, self.stage, t.distill)
         else:
@@ -121,7 +121,7 @@ class Trainer:
             return latents
 
     def _refiner_dataset(self) -> Dataset:
-        from .refiner_data import bundled_pictures, manifest_pictures, refiner_crops
+        from sanaedit.train.refiner_data import bundled_pictures, manifest_pictures, refiner_crops
 
         d, r = self.cfg.data, self.t.refiner
         if r.crop % r.unshuffle:

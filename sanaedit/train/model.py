@@ -8,17 +8,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..flow import FlowModel
-from ..model_folder import stored_int8
-from ..pipeline import PipelineConfig, SanaEditPipeline
-from .config import ModelConfig
-from .parts import TrainParts
+from sanaedit.core.flow import FlowModel
+from sanaedit.formats.index import stored_int8
+from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
+from sanaedit.train.config import ModelConfig
+from sanaedit.train.parts import TrainParts
 
 
 def build_model(model: ModelConfig) -> SanaEditPipeline:
     """The starting pipeline: a model folder (`model.from`) or fresh random weights of a variant (`model.seed`)."""
     if model.from_:
-        from ..torch_model import load_model_folder
+        from sanaedit.formats.torch_folder import load_model_folder
 
         if stored_int8(model.from_):
             raise ValueError(
@@ -30,8 +30,8 @@ def build_model(model: ModelConfig) -> SanaEditPipeline:
         return pipe
     if not model.variant:
         raise ValueError("config needs model.from (a model folder) or model.variant (a size to start from scratch)")
-    from ..random_model import build_random_pipeline
-    from ..variants import Variant
+    from sanaedit.models.variants import Variant
+    from sanaedit.runtime.random_model import build_random_pipeline
 
     variant = model.variant
     if isinstance(variant, dict):

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..flow import FlowModel
-from ..pipeline import SanaEditPipeline
-from .config import Reconstruction, RefinerSettings
-from .stages import Stage
+from sanaedit.core.flow import FlowModel
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.train.config import Reconstruction, RefinerSettings
+from sanaedit.train.stages import Stage
 
 
 class TrainParts(nn.Module):
@@ -36,12 +36,12 @@ class TrainParts(nn.Module):
         self.stage, self.reconstruction = stage, reconstruction or Reconstruction()
         self.tiny_vae = pipe.flow.tiny_vae  # the light autoencoder, if the model has one (carried to the export)
         if self.tiny_vae is None and "tiny_vae" in stage.trainable:
-            from ..models.tiny_vae import TinyAutoencoder
+            from sanaedit.models.tiny_vae import TinyAutoencoder
 
             self.tiny_vae = TinyAutoencoder.for_autoencoder(self.vae).to(self.vae.device, self.vae.dtype)
         self.refiner = pipe.flow.refiner  # the learned full-resolution refiner, if the model has one (kept on export)
         if self.refiner is None and "refiner" in stage.trainable:
-            from ..models.refiner import Refiner
+            from sanaedit.models.refiner import Refiner
 
             settings = refiner or RefinerSettings()
             self.refiner = Refiner(settings.width, unshuffle=settings.unshuffle)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline import SanaEditPipeline
-from .config import SampleConfig
-from .data import ManifestDataset
-from .parts import TrainParts
-from .stages import Stage
+from sanaedit.pipeline import SanaEditPipeline
+from sanaedit.train.config import SampleConfig
+from sanaedit.train.data import ManifestDataset
+from sanaedit.train.parts import TrainParts
+from sanaedit.train.stages import Stage
 
 
 class Previews:
@@ -44,7 +44,7 @@ class Previews:
         """Render with `parts` in eval mode (back to train mode after); `pipeline()` exports it for sampling."""
         from PIL import Image
 
-        from ..image_io import postprocess
+        from sanaedit.image.io import postprocess
 
         count, steps = self.settings.count, self.settings.steps
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from ..image_io import load_image
-from ..tempfiles import replacing
-from .sources import tensor_digest
+from sanaedit.core.tempfiles import replacing
+from sanaedit.image.io import load_image
+from sanaedit.train.sources import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ MIN_SIDE = 256  # pictures with a shorter long side are left out (below the mode
 
 def bundled_pictures(style: str, synthetic: int, seed: int) -> list[tuple[str, Image.Image, Image.Image]]:
     """(name, picture, target) for every training photo of the bundled set at SCALES, and `synthetic` scenes."""
-    from .comic_data import HELD_OUT, STYLES, package_photos, synthetic_scene
+    from sanaedit.train.comic_data import HELD_OUT, STYLES, package_photos, synthetic_scene
 
     rng = np.random.default_rng(seed)
     pictures = []
@@ -54,7 +54,7 @@ def bundled_pictures(style: str, synthetic: int, seed: int) -> list[tuple[str, I
 
 def manifest_pictures(manifest: str | Path) -> list[tuple[str, Image.Image, Image.Image]]:
     """(name, source, target) of a manifest of editing pairs, each at its own size (same size required)."""
-    from .data import ManifestDataset
+    from sanaedit.train.data import ManifestDataset
 
     dataset = ManifestDataset(manifest, kind="edit", default_prompt="(unused)")  # its checks and messages
     pictures = []
@@ -105,7 +105,7 @@ def refiner_crops(
                 return RefinerCrops(load_file(cache))
     from tqdm.auto import tqdm
 
-    from .evaluate import pipeline_editor
+    from sanaedit.train.evaluate import pipeline_editor
 
     rng = np.random.default_rng(seed)
     edit_guided = pipeline_editor(pipe, "guided", seed=0)  # what the refiner will be given

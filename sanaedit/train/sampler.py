@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from ..flow import sample_t
-from .config import TrainSettings
+from sanaedit.core.flow import sample_t
+from sanaedit.train.config import TrainSettings
 
 
 def first_position(micro: int, batch: int, rank: int = 0, world: int = 1) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import StageConfig
-from .data import LatentDataset, ManifestDataset, SampleDataset, pre_encode
-from .parts import TrainParts
-from .stages import Stage
+from sanaedit.train.config import StageConfig
+from sanaedit.train.data import LatentDataset, ManifestDataset, SampleDataset, pre_encode
+from sanaedit.train.parts import TrainParts
+from sanaedit.train.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def resolve_sources(cfg: StageConfig, resolution: int) -> DataSources:
     not changed: the paths it derives are returned."""
     d = cfg.data
     if d.build == "comic":
-        from .comic_data import build_comic_dataset
+        from sanaedit.train.comic_data import build_comic_dataset
 
         root = Path(d.root or Path(cfg.output_dir) / "data")
         build_comic_dataset(root, resolution=resolution, **d.build_args)
@@ -50,7 +50,7 @@ def build_dataset(cfg: StageConfig, stage: Stage, resolution: int) -> tuple[Samp
     sources = resolve_sources(cfg, resolution)
     common = dict(kind=stage.data, resolution=resolution, skip_bad=d.skip_bad, default_prompt=d.default_prompt)
     if d.hf:
-        from .data import HFDataset
+        from sanaedit.train.data import HFDataset
 
         return HFDataset(d.hf, split=d.split, columns=d.columns, **common), sources
     if not sources.manifest:

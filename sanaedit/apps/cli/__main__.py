@@ -1,0 +1,3 @@
+from sanaedit.apps.cli import main
+
+raise SystemExit(main())

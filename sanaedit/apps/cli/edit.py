@@ -1,0 +1,242 @@
+"""`sanaedit edit IN [IN ...] -o OUT`: edit photos (by default into the model's comic style)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from sanaedit.apps.cli import (
+    add_command,
+    add_lora_arg,
+    add_runtime_args,
+    add_sampling_args,
+    check_device,
+    int_range,
+    warn_if_prompt_ignored,
+)
+
+# sanaedit.image.upsample.METHODS (not imported: torch is slow to load)
+UPSAMPLE_METHODS = ["plain", "guided", "guided-grey", "refine"]
+
+
+def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
+    """Each input's output file. One input and OUT with an image extension -> OUT itself; otherwise OUT is a folder
+    and names follow the folder mode's rule (`batch.plan_outputs`)."""
+    from sanaedit.apps.batch import plan_outputs as plan_in_folder
+    from sanaedit.image.io import SAVE_FORMATS
+
+    if len(inputs) == 1 and not output.is_dir() and output.suffix.lower() in SAVE_FORMATS:
+        return {inputs[0]: output}
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: several inputs need an output folder, but this is a file")
+    if len(inputs) == 1 and output.suffix and not output.is_dir():
+        raise ValueError(f"{output}: unknown image extension {output.suffix!r}; use one of {sorted(SAVE_FORMATS)}")
+    return plan_in_folder(inputs, None, output)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sanaedit.apps.processes import OtherProcessFailed, launched_count, launched_processes
+
+    if args.device is None:  # cpu, but processes launched together on a machine with GPUs take one GPU each
+        args.device = default_device(args) if launched_count() > 1 else "cpu"
+    # launched as several processes (`accelerate launch`, torchrun): each edits its share; else process 0 of 1
+    processes = launched_processes(cpu=not args.device.startswith("cuda"))
+    try:
+        try:
+            return edit_share(args, processes)
+        except Exception as err:
+            if processes.met:
+                raise
+            processes.agree(err)  # the others wait where the models are loaded: they stop too (raises)
+            raise
+    except OtherProcessFailed:
+        return 0  # process 0 says why, and its exit status is the launcher's
+    finally:
+        processes.close()
+
+
+def default_device(args: argparse.Namespace) -> str:
+    """For processes launched together: cuda (each process its own GPU) where there is a GPU for each process on
+    this machine and the model runs in PyTorch; else cpu."""
+    import os
+
+    import torch
+
+    from sanaedit.formats.index import is_export
+
+    if args.backend not in (None, "torch") or not torch.cuda.is_available():
+        return "cpu"
+    if args.model is not None and Path(args.model).is_dir() and is_export(args.model):
+        return "cpu"
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if torch.cuda.device_count() < (int(local) if local.isdigit() else 1):
+        if os.environ.get("RANK", "0") == "0":
+            logging.getLogger(__name__).warning(
+                f"{local} processes on this machine but {torch.cuda.device_count()} GPU(s): editing on the CPU"
+            )
+        return "cpu"
+    return "cuda"
+
+
+def edit_share(args: argparse.Namespace, processes) -> int:
+    from sanaedit.apps.batch import check_output_folder, check_outputs, edit_files, edit_folder
+    from sanaedit.load import load_pipeline
+
+    inputs = [Path(p) for p in args.inputs]
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    if not str(args.output).strip():
+        raise ValueError("-o/--output is empty: name an output image or folder")
+    folder_mode = len(inputs) == 1 and inputs[0].is_dir()
+    if not folder_mode:
+        if any(p.is_dir() for p in inputs):
+            raise ValueError("give either one folder or image files, not a mix")
+        plan = plan_outputs(inputs, Path(args.output))
+    # an output that cannot be written is refused now, before the model loads and any edit runs
+    check_output_folder(args.output) if folder_mode else check_outputs(plan.values())
+    device, threads = args.device, args.threads
+    if processes.many and device.startswith("cuda"):  # each process its own GPU
+        if device != "cuda":
+            raise ValueError(f"--device {device}: several processes each take their own GPU; give --device cuda")
+        device = f"cuda:{processes.local_index}"
+    if processes.many and threads is None and device == "cpu":  # the cores shared out, not all for each process
+        from sanaedit.backends.cpu import physical_cores
+
+        threads = max(1, physical_cores() // processes.local_count)
+    check_device(device)  # everything the user typed is checked before the model loads (seconds)
+    judge = None
+    if args.judge is not None:
+        from sanaedit.tools.best_of import load_judge
+
+        judge = load_judge(args.judge)
+    if processes.main:
+        warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
+    pipe = load_pipeline(
+        args.model,
+        device=device,
+        threads=threads,
+        dtype=args.dtype,
+        backend=args.backend,
+        loras=args.lora,
+        vae=args.vae,
+        staged=args.low_memory,
+    )
+    processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
+    if args.upsample is not None:
+        pipe.config.upsample = args.upsample
+    single = not folder_mode and len(inputs) == 1
+    settings = dict(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        schedule=args.schedule,
+        sampler=args.sampler,
+        progress=single and not args.quiet,  # one photo: a bar over its steps; many: a bar over the photos
+    )
+
+    def edit_one(image):  # every image gets the same seed, whatever its place in the batch
+        if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
+            from sanaedit.tools.best_of import best_of
+
+            return best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)[0]
+        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings).images[0]
+
+    if folder_mode:
+        summary = edit_folder(
+            edit_one,
+            inputs[0],
+            args.output,
+            recursive=args.recursive,
+            resume=args.resume,
+            progress=not args.quiet,
+            processes=processes,
+        )
+    else:
+        progress = not (single or args.quiet)
+        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes)
+    if not processes.main:  # process 0 reports for all, and its exit status (any process's failure) is the
+        return 0  # launcher's: the others end well, so the launcher never stops process 0 before it reports
+    if single and summary.done and not args.quiet:
+        written = plan[inputs[0]]
+        with Image.open(written) as image:
+            print(f"wrote {written} ({image.width}x{image.height})")
+    elif not args.quiet or summary.failed:
+        print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
+    return 1 if summary.failed else 0
+
+
+def add_parser(sub) -> None:
+    p = add_command(
+        sub,
+        "edit",
+        "edit one photo or many (default: into the model's comic style)",
+        examples="""
+sanaedit edit photo.jpg -o comic.png                  output the photo's own size; .png .jpg .webp .tif .bmp
+sanaedit edit a.jpg b.png -o out/                     many photos into a folder
+sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
+accelerate launch --num_processes 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 GPUs, half each
+torchrun --nproc_per_node 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 processes (GPUs if any, else CPU)
+sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7""",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output image, or a folder for many inputs (required)"
+    )
+    p.add_argument("--model", default=None, metavar="DIR", help="model or exported folder (default: the bundled model)")
+    add_sampling_args(p)
+    p.add_argument(
+        "--upsample",
+        choices=UPSAMPLE_METHODS,
+        default=None,
+        help="back to the photo's own size from the model's resolution: guided (the fast guided filter: the photo's "
+        "own detail and edges), refine (guided, then the folder's learned full-resolution refiner) or plain "
+        "(bilinear); guided-grey guides with luminance only (default: the model's; guided unless its folder says "
+        "otherwise)",
+    )
+    p.add_argument(
+        "--vae",
+        choices=["full", "tiny"],
+        default=None,
+        help="autoencoder: full (DC-AE) or tiny (the folder's light TAESANA-style one: ~14x fewer decoder FLOPs, "
+        "the DC-AE not loaded at all) (default: the model's own; full unless its folder says otherwise)",
+    )
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="each network in memory only while its stage runs (DC-AE encoder, DiT, DC-AE decoder: the peak is the "
+        "largest, not their sum), read again from the model folder for every photo; PyTorch model folders only",
+    )
+    add_runtime_args(p)
+    p.set_defaults(device=None)  # cpu; for processes launched together, their GPUs where there are (`run`)
+    p.add_argument(
+        "--threads",
+        type=int_range(1),
+        default=None,
+        metavar="N",
+        help="CPU threads per process (default: the cores; shared out among the processes that `accelerate launch` "
+        "or torchrun start together, each editing its share of the inputs: docs/deployment.md)",
+    )
+    add_lora_arg(p)
+    p.add_argument(
+        "--candidates",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="edit N times (seeds SEED..SEED+N-1) and keep the one --judge scores highest (default: 1)",
+    )
+    p.add_argument(
+        "--judge",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="score(source, candidate) -> float, higher is better (default: sanaedit.tools.best_of:structure_judge, "
+        "how well the edit's edges follow the photo's; docs/family.md)",
+    )
+    p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
+    p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
+    p.set_defaults(func=run)

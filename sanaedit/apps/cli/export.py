@@ -1,0 +1,73 @@
+"""`sanaedit export MODEL_DIR --format onnx|mnn -o DIR [--quant llm=4,rest=8]`: graphs for on-device runtimes;
+`--format int8`: a PyTorch model folder whose DiT is stored in int8 (sanaedit/formats/int8_folder.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sanaedit.apps.cli import add_command, add_lora_arg, result
+
+PUBLISHED_QUANT = "llm=4,rest=8"  # the published release: 4-bit LLM, 8-bit weights everywhere else
+# The default per format. ONNX: the published weights, computing in int8 where ONNX Runtime's int8 kernels beat its
+# weight-only ones without costing the picture: the DiT's matmuls (activations ranged per call) and the light
+# autoencoder's convolutions (calibrated); measured in docs/deployment.md. The DC-AE's w8a8 stays opt-in: it costs
+# the picture ~31 dB against fp32 graphs. MNN's converter quantizes weights only.
+DEFAULT_QUANT = {
+    "onnx": f"{PUBLISHED_QUANT},transformer=w8a8,tiny_vae_encoder=w8a8,tiny_vae_decoder=w8a8",
+    "mnn": PUBLISHED_QUANT,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    from sanaedit.export import export_model, parse_quant
+
+    model, out = Path(args.model_dir), Path(args.output)
+    if not model.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model}")
+    if out.resolve() == model.resolve():
+        raise ValueError(f"-o/--output {out} is the model folder itself; choose another folder")
+    if args.format == "int8":
+        from sanaedit.formats.int8_folder import write_int8_folder
+
+        if args.lora:
+            raise ValueError("--format int8 stores the folder's own DiT: bake a LoRA in first (save_pretrained)")
+        write_int8_folder(model, out)
+        result(args, f"wrote {out}: its DiT in int8; run it with `sanaedit edit PHOTO -o OUT --model {out}`")
+        return 0
+    quant = DEFAULT_QUANT[args.format] if args.quant is None else args.quant
+    quant = None if quant in ("none", "fp32") else quant
+    parse_quant(quant)  # a bad --quant fails before any model is loaded
+    export_model(model, out, fmt=args.format, quant=quant, progress=not args.quiet, loras=args.lora)
+    result(args, f"wrote {out}: run it with `sanaedit edit PHOTO -o OUT --model {out}`")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = add_command(
+        sub,
+        "export",
+        "export a model folder to ONNX (ONNX Runtime) or MNN graphs",
+        examples="""
+sanaedit export DIR -o DIR-onnx                            ONNX, 4-bit LLM and 8-bit rest, the DiT computing in int8
+sanaedit export DIR -o DIR-onnx --quant llm=4,rest=8       ONNX, the published mix as published (weights only)
+sanaedit export DIR --format mnn -o DIR-mnn --quant none   MNN, fp32
+sanaedit export DIR --format int8 -o DIR-int8              PyTorch, the DiT stored in int8 (--dtype int8, no conversion)
+sanaedit edit photo.jpg -o out.png --model DIR-onnx        run the export""",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder (from train, assemble or save_pretrained)")
+    p.add_argument(
+        "--format", choices=["onnx", "mnn", "int8"], default="onnx",
+        help="graph format (default: onnx); int8: a PyTorch model folder with its DiT stored in int8 (--quant unused)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder, written atomically (required)")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help=f"weight bits per part, e.g. {PUBLISHED_QUANT!r}, 'transformer=8,rest=32', or 'none' (fp32); default: "
+        f"{DEFAULT_QUANT['onnx']!r} for onnx, {DEFAULT_QUANT['mnn']!r} for mnn. "
+        "w8a8 (ONNX only) computes in int8: 'transformer=w8a8' (activations ranged per call), "
+        "'vae_encoder=w8a8,vae_decoder=w8a8' and 'tiny_vae_encoder=w8a8,tiny_vae_decoder=w8a8' (calibrated on photos)",
+    )
+    add_lora_arg(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,253 @@
+"""The HTTP side: a plain page plus a small JSON API over the job queue.
+
+    GET  /                        the page
+    GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
+    GET  /api/config              defaults and limits for the page
+    POST /api/jobs?steps=&guidance=&seed=   body: the image bytes -> 202 {"id", ...}
+    GET  /api/jobs/{id}           state and per-step progress
+    GET  /api/jobs/{id}/result    the edited PNG (download)
+
+The upload is the raw request body, read in chunks up to the limit (413 beyond) and decoded in memory: nothing the
+client sends is written to disk or used in a path. Results are written only in the output folder, under names
+the server makes (uuid4).
+
+Hostile clients (docs/serving.md): an upload must keep sending (idle timeout) and finish in time (total timeout);
+each client may have only a few uploads in progress; decoding is bounded by a memory budget and by the model's own
+working size; the Host header must name this server (DNS rebinding); browser writes from other sites are refused
+(CSRF); every response carries security headers; an optional access token guards non-loopback use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from sanaedit.apps.serve.apidocs import add_api_docs
+from sanaedit.apps.serve.downloads import download_name, unique_names, zip_stream
+from sanaedit.apps.serve.jobs import JobQueue, QueueFull
+from sanaedit.apps.serve.limits import ClientSlots, MemoryBudget, release_memory
+from sanaedit.apps.serve.security import (
+    LOOPBACK_HOSTS,
+    TOKEN_PATTERN,
+    SameOriginWrites,
+    SecurityHeaders,
+    TokenAuth,
+    new_nonce,
+    page_csp,
+)
+from sanaedit.image.io import DEFAULT_MAX_ASPECT, ImageLoadError, decode_cost, decode_image, decode_reduced
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
+_CLOSE = {"Connection": "close"}  # a stalled upload's connection is closed, not drained
+
+
+def create_app(
+    edit,
+    out_dir: str | Path,
+    max_queued: int = 8,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    max_pixels: int = 40_000_000,
+    defaults: dict | None = None,
+    retry_after: int = 10,
+    upload_timeout_s: float = 120.0,
+    upload_idle_s: float = 15.0,
+    uploads_per_client: int | None = None,
+    decode_memory_bytes: int = 256 * 2**20,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+    work_side: int | None = None,
+    allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+    token: str | None = None,
+) -> FastAPI:
+    """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work.
+
+    Uploads are decoded no larger than `work_side` pixels (default: `edit.work_side`, which `pipeline_editor` sets
+    to the model's resolution) and the result is scaled back to the upload's size. `uploads_per_client` (default a
+    quarter of the queue) caps one client's uploads in progress; `decode_memory_bytes` caps concurrent decoding.
+    `allowed_hosts`: Host header names accepted (None: any); `token`: required on every request but the health
+    check (see `security.TokenAuth`).
+    """
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError("the access token must be at least 16 characters from A-Z a-z 0-9 . _ ~ -")
+    jobs = JobQueue(edit, Path(out_dir), max_queued=max_queued)
+    defaults = {"steps": 10, "guidance": 4.5, "seed": 0, **(defaults or {})}
+    work_side = work_side or getattr(edit, "work_side", None)
+    per_client = uploads_per_client or max(1, max_queued // 4)
+    slots, budget = ClientSlots(per_client), MemoryBudget(decode_memory_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        jobs.close()  # let the running edit finish: a thread killed inside torch aborts the process
+
+    from sanaedit import __version__
+
+    # FastAPI's /docs and /redoc load their scripts from a CDN: ours (apidocs.py) is plain HTML from the schema
+    app = FastAPI(title="sanaedit", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    add_api_docs(app)
+    app.state.jobs, app.state.decode_budget = jobs, budget
+    # the last added runs first: security headers on every answer, then Host, then token, then cross-origin writes
+    app.add_middleware(SameOriginWrites)
+    app.add_middleware(TokenAuth, token=token)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
+    app.add_middleware(SecurityHeaders)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        nonce = new_nonce()  # the page's own inline script runs; an injected one would not
+        html = (STATIC / "index.html").read_text().replace("<script>", f'<script nonce="{nonce}">')
+        return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(nonce), "Cache-Control": "no-store"})
+
+    @app.get("/api/health")
+    def health() -> JSONResponse:
+        state = jobs.health()
+        ok = state["worker"] != "stopped"
+        return JSONResponse({"status": "ok" if ok else "error", **state, "uploading": uploading}, 200 if ok else 503)
+
+    @app.get("/api/config")
+    def config() -> dict:
+        limits = {"max_upload_bytes": max_upload_bytes, "max_queued": max_queued, "max_pixels": max_pixels}
+        return {**defaults, **limits, "max_aspect": max_aspect, "uploads_per_client": per_client}
+
+    uploading = 0  # uploads being read or decoded: they count against the queue's room, so memory stays bounded
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise HTTPException(413, f"upload is {int(declared):,} bytes; the limit is {max_upload_bytes:,}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + upload_timeout_s
+        chunks, size = [], 0
+        stream = request.stream().__aiter__()
+        while True:
+            wait = min(upload_idle_s, deadline - loop.time())
+            try:  # a stalled upload must not hold its place: it must keep sending, and finish in time
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await anext(stream, None)
+            except TimeoutError:
+                if loop.time() >= deadline - 0.01:
+                    message = f"upload not finished within {upload_timeout_s:g} s"
+                else:
+                    message = f"upload stalled: no data for {upload_idle_s:g} s"
+                raise HTTPException(408, message, headers=_CLOSE) from None
+            if chunk is None:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise HTTPException(413, f"upload is over the limit of {max_upload_bytes:,} bytes")
+            chunks.append(chunk)
+
+    def decode(body: bytes, label: str):
+        if work_side:
+            return decode_reduced(body, label, work_side, max_pixels=max_pixels, max_aspect=max_aspect)
+        return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
+
+    @app.post("/api/jobs", status_code=202)
+    async def submit(
+        request: Request,
+        steps: int = Query(defaults["steps"], ge=1, le=50),
+        guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
+        seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
+        name: str = Query("upload", max_length=200),
+        prompt: str | None = Query(None, max_length=2000),
+    ) -> dict:
+        nonlocal uploading
+        if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
+            raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
+        client = request.client.host if request.client else "?"
+        if not slots.take(client):  # one client cannot take every place with uploads it never finishes
+            message = f"this client already has {per_client} upload(s) in progress; try again when one is done"
+            raise HTTPException(503, message, headers={"Retry-After": "1"})
+        uploading += 1
+        try:
+            body = await read_body(request)
+            label = "".join(c for c in name if c.isprintable())  # only ever echoed in messages, never a path
+            try:
+                # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
+                # event loop (status polls stay answered)
+                cost = await run_in_threadpool(
+                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=work_side
+                )
+                async with budget.hold(cost):
+                    image, size = await run_in_threadpool(decode, body, label)
+            except ImageLoadError as err:
+                raise HTTPException(415, str(err)) from None
+            finally:
+                del body
+            if cost > 16 * 2**20:
+                await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
+            settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
+            if prompt and prompt.strip() and prompt != defaults.get("prompt"):
+                settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
+            try:
+                job = jobs.submit(image, settings, size, name=label)
+            except QueueFull as err:
+                raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
+        finally:
+            uploading -= 1
+            slots.give_back(client)
+        return described(job)
+
+    def described(job) -> dict:
+        """The job's state, its settings (the page shows them on the card) and its download's file name."""
+        given = job.settings
+        settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
+        settings.update(seed=given.get("seed"), prompt=given.get("prompt"))
+        filename = download_name(job.name)
+        return {**job.public(), "position": jobs.position(job), "settings": settings, "filename": filename}
+
+    @app.get("/api/jobs/{job_id}")
+    def status(job_id: str) -> dict:
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "no such job (finished jobs are kept for a while, then forgotten)")
+        return described(job)
+
+    @app.get("/api/jobs/{job_id}/result")
+    def result(job_id: str):
+        job = jobs.get(job_id)
+        if job is None or job.state != "done" or job.result is None or not job.result.is_file():
+            return JSONResponse({"detail": "no result for this job (yet)"}, status_code=404)
+        return FileResponse(job.result, media_type="image/png", filename=download_name(job.name))
+
+    @app.get("/api/results.zip")
+    def results_zip(ids: str = Query(..., max_length=100 * 33, description="job ids, comma-separated")):
+        """Every finished result among `ids` in one ZIP, each named after its upload (streamed as it is written)."""
+        found = [jobs.get(i) for i in dict.fromkeys(ids.split(",")) if i]
+        done = [j for j in found if j is not None and j.state == "done" and j.result is not None]
+        if not done:
+            raise HTTPException(404, "none of these jobs has a result (yet)")
+        files = list(zip(unique_names(download_name(j.name) for j in done), (j.result for j in done)))
+        headers = {"Content-Disposition": 'attachment; filename="sanaedit-results.zip"'}
+        return StreamingResponse(zip_stream(files), media_type="application/zip", headers=headers)
+
+    return app
+
+
+def pipeline_editor(pipe):
+    """Adapt a SanaEditPipeline to the queue's `edit` signature (a fresh seeded generator per job). Its `work_side`
+    tells the server that uploads need not be decoded larger than the model's resolution."""
+
+    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None):
+        generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
+        return pipe(
+            image,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            callback=callback,
+            prompt=prompt,
+        ).images[0]
+
+    edit.work_side = pipe.config.resolution
+    return edit

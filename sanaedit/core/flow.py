@@ -1,0 +1,226 @@
+"""The flow-matching model: how sampling and training call the networks (k-diffusion's `external.py`), and the
+objective they train with (minRF's `rf.py`), in one small place.
+
+    x_t = (1 - t) x0 + t noise,   target v = noise - x0,   loss = MSE(velocity(x_t, t), v)
+
+`FlowModel` owns the conventions every caller shares: the DiT is fed timestep = 1000 sigma, latents are the
+autoencoder's multiplied by its scaling factor (`models/vae.py`'s encoder/decoder, the modules the exported graphs
+are made of), CFG is one [uncond, cond] batch. Its networks are PyTorch modules on torch tensors or exported graphs
+on NumPy arrays (`arrays.py`): the pipeline, the training loop and the runtimes all go through it, and on graphs
+nothing here imports torch.
+
+t is drawn logit-normal (sigmoid of N(mean, std), as SANA / SD3 train) or uniform, then shifted
+(t -> shift t / (1 + (shift - 1) t), shift 3 as SANA): the same shift the sampler uses, so training spends its
+steps where sampling does. For editing, x0 is the target latent and the source latent goes in as `ref`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sanaedit.core.arrays import NumpyArrays, TorchArrays, float32
+from sanaedit.core.sampling import Array, VelocityFn, shift_sigmas
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+TIMESTEP_SCALE = 1000.0  # the DiT's timestep for noise level sigma (SANA, diffusers' flow schedulers)
+T_SAMPLING = ("logit_normal", "uniform")
+
+
+def sample_t(
+    n: int,
+    generator: torch.Generator | None = None,
+    mode: str = "logit_normal",
+    shift: float = 3.0,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
+    """n noise levels in (0, 1), float32, on the CPU (move them with the batch)."""
+    import torch
+
+    if mode == "logit_normal":
+        u = torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+    elif mode == "uniform":
+        u = torch.rand(n, generator=generator)
+    else:
+        raise ValueError(f"unknown t sampling {mode!r}; choose one of {T_SAMPLING}")
+    return shift_sigmas(u, shift)
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target velocity) for clean latents x0, noise and per-sample t."""
+    t = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return (1 - t) * x0 + t * noise, noise - x0
+
+
+def flow_matching_loss(velocity: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """MSE between `velocity(x_t, t)` and noise - x0 (computed in float32)."""
+    import torch.nn.functional as F
+
+    x_t, target = interpolate(x0, noise, t)
+    pred = velocity(x_t, t.to(x0.device))
+    return F.mse_loss(pred.float(), target.float())
+
+
+class FlowModel:
+    """The networks of one editor behind the calls that sampling and training make.
+
+    `transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents) -> velocity`,
+    `encoder(pixels in [-1, 1]) -> scaled latents`, `decoder(scaled latents) -> pixels`: PyTorch modules
+    (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export);
+    `tiny_vae` the light one (`models/tiny_vae.py`) when there is one; `refiner` the learned full-resolution
+    refiner (`models/refiner.py`) when the folder has one (run after decoding, by `upsample.restore_photo`).
+    """
+
+    def __init__(
+        self,
+        transformer: Callable[..., torch.Tensor],
+        encoder: Callable[[torch.Tensor], torch.Tensor],
+        decoder: Callable[[torch.Tensor], torch.Tensor],
+        latent_channels: int,
+        ref_channels: int,
+        vae_scale: int,
+        vae: Any = None,
+        guidance_embeds: float | None = None,
+        tiny_vae: Any = None,
+        refiner: Any = None,
+        arrays: NumpyArrays | TorchArrays | None = None,
+    ):
+        self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
+        self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
+        self.vae, self.tiny_vae = vae, tiny_vae
+        self.refiner = refiner  # the folder's learned full-resolution refiner (models/refiner.py), fp32 on the CPU
+        # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
+        self.guidance_embeds = guidance_embeds
+        # (device, dtype) fixed from outside when the networks come and go (residency.py); else read off the DiT
+        self.placement: tuple[torch.device, torch.dtype] | None = None
+        # what the networks take and return: torch tensors on (device, dtype), or float32 NumPy arrays (graphs)
+        self.arrays = arrays or TorchArrays(self)
+
+    @classmethod
+    def from_torch(
+        cls, transformer: nn.Module, vae: nn.Module | None, tiny_vae: nn.Module | None = None, refiner: Any = None
+    ) -> FlowModel:
+        """A diffusers-style SANA edit transformer and DC-AE; their shapes must fit (checked, named). The networks
+        run on the DC-AE; with `vae=None`, on the light `tiny_vae` (the DC-AE not even loaded)."""
+        from sanaedit.formats.index import ModelFolderError
+        from sanaedit.models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
+        from sanaedit.models.vae import VaeDecoder, VaeEncoder, spatial_compression
+
+        if vae is None and tiny_vae is None:
+            raise ModelFolderError("no autoencoder: give the DC-AE, the tiny one, or both")
+        if tiny_vae is not None and vae is not None and tiny_vae.spatial_compression != spatial_compression(vae):
+            raise ModelFolderError(
+                f"tiny autoencoder compression {tiny_vae.spatial_compression} != DC-AE's {spatial_compression(vae)}"
+            )
+        t, v = transformer.config, (vae if vae is not None else tiny_vae).config
+        if t.out_channels != v.latent_channels:
+            raise ModelFolderError(
+                f"transformer out_channels {t.out_channels} != autoencoder latent_channels {v.latent_channels}"
+            )
+        if transformer.ref_channels not in (0, v.latent_channels):
+            raise ModelFolderError(
+                f"transformer in_channels {t.in_channels} fits neither a text-to-image ({v.latent_channels}) nor an "
+                f"editing ({2 * v.latent_channels}) model"
+            )
+        if tiny_vae is not None and tiny_vae.config.latent_channels != t.out_channels:
+            raise ModelFolderError(
+                f"transformer out_channels {t.out_channels} != tiny autoencoder latent_channels "
+                f"{tiny_vae.config.latent_channels}"
+            )
+        full = vae is not None
+        return cls(
+            transformer,
+            VaeEncoder(vae) if full else TinyVaeEncoder(tiny_vae),
+            VaeDecoder(vae) if full else TinyVaeDecoder(tiny_vae),
+            latent_channels=t.out_channels,
+            ref_channels=transformer.ref_channels,
+            vae_scale=spatial_compression(vae) if full else tiny_vae.spatial_compression,
+            vae=vae,
+            guidance_embeds=t.guidance_embeds_scale if t.get("guidance_embeds") else None,
+            tiny_vae=tiny_vae,
+            refiner=refiner,
+        )
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The PyTorch networks (none on exported graphs)."""
+        return [m for m in (self.transformer, self.vae, self.tiny_vae) if hasattr(m, "parameters")]
+
+    @property
+    def device(self) -> torch.device | str:
+        if self.placement is not None:
+            return self.placement[0]
+        return next(self.transformer.parameters()).device if hasattr(self.transformer, "parameters") else "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype | str:
+        if self.placement is not None:
+            return self.placement[1]
+        return next(self.transformer.parameters()).dtype if hasattr(self.transformer, "parameters") else "float32"
+
+    # ------------------------------------------------------------------------------------------- the calls
+    def encode(self, pixels: Array) -> Array:
+        return self.encoder(self.arrays.input(pixels))
+
+    def decode(self, latents: Array) -> Array:
+        return self.decoder(self.arrays.input(latents))
+
+    def velocity(
+        self,
+        x: Array,
+        sigma: Any,
+        hidden: Array,
+        mask: Array,
+        ref: Array | None = None,
+        guidance: float | None = None,
+    ) -> Array:
+        """The DiT's velocity at noise level `sigma` (a scalar or one per sample); `guidance` is the scale a
+        guidance-embedding student is told (ignored by other models)."""
+        n, arrays = x.shape[0], self.arrays
+        if not self.ref_channels:
+            ref = None  # a text-to-image model has no reference input
+        args = (arrays.input(x), hidden, arrays.full(n, sigma * TIMESTEP_SCALE), mask, ref)
+        if self.guidance_embeds is None:
+            return self.transformer(*args)
+        told = arrays.full(n, float(guidance or 1.0) * self.guidance_embeds)
+        return self.transformer(*args, guidance=arrays.input(told))
+
+    def sampling_velocity(
+        self, hidden: Array, mask: Array, ref: Array | None = None, guidance: float = 1.0
+    ) -> VelocityFn:
+        """`velocity(x, sigma)` (float32) for the sampler: one conditioning (`hidden`/`mask` batch 1) and one `ref`
+        shared by every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the model runs once
+        on the batch [x; x] (CFG)."""
+        rows = self.arrays.rows
+        if guidance <= 1.0 or self.guidance_embeds is not None:  # no CFG batch (a student is told the scale)
+            return lambda x, sigma: float32(
+                self.velocity(x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)), guidance)
+            )
+
+        pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
+
+        def guided(x: Array, sigma: Any) -> Array:
+            n = len(x)
+            if n not in pairs:
+                pairs[n] = (self.arrays.repeat(hidden, n), self.arrays.repeat(mask, n), rows(ref, 2 * n))
+            both = float32(self.velocity(self.arrays.cat([x, x]), sigma, *pairs[n]))
+            uncond, cond = both[:n], both[n:]
+            return uncond + guidance * (cond - uncond)
+
+        return guided
+
+    def loss(
+        self,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        ref: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The training objective (`flow_matching_loss`) of this model on clean latents x0."""
+        return flow_matching_loss(lambda x_t, s: self.velocity(x_t, s, hidden, mask, ref), x0, noise.to(x0), t)

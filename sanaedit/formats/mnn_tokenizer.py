@@ -1,0 +1,247 @@
+"""MNN-LLM tokenizer files read in Python, encoded the way MNN's engine encodes them, so a release folder needs no
+Hugging Face tokenizer: `tokenizer.txt` (older exporters) and `tokenizer.mtok` (newer).
+
+The formats are llmexport's (`utils/tokenizer.py`, PyPI `llmexport`); the encoding follows MNN's reader
+(`transformers/llm/engine/src/tokenizer/tokenizer.cpp`). Both start with a text header: `430 TYPE`, then
+`NSPECIAL NSTOP NPREFIX` and those ids on one line. Then, by TYPE:
+
+- 1 (tiktoken): a count, then one base64 token per line (id = line). The engine encodes by greedy longest match over
+  the bytes (a trie), with no pre-tokenization.
+- 3 (huggingface): `NVOCAB NMERGES`, the byte-level vocabulary (one token per line, id = line), the merge lines.
+  The engine splits with its own regex (ASCII classes, std::regex), then runs byte-level BPE.
+- 4 (pipeline, `.mtok`): binary normalizer, pre-tokenizer, BPE model, decoder and added tokens: a tokenizer.json in
+  binary form, run as tokenizers runs it.
+
+Before any of these, the engine cuts the text at the special tokens' strings (first listed match at each position).
+Types 0 (SentencePiece) and 2 (BERT) and non-BPE models are not Qwen's and are refused by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+import unicodedata
+from pathlib import Path
+
+MAGIC = 430
+TIKTOKEN, HUGGINGFACE, PIPELINE = 1, 3, 4
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# MNN's HuggingfaceTokenizer regex (std::regex on bytes, icase; [:alpha:] / [:digit:] are ASCII there)
+_HF_TXT_PATTERN = re.compile(
+    rb"('s|'t|'re|'ve|'m|'ll|'d)|[^\r\na-zA-Z0-9]?[a-zA-Z]+|[0-9]| ?[^\sa-zA-Z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    re.IGNORECASE,
+)
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer file that cannot be read (the message names it)."""
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2's byte -> printable character map (what byte-level BPE vocabularies are written in)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+_BYTE_CHARS = bytes_to_unicode()
+_CHAR_BYTES = {c: b for b, c in enumerate(_BYTE_CHARS)}
+
+
+def _bpe(symbols: list, rank) -> list:
+    """Merge the adjacent pair of lowest rank (leftmost on ties) until none is mergeable."""
+    while len(symbols) > 1:
+        best, where = None, -1
+        for i in range(len(symbols) - 1):
+            r = rank(symbols[i], symbols[i + 1])
+            if r is not None and (best is None or r < best):
+                best, where = r, i
+        if best is None:
+            break
+        merged = rank.merge(symbols[where], symbols[where + 1])
+        if merged is None:
+            break
+        symbols[where : where + 2] = [merged]
+    return symbols
+
+
+class MnnTokenizer:
+    """`encode(text) -> ids` as MNN's engine computes them (prefix tokens, special tokens, then the model)."""
+
+    def __init__(self, path: Path, specials: list[int], prefix: list[int]):
+        self.path, self.specials, self.prefix = path, specials, prefix
+        self._special_strings: list[tuple[bytes, int]] | None = None
+
+    def decode_id(self, token_id: int) -> bytes:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode_text(self, data: bytes) -> list[int]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        if self._special_strings is None:
+            strings = [(self.decode_id(i), i) for i in self.specials]
+            self._special_strings = [(s, i) for s, i in strings if s]
+        data, ids, start, i = text.encode("utf-8"), list(self.prefix), 0, 0
+        while i < len(data):
+            for token, token_id in self._special_strings:
+                if data.startswith(token, i):
+                    if i > start:
+                        ids += self.encode_text(data[start:i])
+                    ids.append(token_id)
+                    start = i + len(token)
+                    i = start - 1
+                    break
+            i += 1
+        if start < len(data):
+            ids += self.encode_text(data[start:])
+        return ids
+
+
+class TiktokenTokenizer(MnnTokenizer):
+    def __init__(self, path, specials, prefix, tokens: list[bytes]):
+        super().__init__(path, specials, prefix)
+        self.tokens = tokens
+        self.ids = {}
+        for i, t in enumerate(tokens):
+            self.ids.setdefault(t, i)
+        self.longest = max(map(len, tokens), default=1)
+
+    def decode_id(self, token_id):
+        return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else b""
+
+    def encode_text(self, data):
+        out, i = [], 0
+        while i < len(data):
+            for size in range(min(self.longest, len(data) - i), 0, -1):
+                found = self.ids.get(data[i : i + size])
+                if found is not None:
+                    out.append(found)
+                    i += size
+                    break
+            else:  # the engine logs "no encoding found" and moves on by one byte
+                i += 1
+        return out
+
+
+class _StringRanks:
+    def __init__(self, ranks: dict[tuple[str, str], int]):
+        self.ranks = ranks
+
+    def __call__(self, a, b):
+        return self.ranks.get((a, b))
+
+    def merge(self, a, b):
+        return a + b
+
+
+class HuggingfaceTxtTokenizer(MnnTokenizer):
+    def __init__(self, path, specials, prefix, vocab: list[str], merges: list[str]):
+        super().__init__(path, specials, prefix)
+        self.vocab = vocab
+        self.ids = {}
+        for i, t in enumerate(vocab):
+            self.ids.setdefault(t, i)
+        ranks = {}
+        for rank, line in enumerate(merges):
+            a, sep, b = line.partition(" ")
+            if sep:
+                ranks.setdefault((a, b), rank)
+        self.ranks = _StringRanks(ranks)
+
+    def decode_id(self, token_id):
+        if not 0 <= token_id < len(self.vocab):
+            return b""
+        return bytes(_CHAR_BYTES[c] for c in self.vocab[token_id] if c in _CHAR_BYTES)
+
+    def encode_text(self, data):
+        out = []
+        for match in _HF_TXT_PATTERN.finditer(data):
+            word = [_BYTE_CHARS[b] for b in match.group()]
+            for piece in _bpe(word, self.ranks):
+                if piece not in self.ids:
+                    raise TokenizerFileError(f"{self.path}: the vocabulary has no token {piece!r} (a BPE merge result)")
+                out.append(self.ids[piece])
+        return out
+
+
+def load_mnn_tokenizer(path: str | Path) -> MnnTokenizer:
+    """Read `tokenizer.txt` or `tokenizer.mtok`; a file that does not parse raises TokenizerFileError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TokenizerFileError(f"{path}: cannot read the tokenizer ({err.strerror or err})") from None
+    try:
+        return _parse(path, data)
+    except TokenizerFileError:
+        raise
+    except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as err:
+        raise TokenizerFileError(f"{path}: not a readable MNN tokenizer file ({type(err).__name__}: {err})") from None
+
+
+def _parse(path: Path, data: bytes) -> MnnTokenizer:
+    ends = []
+    for _ in range(3):
+        ends.append(data.index(b"\n", ends[-1] + 1 if ends else 0))
+    magic, kind = (int(x) for x in data[: ends[0]].split()[:2])
+    if magic != MAGIC:
+        raise TokenizerFileError(f"{path}: not an MNN tokenizer file (magic {magic}, expected {MAGIC})")
+    counts = [int(x) for x in data[ends[0] + 1 : ends[1]].split()]
+    listed = [int(x) for x in data[ends[1] + 1 : ends[2]].split()]
+    specials = listed[: counts[0]]
+    prefix = listed[counts[0] + counts[1] : counts[0] + counts[1] + counts[2]]
+    body = data[ends[2] + 1 :]
+    if kind == PIPELINE:
+        from sanaedit.formats.mnn_tokenizer_pipeline import parse_pipeline
+
+        return parse_pipeline(path, specials, prefix, body)
+    lines = body.split(b"\n")
+    if kind == TIKTOKEN:
+        count = int(lines[0])
+        return TiktokenTokenizer(path, specials, prefix, [base64.b64decode(t) for t in lines[1 : 1 + count]])
+    if kind == HUGGINGFACE:
+        n_vocab, n_merges = (int(x) for x in lines[0].split())
+        vocab = [t.decode("utf-8") for t in lines[1 : 1 + n_vocab]]
+        merges = [m.decode("utf-8") for m in lines[1 + n_vocab : 1 + n_vocab + n_merges]]
+        if len(vocab) != n_vocab:
+            raise TokenizerFileError(f"{path}: truncated ({len(vocab)} of {n_vocab} vocabulary lines)")
+        return HuggingfaceTxtTokenizer(path, specials, prefix, vocab, merges)
+    names = {0: "SentencePiece", 2: "BERT"}
+    raise TokenizerFileError(
+        f"{path}: tokenizer type {kind} ({names.get(kind, 'unknown')}) is not supported: Qwen's tokenizers are "
+        "types 1, 3 and 4"
+    )
+
+
+def nfc_like(text: str, table: dict[int, str]) -> str:
+    """The engine's table normalizer (NFC/NFKC per code point) with its control-character rule."""
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if cp not in (0, 10, 13, 9) and (
+            1 <= cp <= 0x1F
+            or cp == 0x7F
+            or 0x80 <= cp <= 0x9F
+            or cp in (0x200D, 0x200C, 0x200B, 0xFEFF)
+            or 0x200E <= cp <= 0x200F
+            or 0x202A <= cp <= 0x202E
+            or 0x2060 <= cp <= 0x2069
+            or 0xFFF0 <= cp <= 0xFFF8
+        ):
+            out.append(" ")
+        else:
+            out.append(table.get(cp, ch))
+    return "".join(out)
+
+
+def is_punctuation(ch: str) -> bool:
+    cp = ord(ch)
+    return (
+        unicodedata.category(ch).startswith("P")
+        or 33 <= cp <= 47
+        or 58 <= cp <= 64
+        or 91 <= cp <= 96
+        or 123 <= cp <= 126
+    )

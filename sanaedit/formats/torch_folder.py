@@ -1,0 +1,377 @@
+"""The PyTorch factory: a model folder <-> a SanaEditPipeline on diffusers / transformers modules.
+
+Loading streams DiT and DC-AE weights tensor by tensor (speed/lowmem.py) and leaves the LLM on disk until a prompt
+outside the prompt cache needs it; every piece is checked and a failure names the folder and the component.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from sanaedit.core.flow import FlowModel
+from sanaedit.formats.index import (
+    META_QUERIES_FILE,
+    MODEL_CLASS,
+    TINY_VAE,
+    ModelFolderError,
+    atomic_folder,
+    choose_vae,
+    first_line,
+    folder_refiner,
+    load_component,
+    load_meta_queries,
+    load_prompt_cache,
+    read_index,
+    save_meta_queries,
+    write_index,
+    write_prompt_cache,
+)
+from sanaedit.models.refiner import save_refiner
+from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
+
+# the weight files each kind of component may have (safetensors, its shard index, .bin, its shard index)
+DIFFUSERS_WEIGHTS = tuple(
+    f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "safetensors.index.json", "bin", "bin.index.json")
+)
+LLM_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_files(folder: Path, weights: tuple[str, ...]) -> None:
+    """A component folder's config.json is a JSON object (diffusers takes anything else for a hub name and says it
+    cannot reach huggingface.co) and one of `weights` is there, else a one-line ValueError (load_component adds the
+    folder). A config that is missing or not JSON is left to the loaders, whose errors already say so."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json is not a JSON object (it holds {json.dumps(config)[:40]})")
+    if not any((folder / name).is_file() for name in weights):
+        raise ValueError(f"no weights file (expected {weights[0]}, its .index.json, or {weights[2]})")
+
+
+def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
+    """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
+    speed/lowmem.py), just the tensors named `only...` if given, each layer swapped by `replace(name, module)` as
+    it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
+    from sanaedit.backends.torch_loading import load_model, replace_layers, weight_files
+
+    try:
+        weight_files(path)
+    except FileNotFoundError:
+        model = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        if replace is not None:
+            replace_layers(model, replace)
+        return model
+    return load_model(cls, path, dtype, replace=replace, only=only)
+
+
+def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in safetensors `files`, from their headers (no tensor data is read). A missing,
+    empty, truncated or garbage file raises ValueError naming it."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError("empty file (0 bytes)")
+            with safe_open(path, "pt") as f:
+                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except Exception as err:  # safetensors raises its own SafetensorError; OSError for a missing file
+            raise ValueError(f"{path.name}: corrupt or truncated safetensors file ({first_line(err)})") from None
+    return shapes
+
+
+def _check_diffusers_component(model_dir: Path, name: str, cls) -> dict:
+    """`name`'s config builds a model (on the meta device: no memory) whose every tensor is in its weights with the
+    same shape, read from the weights' headers. Returns the config. Errors name the component."""
+
+    def check(folder: Path) -> dict:
+        from sanaedit.backends.torch_loading import empty_model, weight_files
+
+        _check_files(folder, DIFFUSERS_WEIGHTS)
+        model = empty_model(cls, folder)
+        try:
+            files = weight_files(folder)
+        except FileNotFoundError:
+            return dict(model.config)  # a .bin checkpoint (there: _check_files): diffusers' loader checks it
+        found = tensor_shapes(files)
+        for key, tensor in model.state_dict().items():
+            if key not in found:
+                raise ValueError(f"its weights have no {key} (the config needs it)")
+            if found[key] != tuple(tensor.shape):
+                raise ValueError(
+                    f"{key} has shape {list(found[key])} in the weights, the config needs {list(tensor.shape)}"
+                )
+        return dict(model.config)
+
+    return load_component(model_dir, name, check)
+
+
+def _check_llm(model_dir: Path) -> int:
+    """The LLM's config, tokenizer files and weight headers (never its weights); returns its width."""
+    import json
+
+    def check(folder: Path) -> int:
+        _check_files(folder, LLM_WEIGHTS)
+        config = json.loads((folder / "config.json").read_text())
+        width = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
+        if not isinstance(width, int):
+            raise ValueError("config.json has no hidden_size")
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            raise ValueError("no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        index = folder / "model.safetensors.index.json"
+        files = (
+            sorted({folder / n for n in json.loads(index.read_text())["weight_map"].values()})
+            if index.is_file()
+            else []
+        )
+        if not files and (folder / "model.safetensors").exists():
+            files = [folder / "model.safetensors"]
+        for key, shape in tensor_shapes(files).items():
+            if key.endswith("embed_tokens.weight") and shape[-1] != width:
+                raise ValueError(f"{key} is {shape[-1]} wide, its config says hidden_size {width}")
+        return width
+
+    return load_component(model_dir, "llm", check)
+
+
+def check_text_path(model_dir: str | Path, caption_channels: int | None = None) -> None:
+    """Every piece of the text path, from configs and file headers only (no weights loaded, the LLM included):
+    the LLM (config, tokenizer files, weight headers), meta-queries, connector and projector (weights against their
+    configs), and that they fit each other and the transformer. So a folder that loads also runs a new prompt."""
+    from sanaedit.models.connector import Connector
+    from sanaedit.models.projector import Projector
+
+    model_dir = Path(model_dir)
+    width = _check_llm(model_dir)
+    path = model_dir / META_QUERIES_FILE
+    try:
+        shape = tensor_shapes([path]).get("meta_queries")
+    except ValueError as err:
+        raise ModelFolderError(f"{model_dir}: {err}") from None
+    if shape is None:
+        raise ModelFolderError(f"{path}: no 'meta_queries' tensor")
+    if len(shape) != 2 or shape[1] != width:
+        raise ModelFolderError(f"{path}: meta_queries shape {shape} does not match the LLM width {width}")
+    connector = _check_diffusers_component(model_dir, "connector", Connector)
+    projector = _check_diffusers_component(model_dir, "projector", Projector)
+    if connector["width"] != width:
+        raise ModelFolderError(f"{model_dir}: connector width {connector['width']} != LLM width {width}")
+    if projector["in_features"] != width:
+        raise ModelFolderError(f"{model_dir}: projector in_features {projector['in_features']} != LLM width {width}")
+    if caption_channels is not None and projector["out_features"] != caption_channels:
+        raise ModelFolderError(
+            f"{model_dir}: projector out_features {projector['out_features']} != transformer caption_channels "
+            f"{caption_channels}"
+        )
+
+
+def check_model_folder(model_dir: str | Path) -> dict:
+    """Everything `load_model_folder` checks, from configs and file headers only (what `sanaedit info` runs): the
+    index, every component's weights against its config, the text path, the prompt cache. Returns the index."""
+    from diffusers import AutoencoderDC
+
+    from sanaedit.models.transformer import SanaEditTransformer2DModel
+
+    model_dir = Path(model_dir)
+    index = read_index(model_dir)
+    transformer = _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+    _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+    if (model_dir / TINY_VAE).is_dir():
+        from sanaedit.models.tiny_vae import TinyAutoencoder
+
+        _check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
+    choose_vae(model_dir, None, index.get("pipeline", {}).get("vae", "full"), (model_dir / TINY_VAE).is_dir())
+    folder_refiner(model_dir, index.get("pipeline", {}).get("upsample"))
+    check_text_path(model_dir, transformer.get("caption_channels"))
+    load_prompt_cache(model_dir)
+    return index
+
+
+def _caption_channels(model_dir: Path) -> int | None:
+    import json
+
+    try:
+        return json.loads((model_dir / "transformer" / "config.json").read_text()).get("caption_channels")
+    except (OSError, ValueError, AttributeError):
+        return None  # the transformer's own load names what is wrong with it
+
+
+def load_text_encoder(model_dir: Path, template: str, dtype: torch.dtype = torch.float32):
+    """LLM + tokenizer + meta-queries + connector + projector from a model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sanaedit.models.connector import Connector
+    from sanaedit.models.projector import Projector
+    from sanaedit.models.text_encoder import MetaQueryTextEncoder
+
+    model_dir = Path(model_dir)
+    llm = load_component(
+        model_dir, "llm", lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    )
+    tokenizer = load_component(model_dir, "llm", lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True))
+    connector = load_component(model_dir, "connector", lambda p: Connector.from_pretrained(p, torch_dtype=dtype))
+    projector = load_component(model_dir, "projector", lambda p: Projector.from_pretrained(p, torch_dtype=dtype))
+    meta_queries = load_meta_queries(model_dir).to(dtype)
+    try:
+        return MetaQueryTextEncoder(llm, tokenizer, meta_queries, connector, projector, template=template)
+    except ValueError as err:
+        raise ModelFolderError(f"{model_dir}: components do not fit together: {err}") from err
+
+
+def _scaling_factor(model_dir: Path) -> float:
+    """The DC-AE's latent scaling factor, from its config alone (its weights stay on disk)."""
+    import json
+
+    return load_component(
+        model_dir, "vae", lambda p: float(json.loads((p / "config.json").read_text())["scaling_factor"])
+    )
+
+
+def load_model_folder(
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae: str | None = None,
+    staged: bool = False,
+    prepare_transformer: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    transformer_layers: Callable[[str, torch.nn.Module], torch.nn.Module | None] | None = None,
+) -> SanaEditPipeline:
+    """A model folder as a PyTorch pipeline. The LLM is loaded lazily, only if a prompt is not in the cache.
+
+    `vae`: "full" (DC-AE) or "tiny" (the folder's light autoencoder; the DC-AE is then not loaded at all); None
+    takes the folder's default. A folder's tiny autoencoder is loaded with the full one too (small), so that
+    saving the pipeline keeps it. `staged`: nothing but the tiny autoencoder is loaded now; each edit loads the
+    DC-AE's encoder, the DiT and the DC-AE's decoder in turn, each freed after its stage (residency.py).
+    `prepare_transformer` runs on the DiT each time it is loaded (LoRA merging, int8 layers, caches);
+    `transformer_layers(name, module)` swaps its layers while they stream in (int8 without a float copy)."""
+    from diffusers import AutoencoderDC
+
+    from sanaedit.models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
+    from sanaedit.models.transformer import SanaEditTransformer2DModel
+    from sanaedit.models.vae import VaeDecoder, VaeEncoder
+
+    model_dir = Path(model_dir)
+    index = read_index(model_dir)
+    config = PipelineConfig.from_dict(index.get("pipeline", {}))
+    # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
+    check_text_path(model_dir, _caption_channels(model_dir))
+    # each one's config and weights file, before diffusers (whose errors for these take two lines or mislead), loaded
+    # now or in its stage (as info checks them)
+    for name in ("transformer", "vae", TINY_VAE):
+        if name != TINY_VAE or (model_dir / TINY_VAE).is_dir():
+            load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
+
+    def load_transformer(path: Path) -> torch.nn.Module:
+        return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
+
+    has_tiny = (model_dir / TINY_VAE).is_dir()
+    full = choose_vae(model_dir, vae, config.vae, has_tiny) == "full"
+    if staged:  # their configs now (the pipeline's checks need them), their weights in their stages
+        _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+        if full:
+            _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+        from sanaedit.backends.torch_loading import empty_model
+
+        transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
+        dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
+    else:
+        transformer = load_component(model_dir, "transformer", load_transformer)
+        dc_ae = (
+            load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype)) if full else None
+        )
+    tiny = None
+    if has_tiny:
+        from sanaedit.models.tiny_vae import TinyAutoencoder
+
+        tiny = load_component(model_dir, TINY_VAE, lambda p: _load_diffusers_model(TinyAutoencoder, p, dtype))
+        # the DC-AE's scaling factor is the one the DiT was trained with (an autoencoder stage may have changed it)
+        tiny.register_to_config(scaling_factor=dc_ae.config.scaling_factor if full else _scaling_factor(model_dir))
+    move = torch.device(device) != torch.device("cpu")
+    tiny = tiny if tiny is None else (tiny.to(device) if move else tiny).eval()
+    if not staged:
+        dc_ae = dc_ae if dc_ae is None else (dc_ae.to(device) if move else dc_ae).eval()
+        transformer = (transformer.to(device) if move else transformer).eval()
+        transformer = prepare_transformer(transformer) if prepare_transformer else transformer
+
+    def load_network(name: str) -> torch.nn.Module:
+        """One network of the edit, freshly loaded (for staged residency)."""
+        if name == "transformer":
+            loaded = load_component(model_dir, "transformer", load_transformer)
+            loaded = (loaded.to(device) if move else loaded).eval()
+            return prepare_transformer(loaded) if prepare_transformer else loaded
+        if not full:
+            return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
+        half = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype, f"{name}."))
+        getattr(half, name).to(device).eval()
+        return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
+
+    prompt_cache = load_prompt_cache(model_dir)
+    pipe = SanaEditPipeline(
+        FlowModel.from_torch(transformer, dc_ae, tiny, folder_refiner(model_dir, config.upsample)),
+        config=config,
+        prompt_cache=prompt_cache,
+        text_encoder_loader=lambda: load_text_encoder(model_dir, config.template, dtype).to(device=device),
+        model_dir=model_dir,
+        network_loader=load_network,
+    )
+    if staged:
+        pipe.flow.placement = (torch.device(device), dtype)
+        pipe.enable_staged_residency()
+    if not prompt_cache:  # nothing cached: check the text path now, so a broken folder fails at load time
+        pipe._check_projector(pipe.text_encoder)
+    return pipe
+
+
+def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: bool = True) -> Path:
+    """Write `pipe` (on PyTorch modules) as a model folder, atomically."""
+    from sanaedit.models.lora import lora_scales
+
+    if lora_scales(pipe.transformer):
+        raise ValueError(
+            "a LoRA is loaded: a model folder holds base weights. Save the LoRA file itself, or bake it in with "
+            "`load_pipeline(MODEL, loras=[(FILE, SCALE)]).save_pretrained(DIR)` (merged weights)"
+        )
+    if pipe.vae is None:
+        raise ValueError(
+            "this pipeline runs on the tiny autoencoder alone (loaded with vae='tiny'): a model folder needs the "
+            "DC-AE too; load it with vae='full' to save it"
+        )
+    encoder = pipe.text_encoder
+    tiny = pipe.flow.tiny_vae
+    with atomic_folder(model_dir) as tmp:
+        pipe.transformer.save_pretrained(tmp / "transformer")
+        pipe.vae.save_pretrained(tmp / "vae")
+        if tiny is not None:
+            tiny.register_to_config(scaling_factor=float(pipe.vae.config.scaling_factor))
+            tiny.save_pretrained(tmp / TINY_VAE)
+        encoder.llm.save_pretrained(tmp / "llm")
+        encoder.tokenizer.save_pretrained(tmp / "llm")
+        encoder.connector.save_pretrained(tmp / "connector")
+        encoder.projector.save_pretrained(tmp / "projector")
+        save_meta_queries(encoder.meta_queries, tmp)
+        if pipe.flow.refiner is not None:
+            save_refiner(pipe.flow.refiner, tmp)
+        if prompt_cache:
+            write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
+        write_index(
+            tmp,
+            MODEL_CLASS,
+            dataclasses.asdict(pipe.config),
+            transformer=["sanaedit", type(pipe.transformer).__name__],
+            vae=["diffusers", type(pipe.vae).__name__],
+            llm=["transformers", type(encoder.llm).__name__],
+            connector=["sanaedit", "Connector"],
+            projector=["sanaedit", "Projector"],
+            meta_queries="meta_queries.safetensors",
+            **({TINY_VAE: ["sanaedit", type(tiny).__name__]} if tiny is not None else {}),
+        )
+    return model_dir

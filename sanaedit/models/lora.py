@@ -1,0 +1,161 @@
+"""LoRA styles on the DiT, with peft, in diffusers' Sana LoRA format.
+
+A LoRA file is `pytorch_lora_weights.safetensors` with keys `transformer.<module>.lora_A/B.weight`: what diffusers'
+`SanaLoraLoaderMixin.save_lora_weights` writes (and `train_dreambooth_lora_sana.py` produces), so files go both
+ways. Loading, scaling and fusing are diffusers' own (`load_lora_adapter`, `set_adapters`, `fuse_lora`): nothing
+of the LoRA math is written here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v")  # diffusers' Sana LoRA trainer; "to_out.0", "conv_inverted", "conv_point"
+# (the Mix-FFN convs) may be added
+
+
+logger = logging.getLogger(__name__)
+
+
+def style_upsampling(config) -> None:
+    """With a LoRA style active the edit comes back by guided upsampling, not the folder's learned refiner: that was
+    trained on the base model's own outputs (models/refiner.py) and would pull a style back towards the base look.
+    Setting `upsample` to "refine" after loading still asks for it."""
+    if config.upsample == "refine":
+        config.upsample = "guided"
+        logger.info("a LoRA style is active: guided upsampling instead of the base model's refiner")
+
+
+class LoraError(ValueError):
+    """A LoRA file that is missing, unreadable or does not fit the model; the message names it."""
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """'FILE[:SCALE]' -> (path, scale); SCALE defaults to 1."""
+    path, sep, scale = spec.rpartition(":")
+    if sep and path:
+        try:
+            return Path(path), float(scale)
+        except ValueError:
+            pass  # a ':' inside the path itself
+    return Path(spec), 1.0
+
+
+def lora_file(path: str | Path) -> Path:
+    """The LoRA weights file: `path` itself or `path/pytorch_lora_weights.safetensors`."""
+    path = Path(path)
+    found = path / LORA_FILE if path.is_dir() else path
+    if not found.is_file():
+        raise LoraError(f"{path}: no LoRA file here (expected {LORA_FILE} or a .safetensors file)")
+    return found
+
+
+def add_lora(
+    transformer: nn.Module, rank: int = 16, alpha: float | None = None, targets=DEFAULT_TARGETS, name: str = "default"
+) -> None:
+    """Fresh trainable adapters on `targets` (module-name suffixes), gaussian A and zero B: the model is unchanged
+    until trained (as diffusers' trainer initialises them)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets), init_lora_weights="gaussian")
+    transformer.add_adapter(config, adapter_name=name)
+
+
+def save_lora(transformer: nn.Module, folder: str | Path, name: str = "default") -> Path:
+    """Write adapter `name` as `folder/pytorch_lora_weights.safetensors` (atomically)."""
+    from diffusers.loaders import SanaLoraLoaderMixin
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=name).items()
+    }
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
+        SanaLoraLoaderMixin.save_lora_weights(tmp, transformer_lora_layers=state)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(Path(tmp) / LORA_FILE, 0o666 & ~umask)  # an ordinary shared file (the library's is private)
+        os.replace(Path(tmp) / LORA_FILE, folder / LORA_FILE)
+    return folder / LORA_FILE
+
+
+def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
+    """Add the LoRA at `path` as adapter `name` (default: its file stem, made unique) at `scale`; every adapter
+    loaded so far stays active with its own scale. Returns the adapter's name."""
+    from diffusers.loaders import SanaLoraLoaderMixin
+
+    from sanaedit.backends.torch_int8 import Int8Conv1x1, Int8Linear
+
+    if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in transformer.modules()):
+        raise ValueError(
+            "this transformer's layers were replaced for speed (int8): load it with the LoRA merged instead "
+            "(`load_pipeline(..., loras=[(path, scale)])`, or `sanaedit edit --lora`)"
+        )
+    file = lora_file(path)
+    have = lora_scales(transformer)
+    name = name or _unique(file.parent.name if file.name == LORA_FILE else file.stem, have)
+    try:
+        state = SanaLoraLoaderMixin.lora_state_dict(str(file))
+        with warnings.catch_warnings():  # peft's "multiple adapters" notice: several styles at once are intended
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name)
+    except Exception as err:  # safetensors / peft / shape errors vary in type
+        from sanaedit.formats.index import first_line
+
+        raise LoraError(f"{file}: cannot load this LoRA into the model ({first_line(err)})") from err
+    if name not in _adapters(transformer):
+        raise LoraError(f"{file}: holds no weights for this transformer (keys must start with 'transformer.')")
+    transformer._sanaedit_lora_scales = {**have, name: float(scale)}
+    transformer.set_adapters(list(transformer._sanaedit_lora_scales), list(transformer._sanaedit_lora_scales.values()))
+    return name
+
+
+def lora_scales(transformer: nn.Module) -> dict[str, float]:
+    """The loaded (unfused) adapters and their scales."""
+    return dict(getattr(transformer, "_sanaedit_lora_scales", {}))
+
+
+def unload_loras(transformer: nn.Module) -> None:
+    """Remove every adapter: the model is exactly the base model again."""
+    if _adapters(transformer):
+        transformer.unload_lora()
+    transformer._sanaedit_lora_scales = {}
+
+
+def fuse_loras(transformer: nn.Module) -> None:
+    """Merge the loaded adapters at their scales into the weights and drop the adapter layers (for speed paths
+    that replace layers, e.g. int8, and for export)."""
+    if _adapters(transformer):
+        with torch.no_grad():
+            transformer.fuse_lora(lora_scale=1.0)
+        transformer.unload_lora()  # keeps the fused base weights
+    transformer._sanaedit_lora_scales = {}
+
+
+def merge_loras(transformer: nn.Module, specs: list[tuple[Path, float]]) -> None:
+    """Load each (file, scale) and fuse them all into the weights."""
+    for path, scale in specs:
+        load_lora(transformer, path, scale)
+    fuse_loras(transformer)
+
+
+def _adapters(transformer: nn.Module) -> list[str]:
+    config = getattr(transformer, "peft_config", None)
+    return list(config) if config else []
+
+
+def _unique(stem: str, taken: dict[str, float]) -> str:
+    name, n = stem.replace(".", "_") or "lora", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}"
+    return name
