@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from sanaedit.models.torch_flow import torch_flow
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "sanaedit/assets/sample.jpg"
 
@@ -40,10 +42,9 @@ def build_folders(variant: str, work: Path) -> tuple[Path, Path, Path]:
     """(teacher, student, student stored in int8) model folders of random weights, built once into `work`."""
     import torch
 
-    from sanaedit.core.flow import FlowModel
     from sanaedit.pipeline import SanaEditPipeline
-    from sanaedit.runtime.random_model import build_random_pipeline
     from sanaedit.tools.assemble import build_tiny_vae
+    from sanaedit.tools.random_model import build_random_pipeline
 
     teacher, student = work / variant, work / f"{variant}-student-bf16"
     if not (teacher / "model_index.json").is_file():
@@ -53,7 +54,7 @@ def build_folders(variant: str, work: Path) -> tuple[Path, Path, Path]:
         print(f"building {student} ...", flush=True)
         pipe = SanaEditPipeline.from_pretrained(teacher, dtype=torch.bfloat16)
         tiny = build_tiny_vae(pipe.vae, True, torch.bfloat16)
-        flow = FlowModel.from_torch(pipe.transformer.with_guidance_embedding(), pipe.vae, tiny)
+        flow = torch_flow(pipe.transformer.with_guidance_embedding(), pipe.vae, tiny)
         config = pipe.config
         config.sampler, config.schedule, config.num_inference_steps, config.vae = "scm", "scm", 2, "tiny"
         SanaEditPipeline(flow, pipe.text_encoder, config, prompt_cache=pipe.prompt_cache).save_pretrained(student)

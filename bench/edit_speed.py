@@ -11,7 +11,7 @@ Same random weights for everyone (one model folder, built once, seed 0), the bun
 - torch:       ours in PyTorch, as `sanaedit edit` loads it (`--dtype auto`): weights streamed from the files (no
                file-sized RSS spike), prompt cache from the model folder (no LLM loaded), text K/V cache,
                threads = cores, compute dtype from the CPU's flags (bf16 only with native bf16 instructions).
-- torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.backends.torch_int8).
+- torch-int8:  the same with `--dtype int8`: the DiT blocks' matmuls in int8 (sanaedit.models.int8).
 - torch-staged, torch-int8-staged: the same with `--low-memory` (staged residency: DC-AE encoder, DiT, DC-AE
                decoder each loaded for its stage and freed after; their loading counts in end to end, not in load).
 - onnxruntime / mnn: `sanaedit export` of the same folder (8-bit weights, LLM 4-bit), run through
@@ -80,7 +80,7 @@ def load_backend(backend: str, model: Path, exports: dict[str, str]):
         return pipe, {"threads": torch.get_num_threads(), "dtype": dtype}
     if backend not in exports:
         raise RuntimeError(f"no {backend} export")
-    from sanaedit.backends.cpu import physical_cores
+    from sanaedit.core.cpu import physical_cores
     from sanaedit.load import load_pipeline
 
     threads = physical_cores()
@@ -148,7 +148,7 @@ def _seed(torch):
 def build_model(variant: str, folder: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
-    from sanaedit.runtime.random_model import build_random_pipeline
+    from sanaedit.tools.random_model import build_random_pipeline
 
     print(f"building random {variant} model folder at {folder} ...", flush=True)
     build_random_pipeline(variant, seed=0).save_pretrained(folder)

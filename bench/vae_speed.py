@@ -4,7 +4,7 @@
     python bench/vae_speed.py --variant tiny --size 64
 
 Paths (each vs plain fp32 PyTorch on the same input, PSNR of the decoded pixels / relative error of the latents):
-fp32, channels_last fp32, bf16 (only fast on CPUs with native bf16), 8-bit weights (dequantized per call),
+fp32, channels_last fp32, bf16 (only fast on CPUs with native bf16),
 diffusers tiling (tile 256, the smallest that fits DC-AE's 32x compression with overlap), and the exported graphs
 on ONNX Runtime: fp32 (`ort_fp32`) and int8 convolutions with activations calibrated on photos (`ort_w8a8`,
 `sanaedit export --quant ...,vae_encoder=w8a8,vae_decoder=w8a8`). The graphs are exported once per run into a
@@ -53,7 +53,7 @@ def rel(ref: torch.Tensor, x: torch.Tensor) -> float:
     return float((ref.float() - x.float()).norm() / ref.float().norm())
 
 
-PATHS = ["fp32", "channels_last", "bf16", "int8w", "tiled", "ort_fp32", "ort_w8a8"]
+PATHS = ["fp32", "channels_last", "bf16", "tiled", "ort_fp32", "ort_w8a8"]
 
 
 class OnnxVae:
@@ -103,8 +103,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
-    from sanaedit.backends.cpu import set_threads
-    from sanaedit.backends.torch_weight_quant import quantize_model
+    from sanaedit.core.cpu import set_threads
     from sanaedit.image.io import load_image, preprocess
     from sanaedit.load import SAMPLE_PHOTO
     from sanaedit.models.variants import build_vae, load_variant
@@ -142,9 +141,6 @@ def main() -> None:
             )
         elif path == "bf16":
             model, x = copy.deepcopy(vae).to(torch.bfloat16), pixels.to(torch.bfloat16)
-        elif path == "int8w":
-            model = copy.deepcopy(vae)
-            quantize_model(model, 8)
         elif path == "tiled":
             model = copy.deepcopy(vae)
             tile = max(args.size // 2, 64)

@@ -6,8 +6,9 @@
 Stages: preprocess (`image_io`) -> encode (ref latents) -> text conditioning (prompt cache, else the text encoder)
 -> flow-matching Euler through `FlowModel` (CFG as one [neg, pos] batch) -> decode -> postprocess back to the
 input's own size. One pipeline over a small protocol of networks (`FlowModel` + a text encoder
-`prompts -> (hidden, mask)`), built by two factories: a PyTorch model folder (`torch_model.py`) and an exported
-folder of ONNX / MNN graphs (`runtime/exported.py`). `from_pretrained` picks the factory by the folder's kind.
+`prompts -> (hidden, mask)`), assembled in one place (`from_plan`) from what any reader yields (formats/source.py):
+a PyTorch model folder, an ONNX export, MNN graphs in the published release's layout, or weights built in memory.
+What a run uses is decided once, in its plan (plan.py).
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sanaedit.core.arrays import float32, no_grad
+from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend
 from sanaedit.core.config import COMIC_PROMPT, PipelineConfig  # noqa: F401  (both part of this module's API)
 from sanaedit.core.flow import TIMESTEP_SCALE, FlowModel
 from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.source import ModelSource, TextEncoder
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.upsample import check_method, restore_photo
-from sanaedit.residency import StagedResidencyMixin
+from sanaedit.plan import RunPlan, styled
+from sanaedit.runtime.residency import StagedResidencyMixin
 
 if TYPE_CHECKING:
     import torch
 
-OWN_SCHEDULE = {"dpm": "linear", "scm": "scm"}  # the schedule a sampler runs on unless one is given
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 
-TextEncoder = Callable[[list[str]], tuple[Array, Array]]  # prompts -> (hidden, mask)
 ImageInput = Image.Image | str | Path
 
 
@@ -77,7 +79,7 @@ class SanaEditPipeline(StagedResidencyMixin):
                 "compression"
             )
         if text_encoder is not None:
-            self._check_projector(text_encoder)
+            self.check_text_encoder(text_encoder)
         if self.config.fp16_clipping:
             self.transformer.set_fp16_clipping(True)
 
@@ -86,7 +88,9 @@ class SanaEditPipeline(StagedResidencyMixin):
         cls, transformer, vae, text_encoder: TextEncoder | None = None, config: PipelineConfig | None = None, **kwargs
     ) -> SanaEditPipeline:
         """A pipeline on PyTorch modules: a SANA edit transformer, a DC-AE and (optionally) a MetaQueryTextEncoder."""
-        return cls(FlowModel.from_torch(transformer, vae), text_encoder, config, **kwargs)
+        from sanaedit.models.torch_flow import torch_flow
+
+        return cls(torch_flow(transformer, vae), text_encoder, config, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- components
     @property
@@ -140,7 +144,8 @@ class SanaEditPipeline(StagedResidencyMixin):
         if self._text_encoder_loader is not None:
             self._text_encoder = None
 
-    def _check_projector(self, encoder: TextEncoder) -> None:
+    def check_text_encoder(self, encoder: TextEncoder) -> None:
+        """The text path's output width fits the DiT (PyTorch modules; graphs were checked when exported)."""
         projector, config = getattr(encoder, "projector", None), getattr(self.transformer, "config", None)
         if getattr(projector, "config", None) is None or config is None:
             return  # graphs: their shapes were checked when they were exported
@@ -171,12 +176,12 @@ class SanaEditPipeline(StagedResidencyMixin):
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
         """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
         at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
-        from sanaedit.models.lora import load_lora, style_upsampling
+        from sanaedit.models.lora import load_lora
 
         self._refuse_when_staged("loading a LoRA")
         if not self.flow.modules:
             raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
-        style_upsampling(self.config)  # the base model's refiner is not the style's
+        self.config = styled(self.config)  # the base model's refiner is not the style's
         return load_lora(self.transformer, path, scale, name)
 
     def unload_lora(self) -> None:
@@ -192,24 +197,41 @@ class SanaEditPipeline(StagedResidencyMixin):
         cls,
         model_dir: str | Path,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | None = None,
+        **options: Any,
     ) -> SanaEditPipeline:
-        """Load a model folder (PyTorch; the LLM only if a prompt is not in its prompt cache) or an exported folder
-        (its own runtime: CPU, float32; torch is not imported). For the CLI's defaults (threads, dtype, caches) use
-        `load_pipeline`. `torch_dtype` is diffusers' name for `dtype` (default float32)."""
-        from sanaedit.formats.index import is_export
+        """Load any model source: a PyTorch model folder (the LLM only if a prompt is not in its prompt cache), an
+        exported folder or the published release's files (their own runtime: CPU, float32; torch is not imported).
+        `torch_dtype` is diffusers' name for `dtype` (default float32). `options` are `plan.make_plan`'s (backend, vae,
+        upsample, threads, loras, staged). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`."""
+        from sanaedit.plan import make_plan
+        from sanaedit.runtime.sources import open_source
 
-        dtype = torch_dtype or dtype
-        if is_export(model_dir):
-            from sanaedit.formats.exported import load_exported
+        source = open_source(model_dir)
+        dtype = torch_dtype or dtype or "float32"
+        return cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
 
-            return load_exported(model_dir).to(device, dtype)
-        import torch
-
-        from sanaedit.formats.torch_folder import load_model_folder
-
-        return load_model_folder(model_dir, device, dtype or torch.float32)
+    @classmethod
+    def from_plan(cls, source: ModelSource, plan: RunPlan) -> SanaEditPipeline:
+        """The one assembly: a pipeline on the networks `source` builds for `plan`, whatever the format."""
+        parts = source.networks(plan)
+        pipe = cls(
+            parts.flow,
+            text_encoder=parts.text_encoder,
+            config=plan.config,
+            prompt_cache=parts.prompt_cache,
+            text_encoder_loader=parts.text_encoder_loader,
+            model_dir=source.info.folder,
+            backend=plan.backend,
+            network_loader=parts.network_loader,
+        )
+        if plan.staged:
+            pipe.enable_staged_residency()
+        if not pipe.prompt_cache and parts.text_encoder_loader is not None and plan.backend == Backend.TORCH:
+            # nothing cached: the text path is built now, so a broken folder fails at load time
+            pipe.check_text_encoder(pipe.text_encoder)
+        return pipe
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
         """Write the model folder atomically (an existing folder is replaced only once the new one is complete).
@@ -219,7 +241,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         """
         self._refuse_when_staged("saving")
         if not self.flow.modules:
-            from sanaedit.formats.index import copy_folder
+            from sanaedit.core.atomic import copy_folder
 
             return copy_folder(self.model_dir, Path(model_dir))
         from sanaedit.formats.torch_folder import save_model_folder
@@ -307,7 +329,7 @@ class SanaEditPipeline(StagedResidencyMixin):
             scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
             # A sampler asked for without a schedule gets its own: DPM-Solver's history term vanishes from sigma 1
             # (it would equal Euler there), so "linear" as SANA's pipelines run it; sCM its few-step "scm" times
-            schedule=schedule or (OWN_SCHEDULE.get(sampler, cfg.schedule) if sampler != cfg.sampler else cfg.schedule),
+            schedule=schedule or (SAMPLER_SCHEDULE.get(sampler, cfg.schedule) if sampler != cfg.sampler else cfg.schedule),
             sample=get_sampler(sampler or cfg.sampler),
             count=num_images_per_prompt,
             strength=strength,

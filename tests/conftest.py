@@ -9,7 +9,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from sanaedit.runtime.random_model import build_tiny_pipeline
+    from sanaedit.tools.random_model import build_tiny_pipeline
 
     return build_tiny_pipeline(seed=0)
 

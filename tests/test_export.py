@@ -10,9 +10,9 @@ from PIL import Image
 
 from sanaedit.backends.mnn_graph import MnnGraph
 from sanaedit.backends.ort_graph import OrtGraph
+from sanaedit.errors import ModelFolderError
 from sanaedit.export import export_model, parse_quant
 from sanaedit.export.graphs import graph_specs, release_specs
-from sanaedit.formats.index import ModelFolderError
 from sanaedit.load import load_pipeline
 from sanaedit.pipeline import SanaEditPipeline
 

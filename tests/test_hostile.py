@@ -35,9 +35,8 @@ from sanaedit.apps.batch import edit_folder
 from sanaedit.apps.cli import main
 from sanaedit.apps.serve.app import create_app
 from sanaedit.apps.serve.http import uvicorn_options
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.errors import ImageLoadError, ModelFolderError
 from sanaedit.image.io import (
-    ImageLoadError,
     decode_cost,
     decode_image,
     decode_reduced,
@@ -619,7 +618,7 @@ def test_9_what_a_killed_writer_leaves_is_removed_by_the_next_but_a_live_ones_is
         [sys.executable, "-c", KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True
     )  # a live writer: its files stay
     names = writer.stdout.readline().split()
-    from sanaedit.formats.index import atomic_folder
+    from sanaedit.core.atomic import atomic_folder
     from sanaedit.image.io import remove_stale_temps
 
     assert remove_stale_temps(out) == [] and sorted(p.name for p in out.iterdir()) == sorted(names)
@@ -637,7 +636,7 @@ def test_9_what_a_killed_writer_leaves_is_removed_by_the_next_but_a_live_ones_is
 
 
 def test_9_a_model_folder_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
-    from sanaedit.formats.index import atomic_folder
+    from sanaedit.core.atomic import atomic_folder
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)

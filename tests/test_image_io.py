@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sanaedit.image.io import ImageLoadError, load_image, save_image_atomic
+from sanaedit.errors import ImageLoadError
+from sanaedit.image.io import load_image, save_image_atomic
 
 
 def gradient(w=40, h=30):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from sanaedit.apps.cli import main
 from sanaedit.models.lora import LORA_FILE, add_lora, save_lora
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.runtime.random_model import build_tiny_pipeline
+from sanaedit.tools.random_model import build_tiny_pipeline
 
 
 def _photo() -> Image.Image:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.errors import ModelFolderError
 from sanaedit.pipeline import SanaEditPipeline
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.formats.index import ModelFolderError, folder_refiner
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.refiner import folder_refiner
 from sanaedit.image.upsample import restore_photo
 from sanaedit.models.refiner import REFINER_FILE, Refiner, load_refiner, save_refiner
 
@@ -169,7 +170,7 @@ def test_a_lora_style_comes_back_guided_not_through_the_base_models_refiner(refi
     from sanaedit.export import export_model
     from sanaedit.load import load_pipeline
     from sanaedit.models.lora import add_lora, save_lora
-    from sanaedit.runtime.random_model import build_tiny_pipeline
+    from sanaedit.tools.random_model import build_tiny_pipeline
 
     style = build_tiny_pipeline()
     add_lora(style.transformer, rank=2)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sanaedit.formats.index import ModelFolderError
-from sanaedit.formats.refiner_graph import load_refiner_graph
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.refiner import load_refiner_graph
 from sanaedit.models.refine_tiles import REFINER_GRAPH, RefinerGraph, refine_in_tiles
 from sanaedit.models.refiner import Refiner
 
@@ -96,7 +96,7 @@ import json, sys
 from pathlib import Path
 sys.modules["torch"] = None  # importing torch anywhere below fails
 from PIL import Image
-from sanaedit.formats.refiner_graph import load_refiner_graph
+from sanaedit.formats.refiner import load_refiner_graph
 tmp = Path({str(tmp_path)!r})
 graph = load_refiner_graph(Path({str(folder)!r}), json.loads((tmp / "manifest.json").read_text()), {BACKEND[fmt]!r}, 1)
 graph.refine(Image.open(tmp / "photo.png"), Image.open(tmp / "edit.png"), tile={TILE}).save(tmp / "out.png")

@@ -23,8 +23,9 @@ if importlib.util.find_spec("llmexport") is None:  # (importing it needs its fol
 from sanaedit.backends.mnn_graph import MnnGraph  # noqa: E402
 from sanaedit.backends.mnn_inspect import inspect_graphs  # noqa: E402
 from sanaedit.backends.mnn_llm import MnnLlm  # noqa: E402
+from sanaedit.errors import ModelFolderError  # noqa: E402
 from sanaedit.export.llm_mnn import export_llm_mnn  # noqa: E402
-from sanaedit.formats.index import RELEASE_KIND, ModelFolderError, folder_kind  # noqa: E402
+from sanaedit.formats.index import RELEASE_KIND, folder_kind
 from sanaedit.formats.release_files import (  # noqa: E402
     ENGINE_PROMPT,
     GRAPHS,
@@ -324,7 +325,7 @@ def _qwen_shaped_tokenizer(folder: Path) -> Path:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sanaedit.runtime.random_model import _CORPUS
+    from sanaedit.tools.random_model import _CORPUS
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()

@@ -16,8 +16,9 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app
 from sanaedit.apps.serve.downloads import download_name, unique_names
-from sanaedit.apps.serve.jobs import JobQueue, QueueFull
+from sanaedit.apps.serve.jobs import JobQueue
 from sanaedit.apps.serve.server import DrainingServer
+from sanaedit.errors import QueueFull
 
 LOCAL = "http://127.0.0.1"
 

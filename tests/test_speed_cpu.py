@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sanaedit.backends import cpu
+from sanaedit.core import cpu
 
 
 def test_bf16_only_with_native_flags(monkeypatch):

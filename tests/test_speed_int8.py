@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanaedit.backends.cpu import best_compute_dtype
-from sanaedit.backends.torch_int8 import Int8Conv1x1, Int8Linear, quantize_dit_int8
+from sanaedit.core.cpu import best_compute_dtype
 from sanaedit.load import load_pipeline, resolve_dtype
+from sanaedit.models.int8 import Int8Conv1x1, Int8Linear, quantize_dit_int8
 from sanaedit.pipeline import SanaEditPipeline
 
 
@@ -87,8 +87,8 @@ def test_resolve_dtype():
 def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_model_dir):
     """`--dtype int8` loads make each int8 layer as its weights arrive (no float DiT held): the same buffers as
     loading in bf16 and then swapping."""
-    from sanaedit.backends.torch_int8 import int8_layer
     from sanaedit.backends.torch_loading import load_model
+    from sanaedit.models.int8 import int8_layer
     from sanaedit.models.transformer import SanaEditTransformer2DModel
 
     folder = tiny_model_dir / "transformer"
@@ -124,9 +124,9 @@ def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_m
 
     from safetensors import safe_open
 
-    from sanaedit.backends.torch_int8 import Int8Linear, int8_layer
     from sanaedit.formats.index import stored_int8
     from sanaedit.formats.torch_folder import load_model_folder
+    from sanaedit.models.int8 import Int8Linear, int8_layer
 
     assert stored_int8(int8_folder) and not stored_int8(tiny_model_dir)
     weights = "transformer/diffusion_pytorch_model.safetensors"

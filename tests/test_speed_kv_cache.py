@@ -104,7 +104,7 @@ def test_disable_restores_plain_model_and_state_dict_names():
 def test_pipeline_image_unchanged_with_cache():
     from PIL import Image
 
-    from sanaedit.runtime.random_model import build_tiny_pipeline
+    from sanaedit.tools.random_model import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     image = Image.new("RGB", (40, 56), (200, 120, 40))

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from sanaedit.load import load_pipeline
-from sanaedit.residency import OnDisk
+from sanaedit.runtime.residency import OnDisk
 
 
 def _photo(tmp_path):
@@ -66,7 +66,7 @@ def test_a_folder_with_only_half_an_autoencoder_fails_naming_the_tensor(tiny_mod
 
     from safetensors.torch import load_file, save_file
 
-    from sanaedit.formats.index import ModelFolderError
+    from sanaedit.errors import ModelFolderError
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.errors import ModelFolderError
 from sanaedit.models.tiny_vae import TinyAutoencoder, TinyVaeDecoder, TinyVaeEncoder, load_taesd_state_dicts
 
 

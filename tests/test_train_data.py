@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sanaedit.errors import DataError
 from sanaedit.image.io import load_image, preprocess
-from sanaedit.train.data import DataError, LatentDataset, ManifestDataset, collate, pre_encode
+from sanaedit.train.data import LatentDataset, ManifestDataset, collate, pre_encode
 
 
 def _img(path, colour, size=(40, 30)):

@@ -33,24 +33,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sanaedit.apps.processes import Processes
-from sanaedit.image.io import ImageLoadError, load_image, remove_stale_temps, save_image_atomic
+from sanaedit.errors import ImageLoadError
+from sanaedit.image.folders import list_folder
+from sanaedit.image.io import load_image, remove_stale_temps, save_image_atomic
 
-# .heic is listed so an iPhone folder gets a per-file reason ("export it as JPEG"), not silence
-IMAGE_SUFFIXES = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".jpe",
-    ".jfif",
-    ".webp",
-    ".avif",
-    ".heic",
-    ".heif",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-}
 # a write failing with one of these fails for every later output too: the batch stops and lists what is left
 OUTPUT_GONE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -71,58 +57,6 @@ class BatchSummary:
             lines[0] += f"; {len(self.ignored)} other file(s) ignored (no image extension, or a linked folder)"
         lines += [f"  failed: {reason}" for _, reason in self.failed]
         return "\n".join(lines)
-
-
-@dataclass
-class Listing:
-    images: list[Path] = field(default_factory=list)  # entries with an image extension, whatever they are
-    others: list[Path] = field(default_factory=list)
-    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # sub-folders that cannot be listed
-
-
-def list_folder(folder: Path, recursive: bool = False) -> Listing:
-    """Everything under `folder`, hidden entries left out, sorted. An entry with an image extension is listed
-    whatever it is (a FIFO, a device, a dangling link, a link loop), so the batch reports it rather than losing it;
-    symlinked folders are not walked (no loops) and count as others; a sub-folder that cannot be listed is reported
-    in `unreadable`. The folder itself must be listable: ValueError otherwise."""
-    listing, pending = Listing(), [Path(folder)]
-    while pending:
-        current = pending.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = list(it)
-        except OSError as err:
-            reason = f"{current}: cannot read this folder ({err.strerror or err})"
-            if current == Path(folder):
-                raise ValueError(reason) from None
-            listing.unreadable.append((current, reason))
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            try:
-                real_dir = entry.is_dir(follow_symlinks=False)
-                linked_dir = not real_dir and entry.is_symlink() and path.is_dir()
-            except OSError:  # a link loop: neither; it is listed (and fails with its reason) below
-                real_dir = linked_dir = False
-            if real_dir:
-                if recursive:
-                    pending.append(path)
-            elif linked_dir or path.suffix.lower() not in IMAGE_SUFFIXES:
-                listing.others.append(path)
-            else:
-                listing.images.append(path)
-    listing.images.sort()
-    listing.others.sort()
-    listing.unreadable.sort()
-    return listing
-
-
-def find_files(folder: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
-    """(entries with an image extension, other entries) under `folder`, sorted: see `list_folder`."""
-    listing = list_folder(folder, recursive)
-    return listing.images, listing.others
 
 
 def check_output_folder(folder: str | Path) -> None:

@@ -10,9 +10,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-class OtherProcessFailed(RuntimeError):
-    """Raised in processes other than 0 when some process failed at a meeting point: process 0 says why."""
+from sanaedit.errors import OtherProcessFailed
 
 
 def _reason(err: BaseException) -> str:

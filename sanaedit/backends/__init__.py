@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BACKENDS = {"onnxruntime": "onnx", "mnn": "mnn"}  # runtime -> the export format it runs
+from sanaedit.core.choices import Backend, Format
+
+# runtime -> the export format it runs, and back
+BACKENDS = {Backend.ONNXRUNTIME: Format.ONNX, Backend.MNN: Format.MNN}
 FORMATS = {fmt: backend for backend, fmt in BACKENDS.items()}
 # The graphs MNN runs in its low-memory mode: the matmul-bound ones (mnn_graph.py says why not the others). The LLM's
 # (mnn_llm.py): a new prompt on the published-size release layout then peaks at 1.27 GB instead of 4.68 GB.

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from sanaedit.backends.cpu import physical_cores
 from sanaedit.core.arrays import to_numpy
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.core.cpu import physical_cores
+from sanaedit.errors import ModelFolderError
 
 # MNN's BackendConfig enums (MNNForwardType.h). The Python wrapper reads "memory" only as an integer (a string such
 # as "low" is silently ignored); "precision" as a string also prints a line on stdout for every graph loaded.

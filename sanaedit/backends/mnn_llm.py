@@ -17,7 +17,7 @@ import numpy as np
 from sanaedit import backends
 from sanaedit.backends.mnn_graph import runtime_config
 from sanaedit.core.arrays import to_numpy
-from sanaedit.formats.index import ModelFolderError
+from sanaedit.errors import ModelFolderError
 
 INPUTS = ["input_ids", "attention_mask", "position_ids", "logits_index"]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from sanaedit.backends.cpu import physical_cores
 from sanaedit.core.arrays import to_numpy
-from sanaedit.formats.index import ModelFolderError, first_line
+from sanaedit.core.cpu import physical_cores
+from sanaedit.errors import ModelFolderError, first_line
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 

@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sanaedit.backends.torch_int8 import Int8Linear, int8_shell
-from sanaedit.backends.torch_weight_quant import QuantizedConv2d, QuantizedLinear
 from sanaedit.formats.index import STORED_INT8
+from sanaedit.models.int8 import Int8Linear, int8_shell, replace_layers
 
-QUANTIZED = {nn.Linear: QuantizedLinear, nn.Conv2d: QuantizedConv2d}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _DTYPES = {
     "F64": torch.float64,
@@ -109,18 +107,6 @@ def empty_model(cls, folder: str | Path):
         model.register_to_config(**{STORED_INT8: int8})
         replace_layers(model, int8_shell)
     return model
-
-
-def replace_layers(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
-    """Swap each module of an already loaded `model` for what `replace(name, module)` returns (None: it stays), as
-    `load_model(..., replace=...)` does while streaming. Returns how many were swapped."""
-    swapped = 0
-    for name, module in list(model.named_modules()):
-        new = replace(name, module)
-        if new is not None:
-            model.set_submodule(name, new)
-            swapped += 1
-    return swapped
 
 
 def _load_model(cls, folder, dtype, replace, only):
@@ -215,25 +201,3 @@ def release_freed_memory() -> None:
     malloc_trim = _libc_function("malloc_trim")
     if malloc_trim is not None:  # not glibc (macOS, musl): nothing to do
         malloc_trim(0)
-
-
-def load_quantized_model(
-    cls,
-    folder: str | Path,
-    bits: int = 8,
-    group_size: int | None = None,
-    keep_float: Callable[[str, nn.Module], bool] | None = None,
-    min_params: int = 4096,
-):
-    """A diffusers model (`cls`, e.g. AutoencoderDC) from `folder` with its Linear/Conv2d weights quantized on load.
-
-    Layers with fewer than `min_params` weights, or for which `keep_float(name, module)` is true, stay float.
-    """
-
-    def quantize(name: str, module: nn.Module) -> nn.Module | None:
-        quant_cls = QUANTIZED.get(type(module))
-        if quant_cls is None or module.weight.numel() < min_params or (keep_float and keep_float(name, module)):
-            return None
-        return quant_cls(module, bits, group_size)
-
-    return load_model(cls, folder, torch.float32, replace=quantize)

@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sanaedit.image.upsample import DEFAULT_METHOD as DEFAULT_UPSAMPLE
-from sanaedit.models.prompt import PROMPT_TEMPLATE
+from sanaedit.core.choices import Padding, Sampler, Schedule, Upsample, Vae
 
+# The published editor's Qwen chat template around an instruction. `<|vision_bos|>` is not a Qwen3 special token: it
+# tokenizes as text.
+PROMPT_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n<|vision_bos|>"
 COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
 
@@ -22,15 +24,24 @@ class PipelineConfig:
     num_inference_steps: int = 10
     guidance_scale: float = 4.5
     shift: float = 3.0
-    schedule: str = "default"
-    sampler: str = "euler"  # or "dpm" (flow DPM-Solver++), "scm" (SANA-Sprint's few-step sampler): sampling.py
+    schedule: Schedule = Schedule.DEFAULT
+    sampler: Sampler = Sampler.EULER  # or DPM (flow DPM-Solver++), SCM (SANA-Sprint's few-step sampler): sampling.py
     template: str = PROMPT_TEMPLATE
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
-    padding: str = "black"  # fills the square around a non-square photo: "black" (the published engine) or "reflect"
-    upsample: str = DEFAULT_UPSAMPLE  # back to the photo's size: upsample.METHODS ("guided", "refine", "plain", ...)
-    vae: str = "full"  # the autoencoder edits run on: "full" (DC-AE) or "tiny" (model_folder.choose_vae)
+    padding: Padding = Padding.BLACK  # fills the square around a non-square photo: BLACK (the published engine), REFLECT
+    upsample: Upsample = Upsample.GUIDED  # back to the photo's own size (image/upsample.py)
+    vae: Vae = Vae.FULL  # the autoencoder edits run on: the DC-AE, or the folder's light one
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        """From model_index.json's "pipeline" entry: unknown keys ignored, known choices as their enum members (a value
+        outside them is kept as written, for the run plan to name with its folder: runtime/plan.py)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        for name, kind in CHOICES.items():
+            if isinstance(values.get(name), str) and values[name] in set(kind):
+                values[name] = kind(values[name])
+        return cls(**values)
+
+
+CHOICES = {"schedule": Schedule, "sampler": Sampler, "padding": Padding, "upsample": Upsample, "vae": Vae}

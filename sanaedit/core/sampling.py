@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from sanaedit.core.arrays import float32, randn_like
+from sanaedit.core.choices import Sampler, Schedule
 
-SCHEDULES = ("default", "published", "linear", "scm")
-SAMPLERS = ("euler", "dpm", "scm")
+SCHEDULES = tuple(Schedule)
+SAMPLERS = tuple(Sampler)
 SCM_MAX_TIME, SCM_MID_TIME = 1.57080, 1.3  # SANA-Sprint's TrigFlow times (diffusers' SCMScheduler defaults)
 
 
@@ -179,7 +180,7 @@ def scm_sample(
     return x
 
 
-SAMPLE_FUNCTIONS = {"euler": euler_sample, "dpm": dpm_solver_sample, "scm": scm_sample}
+SAMPLE_FUNCTIONS = {Sampler.EULER: euler_sample, Sampler.DPM: dpm_solver_sample, Sampler.SCM: scm_sample}
 
 
 def get_sampler(name: str) -> Callable[..., Array]:

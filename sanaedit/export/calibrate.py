@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sanaedit.export.onnx_export import _move_graph, _quiet_logs, _quiet_root
+from sanaedit.export.onnx_export import move_graph, quiet_logs, quiet_root
 
 W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
 # The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
@@ -101,7 +101,7 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
     reader = _Reader(input_name, samples)
     # Into a scratch folder first: quantize_static writes its weight file as OUTPUT_NAME.data, so the graph keeps
     # its own name there and both move into place together.
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, _quiet_logs(), _quiet_root():
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, quiet_logs(), quiet_root():
         out = Path(scratch) / path.name
         quantize_static(
             str(path),
@@ -115,7 +115,7 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=Path(str(path) + ".data").is_file(),
         )
-        _move_graph(out, path)
+        move_graph(out, path)
     return {
         "bits": 8,
         "activation_bits": 8,

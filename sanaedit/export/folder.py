@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +24,17 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sanaedit.backends import FORMATS, load_graph
+from sanaedit.core.atomic import atomic_folder
+from sanaedit.core.choices import Vae
 from sanaedit.export.calibrate import (
     W8A8,
     W8A8_CALIBRATED,
-    W8A8_DYNAMIC,
     W8A8_GRAPHS,
     Calibration,
     autoencoder_calibration,
-    quantize_onnx_static,
 )
+from sanaedit.export.graph_export import LLM_GROUP_SIZE, export_graph, say, w8a8_check
 from sanaedit.export.graphs import baked_guidance, graph_specs, refiner_spec
-from sanaedit.export.onnx_export import (
-    export_onnx,
-    optimize_for_onnxruntime,
-    quantize_onnx_dynamic,
-    quantize_onnx_weights,
-)
 from sanaedit.formats.index import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_KEY,
@@ -50,31 +42,22 @@ from sanaedit.formats.index import (
     PROMPT_CACHE_FILE,
     RELEASE_LAYOUT,
     TINY_GRAPHS,
-    atomic_folder,
-    save_meta_queries,
     stored_int8,
     write_index,
-    write_prompt_cache,
 )
+from sanaedit.formats.prompt_cache import write_prompt_cache
+from sanaedit.formats.torch_folder import save_meta_queries
+from sanaedit.load import load_model_folder
 from sanaedit.models.refine_tiles import REFINER_GRAPH, RefinerGraph
 from sanaedit.models.refiner import save_refiner
+from sanaedit.plan import styled
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder", *TINY_GRAPHS]
-LLM_GROUP_SIZE = 64  # the published LLM's 4-bit block
 # The refiner graph's tiled refine of a check photo may round a pixel to the next uint8 level, never further.
 REFINER_LEVEL_TOLERANCE = 1
 REFINER_CHECK_SIZE, REFINER_CHECK_TILE = (203, 150), 64  # non-square, several tiles of several shapes
-FP32_TOLERANCE = 1e-3  # an fp32 graph off by more than this (max-abs relative) is a broken export, not rounding
-# A w8a8 graph off by more than this (relative L2) has lost the picture and is exported again as `NAME=8` exports
-# it (8-bit weights only), with a warning. Calibrated autoencoders, on a held-out photo: the tiny random test
-# model's DC-AE measures 0.04 (encoder) / 0.06 (decoder); ranges from all-zero or 10x too small inputs 0.7-0.97.
-# The DiT, on its example inputs: 0.016 at the published size (random weights), 0.020 for the bundled model's
-# student, 0.006 for the tiny test model; activations with a few 20x channels (what per-tensor ranges handle
-# worst) would be ~0.1.
-W8A8_TOLERANCE = 0.25
-W8A8_DYNAMIC_TOLERANCE = 0.05
 W8A8_WHERE = f"{', '.join(W8A8_GRAPHS[:-1])} and {W8A8_GRAPHS[-1]}"  # for messages
 
 
@@ -110,11 +93,6 @@ def parse_quant(text: str | None) -> dict[str, int | str | None]:
     return {name: given.get(name, rest) for name in COMPONENTS}
 
 
-def _say(progress: bool, message: str) -> None:
-    if progress:
-        logger.info(message)
-
-
 def export_model(
     model_dir: str | Path,
     out: str | Path,
@@ -126,7 +104,6 @@ def export_model(
 ) -> Path:
     """Export every sub-model of `model_dir` (or of an in-memory `pipe`) to `out`; each graph is checked. `loras`
     (file, scale) are merged into the transformer first."""
-    from sanaedit.formats.torch_folder import load_model_folder
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)}")
@@ -143,14 +120,14 @@ def export_model(
             "it was made from (--quant chooses the graphs' own quantization)"
         )
     given_pipe = pipe is not None
-    pipe = pipe or load_model_folder(model_dir, vae="full")  # every graph, the DC-AE's included
+    pipe = pipe or load_model_folder(model_dir, vae=Vae.FULL)  # every graph, the DC-AE's included
     if pipe.vae is None:
         raise ValueError("this pipeline has no DC-AE (loaded with vae='tiny'): export needs the full model")
     if loras:
-        from sanaedit.models.lora import merge_loras, style_upsampling
+        from sanaedit.models.lora import merge_loras
 
         merge_loras(pipe.transformer, [(Path(path), float(scale)) for path, scale in loras])
-        style_upsampling(pipe.config)
+        pipe.config = styled(pipe.config)
     encoder = pipe.text_encoder
     out = Path(out)
     started = time.perf_counter()
@@ -192,7 +169,7 @@ def export_model(
             vae={"scale_factor": pipe.vae_scale, "scaling_factor": pipe.vae.config.scaling_factor},
             **({"baked_guidance": baked} if baked is not None else {}),
         )
-    _say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
+    say(progress, f"exported {out} ({fmt}) in {time.perf_counter() - started:.0f} s")
     return out
 
 
@@ -204,23 +181,23 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
     calibration: dict[str, Calibration] = {}
     calibrated = [name for name in W8A8_CALIBRATED if bits[name] == W8A8]
     if calibrated:
-        _say(progress, f"      {W8A8}: calibrating {', '.join(calibrated)} on photos ...")
+        say(progress, f"      {W8A8}: calibrating {', '.join(calibrated)} on photos ...")
         calibration = autoencoder_calibration(pipe, calibrated)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
-        _say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
+        say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
         where = tmp / "llm" if spec.name == "llm" else tmp
-        entry = _export_graph(spec, where, fmt, bits[spec.name], calibration.get(spec.name))
+        entry = export_graph(spec, where, fmt, bits[spec.name], calibration.get(spec.name))
         entry["file"] = str((where / entry["file"]).relative_to(tmp))
         graphs[spec.name] = entry
         error = f"max rel. error vs torch {entry['max_rel_error']:.1e}"
         if "rel_l2_error" in entry:  # w8a8
-            error = f"rel. L2 error vs torch on {_w8a8_check(spec.name)} {entry['rel_l2_error']:.1e}"
-        _say(
+            error = f"rel. L2 error vs torch on {w8a8_check(spec.name)} {entry['rel_l2_error']:.1e}"
+        say(
             progress,
             f"      {entry['file']}: {error}, {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",
         )
-    _say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ...")
+    say(progress, f"[{len(specs) + 1}/{len(specs) + 1}] llm/ embeddings, tokenizer, meta-queries, prompt cache ...")
     embed_dtype = torch.float32 if bits["llm"] is None else torch.bfloat16
     table = encoder.llm.get_input_embeddings().weight.detach().to(embed_dtype).contiguous()
     save_file({EMBEDDINGS_KEY: table}, tmp / EMBEDDINGS_FILE)
@@ -244,9 +221,9 @@ def export_refiner(refiner, folder: Path, fmt: str, progress: bool = False) -> d
     runtime does (`runtime/refiner_graph.py`): at most REFINER_LEVEL_TOLERANCE uint8 levels off PyTorch's. Returns
     its manifest entry, with the factor and margin the tiling needs."""
     t0 = time.perf_counter()
-    _say(progress, f"      refiner: exporting to {fmt} (fp32, any height and width) ...")
+    say(progress, f"      refiner: exporting to {fmt} (fp32, any height and width) ...")
     spec = refiner_spec(refiner)
-    entry = _export_graph(spec, folder, fmt, None)
+    entry = export_graph(spec, folder, fmt, None)
     entry.update(factor=refiner.factor, margin=refiner.margin, config=dict(refiner.config))
     graph = load_graph(folder / entry["file"], FORMATS[fmt], spec.inputs, spec.outputs, threads=1)
     photo, edit = (_noise_picture(seed, REFINER_CHECK_SIZE) for seed in (1, 2))
@@ -258,7 +235,7 @@ def export_refiner(refiner, folder: Path, fmt: str, progress: bool = False) -> d
             f"the exported refiner graph refines a photo {entry['max_level_error']} uint8 levels off PyTorch (at most "
             f"{REFINER_LEVEL_TOLERANCE} passes); nothing was written. Please report this with your model's config."
         )
-    _say(
+    say(
         progress,
         f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}, tiled photo at most "
         f"{entry['max_level_error']} level(s) off, {entry['bytes'] / 2**10:.0f} KiB, {time.perf_counter() - t0:.0f} s",
@@ -271,75 +248,3 @@ def _noise_picture(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def _export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibration: Calibration | None = None) -> dict:
-    entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": 8 if bits == W8A8 else bits}
-    if fmt == "onnx":
-        path = export_onnx(spec, folder / f"{spec.name}.onnx")
-        dynamic = spec.name in W8A8_DYNAMIC  # w8a8 with ranges per call, not calibrated
-        if bits == W8A8 and dynamic:
-            entry["quant"] = quantize_onnx_dynamic(path)
-        elif bits == W8A8:
-            entry["quant"] = quantize_onnx_static(path, spec.inputs[0], calibration.samples)
-        elif bits is not None:
-            entry["quant"] = quantize_onnx_weights(path, bits, block_size=_onnx_block(bits))
-        entry.update(optimize_for_onnxruntime(path))  # checked below as it will run
-        graph = load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1)
-        if bits == W8A8:
-            # Calibrated ranges fit photos, and random inputs lie outside them: checked on a held-out photo. Ranges
-            # measured per call fit any input: checked on the usual example inputs.
-            check = spec.example if dynamic else (calibration.check,)
-            entry["max_rel_error"], entry["rel_l2_error"] = _errors(spec, graph, check)
-            tolerance = W8A8_DYNAMIC_TOLERANCE if dynamic else W8A8_TOLERANCE
-            if entry["rel_l2_error"] > tolerance:
-                logger.warning(
-                    f"the {W8A8} {spec.name} graph is {entry['rel_l2_error']:.3f} off PyTorch (relative L2 on "
-                    f"{_w8a8_check(spec.name)}; at most {tolerance} passes): this model's activations do not survive "
-                    f"int8 there. Exporting {spec.name} with 8-bit weights only (--quant {spec.name}=8) instead."
-                )
-                del graph
-                fallback = _export_graph(spec, folder, fmt, 8)
-                fallback["w8a8_rejected"] = {"rel_l2_error": entry["rel_l2_error"], "tolerance": tolerance}
-                return fallback
-        else:
-            entry["max_rel_error"] = _errors(spec, graph, spec.example)[0]
-    else:
-        from sanaedit.export.mnn_convert import onnx_to_mnn
-
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            onnx_path = export_onnx(spec, Path(scratch) / f"{spec.name}.onnx")
-            path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=_mnn_block(bits))
-        if bits is not None:
-            entry["quant"] = {"bits": bits, "block_size": _mnn_block(bits), "scheme": "MNN asymmetric weights"}
-        graph = load_graph(path, "mnn", spec.inputs, spec.outputs, component=spec.name)  # checked as it will run
-        entry["max_rel_error"] = _errors(spec, graph, spec.example)[0]
-    error = entry["max_rel_error"]
-    if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):
-        # The folder is written atomically: a broken graph leaves no export (and an older one untouched).
-        raise RuntimeError(
-            f"the exported {spec.name} graph does not match PyTorch (max relative error {error:.2e}); "
-            f"nothing was written. Please report this with your model's config."
-        )
-    entry["file"] = path.name
-    entry["bytes"] = sum(p.stat().st_size for p in folder.glob(path.name + "*"))
-    return entry
-
-
-def _w8a8_check(name: str) -> str:
-    """What a w8a8 graph is checked on against PyTorch (for messages)."""
-    return "example inputs" if name in W8A8_DYNAMIC else "a held-out photo"
-
-
-def _mnn_block(bits: int | None) -> int | None:
-    return LLM_GROUP_SIZE if bits == 4 else None  # 8-bit: per channel
-
-
-def _onnx_block(bits: int) -> int:
-    return LLM_GROUP_SIZE if bits == 4 else 128  # MatMulNBits needs blocks; 128 is its default
-
-
-def _errors(spec, graph: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-    """(max |graph - torch| / max |torch|, |graph - torch|_2 / |torch|_2) on `inputs`."""
-    with torch.no_grad():
-        ref = spec.module(*inputs).float()
-    diff = torch.from_numpy(np.asarray(graph(*inputs), np.float32)) - ref  # a graph returns arrays (or tensors)
-    return float(diff.abs().max() / ref.abs().max().clamp(min=1e-12)), float(diff.norm() / ref.norm().clamp(min=1e-12))

@@ -37,7 +37,7 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
         for name in spec.inputs + spec.outputs:
             dynamic_axes.setdefault(name, {}).update({2: "height", 3: "width"})
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > ONNX_SIZE_LIMIT // 2
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logs():
         warnings.simplefilter("ignore")
         if spec.dynamo:
             dims = {d: torch.export.Dim(d) for d in ("batch", "length", "height", "width")}
@@ -88,7 +88,7 @@ def export_onnx(spec: GraphSpec, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_logs():
+def quiet_logs():
     """The dynamo exporter's passes log every rewrite at INFO; a user's export output should show our progress."""
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
@@ -102,7 +102,7 @@ def _quiet_logs():
 
 
 @contextlib.contextmanager
-def _quiet_root():
+def quiet_root():
     """ORT's quantize_static / quantize_dynamic warn on the root logger that the graph was not pre-processed (ORT's
     pre-processing, symbolic shape inference, crashes on these dynamo graphs, and the session optimizes the graph
     anyway) and, for a graph with DequantizeLinear convs, that it may be quantized already (it is, those convs)."""
@@ -115,7 +115,7 @@ def _quiet_root():
         root.setLevel(level)
 
 
-def _move_graph(src: Path, dst: Path) -> None:
+def move_graph(src: Path, dst: Path) -> None:
     """Move the graph `src` over `dst`, each with its weight side file (NAME.data, named after its graph): `dst`'s old
     one removed, `src`'s, if any, moved beside it. The exporters and ORT write into a scratch folder beside `dst`
     under `dst`'s name, so the graph's reference to its side file holds after the move."""
@@ -161,7 +161,7 @@ def quantize_onnx_weights(path: Path, bits: int, block_size: int = 128) -> dict:
 
     model = onnx.load(str(path))
     pointwise = _pointwise_convs_as_matmuls(model)
-    with _quiet_logs():
+    with quiet_logs():
         quantizer = MatMulNBitsQuantizer(
             model, bits=bits, block_size=block_size, is_symmetric=False, accuracy_level=INT8_COMPUTE
         )
@@ -205,7 +205,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
     # Through files in a scratch folder: the quantizer reads a path without copying the model in memory (a 0.6B
     # DiT is 2.4 GB in fp32), and writes its weight file as OUTPUT_NAME.data, so the graph keeps its name there and
     # both move into place together.
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, _quiet_logs(), _quiet_root():
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, quiet_logs(), quiet_root():
         rewritten, out = Path(scratch) / "rewritten.onnx", Path(scratch) / path.name
         onnx.save_model(model, str(rewritten), save_as_external_data=True, location="rewritten.onnx.data")
         del model
@@ -217,7 +217,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
             weight_type=QuantType.QInt8,  # u8 activations x s8 weights: ORT's x86 VNNI kernels
             use_external_data_format=big,
         )
-        _move_graph(out, path)
+        move_graph(out, path)
     return {
         "bits": 8,
         "activation_bits": 8,
@@ -327,5 +327,5 @@ def optimize_for_onnxruntime(path: Path) -> dict:
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name", side.name)
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        _move_graph(optimized, path)
+        move_graph(optimized, path)
     return {"optimized": "onnxruntime extended level (offline)"}

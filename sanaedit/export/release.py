@@ -45,20 +45,20 @@ def llm_block(width: int) -> int:
 
 def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path | None = None) -> tuple[dict, dict]:
     """Write the release's files into `tmp`; returns (graph entries, the manifest's "llm" entry)."""
-    from sanaedit.export.folder import _export_graph, _say
+    from sanaedit.export.graph_export import export_graph, say
 
     specs = release_specs(pipe)
     total = len(specs) + 1
     graphs: dict[str, dict] = {}
     for i, spec in enumerate(specs, 1):
-        _say(
+        say(
             progress, f"[{i}/{total}] {spec.name}: exporting to mnn ({', '.join(spec.inputs)} -> {spec.outputs[0]}) ..."
         )
-        entry = _export_graph(spec, tmp, "mnn", bits[spec.name])
+        entry = export_graph(spec, tmp, "mnn", bits[spec.name])
         graphs[spec.name] = entry
-        _say(progress, f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}")
+        say(progress, f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}")
     llm_bits = bits["llm"]
-    _say(
+    say(
         progress, f"[{total}/{total}] llm: MNN's LLM exporter, {'fp16' if llm_bits is None else f'{llm_bits}-bit'} ..."
     )
     encoder = pipe.text_encoder
@@ -79,7 +79,7 @@ def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path
             f"the exported LLM graph does not match transformers (max relative error {worst:.2e}); nothing was "
             "written. Please report this with your model's config."
         )
-    _say(progress, "      llm/llm.mnn: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    say(progress, "      llm/llm.mnn: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     llm_path = tmp / LLM_GRAPH.file
     graphs["llm"] = {
         "file": LLM_GRAPH.file,

@@ -1,4 +1,4 @@
-"""The exported-folder factory: a SanaEditPipeline whose networks are ONNX Runtime or MNN graphs.
+"""An exported folder (`sanaedit export --format onnx`): its networks as ONNX Runtime (or MNN) graphs.
 
 Sampling, CFG, pre/post-processing and the prompt cache are the pipeline's own code; only the networks are graphs,
 behind the same `FlowModel` the PyTorch pipeline uses. Each graph call returns a fresh tensor, so nothing
@@ -14,24 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from sanaedit.backends import BACKENDS, load_graph
+from sanaedit.backends import load_graph
 from sanaedit.core.arrays import NumpyArrays, bfloat16_to_float32
+from sanaedit.core.choices import Format, Vae
+from sanaedit.core.config import PipelineConfig
 from sanaedit.core.flow import FlowModel
-from sanaedit.formats.index import (
-    EMBEDDINGS_KEY,
-    EXPORT_CLASS,
-    META_QUERIES_FILE,
-    TINY_GRAPHS,
-    ModelFolderError,
-    choose_vae,
-    first_line,
-    folder_refiner,
-    is_release_layout,
-    load_prompt_cache,
-    read_index,
-)
-from sanaedit.formats.refiner_graph import load_refiner_graph
-from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
+from sanaedit.errors import ModelFolderError, first_line
+from sanaedit.formats.index import EMBEDDINGS_KEY, EXPORT_CLASS, META_QUERIES_FILE, TINY_GRAPHS, read_index
+from sanaedit.formats.prompt_cache import load_prompt_cache
+from sanaedit.formats.refiner import folder_refiner, load_refiner_graph
+from sanaedit.formats.source import Networks
+from sanaedit.models.refine_tiles import REFINER_FILE, REFINER_GRAPH
+from sanaedit.plan import FolderInfo, RunPlan
 
 GRAPHS = ["connector", "projector", "transformer", "vae_encoder", "vae_decoder"]  # loaded up front
 
@@ -128,11 +122,7 @@ def check_exported(folder: str | Path) -> dict:
     the LLM's embeddings and meta-queries headers, the prompt cache. Returns the manifest."""
     from safetensors import safe_open
 
-    from sanaedit.formats.release import check_release
-
     folder = Path(folder)
-    if is_release_layout(folder):  # the published MNN release's layout (runtime/release.py)
-        return check_release(folder).manifest or {}
     manifest = read_index(folder, kind=EXPORT_CLASS)
     missing = [n for n in ("llm", *GRAPHS) if n not in manifest.get("graphs", {})]
     if missing:
@@ -152,60 +142,61 @@ def check_exported(folder: str | Path) -> dict:
     return manifest
 
 
-def load_exported(
-    folder: str | Path, backend: str | None = None, threads: int | None = None, vae: str | None = None
-) -> SanaEditPipeline:
-    """An exported folder as a pipeline on its manifest's backend (or `backend`, which must run its format). `vae`:
-    "full" (the DC-AE graphs), "tiny" (the light autoencoder's; the DC-AE's are then not loaded), None: the
-    folder's default."""
-    from sanaedit.formats.release import load_release
+class ExportedFolder:
+    """An exported folder of ONNX (or, from older exports, MNN) graphs as a source of networks (runtime/sources.py):
+    `info` from its manifest, `networks(plan)` the DiT's and the planned autoencoder's graphs on the plan's backend
+    (the LLM, connector and projector graphs only when a prompt outside the prompt cache needs them)."""
 
-    folder = Path(folder)
-    if is_release_layout(folder):  # the published MNN release's files, or our MNN export of them
-        return load_release(folder, backend, threads, vae)
-    manifest = read_index(folder, kind=EXPORT_CLASS)
-    backend = backend or manifest["backend"]
-    if BACKENDS.get(backend) != manifest["format"]:
-        raise ValueError(
-            f"{folder} holds {manifest['format']} graphs; backend {backend!r} cannot run them "
-            f"(use {manifest['backend']!r}, or export with --format {BACKENDS.get(backend, '?')})"
-        )
-    missing = [n for n in ("llm", *GRAPHS) if n not in manifest["graphs"]]
-    if missing:
-        raise ModelFolderError(
-            f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest = manifest = read_index(self.folder, kind=EXPORT_CLASS)
+        graphs = manifest.get("graphs", {})
+        try:
+            fmt = Format(manifest["format"])
+        except (KeyError, ValueError):
+            raise ModelFolderError(f"{self.folder}: model_index.json names no known graph format; export again") from None
+        self.info = FolderInfo(
+            folder=self.folder,
+            format=fmt,
+            config=PipelineConfig.from_dict(manifest.get("pipeline", {})),
+            has_tiny_vae=all(n in graphs for n in TINY_GRAPHS),
+            has_refiner=REFINER_GRAPH in graphs or (self.folder / REFINER_FILE).is_file(),
         )
 
-    def load(name: str):
-        entry = manifest["graphs"][name]
-        check_graph_file(folder, entry)
-        return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads, name)
+    def networks(self, plan: RunPlan) -> Networks:
+        folder, manifest, backend, threads = self.folder, self.manifest, plan.backend, plan.threads
+        missing = [n for n in ("llm", *GRAPHS) if n not in manifest["graphs"]]
+        if missing:
+            raise ModelFolderError(
+                f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
+            )
 
-    config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
-    tiny = choose_vae(folder, vae, config.vae, all(n in manifest["graphs"] for n in TINY_GRAPHS)) == "tiny"
-    autoencoder = list(TINY_GRAPHS) if tiny else ["vae_encoder", "vae_decoder"]
-    # files checked now; loaded now: the DiT and one autoencoder's graphs (the LLM, connector and projector only
-    # when a prompt outside the prompt cache needs them)
-    for name in ("connector", "projector"):
-        check_graph_file(folder, manifest["graphs"][name])
-    graphs = {name: load(name) for name in ["transformer", *autoencoder]}
-    info = manifest["transformer"]
-    flow = FlowModel(
-        TransformerGraph(graphs["transformer"]),
-        graphs[autoencoder[0]],
-        graphs[autoencoder[1]],
-        latent_channels=info["out_channels"],
-        ref_channels=info["ref_channels"],
-        vae_scale=manifest["vae"]["scale_factor"],
-        # the refiner's graph; the PyTorch refiner only for exports made before it was a graph
-        refiner=load_refiner_graph(folder, manifest, backend, threads) or folder_refiner(folder, config.upsample),
-        arrays=NumpyArrays(),
-    )
-    return SanaEditPipeline(
-        flow,
-        config=config,
-        prompt_cache=load_prompt_cache(folder, framework="np"),
-        text_encoder_loader=lambda: ExportedTextEncoder(folder, manifest, load, config.template),
-        model_dir=folder,
-        backend=backend,
-    )
+        def load(name: str):
+            entry = manifest["graphs"][name]
+            check_graph_file(folder, entry)
+            return load_graph(folder / entry["file"], backend, entry["inputs"], entry["outputs"], threads, name)
+
+        autoencoder = list(TINY_GRAPHS) if plan.vae == Vae.TINY else ["vae_encoder", "vae_decoder"]
+        # files checked now; loaded now: the DiT and one autoencoder's graphs (the LLM, connector and projector only
+        # when a prompt outside the prompt cache needs them)
+        for name in ("connector", "projector"):
+            check_graph_file(folder, manifest["graphs"][name])
+        graphs = {name: load(name) for name in ["transformer", *autoencoder]}
+        info = manifest["transformer"]
+        flow = FlowModel(
+            TransformerGraph(graphs["transformer"]),
+            graphs[autoencoder[0]],
+            graphs[autoencoder[1]],
+            latent_channels=info["out_channels"],
+            ref_channels=info["ref_channels"],
+            vae_scale=manifest["vae"]["scale_factor"],
+            # the refiner's graph; the PyTorch refiner only for exports made before it was a graph
+            refiner=load_refiner_graph(folder, manifest, backend, threads) or folder_refiner(folder),
+            arrays=NumpyArrays(),
+        )
+        template = plan.config.template
+        return Networks(
+            flow=flow,
+            prompt_cache=load_prompt_cache(folder, framework="np"),
+            text_encoder_loader=lambda: ExportedTextEncoder(folder, manifest, load, template),
+        )

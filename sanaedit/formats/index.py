@@ -22,18 +22,14 @@ cache. Loading checks every piece and raises errors that name the folder and the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sanaedit.core.log import quiet_libraries
-from sanaedit.core.tempfiles import pid_alive, remove_stale, replacing, temp_folder
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.release_files import LLM_FILES, TOKENIZER_FILES, graph_files
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 MODEL_INDEX = "model_index.json"
 META_QUERIES_FILE = "meta_queries.safetensors"
@@ -47,18 +43,7 @@ EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  
 TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exported graphs' prefix)
 # A DiT stored in int8 (`sanaedit export DIR --format int8`, speed/int8.py) says so in its config.json under this key
 STORED_INT8 = "sanaedit_int8"
-VAE_CHOICES = ("full", "tiny")  # `--vae`: DC-AE or the light autoencoder
 TINY_GRAPHS = ("tiny_vae_encoder", "tiny_vae_decoder")  # its exported graphs (scaled latents, pixels in [-1, 1])
-
-
-class ModelFolderError(ValueError):
-    """A model folder is missing, incomplete or inconsistent."""
-
-
-def first_line(err: BaseException) -> str:
-    """A library error in one line for a user's message: its first line, or its type when it has no text."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def folder_kind(folder: str | Path) -> str | None:
@@ -67,8 +52,6 @@ def folder_kind(folder: str | Path) -> str | None:
     try:
         index = json.loads((Path(folder) / MODEL_INDEX).read_text())
     except (OSError, ValueError):
-        from sanaedit.formats.release_files import looks_like_release
-
         return RELEASE_KIND if looks_like_release(folder) else None
     kind = index.get("_class_name") if isinstance(index, dict) else None
     return kind if kind in (MODEL_CLASS, EXPORT_CLASS) else None
@@ -115,44 +98,6 @@ def read_index(model_dir: Path, kind: str = MODEL_CLASS) -> dict[str, Any]:
     if missing:
         raise ModelFolderError(f"{model_dir}: missing component(s): {', '.join(missing)}")
     return index
-
-
-def choose_vae(folder: str | Path, requested: str | None, default: str, has_tiny: bool) -> str:
-    """The autoencoder a pipeline runs on: `requested` ("full" / "tiny"), else the folder's default, else full.
-    Tiny for a folder without a light autoencoder is an error that says how to add one."""
-    choice = requested or default or "full"
-    if choice not in VAE_CHOICES:
-        where = "asked for" if requested else f"{folder}'s default (model_index.json pipeline.vae)"
-        raise ModelFolderError(f"unknown autoencoder {choice!r} {where}; use one of {', '.join(VAE_CHOICES)}")
-    if choice == "tiny" and not has_tiny:
-        raise ModelFolderError(
-            f"{folder}: no tiny autoencoder in this folder; add one with `sanaedit assemble ... --tiny-vae` or the "
-            "`tiny-vae` training stage, or use --vae full"
-        )
-    return choice
-
-
-def folder_refiner(folder: str | Path, upsample: str | None):
-    """A model or exported folder's learned refiner (models/refiner.py; None without one). A broken file, or a
-    folder whose default upsampling needs a refiner it lacks, is named at load time, not after an edit's sampling."""
-    from sanaedit.models.refine_tiles import REFINER_FILE  # torch-free
-
-    if not (Path(folder) / REFINER_FILE).is_file():
-        refiner = None  # nothing to load: torch is not imported for it
-    else:
-        from sanaedit.models.refiner import load_refiner
-
-        try:
-            refiner = load_refiner(Path(folder))
-        except Exception as err:  # safetensors, JSON, key and shape errors vary in type
-            raise ModelFolderError(
-                f"{Path(folder) / REFINER_FILE}: cannot load the refiner: {first_line(err)}"
-            ) from err
-    if upsample == "refine" and refiner is None:
-        raise ModelFolderError(
-            f"{folder}: model_index.json asks for upsample 'refine' but the folder has no {REFINER_FILE}"
-        )
-    return refiner
 
 
 def is_release_layout(folder: str | Path) -> bool:
@@ -206,176 +151,9 @@ def follows_prompts(folder: str | Path) -> bool:
     return width is None or width >= MIN_PROMPT_LLM_WIDTH
 
 
-def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) -> Any:
-    """Run `loader(model_dir / name)`, turning any failure into an error that names the component."""
-    quiet_libraries()  # the CLI's verbosity for diffusers / transformers, imported by now (their loading bars)
-    path = Path(model_dir) / name
-    try:
-        return loader(path)
-    except ModelFolderError:
-        raise
-    except Exception as err:  # library errors (missing weights, shape mismatch, bad config) vary in type
-        raise ModelFolderError(f"{path}: cannot load {name}: {first_line(err)}") from err
-
-
-def load_meta_queries(model_dir: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    path = Path(model_dir) / META_QUERIES_FILE
-    try:
-        tensors = load_file(path)
-    except Exception as err:
-        raise ModelFolderError(f"{path}: unreadable safetensors file ({err})") from err
-    if "meta_queries" not in tensors:
-        raise ModelFolderError(f"{path}: no 'meta_queries' tensor (found {sorted(tensors)})")
-    return tensors["meta_queries"]
-
-
-def save_meta_queries(meta_queries: torch.Tensor, model_dir: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({"meta_queries": meta_queries.detach().contiguous().cpu()}, Path(model_dir) / META_QUERIES_FILE)
-
-
-def save_prompt_cache(
-    entries: dict[str, tuple[torch.Tensor, torch.Tensor]], model_dir: Path, metadata: dict[str, str] | None = None
-) -> Path:
-    """entries: prompt text -> (encoder_hidden_states [1,N,C], encoder_attention_mask [1,N]), torch tensors or NumPy
-    arrays (exported graphs). `metadata`: more string entries for the file's header (a release's cache: the key of
-    the files it was computed from). The one writer of the format, atomically (a temporary beside it, renamed over
-    it), readable by all (0644)."""
-    import numpy as np
-
-    tensors, prompts = {}, []
-    for i, (prompt, (hidden, mask)) in enumerate(entries.items()):
-        tensors[f"{i}.hidden"], tensors[f"{i}.mask"] = hidden, mask
-        prompts.append(prompt)
-    header = {**(metadata or {}), "prompts": json.dumps(prompts)}
-    path = Path(model_dir) / PROMPT_CACHE_FILE
-    with replacing(path) as (fd, tmp):
-        os.close(fd)
-        if all(isinstance(t, np.ndarray) for t in tensors.values()):  # exported graphs' (no torch needed)
-            from safetensors.numpy import save_file
-
-            tensors = {k: np.ascontiguousarray(t) for k, t in tensors.items()}
-        else:  # torch tensors (a bf16 cache has no NumPy dtype)
-            import torch
-            from safetensors.torch import save_file
-
-            tensors = {k: torch.as_tensor(t).detach().contiguous().cpu() for k, t in tensors.items()}
-        save_file(tensors, tmp, metadata=header)
-    return path
-
-
-def write_prompt_cache(
-    folder: Path, encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]], prompts: list[str]
-) -> None:
-    """Store the conditioning of `prompts` (a model's fixed prompt and negative prompt), so later runs with them
-    never need the LLM. `encode` is the pipeline's text path."""
-    from sanaedit.core.arrays import no_grad
-
-    entries = {p: tuple(t[:1] for t in no_grad(encode)([p])) for p in dict.fromkeys(prompts)}
-    save_prompt_cache(entries, folder)
-
-
-def load_prompt_cache(
-    model_dir: Path, match: dict[str, str] | None = None, framework: str = "pt"
-) -> dict[str, tuple[Any, Any]]:
-    """The cache `save_prompt_cache` wrote, as torch tensors (`framework` "pt") or NumPy arrays ("np": exported
-    graphs, without torch); empty when absent, or when its header lacks an entry of `match`."""
-    path = Path(model_dir) / PROMPT_CACHE_FILE
-    if not path.is_file():
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework) as f:
-            metadata = f.metadata() or {}
-            if any(metadata.get(k) != v for k, v in (match or {}).items()):
-                return {}  # computed from other files: computed again
-            prompts = json.loads(metadata["prompts"])
-            return {p: (f.get_tensor(f"{i}.hidden"), f.get_tensor(f"{i}.mask")) for i, p in enumerate(prompts)}
-    except Exception as err:
-        raise ModelFolderError(f"{path}: unreadable prompt cache ({err}); delete it to recompute") from err
-
-
-@contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target`, on failure it is removed.
-
-    An existing model folder is only moved away once the new one is complete, so a failed save loses nothing.
-    """
-    target = Path(target)
-    quiet_libraries()  # the CLI's verbosity for diffusers / transformers (their "Writing model shards" bars)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(target)
-    tmp = temp_folder(target)  # named after this process, so a killed writer's folder is removed by the next one
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary shared folder
-    try:
-        yield tmp
-        _share(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _clean_stale(target: Path) -> None:
-    """What a killed writer of `target` left beside it: its temporary folders are removed; the previous folder it had
-    moved aside (`.NAME.old-PID`) is put back if `target` is missing (killed between the two renames), else
-    removed. Folders of writers still running are left alone."""
-    remove_stale(target.parent, target.name)
-    prefix = f".{target.name}.old-"
-    try:
-        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefix)]
-    except OSError:
-        return
-    for entry in entries:
-        pid = entry.name[len(prefix) :]
-        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
-            continue
-        try:
-            if not target.exists():
-                os.replace(entry.path, target)
-            else:
-                shutil.rmtree(entry.path, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def _umask() -> int:
-    try:  # read, not set: os.umask(0) would briefly change it for every thread of the process
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        return 0o022
-
-
-def _share(folder: Path) -> None:
-    """Ordinary permissions (0644 / 0755 under the usual umask) for everything written: some writers (safetensors
-    >= 0.8) create private 0600 files, which a model folder served or shared by another user could not read."""
-    umask = _umask()
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~umask)
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, (0o777 if os.access(path, os.X_OK) else 0o666) & ~umask)
-
-
-def copy_folder(source: Path | None, target: Path) -> Path:
-    """Copy a whole folder (an exported model is already its deployable form), atomically."""
-    if source is None or not Path(source).is_dir():
-        raise ModelFolderError(f"nothing to copy: the pipeline's folder {source} does not exist")
-    if Path(target).resolve() == Path(source).resolve():
-        return Path(target)
-    with atomic_folder(target) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
-    return Path(target)
+def looks_like_release(folder: str | Path) -> bool:
+    """No model_index.json, and at least one of the release's own files: a release (maybe partly downloaded)."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / MODEL_INDEX).exists():
+        return False
+    return any((folder / name).exists() for name in [*graph_files(), *LLM_FILES, *TOKENIZER_FILES])

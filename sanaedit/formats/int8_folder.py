@@ -15,7 +15,10 @@ from pathlib import Path
 
 import torch
 
-from sanaedit.formats.index import STORED_INT8, ModelFolderError, atomic_folder, load_component, read_index, stored_int8
+from sanaedit.core.atomic import atomic_folder
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.index import STORED_INT8, read_index, stored_int8
+from sanaedit.formats.torch_folder import load_component
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
@@ -36,8 +39,8 @@ def _stored_float_dtype(folder: Path) -> torch.dtype:
 
 def write_int8_folder(model_dir: str | Path, out: str | Path) -> Path:
     """Copy the model folder `model_dir` to `out` (atomically) with its DiT stored in int8."""
-    from sanaedit.backends.torch_int8 import STORED_INT8_SCHEME, int8_layer
-    from sanaedit.formats.torch_folder import _load_diffusers_model
+    from sanaedit.formats.torch_folder import load_diffusers_model
+    from sanaedit.models.int8 import STORED_INT8_SCHEME, int8_layer
     from sanaedit.models.transformer import SanaEditTransformer2DModel
 
     model_dir, out = Path(model_dir), Path(out)
@@ -49,7 +52,7 @@ def write_int8_folder(model_dir: str | Path, out: str | Path) -> Path:
     dtype = _stored_float_dtype(model_dir / "transformer")
 
     def quantized(path: Path) -> torch.nn.Module:
-        return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=int8_layer)
+        return load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=int8_layer)
 
     transformer = load_component(model_dir, "transformer", quantized)
     transformer.register_to_config(**{STORED_INT8: STORED_INT8_SCHEME})

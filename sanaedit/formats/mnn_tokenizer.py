@@ -21,82 +21,18 @@ from __future__ import annotations
 import base64
 import re
 import struct
-import unicodedata
 from pathlib import Path
+
+from sanaedit.errors import TokenizerFileError
+from sanaedit.formats.bpe import BYTE_CHARS, CHAR_BYTES, MnnTokenizer, bpe_merge
 
 MAGIC = 430
 TIKTOKEN, HUGGINGFACE, PIPELINE = 1, 3, 4
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # MNN's HuggingfaceTokenizer regex (std::regex on bytes, icase; [:alpha:] / [:digit:] are ASCII there)
 _HF_TXT_PATTERN = re.compile(
     rb"('s|'t|'re|'ve|'m|'ll|'d)|[^\r\na-zA-Z0-9]?[a-zA-Z]+|[0-9]| ?[^\sa-zA-Z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     re.IGNORECASE,
 )
-
-
-class TokenizerFileError(ValueError):
-    """A tokenizer file that cannot be read (the message names it)."""
-
-
-def bytes_to_unicode() -> list[str]:
-    """GPT-2's byte -> printable character map (what byte-level BPE vocabularies are written in)."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-_BYTE_CHARS = bytes_to_unicode()
-_CHAR_BYTES = {c: b for b, c in enumerate(_BYTE_CHARS)}
-
-
-def _bpe(symbols: list, rank) -> list:
-    """Merge the adjacent pair of lowest rank (leftmost on ties) until none is mergeable."""
-    while len(symbols) > 1:
-        best, where = None, -1
-        for i in range(len(symbols) - 1):
-            r = rank(symbols[i], symbols[i + 1])
-            if r is not None and (best is None or r < best):
-                best, where = r, i
-        if best is None:
-            break
-        merged = rank.merge(symbols[where], symbols[where + 1])
-        if merged is None:
-            break
-        symbols[where : where + 2] = [merged]
-    return symbols
-
-
-class MnnTokenizer:
-    """`encode(text) -> ids` as MNN's engine computes them (prefix tokens, special tokens, then the model)."""
-
-    def __init__(self, path: Path, specials: list[int], prefix: list[int]):
-        self.path, self.specials, self.prefix = path, specials, prefix
-        self._special_strings: list[tuple[bytes, int]] | None = None
-
-    def decode_id(self, token_id: int) -> bytes:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def encode_text(self, data: bytes) -> list[int]:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def encode(self, text: str) -> list[int]:
-        if self._special_strings is None:
-            strings = [(self.decode_id(i), i) for i in self.specials]
-            self._special_strings = [(s, i) for s, i in strings if s]
-        data, ids, start, i = text.encode("utf-8"), list(self.prefix), 0, 0
-        while i < len(data):
-            for token, token_id in self._special_strings:
-                if data.startswith(token, i):
-                    if i > start:
-                        ids += self.encode_text(data[start:i])
-                    ids.append(token_id)
-                    start = i + len(token)
-                    i = start - 1
-                    break
-            i += 1
-        if start < len(data):
-            ids += self.encode_text(data[start:])
-        return ids
 
 
 class TiktokenTokenizer(MnnTokenizer):
@@ -153,13 +89,13 @@ class HuggingfaceTxtTokenizer(MnnTokenizer):
     def decode_id(self, token_id):
         if not 0 <= token_id < len(self.vocab):
             return b""
-        return bytes(_CHAR_BYTES[c] for c in self.vocab[token_id] if c in _CHAR_BYTES)
+        return bytes(CHAR_BYTES[c] for c in self.vocab[token_id] if c in CHAR_BYTES)
 
     def encode_text(self, data):
         out = []
         for match in _HF_TXT_PATTERN.finditer(data):
-            word = [_BYTE_CHARS[b] for b in match.group()]
-            for piece in _bpe(word, self.ranks):
+            word = [BYTE_CHARS[b] for b in match.group()]
+            for piece in bpe_merge(word, self.ranks):
                 if piece not in self.ids:
                     raise TokenizerFileError(f"{self.path}: the vocabulary has no token {piece!r} (a BPE merge result)")
                 out.append(self.ids[piece])
@@ -215,33 +151,3 @@ def _parse(path: Path, data: bytes) -> MnnTokenizer:
     )
 
 
-def nfc_like(text: str, table: dict[int, str]) -> str:
-    """The engine's table normalizer (NFC/NFKC per code point) with its control-character rule."""
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if cp not in (0, 10, 13, 9) and (
-            1 <= cp <= 0x1F
-            or cp == 0x7F
-            or 0x80 <= cp <= 0x9F
-            or cp in (0x200D, 0x200C, 0x200B, 0xFEFF)
-            or 0x200E <= cp <= 0x200F
-            or 0x202A <= cp <= 0x202E
-            or 0x2060 <= cp <= 0x2069
-            or 0xFFF0 <= cp <= 0xFFF8
-        ):
-            out.append(" ")
-        else:
-            out.append(table.get(cp, ch))
-    return "".join(out)
-
-
-def is_punctuation(ch: str) -> bool:
-    cp = ord(ch)
-    return (
-        unicodedata.category(ch).startswith("P")
-        or 33 <= cp <= 47
-        or 58 <= cp <= 64
-        or 91 <= cp <= 96
-        or 123 <= cp <= 126
-    )

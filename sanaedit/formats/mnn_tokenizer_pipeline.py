@@ -15,16 +15,8 @@ from pathlib import Path
 
 import regex
 
-from sanaedit.formats.mnn_tokenizer import (
-    _BYTE_CHARS,
-    _CHAR_BYTES,
-    GPT2_PATTERN,
-    MnnTokenizer,
-    TokenizerFileError,
-    _bpe,
-    is_punctuation,
-    nfc_like,
-)
+from sanaedit.errors import TokenizerFileError
+from sanaedit.formats.bpe import BYTE_CHARS, CHAR_BYTES, GPT2_PATTERN, MnnTokenizer, bpe_merge, is_punctuation, nfc_like
 
 
 class _Reader:
@@ -136,7 +128,7 @@ def _pre_tokenizer(r: _Reader):
         def byte_level(splits):
             if pattern is not None:
                 splits = [m.group() for s in splits if s for m in pattern.finditer(s)]
-            return ["".join(_BYTE_CHARS[b] for b in s.encode("utf-8")) for s in splits]
+            return ["".join(BYTE_CHARS[b] for b in s.encode("utf-8")) for s in splits]
 
         return byte_level
     if kind == 2:
@@ -243,7 +235,7 @@ class PipelineTokenizer(MnnTokenizer):
         token = tokens[token_id] if 0 <= token_id < len(tokens) and tokens[token_id] is not None else ""
         token = token.replace("\u2581", " ")
         if self.decodes_bytes:  # the byte-level map reversed, other characters kept
-            return b"".join(bytes([_CHAR_BYTES[c]]) if c in _CHAR_BYTES else c.encode("utf-8") for c in token)
+            return b"".join(bytes([CHAR_BYTES[c]]) if c in CHAR_BYTES else c.encode("utf-8") for c in token)
         return token.encode("utf-8")
 
     def encode_text(self, data):
@@ -281,7 +273,7 @@ class PipelineTokenizer(MnnTokenizer):
             if not s:
                 continue
             if self.byte_level:
-                symbols = [self.ranks.ids.get(_BYTE_CHARS[b]) for b in s.encode("utf-8")]
+                symbols = [self.ranks.ids.get(BYTE_CHARS[b]) for b in s.encode("utf-8")]
             else:
                 symbols = []
                 for ch in s:
@@ -290,7 +282,7 @@ class PipelineTokenizer(MnnTokenizer):
                         symbols += [self.ranks.ids.get(f"<0x{b:02X}>") for b in ch.encode("utf-8")]
                     else:
                         symbols.append(found)
-            out += _bpe([i for i in symbols if i is not None], self.ranks)
+            out += bpe_merge([i for i in symbols if i is not None], self.ranks)
         return out
 
 

@@ -1,4 +1,4 @@
-"""A folder in the published release's layout (`release_folder.py`) as a SanaEditPipeline: the release's files
+"""A folder in the published release's layout (`release_files.py`) as a source of networks: the release's files
 alone (a download of MNN-Sana-Edit-V2: no model_index.json, no prompt cache, no Hugging Face tokenizer), or our own
 MNN export (the same files plus model_index.json and a prompt cache).
 
@@ -24,20 +24,14 @@ from sanaedit.backends import load_graph
 from sanaedit.backends.mnn_inspect import GraphInfo, inspect_graphs
 from sanaedit.backends.mnn_llm import MnnLlm
 from sanaedit.core.arrays import NumpyArrays
+from sanaedit.core.choices import Format, Vae
+from sanaedit.core.config import PROMPT_TEMPLATE, PipelineConfig
 from sanaedit.core.flow import FlowModel
+from sanaedit.errors import ModelFolderError
 from sanaedit.formats.exported import TransformerGraph, check_graph_file
-from sanaedit.formats.index import (
-    EXPORT_CLASS,
-    MODEL_INDEX,
-    TINY_GRAPHS,
-    ModelFolderError,
-    choose_vae,
-    folder_refiner,
-    load_prompt_cache,
-    read_index,
-    save_prompt_cache,
-)
-from sanaedit.formats.refiner_graph import load_refiner_graph
+from sanaedit.formats.index import EXPORT_CLASS, MODEL_INDEX, TINY_GRAPHS, read_index
+from sanaedit.formats.prompt_cache import load_prompt_cache, save_prompt_cache
+from sanaedit.formats.refiner import folder_refiner, load_refiner_graph
 from sanaedit.formats.release_files import (
     ENGINE_GUIDANCE,
     ENGINE_PROMPT,
@@ -54,8 +48,9 @@ from sanaedit.formats.release_files import (
     load_meta_queries_mnn,
     tokenizer_file,
 )
-from sanaedit.models.prompt import PROMPT_TEMPLATE
-from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
+from sanaedit.formats.source import Networks
+from sanaedit.models.refine_tiles import REFINER_FILE, REFINER_GRAPH
+from sanaedit.plan import FolderInfo, RunPlan
 
 MAX_PROMPT_TOKENS = 300  # as the model folders' text encoder (the engine itself does not cut long prompts)
 
@@ -111,7 +106,7 @@ def check_release(folder: str | Path) -> ReleaseCheck:
     return ReleaseCheck(manifest, infos, config, llm_config, queries)
 
 
-class _Scaled:
+class ScaledVaeGraph:
     """A release VAE graph with the engine's scaling around it: latents the sampler sees are DC-AE's x factor."""
 
     def __init__(self, graph, factor: float, decode: bool):
@@ -133,7 +128,8 @@ class ReleaseTextEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from sanaedit.formats.mnn_tokenizer import TokenizerFileError, load_mnn_tokenizer
+            from sanaedit.errors import TokenizerFileError
+            from sanaedit.formats.mnn_tokenizer import load_mnn_tokenizer
 
             config, _ = llm_configs(self.folder)
             try:
@@ -232,83 +228,84 @@ def _dim(info: GraphInfo | None, name: str, axis: int, default: int) -> int:
     return dims[axis] if len(dims) > axis and isinstance(dims[axis], int) and dims[axis] > 0 else default
 
 
-def load_release(
-    folder: str | Path, backend: str | None = None, threads: int | None = None, vae: str | None = None
-) -> SanaEditPipeline:
-    """`vae` "tiny": our export's light-autoencoder graphs beside the release's (the DC-AE's are then not loaded)."""
-    folder = Path(folder)
-    if backend not in (None, "mnn"):
-        raise ValueError(
-            f"{folder} holds MNN graphs (the published release's layout); backend {backend!r} cannot run them "
-            "(use 'mnn')"
-        )
-    found = check_release(folder)
-    manifest = found.manifest
-    entries = (manifest or {}).get("graphs", {})
-    default = (manifest or {}).get("pipeline", {}).get("vae", "full")
-    tiny = choose_vae(folder, vae, default, all(n in entries for n in TINY_GRAPHS)) == "tiny"
-    # loaded now: the DiT and one autoencoder's graphs; the connector and projector with the text encoder, only
-    # when a prompt outside the prompt cache needs them (check_release has checked every file)
-    skip = ("connector", "projector", *(("vae_encoder", "vae_decoder") if tiny else ()))
+class ReleaseFolder:
+    """A folder in the published release's layout (the release's files alone, or our MNN export of them) as a source
+    of networks (runtime/sources.py). Everything is checked on opening (`check_release`); `networks(plan)` loads the
+    DiT and one autoencoder's graphs now, the connector and projector with the text encoder, only when a prompt
+    outside the prompt cache needs them."""
 
-    def load(name: str):
-        io = GRAPHS[name]
-        return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads, name)
-
-    graphs = {name: load(name) for name in GRAPHS if name not in skip}
-    if manifest is not None:
-        config = PipelineConfig.from_dict(manifest.get("pipeline", {}))
-        channels, ref_channels = manifest["transformer"]["out_channels"], manifest["transformer"]["ref_channels"]
-        vae_scale = manifest["vae"]["scale_factor"]
-        factor = manifest["vae"].get("scaling_factor", ENGINE_SCALING_FACTOR)
-        max_tokens = manifest.get("llm", {}).get("max_prompt_tokens", MAX_PROMPT_TOKENS)
-        prompt_cache, on_encoded = load_prompt_cache(folder, framework="np"), None
-    else:  # the release's files alone: the shapes its graphs were exported for, the engine's constants
-        infos = found.graphs
-        resolution = _dim(infos["vae_encoder"], "image", 2, ENGINE_RESOLUTION)
-        channels = _dim(infos["vae_decoder"], "latent_sample", 1, 32)
-        vae_scale = max(1, resolution // _dim(infos["vae_decoder"], "latent_sample", 2, resolution // 32))
-        ref_channels = _dim(infos["transformer"], "ref_latents", 1, channels)
-        config, factor, max_tokens = engine_config(resolution), ENGINE_SCALING_FACTOR, MAX_PROMPT_TOKENS
-        prompt_cache = load_release_cache(folder)
-
-        def on_encoded(prompts, hidden, mask):
-            keep = {config.prompt, config.negative_prompt}
-            new = {p: (hidden[i : i + 1], mask[i : i + 1]) for i, p in enumerate(prompts) if p in keep}
-            if new:
-                store_release_cache(folder, new)
-
-    if tiny:  # ours, beside the release's files: scaled latents already (their entries in model_index.json)
-        encoder, decoder = (
-            load_graph(folder / entries[n]["file"], "mnn", entries[n]["inputs"], entries[n]["outputs"], threads)
-            for n in TINY_GRAPHS
-        )
-    else:
-        encoder, decoder = (
-            _Scaled(graphs[n], factor, decode=n == "vae_decoder") for n in ("vae_encoder", "vae_decoder")
-        )
-    flow = FlowModel(
-        TransformerGraph(graphs["transformer"]),
-        encoder,
-        decoder,
-        latent_channels=channels,
-        ref_channels=ref_channels,
-        vae_scale=vae_scale,
-        # ours, beside the release's files, when exported with one (its graph; the PyTorch one in older exports)
-        refiner=load_refiner_graph(folder, manifest or {}, "mnn", threads) or folder_refiner(folder, config.upsample),
-        arrays=NumpyArrays(),  # graphs: NumPy in and out
-    )
-
-    def text_encoder():  # a fresh one each time: releasing it frees the tokenizer, connector and projector too
-        return ReleaseTextEncoder(
-            folder, load("connector"), load("projector"), config.template, max_tokens, threads, on_encoded
+    def __init__(self, folder: str | Path):
+        self.folder = folder = Path(folder)
+        self.found = found = check_release(folder)
+        self.entries = entries = (found.manifest or {}).get("graphs", {})
+        if found.manifest is not None:
+            config = PipelineConfig.from_dict(found.manifest.get("pipeline", {}))
+        else:  # the release's files alone: the shapes its graphs were exported for, the engine's constants
+            config = engine_config(_dim(found.graphs["vae_encoder"], "image", 2, ENGINE_RESOLUTION))
+        self.info = FolderInfo(
+            folder=folder,
+            format=Format.MNN,
+            config=config,
+            has_tiny_vae=all(n in entries for n in TINY_GRAPHS),
+            has_refiner=REFINER_GRAPH in entries or (folder / REFINER_FILE).is_file(),
+            release_layout=True,
         )
 
-    return SanaEditPipeline(
-        flow,
-        config=config,
-        prompt_cache=prompt_cache,
-        text_encoder_loader=text_encoder,
-        model_dir=folder,
-        backend="mnn",
-    )
+    def networks(self, plan: RunPlan) -> Networks:
+        folder, manifest, entries, threads = self.folder, self.found.manifest, self.entries, plan.threads
+        config, tiny = plan.config, plan.vae == Vae.TINY
+        skip = ("connector", "projector", *(("vae_encoder", "vae_decoder") if tiny else ()))
+
+        def load(name: str):
+            io = GRAPHS[name]
+            return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads, name)
+
+        graphs = {name: load(name) for name in GRAPHS if name not in skip}
+        if manifest is not None:
+            channels, ref_channels = manifest["transformer"]["out_channels"], manifest["transformer"]["ref_channels"]
+            vae_scale = manifest["vae"]["scale_factor"]
+            factor = manifest["vae"].get("scaling_factor", ENGINE_SCALING_FACTOR)
+            max_tokens = manifest.get("llm", {}).get("max_prompt_tokens", MAX_PROMPT_TOKENS)
+            prompt_cache, on_encoded = load_prompt_cache(folder, framework="np"), None
+        else:  # the release's files alone: the shapes its graphs were exported for, the engine's constants
+            infos = self.found.graphs
+            resolution = config.resolution
+            channels = _dim(infos["vae_decoder"], "latent_sample", 1, 32)
+            vae_scale = max(1, resolution // _dim(infos["vae_decoder"], "latent_sample", 2, resolution // 32))
+            ref_channels = _dim(infos["transformer"], "ref_latents", 1, channels)
+            factor, max_tokens = ENGINE_SCALING_FACTOR, MAX_PROMPT_TOKENS
+            prompt_cache = load_release_cache(folder)
+
+            def on_encoded(prompts, hidden, mask):
+                keep = {config.prompt, config.negative_prompt}
+                new = {p: (hidden[i : i + 1], mask[i : i + 1]) for i, p in enumerate(prompts) if p in keep}
+                if new:
+                    store_release_cache(folder, new)
+
+        if tiny:  # ours, beside the release's files: scaled latents already (their entries in model_index.json)
+            encoder, decoder = (
+                load_graph(folder / entries[n]["file"], "mnn", entries[n]["inputs"], entries[n]["outputs"], threads)
+                for n in TINY_GRAPHS
+            )
+        else:
+            encoder, decoder = (
+                ScaledVaeGraph(graphs[n], factor, decode=n == "vae_decoder") for n in ("vae_encoder", "vae_decoder")
+            )
+        flow = FlowModel(
+            TransformerGraph(graphs["transformer"]),
+            encoder,
+            decoder,
+            latent_channels=channels,
+            ref_channels=ref_channels,
+            vae_scale=vae_scale,
+            # ours, beside the release's files, when exported with one (its graph; the PyTorch one in older exports)
+            refiner=load_refiner_graph(folder, manifest or {}, "mnn", threads) or folder_refiner(folder),
+            arrays=NumpyArrays(),  # graphs: NumPy in and out
+        )
+
+        def text_encoder():  # a fresh one each time: releasing it frees the tokenizer, connector and projector too
+            return ReleaseTextEncoder(
+                folder, load("connector"), load("projector"), config.template, max_tokens, threads, on_encoded
+            )
+
+        return Networks(flow=flow, prompt_cache=prompt_cache, text_encoder_loader=text_encoder)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sanaedit.core.arrays import bfloat16_to_float32
-from sanaedit.formats.index import MODEL_INDEX, ModelFolderError
+from sanaedit.errors import ModelFolderError
 
 if TYPE_CHECKING:
     import torch
@@ -67,14 +67,6 @@ TOKENIZER_FILES = ["llm/tokenizer.mtok", "llm/tokenizer.txt"]
 
 def graph_files() -> list[str]:
     return [name for io in GRAPHS.values() for name in (io.file, io.file + ".weight")]
-
-
-def looks_like_release(folder: str | Path) -> bool:
-    """No model_index.json, and at least one of the release's own files: a release (maybe partly downloaded)."""
-    folder = Path(folder)
-    if not folder.is_dir() or (folder / MODEL_INDEX).exists():
-        return False
-    return any((folder / name).exists() for name in [*graph_files(), *LLM_FILES, *TOKENIZER_FILES])
 
 
 def read_json(path: Path) -> dict:

@@ -1,7 +1,6 @@
-"""The PyTorch factory: a model folder <-> a SanaEditPipeline on diffusers / transformers modules.
-
-Loading streams DiT and DC-AE weights tensor by tensor (speed/lowmem.py) and leaves the LLM on disk until a prompt
-outside the prompt cache needs it; every piece is checked and a failure names the folder and the component.
+"""The PyTorch model folder: read (`TorchFolder`, a source of networks on diffusers / transformers modules), checked
+from configs and file headers alone (`check_model_folder`, what `sanaedit info` runs), and written
+(`save_model_folder`). Every piece is checked and a failure names the folder and the component.
 """
 
 from __future__ import annotations
@@ -9,29 +8,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sanaedit.core.flow import FlowModel
-from sanaedit.formats.index import (
-    META_QUERIES_FILE,
-    MODEL_CLASS,
-    TINY_VAE,
-    ModelFolderError,
-    atomic_folder,
-    choose_vae,
-    first_line,
-    folder_refiner,
-    load_component,
-    load_meta_queries,
-    load_prompt_cache,
-    read_index,
-    save_meta_queries,
-    write_index,
-    write_prompt_cache,
-)
+from sanaedit.core.atomic import atomic_folder
+from sanaedit.core.choices import Format, Vae
+from sanaedit.core.config import PipelineConfig
+from sanaedit.core.log import quiet_libraries
+from sanaedit.errors import ModelFolderError, first_line
+from sanaedit.formats.index import META_QUERIES_FILE, MODEL_CLASS, TINY_VAE, read_index, stored_int8, write_index
+from sanaedit.formats.prompt_cache import load_prompt_cache, write_prompt_cache
+from sanaedit.formats.refiner import folder_refiner
+from sanaedit.formats.source import Networks
+from sanaedit.models.refine_tiles import REFINER_FILE
 from sanaedit.models.refiner import save_refiner
-from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
+from sanaedit.models.torch_flow import torch_flow
+from sanaedit.plan import FolderInfo, RunPlan, make_plan
 
 # the weight files each kind of component may have (safetensors, its shard index, .bin, its shard index)
 DIFFUSERS_WEIGHTS = tuple(
@@ -56,11 +49,12 @@ def _check_files(folder: Path, weights: tuple[str, ...]) -> None:
         raise ValueError(f"no weights file (expected {weights[0]}, its .index.json, or {weights[2]})")
 
 
-def _load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
+def load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
     """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
     speed/lowmem.py), just the tensors named `only...` if given, each layer swapped by `replace(name, module)` as
     it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
-    from sanaedit.backends.torch_loading import load_model, replace_layers, weight_files
+    from sanaedit.backends.torch_loading import load_model, weight_files
+    from sanaedit.models.int8 import replace_layers
 
     try:
         weight_files(path)
@@ -189,8 +183,8 @@ def check_model_folder(model_dir: str | Path) -> dict:
         from sanaedit.models.tiny_vae import TinyAutoencoder
 
         _check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
-    choose_vae(model_dir, None, index.get("pipeline", {}).get("vae", "full"), (model_dir / TINY_VAE).is_dir())
-    folder_refiner(model_dir, index.get("pipeline", {}).get("upsample"))
+    make_plan(TorchFolder(model_dir).info)  # the folder's own choices fit what it holds
+    folder_refiner(model_dir)
     check_text_path(model_dir, transformer.get("caption_channels"))
     load_prompt_cache(model_dir)
     return index
@@ -236,102 +230,132 @@ def _scaling_factor(model_dir: Path) -> float:
     )
 
 
-def load_model_folder(
-    model_dir: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    vae: str | None = None,
-    staged: bool = False,
-    prepare_transformer: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-    transformer_layers: Callable[[str, torch.nn.Module], torch.nn.Module | None] | None = None,
-) -> SanaEditPipeline:
-    """A model folder as a PyTorch pipeline. The LLM is loaded lazily, only if a prompt is not in the cache.
+def prepare_transformer(transformer: torch.nn.Module, plan: RunPlan, streamed_int8: bool) -> torch.nn.Module:
+    """The DiT as a plan runs it: LoRAs merged into its weights before any speed path, int8 layers (unless they were
+    made while its weights streamed in), the text K/V cache (`plan.tuned`)."""
+    from sanaedit.backends.torch_kv_cache import enable_text_kv_cache
+    from sanaedit.models.int8 import quantize_dit_int8
 
-    `vae`: "full" (DC-AE) or "tiny" (the folder's light autoencoder; the DC-AE is then not loaded at all); None
-    takes the folder's default. A folder's tiny autoencoder is loaded with the full one too (small), so that
-    saving the pipeline keeps it. `staged`: nothing but the tiny autoencoder is loaded now; each edit loads the
-    DC-AE's encoder, the DiT and the DC-AE's decoder in turn, each freed after its stage (residency.py).
-    `prepare_transformer` runs on the DiT each time it is loaded (LoRA merging, int8 layers, caches);
-    `transformer_layers(name, module)` swaps its layers while they stream in (int8 without a float copy)."""
-    from diffusers import AutoencoderDC
+    if plan.loras:
+        from sanaedit.models.lora import merge_loras
 
-    from sanaedit.models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
-    from sanaedit.models.transformer import SanaEditTransformer2DModel
-    from sanaedit.models.vae import VaeDecoder, VaeEncoder
+        merge_loras(transformer, list(plan.loras))
+    if plan.int8 and not streamed_int8:
+        quantize_dit_int8(transformer)
+    return enable_text_kv_cache(transformer) if plan.tuned else transformer
 
-    model_dir = Path(model_dir)
-    index = read_index(model_dir)
-    config = PipelineConfig.from_dict(index.get("pipeline", {}))
-    # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
-    check_text_path(model_dir, _caption_channels(model_dir))
-    # each one's config and weights file, before diffusers (whose errors for these take two lines or mislead), loaded
-    # now or in its stage (as info checks them)
-    for name in ("transformer", "vae", TINY_VAE):
-        if name != TINY_VAE or (model_dir / TINY_VAE).is_dir():
-            load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
 
-    def load_transformer(path: Path) -> torch.nn.Module:
-        return _load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
+class TorchFolder:
+    """A PyTorch model folder as a source of networks (runtime/sources.py): `info` from its index and file names,
+    `networks(plan)` the DiT, the planned autoencoder, the refiner and the text path on diffusers / transformers modules.
 
-    has_tiny = (model_dir / TINY_VAE).is_dir()
-    full = choose_vae(model_dir, vae, config.vae, has_tiny) == "full"
-    if staged:  # their configs now (the pipeline's checks need them), their weights in their stages
-        _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
-        if full:
-            _check_diffusers_component(model_dir, "vae", AutoencoderDC)
-        from sanaedit.backends.torch_loading import empty_model
+    The DiT and DC-AE stream in tensor by tensor (backends/torch_loading.py); the LLM stays on disk until a prompt
+    outside the prompt cache needs it. A folder's light autoencoder loads with the DC-AE too (small), so that saving
+    the pipeline keeps it. Staged (`plan.staged`): nothing but the light autoencoder is loaded now; each edit loads
+    the DC-AE's encoder, the DiT and the DC-AE's decoder in turn, each freed after its stage (residency.py)."""
 
-        transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
-        dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
-    else:
-        transformer = load_component(model_dir, "transformer", load_transformer)
-        dc_ae = (
-            load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype)) if full else None
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = read_index(self.folder)
+        self.info = FolderInfo(
+            folder=self.folder,
+            format=Format.TORCH,
+            config=PipelineConfig.from_dict(index.get("pipeline", {})),
+            has_tiny_vae=(self.folder / TINY_VAE).is_dir(),
+            has_refiner=(self.folder / REFINER_FILE).is_file(),
+            stored_int8=stored_int8(self.folder),
         )
-    tiny = None
-    if has_tiny:
-        from sanaedit.models.tiny_vae import TinyAutoencoder
 
-        tiny = load_component(model_dir, TINY_VAE, lambda p: _load_diffusers_model(TinyAutoencoder, p, dtype))
-        # the DC-AE's scaling factor is the one the DiT was trained with (an autoencoder stage may have changed it)
-        tiny.register_to_config(scaling_factor=dc_ae.config.scaling_factor if full else _scaling_factor(model_dir))
-    move = torch.device(device) != torch.device("cpu")
-    tiny = tiny if tiny is None else (tiny.to(device) if move else tiny).eval()
-    if not staged:
-        dc_ae = dc_ae if dc_ae is None else (dc_ae.to(device) if move else dc_ae).eval()
-        transformer = (transformer.to(device) if move else transformer).eval()
-        transformer = prepare_transformer(transformer) if prepare_transformer else transformer
+    def networks(self, plan: RunPlan) -> Networks:
+        from diffusers import AutoencoderDC
 
-    def load_network(name: str) -> torch.nn.Module:
-        """One network of the edit, freshly loaded (for staged residency)."""
-        if name == "transformer":
-            loaded = load_component(model_dir, "transformer", load_transformer)
-            loaded = (loaded.to(device) if move else loaded).eval()
-            return prepare_transformer(loaded) if prepare_transformer else loaded
-        if not full:
-            return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
-        half = load_component(model_dir, "vae", lambda p: _load_diffusers_model(AutoencoderDC, p, dtype, f"{name}."))
-        getattr(half, name).to(device).eval()
-        return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
+        from sanaedit.core.cpu import set_threads
+        from sanaedit.models.int8 import int8_layer
+        from sanaedit.models.tiny_vae import TinyVaeDecoder, TinyVaeEncoder
+        from sanaedit.models.transformer import SanaEditTransformer2DModel
+        from sanaedit.models.vae import VaeDecoder, VaeEncoder
 
-    prompt_cache = load_prompt_cache(model_dir)
-    pipe = SanaEditPipeline(
-        FlowModel.from_torch(transformer, dc_ae, tiny, folder_refiner(model_dir, config.upsample)),
-        config=config,
-        prompt_cache=prompt_cache,
-        text_encoder_loader=lambda: load_text_encoder(model_dir, config.template, dtype).to(device=device),
-        model_dir=model_dir,
-        network_loader=load_network,
-    )
-    if staged:
-        pipe.flow.placement = (torch.device(device), dtype)
-        pipe.enable_staged_residency()
-    if not prompt_cache:  # nothing cached: check the text path now, so a broken folder fails at load time
-        pipe._check_projector(pipe.text_encoder)
-    return pipe
+        model_dir, device, dtype, staged = self.folder, plan.device, getattr(torch, plan.dtype), plan.staged
+        if plan.tuned and torch.device(device).type == "cpu":
+            set_threads(plan.threads)  # threads = cores: PyTorch's default can exceed what a container grants
+        # a model folder's int8 layers are made while its weights stream in (no float DiT held), unless LoRAs must be
+        # merged into the float weights first
+        streamed_int8 = plan.int8 and not plan.loras
+
+        def prepare(transformer: torch.nn.Module) -> torch.nn.Module:
+            return prepare_transformer(transformer, plan, streamed_int8)
+
+        transformer_layers = int8_layer if streamed_int8 else None
+        # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
+        check_text_path(model_dir, _caption_channels(model_dir))
+        # each one's config and weights file, before diffusers (whose errors for these take two lines or mislead),
+        # loaded now or in its stage (as info checks them)
+        for name in ("transformer", "vae", TINY_VAE):
+            if name != TINY_VAE or self.info.has_tiny_vae:
+                load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
+
+        def load_transformer(path: Path) -> torch.nn.Module:
+            return load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
+
+        full = plan.vae == Vae.FULL
+        if staged:  # their configs now (the pipeline's checks need them), their weights in their stages
+            _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+            if full:
+                _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+            from sanaedit.backends.torch_loading import empty_model
+
+            transformer = load_component(
+                model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p)
+            )
+            dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
+        else:
+            transformer = load_component(model_dir, "transformer", load_transformer)
+            dc_ae = (
+                load_component(model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype))
+                if full
+                else None
+            )
+        tiny = None
+        if self.info.has_tiny_vae:
+            from sanaedit.models.tiny_vae import TinyAutoencoder
+
+            tiny = load_component(model_dir, TINY_VAE, lambda p: load_diffusers_model(TinyAutoencoder, p, dtype))
+            # the DC-AE's scaling factor is the one the DiT was trained with (an autoencoder stage may have changed it)
+            tiny.register_to_config(scaling_factor=dc_ae.config.scaling_factor if full else _scaling_factor(model_dir))
+        move = torch.device(device) != torch.device("cpu")
+        tiny = tiny if tiny is None else (tiny.to(device) if move else tiny).eval()
+        if not staged:
+            dc_ae = dc_ae if dc_ae is None else (dc_ae.to(device) if move else dc_ae).eval()
+            transformer = (transformer.to(device) if move else transformer).eval()
+            transformer = prepare(transformer)
+
+        def load_network(name: str) -> torch.nn.Module:
+            """One network of the edit, freshly loaded (for staged residency)."""
+            if name == "transformer":
+                loaded = load_component(model_dir, "transformer", load_transformer)
+                loaded = (loaded.to(device) if move else loaded).eval()
+                return prepare(loaded)
+            if not full:
+                return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
+            half = load_component(
+                model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype, f"{name}.")
+            )
+            getattr(half, name).to(device).eval()
+            return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
+
+        flow = torch_flow(transformer, dc_ae, tiny, folder_refiner(model_dir))
+        if staged:
+            flow.placement = (torch.device(device), dtype)
+        template = plan.config.template
+        return Networks(
+            flow=flow,
+            prompt_cache=load_prompt_cache(model_dir),
+            text_encoder_loader=lambda: load_text_encoder(model_dir, template, dtype).to(device=device),
+            network_loader=load_network,
+        )
 
 
-def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: bool = True) -> Path:
+def save_model_folder(pipe, model_dir: Path, prompt_cache: bool = True) -> Path:
     """Write `pipe` (on PyTorch modules) as a model folder, atomically."""
     from sanaedit.models.lora import lora_scales
 
@@ -375,3 +399,34 @@ def save_model_folder(pipe: SanaEditPipeline, model_dir: Path, prompt_cache: boo
             **({TINY_VAE: ["sanaedit", type(tiny).__name__]} if tiny is not None else {}),
         )
     return model_dir
+
+
+def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) -> Any:
+    """Run `loader(model_dir / name)`, turning any failure into an error that names the component."""
+    quiet_libraries()  # the CLI's verbosity for diffusers / transformers, imported by now (their loading bars)
+    path = Path(model_dir) / name
+    try:
+        return loader(path)
+    except ModelFolderError:
+        raise
+    except Exception as err:  # library errors (missing weights, shape mismatch, bad config) vary in type
+        raise ModelFolderError(f"{path}: cannot load {name}: {first_line(err)}") from err
+
+
+def load_meta_queries(model_dir: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    path = Path(model_dir) / META_QUERIES_FILE
+    try:
+        tensors = load_file(path)
+    except Exception as err:
+        raise ModelFolderError(f"{path}: unreadable safetensors file ({err})") from err
+    if "meta_queries" not in tensors:
+        raise ModelFolderError(f"{path}: no 'meta_queries' tensor (found {sorted(tensors)})")
+    return tensors["meta_queries"]
+
+
+def save_meta_queries(meta_queries: torch.Tensor, model_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"meta_queries": meta_queries.detach().contiguous().cpu()}, Path(model_dir) / META_QUERIES_FILE)

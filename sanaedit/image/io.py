@@ -32,7 +32,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sanaedit.core.arrays import to_numpy
+from sanaedit.core.choices import Padding
 from sanaedit.core.tempfiles import remove_stale, replacing
+from sanaedit.errors import ImageLoadError
 from sanaedit.image.pixels import normalise, orientation
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000: far beyond a 512 px model input, far below a bomb
@@ -55,10 +57,6 @@ Image.init()
 RASTER_FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF") if f in Image.OPEN)
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # Pillow's; others 4
 _DECODER_COPY = {"TIFF": 2.0, "WEBP": 2.0, "AVIF": 2.0}  # their codecs decode into a buffer of their own first
-
-
-class ImageLoadError(ValueError):
-    """An input that is not a usable image; the message names the file and the problem."""
 
 
 def upright_rgb(image: Image.Image) -> Image.Image:
@@ -244,10 +242,10 @@ class Restore:
     resolution: int | None = None
 
 
-PADDINGS = ("black", "reflect")
+PADDINGS = tuple(Padding)
 
 
-def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> tuple[np.ndarray, Restore]:
+def preprocess(image: Image.Image, resolution: int, padding: str = Padding.BLACK) -> tuple[np.ndarray, Restore]:
     """RGB PIL image -> [1,3,R,R] float32 NumPy in [-1,1] (every runtime's input; torch takes it without a copy via
     torch.from_numpy): bilinear-resized so its longer side is R, centred on an R x R square.
     The layout of padding to a centred square and resizing, without ever building the padded square at the
@@ -257,7 +255,7 @@ def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> t
     weights) or "reflect" (the picture mirrored at its edges, so the model sees no artificial dark edge and returns
     none: what the bundled model is trained with)."""
     if padding not in PADDINGS:
-        raise ValueError(f"unknown padding {padding!r}; use one of {list(PADDINGS)}")
+        raise ValueError(f"unknown padding {padding!r}; use one of {[p.value for p in PADDINGS]}")
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = image.size
@@ -269,7 +267,7 @@ def preprocess(image: Image.Image, resolution: int, padding: str = "black") -> t
         image = image.resize(inner, Image.Resampling.BILINEAR)
     array = np.asarray(image)
     if inner != (resolution, resolution):
-        if padding == "reflect":
+        if padding == Padding.REFLECT:
             pad = ((y0, resolution - inner[1] - y0), (x0, resolution - inner[0] - x0), (0, 0))
             array = np.pad(array, pad, mode="reflect")
         else:

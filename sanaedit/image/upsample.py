@@ -23,12 +23,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from sanaedit.core.choices import Upsample
 from sanaedit.image.io import Restore, postprocess
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("plain", "guided", "guided-grey", "refine")
-DEFAULT_METHOD = "guided"
+METHODS = tuple(Upsample)
+DEFAULT_METHOD = Upsample.GUIDED
 RADIUS = 1  # window radius at the edit's resolution (a 3x3 window)
 EPS = 1e-3  # ridge on the window's colour covariance, in [0, 1] units squared (flat patches keep the edit's colour)
 # the bundled refiner (pixel blocks of 2) costs ~0.5 s per megapixel on 2 cores (bench/refiner_speed.py; the guided
@@ -55,11 +56,11 @@ def restore_photo(
     padding cropped away, then `upsample(method)` from the model's resolution with `photo` (the full-resolution
     input) as the guide; `refine` runs `refiner` (the folder's, required) on the guided result."""
     check_method(method, refiner)
-    if restore is None or photo is None or method == "plain" or restore.box is None:
+    if restore is None or photo is None or method == Upsample.PLAIN or restore.box is None:
         return postprocess(pixels, restore)
     x0, y0, x1, y1 = restore.box
     edit = postprocess(pixels, restore, size=(x1 - x0, y1 - y0))
-    if method != "refine":
+    if method != Upsample.REFINE:
         return upsample(edit, photo, method)
     photo = photo.convert("RGB")
     guided = upsample(edit, photo, "guided")
@@ -76,8 +77,8 @@ def restore_photo(
 def check_method(method: str, refiner: PhotoRefiner | None) -> None:
     """A known method, and `refine` only with a refiner (named errors, raised before any work)."""
     if method not in METHODS:
-        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS)}")
-    if method == "refine" and refiner is None:
+        raise ValueError(f"unknown upsampling method {method!r}; use one of {[m.value for m in METHODS]}")
+    if method == Upsample.REFINE and refiner is None:
         raise ValueError(
             "upsampling 'refine' needs the model folder's learned refiner (refiner.safetensors, made by the `refiner` "
             "training stage); this model has none: use --upsample guided"
@@ -96,15 +97,15 @@ def upsample(
     `photo` is the full-resolution input (RGB). `plain` is bilinear resizing; `guided` / `guided-grey` the fast
     guided filter with the photo (colour / luminance) as the guide.
     """
-    if method not in METHODS or method == "refine":
-        raise ValueError(f"unknown upsampling method {method!r}; use one of {list(METHODS[:3])}")
+    if method not in METHODS or method == Upsample.REFINE:
+        raise ValueError(f"unknown upsampling method {method!r}; use one of {[m.value for m in METHODS[:3]]}")
     edit, photo = edit.convert("RGB"), photo.convert("RGB")
-    if method == "plain" or edit.size == photo.size:
+    if method == Upsample.PLAIN or edit.size == photo.size:
         return edit if edit.size == photo.size else edit.resize(photo.size, Image.Resampling.BILINEAR)
     if min(edit.size) < 2:
         return edit.resize(photo.size, Image.Resampling.BILINEAR)
     guide_low = photo.resize(edit.size, Image.Resampling.BILINEAR)  # what the model saw, at the edit's size
-    grey = method == "guided-grey"
+    grey = method == Upsample.GUIDED_GREY
     maps = _affine_maps(_planes(guide_low, grey), _planes(edit, False), radius, eps)  # [k+1, 3, h, w]
     return Image.fromarray(_apply(maps, photo, grey))
 

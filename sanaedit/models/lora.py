@@ -17,25 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sanaedit.errors import LoraError
+
 LORA_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v")  # diffusers' Sana LoRA trainer; "to_out.0", "conv_inverted", "conv_point"
 # (the Mix-FFN convs) may be added
 
 
 logger = logging.getLogger(__name__)
-
-
-def style_upsampling(config) -> None:
-    """With a LoRA style active the edit comes back by guided upsampling, not the folder's learned refiner: that was
-    trained on the base model's own outputs (models/refiner.py) and would pull a style back towards the base look.
-    Setting `upsample` to "refine" after loading still asks for it."""
-    if config.upsample == "refine":
-        config.upsample = "guided"
-        logger.info("a LoRA style is active: guided upsampling instead of the base model's refiner")
-
-
-class LoraError(ValueError):
-    """A LoRA file that is missing, unreadable or does not fit the model; the message names it."""
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:
@@ -93,7 +82,7 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
     loaded so far stays active with its own scale. Returns the adapter's name."""
     from diffusers.loaders import SanaLoraLoaderMixin
 
-    from sanaedit.backends.torch_int8 import Int8Conv1x1, Int8Linear
+    from sanaedit.models.int8 import Int8Conv1x1, Int8Linear
 
     if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in transformer.modules()):
         raise ValueError(
@@ -109,7 +98,7 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name)
     except Exception as err:  # safetensors / peft / shape errors vary in type
-        from sanaedit.formats.index import first_line
+        from sanaedit.errors import first_line
 
         raise LoraError(f"{file}: cannot load this LoRA into the model ({first_line(err)})") from err
     if name not in _adapters(transformer):

@@ -16,8 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# The published editor's Qwen chat template. `<|vision_bos|>` is not a Qwen3 special token: it tokenizes as text.
-PROMPT_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n<|vision_bos|>"
+
 QWEN_PAD_ID = 151643  # <|endoftext|>, the published runtime's right-padding id
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sanaedit.core.config import PROMPT_TEMPLATE
 from sanaedit.models.connector import Connector
 from sanaedit.models.projector import Projector
-from sanaedit.models.prompt import PROMPT_TEMPLATE, llm_inputs, tokenize
+from sanaedit.models.prompt import llm_inputs, tokenize
 
 __all__ = ["PROMPT_TEMPLATE", "MetaQueryTextEncoder", "init_meta_queries", "llm_inputs", "tokenize"]
 

@@ -130,12 +130,6 @@ def load_taesd_state_dicts(tiny: TinyAutoencoder, encoder: dict, decoder: dict) 
     return tiny
 
 
-def taesd_state_dicts(tiny: TinyAutoencoder) -> tuple[dict, dict]:
-    """The reverse of `load_taesd_state_dicts`: (encoder, decoder) state dicts in taesd's key layout."""
-    state = tiny.state_dict()
-    return tuple({k[len(p) :]: v for k, v in state.items() if k.startswith(p)} for p in ("encoder.", "decoder."))
-
-
 class TinyVaeEncoder(nn.Module):
     """pixels [B,3,H,W] in [-1,1] -> scaled latents (as `vae.VaeEncoder`)."""
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from sanaedit.core.flow import FlowModel
-from sanaedit.formats.index import ModelFolderError, load_component
+from sanaedit.errors import ModelFolderError
+from sanaedit.formats.torch_folder import load_component
 from sanaedit.models.text_encoder import MetaQueryTextEncoder
+from sanaedit.models.torch_flow import torch_flow
 from sanaedit.models.variants import Variant, build_conditioner_parts, load_variant
 from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
 
@@ -84,7 +85,7 @@ def assemble(
     text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries.to(dtype), connector.to(dtype), projector.to(dtype))
     config = PipelineConfig(resolution=resolution or variant.resolution)
     tiny = build_tiny_vae(vae, tiny_vae, dtype) if tiny_vae else None
-    flow = FlowModel.from_torch(transformer.eval(), vae.eval(), tiny)
+    flow = torch_flow(transformer.eval(), vae.eval(), tiny)
     return SanaEditPipeline(flow, text_encoder, config).save_pretrained(out_dir)
 
 

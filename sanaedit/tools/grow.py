@@ -55,7 +55,9 @@ def grow_model(model_dir: str | Path, num_layers: int, out: str | Path, seed: in
     """Write a copy of a model folder whose transformer has `num_layers` blocks (atomically; nothing else is
     loaded or changed: the autoencoder, text path and prompt cache are copied as they are)."""
     from sanaedit.backends.torch_loading import load_model
-    from sanaedit.formats.index import atomic_folder, load_component, read_index
+    from sanaedit.core.atomic import atomic_folder
+    from sanaedit.formats.index import read_index
+    from sanaedit.formats.torch_folder import load_component
     from sanaedit.models.transformer import SanaEditTransformer2DModel
 
     model_dir, out = Path(model_dir), Path(out)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from sanaedit.apps.batch import IMAGE_SUFFIXES, find_files
+from sanaedit.image.folders import IMAGE_SUFFIXES, find_files
 from sanaedit.image.io import load_image
 from sanaedit.load import SAMPLE_PHOTO
 
@@ -140,7 +140,8 @@ def prune_model(
 ) -> dict:
     """Write a copy of a model folder whose transformer keeps its `keep` most important blocks (atomically; only
     transformer/ is rewritten). Returns {"similarity": per block, "kept": indices, "dropped": indices}."""
-    from sanaedit.formats.index import atomic_folder, is_export, read_index
+    from sanaedit.core.atomic import atomic_folder
+    from sanaedit.formats.index import is_export, read_index
     from sanaedit.pipeline import SanaEditPipeline
 
     model_dir, out = Path(model_dir), Path(out)
@@ -176,7 +177,7 @@ def finetune_folder(
     result, atomically. The same as `sanaedit train --model.from=FOLDER --data.manifest=DATA --train.steps=N
     --train.trainable=[transformer]`. The training run goes to a temporary folder beside FOLDER, removed after, or
     to `work_dir`, kept: its pre-encoded latents are reused by later runs on the same data and autoencoder."""
-    from sanaedit.formats.index import copy_folder
+    from sanaedit.core.atomic import copy_folder
     from sanaedit.train.loop import train
 
     folder = Path(folder)

@@ -26,13 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from sanaedit.image.io import ImageLoadError, load_image, preprocess, upright_rgb
+from sanaedit.errors import DataError, ImageLoadError
+from sanaedit.image.io import load_image, preprocess, upright_rgb
 
 REQUIRED = {"images": ("image",), "text_image": ("image", "prompt"), "edit": ("source", "target", "prompt")}
-
-
-class DataError(ValueError):
-    """A missing, unreadable or malformed sample; the message names the file and the record."""
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

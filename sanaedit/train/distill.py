@@ -44,6 +44,7 @@ from torch import nn
 
 from sanaedit.core.flow import FlowModel
 from sanaedit.core.sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
+from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import SanaEditPipeline
 from sanaedit.train.config import DistillSettings
 from sanaedit.train.parts import TrainParts
@@ -149,7 +150,7 @@ class DistillParts(TrainParts):
         teacher = self.transformer.eval().requires_grad_(False)
         student = teacher.with_guidance_embedding() if self.guidance > 1 else copy.deepcopy(teacher)
         self.teacher, self.transformer = teacher, student.train()
-        self.teacher_flow, self.flow = self.flow, FlowModel.from_torch(student, self.vae)
+        self.teacher_flow, self.flow = self.flow, torch_flow(student, self.vae)
         config = pipe.config
         self.teacher_sampler = get_sampler(config.sampler if config.sampler != "scm" else "euler")
         self.teacher_sigmas = flow_sigmas(settings.teacher_steps or config.num_inference_steps, config.shift,

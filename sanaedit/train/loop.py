@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sanaedit.formats.index import copy_folder
+from sanaedit.core.atomic import copy_folder
 from sanaedit.models.lora import add_lora, save_lora
 from sanaedit.pipeline import SanaEditPipeline
 from sanaedit.train.checkpoints import Progress, checkpoint_dir, load_checkpoint, save_checkpoint

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from sanaedit.core.flow import FlowModel
+from sanaedit.core.choices import Vae
 from sanaedit.formats.index import stored_int8
+from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import PipelineConfig, SanaEditPipeline
 from sanaedit.train.config import ModelConfig
 from sanaedit.train.parts import TrainParts
@@ -18,20 +19,20 @@ from sanaedit.train.parts import TrainParts
 def build_model(model: ModelConfig) -> SanaEditPipeline:
     """The starting pipeline: a model folder (`model.from`) or fresh random weights of a variant (`model.seed`)."""
     if model.from_:
-        from sanaedit.formats.torch_folder import load_model_folder
+        from sanaedit.load import load_model_folder
 
         if stored_int8(model.from_):
             raise ValueError(
                 f"config key 'model.from': {model.from_} stores its DiT in int8 (sanaedit export --format int8), "
                 "which cannot be trained: start from the float folder it was made from"
             )
-        pipe = load_model_folder(model.from_, vae="full")  # training needs the DC-AE whatever the folder's default
+        pipe = load_model_folder(model.from_, vae=Vae.FULL)  # training needs the DC-AE whatever the folder's default
         pipe.text_encoder  # noqa: B018 - load the LLM path now (training needs it)
         return pipe
     if not model.variant:
         raise ValueError("config needs model.from (a model folder) or model.variant (a size to start from scratch)")
     from sanaedit.models.variants import Variant
-    from sanaedit.runtime.random_model import build_random_pipeline
+    from sanaedit.tools.random_model import build_random_pipeline
 
     variant = model.variant
     if isinstance(variant, dict):
@@ -45,7 +46,7 @@ def export_pipeline(
     """The trained networks as a pipeline, its settings those of `base` with the training resolution and the
     config's `export:` fields over them."""
     fields = {**vars(base), "resolution": resolution, **export}
-    flow = FlowModel.from_torch(
+    flow = torch_flow(
         parts.transformer, parts.vae, getattr(parts, "tiny_vae", None), getattr(parts, "refiner", None)
     )
     return SanaEditPipeline(flow, parts.text_encoder, PipelineConfig.from_dict(fields))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sanaedit.core.flow import FlowModel
+from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import SanaEditPipeline
 from sanaedit.train.config import Reconstruction, RefinerSettings
 from sanaedit.train.stages import Stage
@@ -45,7 +45,7 @@ class TrainParts(nn.Module):
 
             settings = refiner or RefinerSettings()
             self.refiner = Refiner(settings.width, unshuffle=settings.unshuffle)
-        self.flow = FlowModel.from_torch(self.transformer, self.vae)  # what sampling calls too: one convention
+        self.flow = torch_flow(self.transformer, self.vae)  # what sampling calls too: one convention
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
         self._text_cache: dict[str, torch.Tensor] = {}

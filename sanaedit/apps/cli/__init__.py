@@ -166,7 +166,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def lora_arg(text: str) -> tuple[Path, float]:
     """--lora FILE[:SCALE], checked while parsing (the file must exist; the scale is a finite number)."""
-    from sanaedit.models.lora import LoraError, lora_file, parse_lora
+    from sanaedit.errors import LoraError
+    from sanaedit.models.lora import lora_file, parse_lora
 
     path, scale = parse_lora(text)
     if not math.isfinite(scale):

@@ -11,7 +11,7 @@ from sanaedit.apps.cli.train import normalize_overrides, resolve_config
 
 
 def run(args: argparse.Namespace) -> int:
-    from sanaedit.formats.index import copy_folder
+    from sanaedit.core.atomic import copy_folder
     from sanaedit.train.loop import train
 
     args = _read_options(args)

@@ -39,7 +39,8 @@ def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sanaedit.apps.processes import OtherProcessFailed, launched_count, launched_processes
+    from sanaedit.apps.processes import launched_count, launched_processes
+    from sanaedit.errors import OtherProcessFailed
 
     if args.device is None:  # cpu, but processes launched together on a machine with GPUs take one GPU each
         args.device = default_device(args) if launched_count() > 1 else "cpu"
@@ -105,7 +106,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
             raise ValueError(f"--device {device}: several processes each take their own GPU; give --device cuda")
         device = f"cuda:{processes.local_index}"
     if processes.many and threads is None and device == "cpu":  # the cores shared out, not all for each process
-        from sanaedit.backends.cpu import physical_cores
+        from sanaedit.core.cpu import physical_cores
 
         threads = max(1, physical_cores() // processes.local_count)
     check_device(device)  # everything the user typed is checked before the model loads (seconds)
@@ -124,11 +125,10 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         backend=args.backend,
         loras=args.lora,
         vae=args.vae,
+        upsample=args.upsample,
         staged=args.low_memory,
     )
     processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
-    if args.upsample is not None:
-        pipe.config.upsample = args.upsample
     single = not folder_mode and len(inputs) == 1
     settings = dict(
         prompt=args.prompt,

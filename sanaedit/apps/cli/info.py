@@ -15,12 +15,12 @@ from sanaedit.formats.index import (
     PROMPT_CACHE_FILE,
     REQUIRED,
     TINY_VAE,
-    folder_refiner,
     follows_prompts,
     is_export,
     llm_width,
     read_index,
 )
+from sanaedit.formats.refiner import folder_refiner
 
 
 def tensor_stats(paths: list[Path]) -> tuple[int, Counter]:
@@ -111,7 +111,7 @@ def common_lines(folder: Path, index: dict) -> list[str]:
             f"{config['dilations']}, pixel blocks {config.get('unshuffle', 1)}): `--upsample refine`"
         )
     if (folder / PROMPT_CACHE_FILE).is_file():
-        from sanaedit.formats.index import load_prompt_cache
+        from sanaedit.formats.prompt_cache import load_prompt_cache
 
         prompts = list(load_prompt_cache(folder, framework="np"))
         lines.append(f"prompt cache: {len(prompts)} prompt(s) precomputed (no LLM load needed for them): {prompts}")

@@ -31,7 +31,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from sanaedit.apps.serve.apidocs import add_api_docs
 from sanaedit.apps.serve.downloads import download_name, unique_names, zip_stream
-from sanaedit.apps.serve.jobs import JobQueue, QueueFull
+from sanaedit.apps.serve.jobs import JobQueue
 from sanaedit.apps.serve.limits import ClientSlots, MemoryBudget, release_memory
 from sanaedit.apps.serve.security import (
     LOOPBACK_HOSTS,
@@ -42,7 +42,8 @@ from sanaedit.apps.serve.security import (
     new_nonce,
     page_csp,
 )
-from sanaedit.image.io import DEFAULT_MAX_ASPECT, ImageLoadError, decode_cost, decode_image, decode_reduced
+from sanaedit.errors import ImageLoadError, QueueFull
+from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024

@@ -21,14 +21,11 @@ from pathlib import Path
 from PIL import Image
 
 from sanaedit.apps.serve.limits import release_memory
+from sanaedit.errors import QueueFull
 from sanaedit.image.io import remove_stale_temps, save_image_atomic
 
 log = logging.getLogger("sanaedit.apps.serve")
 _PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]?")
-
-
-class QueueFull(Exception):
-    """No room for another job right now (HTTP 503)."""
 
 
 @dataclass(eq=False)  # a job is itself: compare by identity, never field by field (pixels included)

@@ -24,14 +24,14 @@ class ComicStyle:
     ink_dark: int = 20  # the ink's grey value
 
 
-def _odd(x: float, minimum: int = 3) -> int:
+def odd_size(x: float, minimum: int = 3) -> int:
     k = max(minimum, int(round(x)))
     return k if k % 2 else k + 1
 
 
 def _smooth(rgb: np.ndarray, style: ComicStyle) -> np.ndarray:
     side = min(rgb.shape[:2])
-    diameter = _odd(side / 40, 5)
+    diameter = odd_size(side / 40, 5)
     out = rgb
     for _ in range(style.smooth_passes):
         out = cv2.bilateralFilter(out, diameter, sigmaColor=40, sigmaSpace=diameter)
@@ -52,8 +52,8 @@ def ink_mask(rgb: np.ndarray, style: ComicStyle = ComicStyle()) -> np.ndarray:
     """Boolean mask of the ink outlines (classic cartoon lines: adaptive threshold of a median-blurred grey)."""
     side = min(rgb.shape[:2])
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    grey = cv2.medianBlur(grey, _odd(side / 60, 3))
-    block = _odd(side / 25, 5)
+    grey = cv2.medianBlur(grey, odd_size(side / 60, 3))
+    block = odd_size(side / 25, 5)
     lines = cv2.adaptiveThreshold(grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, style.ink_threshold)
     return lines == 0
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from sanaedit.train.filters.comic import _odd
+from sanaedit.train.filters.comic import odd_size
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _glow(rgb: np.ndarray, style: GhibliStyle) -> np.ndarray:
 def line_mask(rgb: np.ndarray) -> np.ndarray:
     """Thin outlines: Canny edges of the smoothed grey image (one pixel wide, no dilation)."""
     side = min(rgb.shape[:2])
-    grey = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (_odd(side / 120, 3),) * 2, 0)
+    grey = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (odd_size(side / 120, 3),) * 2, 0)
     return cv2.Canny(grey, 60, 140) > 0
 
 
@@ -56,7 +56,7 @@ def ghibli_array(rgb: np.ndarray, style: GhibliStyle = GhibliStyle()) -> np.ndar
     if min(rgb.shape[:2]) < 8:
         raise ValueError(f"image too small for the ghibli filter: {rgb.shape[1]}x{rgb.shape[0]}")
     side = min(rgb.shape[:2])
-    diameter = _odd(side / 60, 5)
+    diameter = odd_size(side / 60, 5)
     smooth = np.ascontiguousarray(rgb)
     for _ in range(style.smooth_passes):
         smooth = cv2.bilateralFilter(smooth, diameter, sigmaColor=30, sigmaSpace=diameter)

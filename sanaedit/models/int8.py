@@ -15,6 +15,8 @@ benchmark reports PSNR against fp32 (bench/edit_speed.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -119,6 +121,16 @@ def int8_shell(name: str, module: nn.Module) -> nn.Module | None:
 
 def quantize_dit_int8(transformer: nn.Module) -> int:
     """Swap the Linear and 1x1 Conv layers of `transformer.transformer_blocks` for int8 ones; returns how many."""
-    from sanaedit.backends.torch_loading import replace_layers
-
     return replace_layers(transformer, int8_layer)
+
+
+def replace_layers(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Swap each module of an already loaded `model` for what `replace(name, module)` returns (None: it stays), as
+    `load_model(..., replace=...)` does while streaming. Returns how many were swapped."""
+    swapped = 0
+    for name, module in list(model.named_modules()):
+        new = replace(name, module)
+        if new is not None:
+            model.set_submodule(name, new)
+            swapped += 1
+    return swapped

@@ -1,4 +1,5 @@
-"""The learned full-resolution refiner as an exported graph (`refiner.onnx` / `refiner.mnn`), without torch.
+"""The learned full-resolution refiner as a folder holds it: `refiner.safetensors` (PyTorch, models/refiner.py), and
+the exported graph (`refiner.onnx` / `refiner.mnn`), run without torch.
 
 `sanaedit export` writes the refiner (models/refiner.py) as a graph with free height and width (multiples of its
 pixel-unshuffle factor), fp32, beside `refiner.safetensors`; its manifest entry (model_index.json "graphs" ->
@@ -12,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sanaedit.backends import load_graph
-from sanaedit.formats.index import ModelFolderError, first_line
-from sanaedit.models.refine_tiles import REFINER_GRAPH, RefinerGraph
+from sanaedit.errors import ModelFolderError, first_line
+from sanaedit.models.refine_tiles import REFINER_FILE, REFINER_GRAPH, RefinerGraph
 
 
 def load_refiner_graph(folder: Path, manifest: dict, backend: str, threads: int | None) -> RefinerGraph | None:
@@ -36,3 +37,16 @@ def load_refiner_graph(folder: Path, manifest: dict, backend: str, threads: int 
     if not path.is_file():
         raise ModelFolderError(f"{path}: the refiner graph model_index.json lists is missing; export the model again")
     return RefinerGraph(load_graph(path, backend, inputs, outputs, threads), factor, margin)
+
+
+def folder_refiner(folder: str | Path):
+    """A model or exported folder's learned refiner on PyTorch (models/refiner.py; None without one). A broken file is
+    named at load time, not after an edit's sampling."""
+    if not (Path(folder) / REFINER_FILE).is_file():
+        return None  # nothing to load: torch is not imported for it
+    from sanaedit.models.refiner import load_refiner
+
+    try:
+        return load_refiner(Path(folder))
+    except Exception as err:  # safetensors, JSON, key and shape errors vary in type
+        raise ModelFolderError(f"{Path(folder) / REFINER_FILE}: cannot load the refiner: {first_line(err)}") from err
