@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from family import dit_timer  # noqa: E402
 
-from sanaedit.formats.torch_folder import load_model_folder  # noqa: E402
+from sanaedit.load import load_model_folder  # noqa: E402
 from sanaedit.pipeline import SanaEditPipeline  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs, psnr  # noqa: E402
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0], help="LoRA scales (default: 0.5 1)")
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
-    pipe = load_dit_edits(args.model)  # a style comes back guided (lora.style_upsampling): the base too
+    pipe = load_dit_edits(args.model)  # a style comes back guided (plan.styled): the base too
     pairs, photos = load_pairs(args.eval_dir), load_full_photos(args.eval_dir)
     res = pipe.config.resolution
 

@@ -329,7 +329,8 @@ class SanaEditPipeline(StagedResidencyMixin):
             scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
             # A sampler asked for without a schedule gets its own: DPM-Solver's history term vanishes from sigma 1
             # (it would equal Euler there), so "linear" as SANA's pipelines run it; sCM its few-step "scm" times
-            schedule=schedule or (SAMPLER_SCHEDULE.get(sampler, cfg.schedule) if sampler != cfg.sampler else cfg.schedule),
+            schedule=schedule
+            or (SAMPLER_SCHEDULE.get(sampler, cfg.schedule) if sampler != cfg.sampler else cfg.schedule),
             sample=get_sampler(sampler or cfg.sampler),
             count=num_images_per_prompt,
             strength=strength,

@@ -63,9 +63,11 @@ class RunPlan:
     def describe(self) -> list[str]:
         """The plan in a few lines (`sanaedit info`)."""
         cfg = self.config
-        compute = "float32 graphs" if self.backend != Backend.TORCH else f"{self.dtype}{' + int8 DiT' if self.int8 else ''}"
+        compute = (
+            "float32 graphs" if self.backend != Backend.TORCH else f"{self.dtype}{' + int8 DiT' if self.int8 else ''}"
+        )
         lines = [
-            f"runs on: {self.backend} ({compute}, {self.device}, {self.threads or 'all cores'} threads)",
+            f"runs on: {self.backend} ({compute}, {self.device}, threads: {self.threads or 'all cores'})",
             f"autoencoder: {self.vae}; back to the photo's size: {self.upsample}",
             f"sampling: {cfg.sampler}, schedule {cfg.schedule}, {cfg.num_inference_steps} steps, guidance "
             f"{cfg.guidance_scale:g}, shift {cfg.shift:g}, at {cfg.resolution} px ({cfg.padding} padding)",
@@ -93,9 +95,11 @@ def make_plan(
     staged: bool = False,
     threads: int | None = None,
     tuned: bool = True,
+    int8: bool = False,
 ) -> RunPlan:
-    """The plan for `info` with the user's options (None: the folder's own choice). Every option that does not fit
-    the source is refused here, in one line that says what to do, before anything is loaded."""
+    """The plan for `info` with the user's options (None: the folder's own choice). `dtype` "int8" is the CLI's
+    `--dtype int8`: the DiT's matmuls in int8, the rest as "auto"; `int8=True` adds them to any float dtype. Every
+    option that does not fit the source is refused here, in one line that says what to do, before anything loads."""
     name, device = info.name, str(device)
     backend = Backend(parse(Backend, backend, "backend")) if backend is not None else DEFAULT_BACKEND[info.format]
     given, dtype = dtype, torch_dtype_name(dtype)
@@ -109,9 +113,9 @@ def make_plan(
         if isinstance(given, str) and dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
         cpu = device.split(":")[0] == "cpu"
-        if dtype == "int8" and not cpu:
+        int8 = int8 or dtype == "int8"
+        if int8 and not cpu:
             raise ValueError("--dtype int8 is a CPU path (oneDNN int8 GEMM); on a GPU use bfloat16")
-        int8 = dtype == "int8"
         if dtype in ("auto", "int8"):  # emulated bf16 is slower than fp32: bf16 only where the CPU has it
             dtype = ("bfloat16" if has_fast_bf16() else "float32") if cpu else "float32"
         if loras and info.stored_int8:
@@ -207,5 +211,3 @@ def styled(config: PipelineConfig) -> PipelineConfig:
         return config
     logger.info("a LoRA style is active: guided upsampling instead of the base model's refiner")
     return dataclasses.replace(config, upsample=Upsample.GUIDED)
-
-

@@ -59,7 +59,9 @@ def imports() -> list[tuple[str, str, str | None, int]]:
             elif isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{path}:{node.lineno}: relative import (the package imports absolutely)"
                 base = node.module or ""
-                targets = [(f"{base}.{a.name}", None) if f"{base}.{a.name}" in mods else (base, a.name) for a in node.names]
+                targets = [
+                    (f"{base}.{a.name}", None) if f"{base}.{a.name}" in mods else (base, a.name) for a in node.names
+                ]
             else:
                 continue
             for target, name in targets:

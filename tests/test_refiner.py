@@ -50,13 +50,13 @@ def test_saved_refiner_loads_the_same_and_broken_files_are_named(tmp_path):
     assert load_refiner(tmp_path / "nowhere") is None
     (tmp_path / REFINER_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ModelFolderError, match="cannot load the refiner"):
-        folder_refiner(tmp_path, "guided")
+        folder_refiner(tmp_path)
     bad = _trained_looking()
     with torch.no_grad():
         bad.out.bias.fill_(float("nan"))
     save_refiner(bad, tmp_path)
     with pytest.raises(ModelFolderError, match="NaN"):
-        folder_refiner(tmp_path, "guided")
+        folder_refiner(tmp_path)
 
 
 def test_refine_is_guided_then_the_refiner_and_needs_one():

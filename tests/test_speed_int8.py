@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from sanaedit.core.cpu import best_compute_dtype
-from sanaedit.load import load_pipeline, resolve_dtype
+from sanaedit.load import load_pipeline
 from sanaedit.models.int8 import Int8Conv1x1, Int8Linear, quantize_dit_int8
 from sanaedit.pipeline import SanaEditPipeline
 
@@ -73,15 +73,25 @@ def test_int8_pipeline_close_to_fp32(tiny_model_dir):
     assert out.size == photo.size and 10 * np.log10(255**2 / max(mse, 1e-12)) > 25
 
 
-def test_resolve_dtype():
-    assert resolve_dtype("auto") == (best_compute_dtype(), False)
-    assert resolve_dtype("int8") == (best_compute_dtype(), True)
-    assert resolve_dtype("float32") == (torch.float32, False)
-    assert resolve_dtype(torch.bfloat16) == (torch.bfloat16, False)
+def test_the_plan_resolves_dtype():
+    from sanaedit.core.choices import Format
+    from sanaedit.core.config import PipelineConfig
+    from sanaedit.plan import FolderInfo, make_plan
+
+    info = FolderInfo(folder=None, format=Format.TORCH, config=PipelineConfig())
+    best = str(best_compute_dtype()).split(".")[-1]
+    assert (make_plan(info).dtype, make_plan(info).int8) == (best, False)
+    assert (make_plan(info, dtype="int8").dtype, make_plan(info, dtype="int8").int8) == (best, True)
+    assert (make_plan(info, dtype="float32").dtype, make_plan(info, dtype="float32", int8=True).int8) == (
+        "float32",
+        True,
+    )
+    assert make_plan(info, dtype=torch.bfloat16).dtype == "bfloat16"
+    assert make_plan(info, device="cuda").dtype == "float32"  # emulated bf16 is a CPU question; off the CPU, fp32
     with pytest.raises(ValueError, match="CPU"):
-        resolve_dtype("int8", device="cuda")
+        make_plan(info, dtype="int8", device="cuda")
     with pytest.raises(ValueError, match="unknown dtype"):
-        resolve_dtype("int4")
+        make_plan(info, dtype="int4")
 
 
 def test_quantizing_while_streaming_gives_the_same_layers_as_after_loading(tiny_model_dir):
@@ -125,8 +135,8 @@ def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_m
     from safetensors import safe_open
 
     from sanaedit.formats.index import stored_int8
-    from sanaedit.formats.torch_folder import load_model_folder
-    from sanaedit.models.int8 import Int8Linear, int8_layer
+    from sanaedit.load import load_model_folder
+    from sanaedit.models.int8 import Int8Linear
 
     assert stored_int8(int8_folder) and not stored_int8(tiny_model_dir)
     weights = "transformer/diffusion_pytorch_model.safetensors"
@@ -141,7 +151,7 @@ def test_a_dit_stored_in_int8_loads_as_the_int8_layers_and_edits_the_same(tiny_m
     assert {k: v for k, v in config.items() if k not in ("sanaedit_int8", "_name_or_path")} == {
         k: v for k, v in source.items() if k != "_name_or_path"
     }
-    quantized_on_load = load_model_folder(tiny_model_dir, transformer_layers=int8_layer)
+    quantized_on_load = load_model_folder(tiny_model_dir, int8=True)
     stored = load_model_folder(int8_folder)
     a, b = quantized_on_load.transformer.state_dict(), stored.transformer.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)

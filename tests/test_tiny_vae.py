@@ -144,7 +144,8 @@ def tiny_vae_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_assemble_adds_the_published_weights_and_both_autoencoders_load(tiny_vae_dir):
-    from sanaedit.formats.torch_folder import check_model_folder, load_model_folder
+    from sanaedit.formats.torch_folder import check_model_folder
+    from sanaedit.load import load_model_folder
 
     folder, encoder, decoder = tiny_vae_dir
     index = check_model_folder(folder)
@@ -186,7 +187,7 @@ def test_vae_choice_through_load_pipeline_and_the_folder_default(tiny_vae_dir, t
 
 
 def test_a_pipeline_without_the_dc_ae_refuses_to_save_a_model_folder(tiny_vae_dir, tmp_path):
-    from sanaedit.formats.torch_folder import load_model_folder
+    from sanaedit.load import load_model_folder
 
     with pytest.raises(ValueError, match="DC-AE"):
         load_model_folder(tiny_vae_dir[0], vae="tiny").save_pretrained(tmp_path / "out")
@@ -208,7 +209,8 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
     (the stage trains on smaller views)."""
     import numpy as np
 
-    from sanaedit.formats.torch_folder import check_model_folder, load_model_folder
+    from sanaedit.formats.torch_folder import check_model_folder
+    from sanaedit.load import load_model_folder
     from sanaedit.train.loop import train
 
     base = load_model_folder(tiny_model_dir)
@@ -236,7 +238,7 @@ def test_tiny_vae_stage_distils_from_the_dc_ae_and_exports_it(tmp_path, tiny_mod
 
 
 def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_teacher(tiny_vae_dir):
-    from sanaedit.formats.torch_folder import load_model_folder
+    from sanaedit.load import load_model_folder
     from sanaedit.train.config import Reconstruction
     from sanaedit.train.parts import TrainParts
     from sanaedit.train.stages import apply_stage, get_stage
@@ -261,8 +263,7 @@ def test_the_distillation_loss_is_mse_to_the_latents_plus_reconstruction_of_the_
 @pytest.mark.parametrize("fmt", ["onnx", "mnn"])
 def test_the_light_autoencoder_exports_and_the_runtime_picks_it(tiny_vae_dir, tmp_path, fmt):
     from sanaedit.export import export_model
-    from sanaedit.formats.torch_folder import load_model_folder
-    from sanaedit.load import load_pipeline
+    from sanaedit.load import load_model_folder, load_pipeline
 
     if fmt == "mnn":
         import importlib.util

@@ -28,7 +28,9 @@ class PipelineConfig:
     sampler: Sampler = Sampler.EULER  # or DPM (flow DPM-Solver++), SCM (SANA-Sprint's few-step sampler): sampling.py
     template: str = PROMPT_TEMPLATE
     fp16_clipping: bool = False  # for fp16-trained SANA checkpoints run in fp32/bf16 (see transformer.py)
-    padding: Padding = Padding.BLACK  # fills the square around a non-square photo: BLACK (the published engine), REFLECT
+    padding: Padding = (
+        Padding.BLACK
+    )  # fills the square around a non-square photo: BLACK (the published engine), REFLECT
     upsample: Upsample = Upsample.GUIDED  # back to the photo's own size (image/upsample.py)
     vae: Vae = Vae.FULL  # the autoencoder edits run on: the DC-AE, or the folder's light one
 

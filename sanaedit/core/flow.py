@@ -100,7 +100,6 @@ class FlowModel:
         # what the networks take and return: torch tensors on (device, dtype), or float32 NumPy arrays (graphs)
         self.arrays = arrays or TorchArrays(self)
 
-
     @property
     def modules(self) -> list[nn.Module]:
         """The PyTorch networks (none on exported graphs)."""

@@ -246,5 +246,3 @@ def export_refiner(refiner, folder: Path, fmt: str, progress: bool = False) -> d
 def _noise_picture(seed: int, size: tuple[int, int]) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels)
-
-

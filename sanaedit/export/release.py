@@ -58,9 +58,7 @@ def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path
         graphs[spec.name] = entry
         say(progress, f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}")
     llm_bits = bits["llm"]
-    say(
-        progress, f"[{total}/{total}] llm: MNN's LLM exporter, {'fp16' if llm_bits is None else f'{llm_bits}-bit'} ..."
-    )
+    say(progress, f"[{total}/{total}] llm: MNN's LLM exporter, {'fp16' if llm_bits is None else f'{llm_bits}-bit'} ...")
     encoder = pipe.text_encoder
     width = encoder.meta_queries.shape[1]
     block = llm_block(width)

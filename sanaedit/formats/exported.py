@@ -154,7 +154,9 @@ class ExportedFolder:
         try:
             fmt = Format(manifest["format"])
         except (KeyError, ValueError):
-            raise ModelFolderError(f"{self.folder}: model_index.json names no known graph format; export again") from None
+            raise ModelFolderError(
+                f"{self.folder}: model_index.json names no known graph format; export again"
+            ) from None
         self.info = FolderInfo(
             folder=self.folder,
             format=fmt,

@@ -149,5 +149,3 @@ def _parse(path: Path, data: bytes) -> MnnTokenizer:
         f"{path}: tokenizer type {kind} ({names.get(kind, 'unknown')}) is not supported: Qwen's tokenizers are "
         "types 1, 3 and 4"
     )
-
-

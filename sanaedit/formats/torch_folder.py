@@ -304,9 +304,7 @@ class TorchFolder:
                 _check_diffusers_component(model_dir, "vae", AutoencoderDC)
             from sanaedit.backends.torch_loading import empty_model
 
-            transformer = load_component(
-                model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p)
-            )
+            transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
             dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
         else:
             transformer = load_component(model_dir, "transformer", load_transformer)
@@ -337,9 +335,7 @@ class TorchFolder:
                 return prepare(loaded)
             if not full:
                 return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
-            half = load_component(
-                model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype, f"{name}.")
-            )
+            half = load_component(model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype, f"{name}."))
             getattr(half, name).to(device).eval()
             return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
 

@@ -46,9 +46,7 @@ def export_pipeline(
     """The trained networks as a pipeline, its settings those of `base` with the training resolution and the
     config's `export:` fields over them."""
     fields = {**vars(base), "resolution": resolution, **export}
-    flow = torch_flow(
-        parts.transformer, parts.vae, getattr(parts, "tiny_vae", None), getattr(parts, "refiner", None)
-    )
+    flow = torch_flow(parts.transformer, parts.vae, getattr(parts, "tiny_vae", None), getattr(parts, "refiner", None))
     return SanaEditPipeline(flow, parts.text_encoder, PipelineConfig.from_dict(fields))
 
 

@@ -17,6 +17,7 @@ from sanaedit.formats.index import (
     TINY_VAE,
     follows_prompts,
     is_export,
+    is_release_layout,
     llm_width,
     read_index,
 )
@@ -103,7 +104,7 @@ def common_lines(folder: Path, index: dict) -> list[str]:
     if isinstance(graph, dict) and isinstance(graph.get("config"), dict):  # an export's: the graph its runtime runs
         config, where = graph["config"], graph.get("file", REFINER_GRAPH)
     else:
-        refiner = folder_refiner(folder, index.get("pipeline", {}).get("upsample"))  # checked as loading checks it
+        refiner = folder_refiner(folder)  # checked as loading checks it
         config, where = (refiner.config, REFINER_FILE) if refiner is not None else (None, None)
     if config is not None:
         lines.append(
@@ -125,10 +126,16 @@ def common_lines(folder: Path, index: dict) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from sanaedit.load import BUNDLED_MODEL
+    from sanaedit.plan import make_plan
+    from sanaedit.runtime.sources import open_source
 
     folder = Path(args.model_dir) if args.model_dir is not None else BUNDLED_MODEL
     # the checks loading makes (headers and configs only): a folder `edit` would refuse is refused here too
-    if is_export(folder):
+    if is_release_layout(folder):
+        from sanaedit.formats.release import check_release
+
+        check_release(folder)
+    elif is_export(folder):
         from sanaedit.formats.exported import check_exported
 
         check_exported(folder)
@@ -136,16 +143,18 @@ def run(args: argparse.Namespace) -> int:
         from sanaedit.formats.torch_folder import check_model_folder
 
         check_model_folder(folder)
+    plan = make_plan(open_source(folder).info)  # what `sanaedit edit --model DIR` runs without options
     if args.model_dir is None:
         print("the bundled comic model (sanaedit/assets/comic-model; README: 'The bundled model, honestly')")
     print("\n".join(describe_export(folder) if is_export(folder) else describe(folder)))
+    print(
+        "\n".join(["runs by default (sanaedit edit's options change it):", *(f"  {line}" for line in plan.describe())])
+    )
     return 0
 
 
 def describe_export(folder: Path) -> list[str]:
     """An exported folder: its graphs (the MNN release's layout, ours or downloaded, has its own description)."""
-    from sanaedit.formats.index import is_release_layout
-
     if is_release_layout(folder):
         from sanaedit.formats.release_info import describe_release
 
