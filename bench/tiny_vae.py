@@ -25,8 +25,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sanaedit.load import load_model_folder  # noqa: E402
 from sanaedit.image.io import postprocess, preprocess  # noqa: E402
+from sanaedit.load import load_model_folder  # noqa: E402
 from sanaedit.train.evaluate import compare, load_pairs  # noqa: E402
 
 METRICS = ("psnr", "ssim", "edge_f1")

@@ -3,7 +3,7 @@
     pipe = SanaEditPipeline.from_pretrained("path/to/model")
     comic = pipe(Image.open("photo.jpg"), generator=torch.Generator().manual_seed(0))
 
-Stages: preprocess (`image_io`) -> encode (ref latents) -> text conditioning (prompt cache, else the text encoder)
+Stages: preprocess (`image/io.py`) -> encode (ref latents) -> text conditioning (prompt cache, else the text encoder)
 -> flow-matching Euler through `FlowModel` (CFG as one [neg, pos] batch) -> decode -> postprocess back to the
 input's own size. One pipeline over a small protocol of networks (`FlowModel` + a text encoder
 `prompts -> (hidden, mask)`), assembled in one place (`from_plan`) from what any reader yields (formats/source.py):
@@ -31,8 +31,9 @@ from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.upsample import check_method, restore_photo
-from sanaedit.plan import RunPlan, styled
+from sanaedit.plan import RunPlan, make_plan, styled
 from sanaedit.runtime.residency import StagedResidencyMixin
+from sanaedit.runtime.sources import open_source
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +61,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         prompt_cache: dict[str, tuple[Array, Array]] | None = None,
         text_encoder_loader: Callable[[], TextEncoder] | None = None,
         model_dir: Path | None = None,
-        backend: str = "torch",
+        backend: Backend = Backend.TORCH,
         network_loader: Callable[[str], Any] | None = None,
     ):
         self.flow = flow
@@ -172,7 +173,6 @@ class SanaEditPipeline(StagedResidencyMixin):
                 module.to(device=device, dtype=dtype)
         return self
 
-    # --------------------------------------------------------------------------------------------------- LoRA
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
         """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
         at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
@@ -205,9 +205,6 @@ class SanaEditPipeline(StagedResidencyMixin):
         exported folder or the published release's files (their own runtime: CPU, float32; torch is not imported).
         `torch_dtype` is diffusers' name for `dtype` (default float32). `options` are `plan.make_plan`'s (backend, vae,
         upsample, threads, loras, staged). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`."""
-        from sanaedit.plan import make_plan
-        from sanaedit.runtime.sources import open_source
-
         source = open_source(model_dir)
         dtype = torch_dtype or dtype or "float32"
         return cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
@@ -229,16 +226,13 @@ class SanaEditPipeline(StagedResidencyMixin):
         if plan.staged:
             pipe.enable_staged_residency()
         if not pipe.prompt_cache and parts.text_encoder_loader is not None and plan.backend == Backend.TORCH:
-            # nothing cached: the text path is built now, so a broken folder fails at load time
-            pipe.check_text_encoder(pipe.text_encoder)
+            pipe.check_text_encoder(pipe.text_encoder)  # nothing cached: a broken text path fails at load time
         return pipe
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
-        """Write the model folder atomically (an existing folder is replaced only once the new one is complete).
-
-        With `prompt_cache`, the conditioning of the model's own prompt and negative prompt is stored, so later
-        runs with those prompts never load the LLM. A pipeline on exported graphs copies its exported folder.
-        """
+        """Write the model folder atomically (an existing folder is replaced only once the new one is complete). With
+        `prompt_cache`, the conditioning of the model's own prompts is stored, so runs with them never load the LLM.
+        A pipeline on exported graphs copies its exported folder."""
         self._refuse_when_staged("saving")
         if not self.flow.modules:
             from sanaedit.core.atomic import copy_folder
@@ -248,7 +242,6 @@ class SanaEditPipeline(StagedResidencyMixin):
 
         return save_model_folder(self, Path(model_dir), prompt_cache)
 
-    # ------------------------------------------------------------------------------------------------ stages
     @no_grad
     def encode_prompt(self, prompts: list[str]) -> tuple[Array, Array]:
         """Conditioning for each prompt, from the prompt cache where possible, else through the LLM (batched)."""
@@ -308,8 +301,8 @@ class SanaEditPipeline(StagedResidencyMixin):
         part-way, from the source latent noised to that level (as diffusers' img2img pipelines do).
         `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
         return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
-        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers for
-        the same seed, without torch); None draws fresh noise.
+        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
+        for the same seed, without torch); None draws fresh noise.
         """
         sources = list(image) if isinstance(image, (list, tuple)) else [image]
         if not sources or (None in sources and len(sources) > 1):

@@ -107,7 +107,7 @@ def make_plan(
     if info.format == Format.TORCH:
         if backend != Backend.TORCH:
             raise ValueError(
-                f"{name} is a PyTorch model folder; backend {backend!r} needs an exported folder "
+                f"{name} is a PyTorch model folder; backend {backend.value!r} needs an exported folder "
                 f"(`sanaedit export {name} --format {'mnn' if backend == Backend.MNN else 'onnx'} --out DIR`)"
             )
         if isinstance(given, str) and dtype not in DTYPES:
@@ -130,12 +130,12 @@ def make_plan(
             raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
         if info.release_layout and backend != Backend.MNN:
             raise ValueError(
-                f"{name} holds MNN graphs (the published release's layout); backend {backend!r} cannot run them "
+                f"{name} holds MNN graphs (the published release's layout); backend {backend.value!r} cannot run them "
                 "(use 'mnn')"
             )
         if DEFAULT_BACKEND[info.format] != backend:
             raise ValueError(
-                f"{name} holds {info.format} graphs; backend {backend!r} cannot run them (use "
+                f"{name} holds {info.format} graphs; backend {backend.value!r} cannot run them (use "
                 f"{DEFAULT_BACKEND[info.format].value!r}, or export with --format "
                 f"{'onnx' if backend == Backend.ONNXRUNTIME else backend.value})"
             )
@@ -194,7 +194,8 @@ def choose_upsample(info: FolderInfo, requested: Upsample | str | None, lora: bo
     choice = info.config.upsample
     if choice not in set(Upsample):
         raise ModelFolderError(
-            f"{info.name}: model_index.json asks for upsample {choice!r}; use one of {', '.join(u.value for u in Upsample)}"
+            f"{info.name}: model_index.json asks for upsample {choice!r}; use one of "
+            f"{', '.join(u.value for u in Upsample)}"
         )
     if choice == Upsample.REFINE and not info.has_refiner:
         raise ModelFolderError(

@@ -203,7 +203,7 @@ def test_ddp_two_processes_gloo(tmp_path, tiny_model_dir, pairs):
 
 def test_multi_stage_final_model_is_written_atomically(tmp_path, tiny_model_dir, pairs, monkeypatch):
     """The final `<out>/model` of a multi-stage run replaces an older one only when the copy is complete."""
-    import sanaedit.formats.index as model_folder
+    import sanaedit.core.atomic as model_folder
 
     cfg = config(tmp_path / "run", tiny_model_dir, pairs, steps=1)
     cfg["checkpoint"] = {"every": 0, "keep": 1}

@@ -1,5 +1,5 @@
-"""Full-resolution output: the guided upsampler (sanaedit/image/upsample.py), the padding policy of preprocessing and the
-pipeline's use of both (every runtime shares that pipeline code)."""
+"""Full-resolution output: the guided upsampler (sanaedit/image/upsample.py), the padding policy of preprocessing
+and the pipeline's use of both (every runtime shares that pipeline code)."""
 
 import subprocess
 import sys

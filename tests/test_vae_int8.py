@@ -147,10 +147,10 @@ def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe
 def test_a_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """Over its check's tolerance a w8a8 graph is not shipped: the export warns, writes the graph as `=8` writes it
     and records why in the manifest (here forced by a zero tolerance)."""
-    import sanaedit.export.folder as folder
+    import sanaedit.export.graph_export as folder
 
     monkeypatch.setattr(folder, "W8A8_DYNAMIC_TOLERANCE", 0.0)
-    with caplog.at_level("WARNING", logger="sanaedit.export.folder"):
+    with caplog.at_level("WARNING", logger="sanaedit.export.graph_export"):
         out = export_model(tiny_model_dir, tmp_path / "o", quant="rest=32,transformer=w8a8", progress=False)
     assert "do not survive int8" in caplog.text and "transformer=8" in caplog.text
     entry = json.loads((out / "model_index.json").read_text())["graphs"]["transformer"]

@@ -12,8 +12,8 @@ a dangling link, a link loop) fails with its reason, a sub-folder that cannot be
 counted as ignored. Outputs that cannot be written (a file where the folder should be, no permission, a read-only
 disk) are refused before any edit; a disk that fills up stops the batch, with every input not attempted listed.
 
-Many processes (`accelerate launch -m sanaedit.apps.cli edit DIR -o OUT`, or torchrun): process 0 plans the batch exactly
-as one process would (names, collisions, --resume's skips) and hands the plan to all; process i edits every n-th
+Many processes (`accelerate launch -m sanaedit.apps.cli edit DIR -o OUT`, or torchrun): process 0 plans the batch
+exactly as one process would (names, collisions, --resume's skips) and hands the plan to all; process i edits every n-th
 file of it from the i-th (`processes.py`: disjoint, the same on every run); the results are gathered, so every
 process ends with the one-process summary (in the one-process order). A failure in one process before the edits
 (its model does not load) stops them all with its reason; one file's failure is that file's, as in one process.

@@ -29,12 +29,12 @@ def load_graph(
 ):
     """`graph(*arrays) -> array` for one exported graph file; `component` (its name in the model, e.g.
     "transformer") lets a runtime pick per-graph settings (MNN's low-memory mode: mnn_graph.py)."""
-    if backend == "onnxruntime":
+    if backend == Backend.ONNXRUNTIME:
         from sanaedit.backends.ort_graph import OrtGraph
 
         return OrtGraph(path, threads)
-    if backend == "mnn":
+    if backend == Backend.MNN:
         from sanaedit.backends.mnn_graph import MnnGraph
 
         return MnnGraph(path, inputs, outputs, threads, low_memory=component in MNN_LOW_MEMORY)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    raise ValueError(f"unknown backend {backend!r}; choose one of {[b.value for b in BACKENDS]}")

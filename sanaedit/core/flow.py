@@ -70,7 +70,8 @@ class FlowModel:
 
     `transformer(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents) -> velocity`,
     `encoder(pixels in [-1, 1]) -> scaled latents`, `decoder(scaled latents) -> pixels`: PyTorch modules
-    (`from_torch`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training, export);
+    (`models/torch_flow.torch_flow`) or exported graphs. `vae` is the PyTorch autoencoder when there is one (training,
+    export);
     `tiny_vae` the light one (`models/tiny_vae.py`) when there is one; `refiner` the learned full-resolution
     refiner (`models/refiner.py`) when the folder has one (run after decoding, by `upsample.restore_photo`).
     """

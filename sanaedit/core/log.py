@@ -7,7 +7,7 @@ off unless -v. Without `configure` (the Python API) nothing here changes any log
 
 `quiet_libraries()` applies that choice to diffusers and transformers once they are imported. It never imports
 them (the exported runtime runs without them, and `sanaedit --help` should not wait for them): the places that
-load or write their models (`model_folder.load_component`, `model_folder.atomic_folder`) call it. A leaf: imports
+load or write their models (`formats/torch_folder.load_component`, `core/atomic.atomic_folder`) call it. A leaf: imports
 nothing of sanaedit.
 """
 

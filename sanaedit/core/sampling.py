@@ -50,16 +50,16 @@ def flow_sigmas(num_steps: int, shift: float = 3.0, schedule: str = "default") -
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if schedule == "default":
+    if schedule == Schedule.DEFAULT:
         base = np.linspace(1.0, 1.0 / 1000, num_steps, dtype=np.float64)
-    elif schedule == "published":
+    elif schedule == Schedule.PUBLISHED:
         base = np.linspace(0.999, 0.0, num_steps, dtype=np.float64)
-    elif schedule == "linear":
+    elif schedule == Schedule.LINEAR:
         return shift_sigmas(np.linspace(0.999, 0.0, num_steps + 1, dtype=np.float64), shift)
-    elif schedule == "scm":
+    elif schedule == Schedule.SCM:
         return trig_to_flow(scm_times(num_steps))
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {[s.value for s in SCHEDULES]}")
     return np.concatenate([shift_sigmas(base, shift), [0.0]])
 
 
@@ -185,5 +185,5 @@ SAMPLE_FUNCTIONS = {Sampler.EULER: euler_sample, Sampler.DPM: dpm_solver_sample,
 
 def get_sampler(name: str) -> Callable[..., Array]:
     if name not in SAMPLE_FUNCTIONS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
+        raise ValueError(f"unknown sampler {name!r}; choose one of {[s.value for s in SAMPLERS]}")
     return SAMPLE_FUNCTIONS[name]

@@ -5,7 +5,7 @@ large); `llm/`: the frozen LLM's body as a graph (`llm/llm.onnx`, 4-bit by defau
 (`embeddings.safetensors`, bf16 when the LLM is quantized: a lookup, read row by row), the tokenizer and
 `meta_queries.safetensors` (only needed for prompts outside the prompt cache).
 MNN layout: the published release's files and I/O names exactly, the LLM written by MNN's own LLM exporter
-(`release_folder.py`, `export/release.py`): MNN's engine loads it as it loads MNN-Sana-Edit-V2.
+(`formats/release_files.py`, `export/release.py`): MNN's engine loads it as it loads MNN-Sana-Edit-V2.
 Both add `prompt_cache.safetensors` and `model_index.json` (`_class_name` SanaEditExport), which the engine ignores,
 and a model with a learned refiner its graph (`refiner.onnx` / `refiner.mnn`, fp32, any height and width) beside
 its weights (`refiner.safetensors`, for PyTorch readers and older runtimes).
@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from sanaedit.backends import FORMATS, load_graph
 from sanaedit.core.atomic import atomic_folder
-from sanaedit.core.choices import Vae
+from sanaedit.core.choices import Format, Vae
 from sanaedit.export.calibrate import (
     W8A8,
     W8A8_CALIBRATED,
@@ -133,7 +133,7 @@ def export_model(
     started = time.perf_counter()
     with atomic_folder(out) as tmp, torch.no_grad():
         (tmp / "llm").mkdir()
-        if fmt == "mnn":  # the published release's layout (export/release.py)
+        if fmt == Format.MNN:  # the published release's layout (export/release.py)
             from sanaedit.export.release import export_release
 
             llm_source = Path(model_dir) / "llm" if model_dir is not None and not given_pipe else None

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sanaedit.backends import load_graph
+from sanaedit.core.choices import Backend
 from sanaedit.export.calibrate import (
     W8A8,
     W8A8_DYNAMIC,
@@ -65,7 +66,7 @@ def export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrati
         elif bits is not None:
             entry["quant"] = quantize_onnx_weights(path, bits, block_size=onnx_block(bits))
         entry.update(optimize_for_onnxruntime(path))  # checked below as it will run
-        graph = load_graph(path, "onnxruntime", spec.inputs, spec.outputs, threads=1)
+        graph = load_graph(path, Backend.ONNXRUNTIME, spec.inputs, spec.outputs, threads=1)
         if bits == W8A8:
             # Calibrated ranges fit photos, and random inputs lie outside them: checked on a held-out photo. Ranges
             # measured per call fit any input: checked on the usual example inputs.
@@ -92,7 +93,7 @@ def export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrati
             path = onnx_to_mnn(onnx_path, folder / f"{spec.name}.mnn", bits, block_size=mnn_block(bits))
         if bits is not None:
             entry["quant"] = {"bits": bits, "block_size": mnn_block(bits), "scheme": "MNN asymmetric weights"}
-        graph = load_graph(path, "mnn", spec.inputs, spec.outputs, component=spec.name)  # checked as it will run
+        graph = load_graph(path, Backend.MNN, spec.inputs, spec.outputs, component=spec.name)  # checked as it will run
         entry["max_rel_error"] = graph_errors(spec, graph, spec.example)[0]
     error = entry["max_rel_error"]
     if not math.isfinite(error) or (bits is None and error > FP32_TOLERANCE):

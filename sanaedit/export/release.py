@@ -1,4 +1,4 @@
-"""`sanaedit export --format mnn`: the published release's layout exactly (see `release_folder.py`), which MNN's
+"""`sanaedit export --format mnn`: the published release's layout exactly (see `formats/release_files.py`), which MNN's
 engine loads as it loads MNN-Sana-Edit-V2, plus our additive files (model_index.json, prompt cache).
 
 The five networks are converted as every MNN graph here (ONNX, then `_tools.mnnconvert`, checked against
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sanaedit.backends.mnn_llm import MnnLlm
+from sanaedit.core.choices import Format
 from sanaedit.export.graphs import release_specs
 from sanaedit.export.llm_graph import LlmFeatures
 from sanaedit.export.llm_mnn import export_llm_mnn
@@ -54,7 +55,7 @@ def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path
         say(
             progress, f"[{i}/{total}] {spec.name}: exporting to mnn ({', '.join(spec.inputs)} -> {spec.outputs[0]}) ..."
         )
-        entry = export_graph(spec, tmp, "mnn", bits[spec.name])
+        entry = export_graph(spec, tmp, Format.MNN, bits[spec.name])
         graphs[spec.name] = entry
         say(progress, f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}")
     llm_bits = bits["llm"]

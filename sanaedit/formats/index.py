@@ -37,11 +37,11 @@ PROMPT_CACHE_FILE = "prompt_cache.safetensors"
 REQUIRED = ("transformer", "vae", "llm", "connector", "projector")
 MODEL_CLASS = "SanaEditPipeline"  # model_index.json `_class_name` of a PyTorch model folder
 EXPORT_CLASS = "SanaEditExport"  # ... of an exported folder
-RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (release_folder.py)
+RELEASE_KIND = "MNNRelease"  # no model_index.json: the published MNN release's files (formats/release_files.py)
 RELEASE_LAYOUT = "mnn-release"  # model_index.json "layout" of an MNN export: the release's files, plus ours
 EMBEDDINGS_FILE, EMBEDDINGS_KEY = "llm/embeddings.safetensors", "embed_tokens"  # exported LLM's token table
 TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exported graphs' prefix)
-# A DiT stored in int8 (`sanaedit export DIR --format int8`, speed/int8.py) says so in its config.json under this key
+# A DiT stored in int8 (`sanaedit export DIR --format int8`, models/int8.py) says so in its config.json under this key
 STORED_INT8 = "sanaedit_int8"
 TINY_GRAPHS = ("tiny_vae_encoder", "tiny_vae_decoder")  # its exported graphs (scaled latents, pixels in [-1, 1])
 

@@ -1,6 +1,6 @@
 """A model folder whose DiT is stored in int8: `sanaedit export DIR --format int8 -o OUT`.
 
-`--dtype int8` (speed/int8.py) quantizes the DiT blocks' Linear and 1x1 Conv weights while they load, every run.
+`--dtype int8` (models/int8.py) quantizes the DiT blocks' Linear and 1x1 Conv weights while they load, every run.
 This writes those int8 codes (with their float32 scales and biases) once, so a later load reads half the bytes of a
 bf16 DiT (a quarter of fp32) into the layers as they are: no float weights read, no conversion. Everything else in
 the folder is copied byte for byte; the DiT's other tensors keep their stored dtype. The layers and their results
@@ -18,7 +18,7 @@ import torch
 from sanaedit.core.atomic import atomic_folder
 from sanaedit.errors import ModelFolderError
 from sanaedit.formats.index import STORED_INT8, read_index, stored_int8
-from sanaedit.formats.torch_folder import load_component
+from sanaedit.formats.torch_check import load_component
 
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 

@@ -24,7 +24,7 @@ from sanaedit.backends import load_graph
 from sanaedit.backends.mnn_inspect import GraphInfo, inspect_graphs
 from sanaedit.backends.mnn_llm import MnnLlm
 from sanaedit.core.arrays import NumpyArrays
-from sanaedit.core.choices import Format, Vae
+from sanaedit.core.choices import Backend, Format, Vae
 from sanaedit.core.config import PROMPT_TEMPLATE, PipelineConfig
 from sanaedit.core.flow import FlowModel
 from sanaedit.errors import ModelFolderError
@@ -258,7 +258,7 @@ class ReleaseFolder:
 
         def load(name: str):
             io = GRAPHS[name]
-            return load_graph(folder / io.file, "mnn", io.inputs, io.outputs, threads, name)
+            return load_graph(folder / io.file, Backend.MNN, io.inputs, io.outputs, threads, name)
 
         graphs = {name: load(name) for name in GRAPHS if name not in skip}
         if manifest is not None:
@@ -284,7 +284,9 @@ class ReleaseFolder:
 
         if tiny:  # ours, beside the release's files: scaled latents already (their entries in model_index.json)
             encoder, decoder = (
-                load_graph(folder / entries[n]["file"], "mnn", entries[n]["inputs"], entries[n]["outputs"], threads)
+                load_graph(
+                    folder / entries[n]["file"], Backend.MNN, entries[n]["inputs"], entries[n]["outputs"], threads
+                )
                 for n in TINY_GRAPHS
             )
         else:
@@ -299,7 +301,7 @@ class ReleaseFolder:
             ref_channels=ref_channels,
             vae_scale=vae_scale,
             # ours, beside the release's files, when exported with one (its graph; the PyTorch one in older exports)
-            refiner=load_refiner_graph(folder, manifest or {}, "mnn", threads) or folder_refiner(folder),
+            refiner=load_refiner_graph(folder, manifest or {}, Backend.MNN, threads) or folder_refiner(folder),
             arrays=NumpyArrays(),  # graphs: NumPy in and out
         )
 

@@ -1,7 +1,7 @@
 """The published MNN-Sana-Edit-V2 release as MNN's engine loads it (alibaba/MNN `transformers/diffusion/engine`:
 `sana_diffusion.cpp`, `sana_llm.hpp`; the LLM side `transformers/llm/engine`): its file names, graph I/O names, the
 engine's constants, and readers for its LLM side (configs, token embeddings, meta-queries). A leaf like
-`model_folder.py`: the exporter writes this layout and the runtime reads it, without importing each other.
+`formats/index.py`: the exporter writes this layout and the runtime reads it, without importing each other.
 
     connector.mnn     llm_out -> connector_out                 each graph with its `.mnn.weight`
     projector.mnn     connector_out -> prompt_embeds

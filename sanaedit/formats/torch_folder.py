@@ -6,53 +6,36 @@ from configs and file headers alone (`check_model_folder`, what `sanaedit info` 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from sanaedit.core.atomic import atomic_folder
 from sanaedit.core.choices import Format, Vae
 from sanaedit.core.config import PipelineConfig
-from sanaedit.core.log import quiet_libraries
-from sanaedit.errors import ModelFolderError, first_line
+from sanaedit.errors import ModelFolderError
 from sanaedit.formats.index import META_QUERIES_FILE, MODEL_CLASS, TINY_VAE, read_index, stored_int8, write_index
 from sanaedit.formats.prompt_cache import load_prompt_cache, write_prompt_cache
 from sanaedit.formats.refiner import folder_refiner
 from sanaedit.formats.source import Networks
+from sanaedit.formats.torch_check import (
+    DIFFUSERS_WEIGHTS,
+    caption_channels,
+    check_diffusers_component,
+    check_files,
+    check_text_path,
+    load_component,
+)
 from sanaedit.models.refine_tiles import REFINER_FILE
 from sanaedit.models.refiner import save_refiner
 from sanaedit.models.torch_flow import torch_flow
 from sanaedit.plan import FolderInfo, RunPlan, make_plan
 
-# the weight files each kind of component may have (safetensors, its shard index, .bin, its shard index)
-DIFFUSERS_WEIGHTS = tuple(
-    f"diffusion_pytorch_model.{ext}" for ext in ("safetensors", "safetensors.index.json", "bin", "bin.index.json")
-)
-LLM_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def _check_files(folder: Path, weights: tuple[str, ...]) -> None:
-    """A component folder's config.json is a JSON object (diffusers takes anything else for a hub name and says it
-    cannot reach huggingface.co) and one of `weights` is there, else a one-line ValueError (load_component adds the
-    folder). A config that is missing or not JSON is left to the loaders, whose errors already say so."""
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict):
-        raise ValueError(f"config.json is not a JSON object (it holds {json.dumps(config)[:40]})")
-    if not any((folder / name).is_file() for name in weights):
-        raise ValueError(f"no weights file (expected {weights[0]}, its .index.json, or {weights[2]})")
-
 
 def load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None = None, replace=None):
     """Streamed tensor by tensor where the folder has safetensors (peak RSS = the model, not file + model: see
-    speed/lowmem.py), just the tensors named `only...` if given, each layer swapped by `replace(name, module)` as
-    it arrives; diffusers' own loader for anything else (e.g. .bin checkpoints, loaded whole, then swapped)."""
+    backends/torch_loading.py), just the tensors named `only...` if given, each layer swapped by `replace(name,
+    module)` as it arrives; diffusers' own loader for anything else (.bin checkpoints: loaded whole, then swapped)."""
     from sanaedit.backends.torch_loading import load_model, weight_files
     from sanaedit.models.int8 import replace_layers
 
@@ -66,108 +49,6 @@ def load_diffusers_model(cls, path: Path, dtype: torch.dtype, only: str | None =
     return load_model(cls, path, dtype, replace=replace, only=only)
 
 
-def tensor_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """name -> shape of every tensor in safetensors `files`, from their headers (no tensor data is read). A missing,
-    empty, truncated or garbage file raises ValueError naming it."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in files:
-        try:
-            if path.stat().st_size == 0:
-                raise ValueError("empty file (0 bytes)")
-            with safe_open(path, "pt") as f:
-                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
-        except Exception as err:  # safetensors raises its own SafetensorError; OSError for a missing file
-            raise ValueError(f"{path.name}: corrupt or truncated safetensors file ({first_line(err)})") from None
-    return shapes
-
-
-def _check_diffusers_component(model_dir: Path, name: str, cls) -> dict:
-    """`name`'s config builds a model (on the meta device: no memory) whose every tensor is in its weights with the
-    same shape, read from the weights' headers. Returns the config. Errors name the component."""
-
-    def check(folder: Path) -> dict:
-        from sanaedit.backends.torch_loading import empty_model, weight_files
-
-        _check_files(folder, DIFFUSERS_WEIGHTS)
-        model = empty_model(cls, folder)
-        try:
-            files = weight_files(folder)
-        except FileNotFoundError:
-            return dict(model.config)  # a .bin checkpoint (there: _check_files): diffusers' loader checks it
-        found = tensor_shapes(files)
-        for key, tensor in model.state_dict().items():
-            if key not in found:
-                raise ValueError(f"its weights have no {key} (the config needs it)")
-            if found[key] != tuple(tensor.shape):
-                raise ValueError(
-                    f"{key} has shape {list(found[key])} in the weights, the config needs {list(tensor.shape)}"
-                )
-        return dict(model.config)
-
-    return load_component(model_dir, name, check)
-
-
-def _check_llm(model_dir: Path) -> int:
-    """The LLM's config, tokenizer files and weight headers (never its weights); returns its width."""
-    import json
-
-    def check(folder: Path) -> int:
-        _check_files(folder, LLM_WEIGHTS)
-        config = json.loads((folder / "config.json").read_text())
-        width = config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size")
-        if not isinstance(width, int):
-            raise ValueError("config.json has no hidden_size")
-        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-            raise ValueError("no tokenizer files (tokenizer.json / tokenizer_config.json)")
-        index = folder / "model.safetensors.index.json"
-        files = (
-            sorted({folder / n for n in json.loads(index.read_text())["weight_map"].values()})
-            if index.is_file()
-            else []
-        )
-        if not files and (folder / "model.safetensors").exists():
-            files = [folder / "model.safetensors"]
-        for key, shape in tensor_shapes(files).items():
-            if key.endswith("embed_tokens.weight") and shape[-1] != width:
-                raise ValueError(f"{key} is {shape[-1]} wide, its config says hidden_size {width}")
-        return width
-
-    return load_component(model_dir, "llm", check)
-
-
-def check_text_path(model_dir: str | Path, caption_channels: int | None = None) -> None:
-    """Every piece of the text path, from configs and file headers only (no weights loaded, the LLM included):
-    the LLM (config, tokenizer files, weight headers), meta-queries, connector and projector (weights against their
-    configs), and that they fit each other and the transformer. So a folder that loads also runs a new prompt."""
-    from sanaedit.models.connector import Connector
-    from sanaedit.models.projector import Projector
-
-    model_dir = Path(model_dir)
-    width = _check_llm(model_dir)
-    path = model_dir / META_QUERIES_FILE
-    try:
-        shape = tensor_shapes([path]).get("meta_queries")
-    except ValueError as err:
-        raise ModelFolderError(f"{model_dir}: {err}") from None
-    if shape is None:
-        raise ModelFolderError(f"{path}: no 'meta_queries' tensor")
-    if len(shape) != 2 or shape[1] != width:
-        raise ModelFolderError(f"{path}: meta_queries shape {shape} does not match the LLM width {width}")
-    connector = _check_diffusers_component(model_dir, "connector", Connector)
-    projector = _check_diffusers_component(model_dir, "projector", Projector)
-    if connector["width"] != width:
-        raise ModelFolderError(f"{model_dir}: connector width {connector['width']} != LLM width {width}")
-    if projector["in_features"] != width:
-        raise ModelFolderError(f"{model_dir}: projector in_features {projector['in_features']} != LLM width {width}")
-    if caption_channels is not None and projector["out_features"] != caption_channels:
-        raise ModelFolderError(
-            f"{model_dir}: projector out_features {projector['out_features']} != transformer caption_channels "
-            f"{caption_channels}"
-        )
-
-
 def check_model_folder(model_dir: str | Path) -> dict:
     """Everything `load_model_folder` checks, from configs and file headers only (what `sanaedit info` runs): the
     index, every component's weights against its config, the text path, the prompt cache. Returns the index."""
@@ -177,26 +58,17 @@ def check_model_folder(model_dir: str | Path) -> dict:
 
     model_dir = Path(model_dir)
     index = read_index(model_dir)
-    transformer = _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
-    _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+    transformer = check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+    check_diffusers_component(model_dir, "vae", AutoencoderDC)
     if (model_dir / TINY_VAE).is_dir():
         from sanaedit.models.tiny_vae import TinyAutoencoder
 
-        _check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
+        check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
     make_plan(TorchFolder(model_dir).info)  # the folder's own choices fit what it holds
     folder_refiner(model_dir)
     check_text_path(model_dir, transformer.get("caption_channels"))
     load_prompt_cache(model_dir)
     return index
-
-
-def _caption_channels(model_dir: Path) -> int | None:
-    import json
-
-    try:
-        return json.loads((model_dir / "transformer" / "config.json").read_text()).get("caption_channels")
-    except (OSError, ValueError, AttributeError):
-        return None  # the transformer's own load names what is wrong with it
 
 
 def load_text_encoder(model_dir: Path, template: str, dtype: torch.dtype = torch.float32):
@@ -247,7 +119,8 @@ def prepare_transformer(transformer: torch.nn.Module, plan: RunPlan, streamed_in
 
 class TorchFolder:
     """A PyTorch model folder as a source of networks (runtime/sources.py): `info` from its index and file names,
-    `networks(plan)` the DiT, the planned autoencoder, the refiner and the text path on diffusers / transformers modules.
+    `networks(plan)` the DiT, the planned autoencoder, the refiner and the text path on diffusers / transformers
+    modules.
 
     The DiT and DC-AE stream in tensor by tensor (backends/torch_loading.py); the LLM stays on disk until a prompt
     outside the prompt cache needs it. A folder's light autoencoder loads with the DC-AE too (small), so that saving
@@ -287,21 +160,21 @@ class TorchFolder:
 
         transformer_layers = int8_layer if streamed_int8 else None
         # the text path is checked now from headers, not when a new prompt first needs it (the LLM stays on disk)
-        check_text_path(model_dir, _caption_channels(model_dir))
+        check_text_path(model_dir, caption_channels(model_dir))
         # each one's config and weights file, before diffusers (whose errors for these take two lines or mislead),
         # loaded now or in its stage (as info checks them)
         for name in ("transformer", "vae", TINY_VAE):
             if name != TINY_VAE or self.info.has_tiny_vae:
-                load_component(model_dir, name, lambda p: _check_files(p, DIFFUSERS_WEIGHTS))
+                load_component(model_dir, name, lambda p: check_files(p, DIFFUSERS_WEIGHTS))
 
         def load_transformer(path: Path) -> torch.nn.Module:
             return load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
 
         full = plan.vae == Vae.FULL
         if staged:  # their configs now (the pipeline's checks need them), their weights in their stages
-            _check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
+            check_diffusers_component(model_dir, "transformer", SanaEditTransformer2DModel)
             if full:
-                _check_diffusers_component(model_dir, "vae", AutoencoderDC)
+                check_diffusers_component(model_dir, "vae", AutoencoderDC)
             from sanaedit.backends.torch_loading import empty_model
 
             transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
@@ -395,18 +268,6 @@ def save_model_folder(pipe, model_dir: Path, prompt_cache: bool = True) -> Path:
             **({TINY_VAE: ["sanaedit", type(tiny).__name__]} if tiny is not None else {}),
         )
     return model_dir
-
-
-def load_component(model_dir: Path, name: str, loader: Callable[[Path], Any]) -> Any:
-    """Run `loader(model_dir / name)`, turning any failure into an error that names the component."""
-    quiet_libraries()  # the CLI's verbosity for diffusers / transformers, imported by now (their loading bars)
-    path = Path(model_dir) / name
-    try:
-        return loader(path)
-    except ModelFolderError:
-        raise
-    except Exception as err:  # library errors (missing weights, shape mismatch, bad config) vary in type
-        raise ModelFolderError(f"{path}: cannot load {name}: {first_line(err)}") from err
 
 
 def load_meta_queries(model_dir: Path) -> torch.Tensor:

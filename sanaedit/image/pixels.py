@@ -1,4 +1,4 @@
-"""Pixel normalisation for `image_io`: any decoded PIL image -> upright 8-bit sRGB RGB, in bounded memory.
+"""Pixel normalisation for `image/io.py`: any decoded PIL image -> upright 8-bit sRGB RGB, in bounded memory.
 
 `normalise(image, reduce_to)` reads the EXIF orientation and colour profile first, box-reduces (if asked) before any
 conversion, so conversions run on the small image, then converts: colour profile to sRGB, 16/32-bit and float to

@@ -63,7 +63,7 @@ def restore_photo(
     if method != Upsample.REFINE:
         return upsample(edit, photo, method)
     photo = photo.convert("RGB")
-    guided = upsample(edit, photo, "guided")
+    guided = upsample(edit, photo, Upsample.GUIDED)
     if photo.width * photo.height > REFINE_MAX_PIXELS:
         logger.info(
             "photo is %.1f MP: over the refiner's %.0f MP budget, guided upsampling only",

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-# What a DiT stored in int8 records under model_folder.STORED_INT8 (`sanaedit export DIR --format int8`): its blocks'
+# What a DiT stored in int8 records under formats/index.STORED_INT8 (`sanaedit export DIR --format int8`): its blocks'
 # Linear and 1x1 Conv layers hold `weight` (int8 codes), `weight_scale` and `bias` (float32), loaded as they are.
 STORED_INT8_SCHEME = {
     "layers": "transformer_blocks: Linear and 1x1 Conv",
@@ -108,7 +108,7 @@ def _int8_kind(name: str, module: nn.Module) -> type[Int8Linear] | None:
 
 def int8_layer(name: str, module: nn.Module) -> nn.Module | None:
     """The int8 layer that replaces the DiT's module `name`, or None where it stays: for `quantize_dit_int8`, and
-    for streaming loads that quantize each layer as it arrives (speed/lowmem.py)."""
+    for streaming loads that quantize each layer as it arrives (backends/torch_loading.py)."""
     kind = _int8_kind(name, module)
     return None if kind is None else kind(module.weight, module.bias)
 

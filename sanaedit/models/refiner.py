@@ -79,7 +79,7 @@ def save_refiner(refiner: Refiner, folder: Path) -> Path:
 
 def load_refiner(folder: Path) -> Refiner | None:
     """The folder's refiner (fp32, CPU, eval mode), or None when it has none. A broken file raises the library's
-    error (model_folder.folder_refiner names the file); weights that are not finite raise ValueError."""
+    error (formats/refiner.folder_refiner names the file); weights that are not finite raise ValueError."""
     from safetensors import safe_open
 
     path = Path(folder) / REFINER_FILE

@@ -1,2 +1,2 @@
-"""From a source and the user's choices to a running pipeline: the typed run plan, the one assembly, and the tiny
-random stand-in."""
+"""Between the readers and the pipeline: `open_source` picks the reader for a folder (sources.py), and staged
+residency keeps each network in memory only for its stage of an edit (residency.py)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sanaedit.errors import ModelFolderError
-from sanaedit.formats.torch_folder import load_component
+from sanaedit.formats.torch_check import load_component
 from sanaedit.models.text_encoder import MetaQueryTextEncoder
 from sanaedit.models.torch_flow import torch_flow
 from sanaedit.models.variants import Variant, build_conditioner_parts, load_variant

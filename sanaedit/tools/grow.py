@@ -57,7 +57,7 @@ def grow_model(model_dir: str | Path, num_layers: int, out: str | Path, seed: in
     from sanaedit.backends.torch_loading import load_model
     from sanaedit.core.atomic import atomic_folder
     from sanaedit.formats.index import read_index
-    from sanaedit.formats.torch_folder import load_component
+    from sanaedit.formats.torch_check import load_component
     from sanaedit.models.transformer import SanaEditTransformer2DModel
 
     model_dir, out = Path(model_dir), Path(out)

@@ -2,8 +2,9 @@
 
 Sources: scikit-image's `skimage/data` photos, scikit-learn's sample images when scikit-learn is installed, and
 synthetic scenes (shapes, gradients, texture) drawn here. Targets come from the deterministic comic filter
-(`sanaedit.train.filters.comic`). Whole photos are held out for evaluation (never cropped into the training set), Chelsea the
-cat among them: she is the README's sample photo. Everything is seeded, so the same packages give the same files.
+(`sanaedit.train.filters.comic`). Whole photos are held out for evaluation (never cropped into the training set),
+Chelsea the cat among them: she is the README's sample photo. Everything is seeded, so the same packages give the
+same files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from sanaedit.core.choices import Padding
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.pipeline import COMIC_PROMPT
 from sanaedit.train.filters.comic import comic
@@ -30,7 +32,7 @@ HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg", "china.jpg")
 # style -> (target filter, the prompt recorded with each pair)
 GHIBLI_PROMPT = "Ghibli-style: soft contrast, warm tones, slight linework."
 STYLES = {"comic": (comic, COMIC_PROMPT), "ghibli": (ghibli, GHIBLI_PROMPT)}
-PADDING = "reflect"  # the padding the bundled model is trained and run with (PipelineConfig.padding)
+PADDING = Padding.REFLECT  # the padding the bundled model is trained and run with (PipelineConfig.padding)
 
 
 def package_photos() -> dict[str, Path]:
@@ -154,7 +156,8 @@ def build_comic_dataset(
     held-out photos at their own resolution in `eval/full/` (for scores at full resolution).
     `size` stores the pictures at that resolution instead of `resolution` (a stage training at another resolution,
     e.g. the autoencoder on 128 px views of the 256 px set, then reads the same files resized).
-    `style` chooses the targets' filter: "comic" (sanaedit.train.filters.comic) or "ghibli" (sanaedit.train.filters.ghibli, the LoRA style).
+    `style` chooses the targets' filter: "comic" (sanaedit.train.filters.comic) or "ghibli"
+    (sanaedit.train.filters.ghibli, the LoRA style).
     A finished build is marked by out_dir/done.json and reused when its settings match.
     """
     if style not in STYLES:

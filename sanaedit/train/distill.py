@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sanaedit.core.choices import Sampler, Schedule
 from sanaedit.core.flow import FlowModel
 from sanaedit.core.sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
 from sanaedit.models.torch_flow import torch_flow
@@ -152,9 +153,11 @@ class DistillParts(TrainParts):
         self.teacher, self.transformer = teacher, student.train()
         self.teacher_flow, self.flow = self.flow, torch_flow(student, self.vae)
         config = pipe.config
-        self.teacher_sampler = get_sampler(config.sampler if config.sampler != "scm" else "euler")
-        self.teacher_sigmas = flow_sigmas(settings.teacher_steps or config.num_inference_steps, config.shift,
-                                          config.schedule if config.schedule != "scm" else "default")  # fmt: skip
+        self.teacher_sampler = get_sampler(config.sampler if config.sampler != Sampler.SCM else Sampler.EULER)
+        teacher_schedule = config.schedule if config.schedule != Schedule.SCM else Schedule.DEFAULT
+        self.teacher_sigmas = flow_sigmas(
+            settings.teacher_steps or config.num_inference_steps, config.shift, teacher_schedule
+        )
         self.levels = student_levels(settings.max_steps)
         use_weight = settings.objective == "scm" and settings.adaptive_weight
         self.adaptive_weight = AdaptiveWeight() if use_weight else None
@@ -179,7 +182,7 @@ class DistillParts(TrainParts):
 
     def export_defaults(self) -> dict[str, Any]:
         """What the student's model folder records: the few-step sampler, its schedule and step count."""
-        return {"sampler": "scm", "schedule": "scm", "num_inference_steps": self.settings.steps,
+        return {"sampler": Sampler.SCM, "schedule": Schedule.SCM, "num_inference_steps": self.settings.steps,
                 "guidance_scale": self.guidance}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- teacher

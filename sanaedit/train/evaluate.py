@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sanaedit.core.choices import Upsample
 from sanaedit.image.upsample import upsample
 from sanaedit.train.filters.comic import comic
 
@@ -268,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     if untrained is not None:
         low["the untrained model"] = pipeline_editor(untrained)
     refiner = trained.flow.refiner is not None
-    low["the trained model"] = pipeline_editor(trained, "guided" if refiner else None)  # the DiT alone
+    low["the trained model"] = pipeline_editor(trained, Upsample.GUIDED if refiner else None)  # the DiT alone
     if refiner:
-        low["the trained model with its refiner"] = pipeline_editor(trained, "refine")
+        low["the trained model with its refiner"] = pipeline_editor(trained, Upsample.REFINE)
     model_res = evaluate_model_resolution(low, pairs, autoencoder_ceiling(trained))
     _out(f"At the model's resolution ({res} px): {len(pairs)} held-out images, against the training target\n")
     _out(_table(model_res, extra=False))
@@ -280,14 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         "the untouched photo": None,
         f"the filter at {res} px, plainly upsampled": filter_at_model_resolution(res),
     }
-    for method in ("plain", "guided"):
+    for method in (Upsample.PLAIN, Upsample.GUIDED):
         full[f"the full-resolution filter seen at {res} px, {method} upsampling"] = filter_seen_at_model_resolution(
             res, method
         )
     if untrained is not None:
         full["the untrained model"] = pipeline_editor(untrained)
     for method in METHODS:
-        if method != "refine" or refiner:  # refine: the folder's learned refiner
+        if method != Upsample.REFINE or refiner:  # refine: the folder's learned refiner
             full[f"the trained model, {method} upsampling"] = pipeline_editor(trained, method)
     full_res, per_photo, outputs = evaluate_full_resolution(full, photos)
     sizes = ", ".join(f"{n} {p.width}x{p.height}" for n, p in photos)

@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from sanaedit.core.choices import Upsample
 from sanaedit.core.tempfiles import replacing
 from sanaedit.image.io import load_image
 from sanaedit.train.sources import tensor_digest
@@ -108,7 +109,7 @@ def refiner_crops(
     from sanaedit.train.evaluate import pipeline_editor
 
     rng = np.random.default_rng(seed)
-    edit_guided = pipeline_editor(pipe, "guided", seed=0)  # what the refiner will be given
+    edit_guided = pipeline_editor(pipe, Upsample.GUIDED, seed=0)  # what the refiner will be given
     out: dict[str, list[np.ndarray]] = {"photo": [], "edit": [], "target": []}
     for name, picture, target in tqdm(pictures, desc="refiner data", unit="picture", disable=not progress):
         if min(picture.size) < crop:

@@ -20,6 +20,9 @@ import re
 import sys
 from pathlib import Path
 
+from sanaedit.core.choices import Backend, Sampler, Schedule
+from sanaedit.plan import DTYPES
+
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
 # `add_parser(subparsers)` which registers its parser and sets `func=run(args) -> int`.
 COMMANDS = ["edit", "info", "assemble", "export", "train", "distill", "grow", "prune", "serve"]
@@ -150,14 +153,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--schedule",
-        choices=["default", "published", "linear", "scm"],
+        choices=[s.value for s in Schedule],
         default=None,
         help="sigma schedule: default (flow-matching Euler to sigma 0), published (the MNN engine's) or linear "
         "(SANA's DPM-Solver schedule) (default: the model's; linear with --sampler dpm)",
     )
     p.add_argument(
         "--sampler",
-        choices=["euler", "dpm", "scm"],
+        choices=[s.value for s in Sampler],
         default=None,
         help="euler (flow matching), dpm (flow DPM-Solver++ 2M, SANA's default: fewer steps for the same quality) "
         "or scm (SANA-Sprint's 1-4 step sampler, for distilled models) (default: the model's, euler)",
@@ -202,13 +205,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "int8"],
+        choices=DTYPES,
         help="PyTorch compute: auto = bf16 where the CPU has native bf16, else fp32; int8 = also int8 DiT matmuls "
         "(faster on CPUs with VNNI, slightly different images) (default: auto)",
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnxruntime", "mnn"],
+        choices=[b.value for b in Backend],
         default=None,
         help="runtime (default: torch for a model folder, the export's own for an exported folder)",
     )

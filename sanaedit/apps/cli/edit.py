@@ -18,9 +18,7 @@ from sanaedit.apps.cli import (
     int_range,
     warn_if_prompt_ignored,
 )
-
-# sanaedit.image.upsample.METHODS (not imported: torch is slow to load)
-UPSAMPLE_METHODS = ["plain", "guided", "guided-grey", "refine"]
+from sanaedit.core.choices import Backend, Upsample, Vae
 
 
 def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
@@ -69,7 +67,7 @@ def default_device(args: argparse.Namespace) -> str:
 
     from sanaedit.formats.index import is_export
 
-    if args.backend not in (None, "torch") or not torch.cuda.is_available():
+    if args.backend not in (None, Backend.TORCH) or not torch.cuda.is_available():
         return "cpu"
     if args.model is not None and Path(args.model).is_dir() and is_export(args.model):
         return "cpu"
@@ -192,7 +190,7 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
     add_sampling_args(p)
     p.add_argument(
         "--upsample",
-        choices=UPSAMPLE_METHODS,
+        choices=[u.value for u in Upsample],
         default=None,
         help="back to the photo's own size from the model's resolution: guided (the fast guided filter: the photo's "
         "own detail and edges), refine (guided, then the folder's learned full-resolution refiner) or plain "
@@ -201,7 +199,7 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
     )
     p.add_argument(
         "--vae",
-        choices=["full", "tiny"],
+        choices=[v.value for v in Vae],
         default=None,
         help="autoencoder: full (DC-AE) or tiny (the folder's light TAESANA-style one: ~14x fewer decoder FLOPs, "
         "the DC-AE not loaded at all) (default: the model's own; full unless its folder says otherwise)",

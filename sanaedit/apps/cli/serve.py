@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from sanaedit.apps.cli import add_command, add_lora_arg, add_runtime_args, check_device, float_range, int_range
+from sanaedit.core.choices import Vae
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ sanaedit serve --host 0.0.0.0 --token auto           reachable from other machin
     add_lora_arg(p)
     p.add_argument(
         "--vae",
-        choices=["full", "tiny"],
+        choices=[v.value for v in Vae],
         default=None,
         help="autoencoder: full (DC-AE) or tiny (the folder's light one; the DC-AE is not loaded) (default: the "
         "model's own)",
