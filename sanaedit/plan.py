@@ -100,52 +100,12 @@ def make_plan(
     """The plan for `info` with the user's options (None: the folder's own choice). `dtype` "int8" is the CLI's
     `--dtype int8`: the DiT's matmuls in int8, the rest as "auto"; `int8=True` adds them to any float dtype. Every
     option that does not fit the source is refused here, in one line that says what to do, before anything loads."""
-    name, device = info.name, str(device)
-    backend = Backend(parse(Backend, backend, "backend")) if backend is not None else DEFAULT_BACKEND[info.format]
-    given, dtype = dtype, torch_dtype_name(dtype)
-    loras = tuple((Path(path), float(scale)) for path, scale in loras or ())
+    device, loras = str(device), tuple((Path(path), float(scale)) for path, scale in loras or ())
+    backend = parse(Backend, backend, "backend") if backend is not None else DEFAULT_BACKEND[info.format]
     if info.format == Format.TORCH:
-        if backend != Backend.TORCH:
-            raise ValueError(
-                f"{name} is a PyTorch model folder; backend {backend.value!r} needs an exported folder "
-                f"(`sanaedit export {name} --format {'mnn' if backend == Backend.MNN else 'onnx'} --out DIR`)"
-            )
-        if isinstance(given, str) and dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
-        cpu = device.split(":")[0] == "cpu"
-        int8 = int8 or dtype == "int8"
-        if int8 and not cpu:
-            raise ValueError("--dtype int8 is a CPU path (oneDNN int8 GEMM); on a GPU use bfloat16")
-        if dtype in ("auto", "int8"):  # emulated bf16 is slower than fp32: bf16 only where the CPU has it
-            dtype = ("bfloat16" if has_fast_bf16() else "float32") if cpu else "float32"
-        if loras and info.stored_int8:
-            raise ValueError(
-                f"{name} stores its DiT in int8 (sanaedit export --format int8): a LoRA merges into float weights; "
-                "use the float folder it was made from"
-            )
-        if staged and info.folder is None:
-            raise ValueError("staged residency (--low-memory) needs a model folder to load from: pass --model DIR")
+        dtype, int8 = torch_compute(info, backend, device, dtype, int8, bool(loras), staged)
     else:
-        if device != "cpu" or dtype not in ("auto", "float32"):
-            raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
-        if info.release_layout and backend != Backend.MNN:
-            raise ValueError(
-                f"{name} holds MNN graphs (the published release's layout); backend {backend.value!r} cannot run them "
-                "(use 'mnn')"
-            )
-        if DEFAULT_BACKEND[info.format] != backend:
-            raise ValueError(
-                f"{name} holds {info.format} graphs; backend {backend.value!r} cannot run them (use "
-                f"{DEFAULT_BACKEND[info.format].value!r}, or export with --format "
-                f"{'onnx' if backend == Backend.ONNXRUNTIME else backend.value})"
-            )
-        if loras:
-            raise ValueError(f"{name} is exported: merge a LoRA at export (`sanaedit export ... --lora FILE`)")
-        if staged:
-            raise ValueError(
-                f"{name} is exported: its runtime maps the graphs' weights from disk itself; staged residency "
-                "(--low-memory) is for PyTorch model folders"
-            )
+        check_graph_run(info, backend, device, torch_dtype_name(dtype), bool(loras), staged)
         dtype, int8 = "float32", False
     chosen_vae = choose_vae(info, vae)
     chosen_upsample = choose_upsample(info, upsample, bool(loras))
@@ -164,6 +124,59 @@ def make_plan(
         threads=threads,
         tuned=tuned,
     )
+
+
+def torch_compute(
+    info: FolderInfo, backend: Backend, device: str, dtype: object, int8: bool, lora: bool, staged: bool
+) -> tuple[str, bool]:
+    """(compute dtype name, int8 DiT matmuls?) for a PyTorch source, its options checked."""
+    name, given, dtype = info.name, dtype, torch_dtype_name(dtype)
+    if backend != Backend.TORCH:
+        raise ValueError(
+            f"{name} is a PyTorch model folder; backend {backend.value!r} needs an exported folder "
+            f"(`sanaedit export {name} --format {'mnn' if backend == Backend.MNN else 'onnx'} --out DIR`)"
+        )
+    if isinstance(given, str) and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
+    cpu = device.split(":")[0] == "cpu"
+    int8 = int8 or dtype == "int8"
+    if int8 and not cpu:
+        raise ValueError("--dtype int8 is a CPU path (oneDNN int8 GEMM); on a GPU use bfloat16")
+    if dtype in ("auto", "int8"):  # emulated bf16 is slower than fp32: bf16 only where the CPU has it
+        dtype = ("bfloat16" if has_fast_bf16() else "float32") if cpu else "float32"
+    if lora and info.stored_int8:
+        raise ValueError(
+            f"{name} stores its DiT in int8 (sanaedit export --format int8): a LoRA merges into float weights; "
+            "use the float folder it was made from"
+        )
+    if staged and info.folder is None:
+        raise ValueError("staged residency (--low-memory) needs a model folder to load from: pass --model DIR")
+    return dtype, int8
+
+
+def check_graph_run(info: FolderInfo, backend: Backend, device: str, dtype: str, lora: bool, staged: bool) -> None:
+    """Exported graphs run on their format's runtime, on the CPU in float32, as exported (LoRAs merged at export)."""
+    name = info.name
+    if device != "cpu" or dtype not in ("auto", "float32"):
+        raise ValueError("exported graphs run on the CPU in float32: drop --device/--dtype")
+    if info.release_layout and backend != Backend.MNN:
+        raise ValueError(
+            f"{name} holds MNN graphs (the published release's layout); backend {backend.value!r} cannot run them "
+            "(use 'mnn')"
+        )
+    if DEFAULT_BACKEND[info.format] != backend:
+        raise ValueError(
+            f"{name} holds {info.format} graphs; backend {backend.value!r} cannot run them (use "
+            f"{DEFAULT_BACKEND[info.format].value!r}, or export with --format "
+            f"{'onnx' if backend == Backend.ONNXRUNTIME else backend.value})"
+        )
+    if lora:
+        raise ValueError(f"{name} is exported: merge a LoRA at export (`sanaedit export ... --lora FILE`)")
+    if staged:
+        raise ValueError(
+            f"{name} is exported: its runtime maps the graphs' weights from disk itself; staged residency "
+            "(--low-memory) is for PyTorch model folders"
+        )
 
 
 def choose_vae(info: FolderInfo, requested: Vae | str | None) -> Vae:
