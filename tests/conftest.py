@@ -1,7 +1,18 @@
-import os
+"""Shared test fixtures (the tiny model, its folder and MNN release, editing pairs, a live server on loopback) and
+plain helpers used by more than one test file (`from tests.conftest import ...`)."""
 
+import io
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -52,3 +63,93 @@ def tiny_edit_pairs(tmp_path):
     records = [{"source": f"s{i}.png", "target": f"t{i}.png", "prompt": "x"} for i in range(2)]
     (data / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     return data
+
+
+# ------------------------------------------------------------------------------------------------ test images
+def gradient(w=40, h=30):
+    """A w x h RGB picture with a gradient in each of red and green (no two rows or columns alike)."""
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None]
+    return Image.fromarray(
+        np.concatenate(
+            [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128, np.uint8)], axis=2
+        )
+    )
+
+
+def png_header_only(path, width, height):
+    """A PNG that declares width x height but holds almost no data (a decompression bomb's header)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def png(size=(24, 16), color="green", mode="RGB") -> bytes:
+    """The bytes of a plain PNG."""
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------- a server without a model
+LOCAL = "http://127.0.0.1"
+
+
+def flip(image, **kwargs):  # a stand-in edit: instant, no model
+    cb = kwargs.get("callback")
+    if cb:
+        cb(1, 1)
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def wait_state(get, job_id, timeout=30):
+    """The job's final state ("done" or "failed") polled through `get` (a client's or httpx's get)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = get(f"/api/jobs/{job_id}").json()
+        if state["state"] in ("done", "failed"):
+            return state
+        time.sleep(0.02)
+    raise AssertionError("job did not finish")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live(tmp_path):
+    """start(edit, header_timeout_s=, connections_per_client=, **create_app options) -> base URL of a real uvicorn
+    server on loopback with the CLI's connection limits."""
+    import uvicorn
+
+    from sanaedit.apps.serve.app import create_app
+    from sanaedit.apps.serve.http import uvicorn_options
+
+    servers = []
+
+    def start(edit, header_timeout_s=10.0, connections_per_client=32, **options):
+        port = free_port()
+        app = create_app(edit, tmp_path / "results", **options)
+        limits = uvicorn_options(header_timeout_s, connections_per_client)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", **limits))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)

@@ -2,10 +2,10 @@ import os
 
 import pytest
 from PIL import Image
-from test_image_io import gradient, png_header_only
 
 from sanaedit.apps.batch import edit_folder
 from sanaedit.apps.cli import main
+from tests.conftest import gradient, png_header_only
 
 
 def fake_edit(image, **kwargs):

@@ -12,10 +12,10 @@ from subprocess import PIPE
 import pytest
 import torch
 from PIL import Image
-from test_image_io import gradient
 
 from sanaedit.apps.cli import main
 from sanaedit.apps.processes import Processes, launched_count
+from tests.conftest import gradient
 
 LAUNCH_TIMEOUT_S = 180
 EDITING = re.compile(r"process (\d) of 2: editing (\S+)")  # the -v line of each edit, with its process

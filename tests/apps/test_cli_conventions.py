@@ -20,7 +20,7 @@ from sanaedit.apps.cli import build_parser, main, normalize_argv
 from sanaedit.apps.cli.train import normalize_overrides
 from sanaedit.load import BUNDLED_MODEL, SAMPLE_PHOTO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

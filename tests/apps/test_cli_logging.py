@@ -11,7 +11,7 @@ import pytest
 import sanaedit.core.log
 from sanaedit.apps.cli import build_parser, main, normalize_argv, verbosity
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sanaedit"
+PACKAGE = Path(__file__).resolve().parents[2] / "sanaedit"
 LIBRARY_BARS = ("Loading weights", "Writing model shards")
 
 

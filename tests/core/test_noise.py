@@ -14,7 +14,7 @@ import torch
 from sanaedit.core import noise
 from sanaedit.core.noise import Generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEEDS = [0, 42, 2**40 + 7, 2**63 - 1]
 SHAPES = [
     (1, 32, 16, 16),

@@ -34,7 +34,7 @@ CASES = [("onnx", None), ("onnx", "llm=4,rest=8"), ("mnn", None), ("mnn", "llm=4
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{'q8' if c[1] else 'fp32'}")
 def exported(request, tiny_model_dir, tmp_path_factory):
     fmt, quant = request.param
-    if (fmt, quant) == ("mnn", "llm=4,rest=8"):  # shared with tests/test_release.py
+    if (fmt, quant) == ("mnn", "llm=4,rest=8"):  # shared with tests/formats/test_release.py
         return fmt, quant, request.getfixturevalue("tiny_mnn_release")
     out = tmp_path_factory.getbasetemp() / "exports" / f"{fmt}-{'q' if quant else 'f'}"
     export_model(tiny_model_dir, out, fmt=fmt, quant=quant, progress=False)
@@ -92,7 +92,7 @@ def _fresh_inputs(spec, batch: int) -> tuple[torch.Tensor, ...]:
 def test_every_graph_matches_pytorch(exported, tiny_pipe, name, batch):
     fmt, quant, folder = exported
     if fmt == "mnn" and name == "llm":
-        pytest.skip("the MNN LLM is llmexport's graph: tests/test_release.py checks it against transformers")
+        pytest.skip("the MNN LLM is llmexport's graph: tests/formats/test_release.py checks it against transformers")
     manifest = json.loads((folder / "model_index.json").read_text())
     specs = {s.name: s for s in (graph_specs(tiny_pipe) if fmt == "onnx" else release_specs(tiny_pipe))}
     spec = specs[name]
@@ -169,7 +169,7 @@ def test_published_layout_and_names(exported):
         "ref_latents",
     ]
     assert manifest["graphs"]["transformer"]["outputs"] == ["noise_pred"]
-    if fmt == "mnn":  # the published release's layout, file by file: tests/test_release.py
+    if fmt == "mnn":  # the published release's layout, file by file: tests/formats/test_release.py
         assert manifest["layout"] == "mnn-release" and manifest["graphs"]["llm"]["file"] == "llm/llm.mnn"
         assert manifest["graphs"]["vae_encoder"]["inputs"] == ["image"]
         assert manifest["llm"]["bits"] == manifest["graphs"]["llm"]["bits"] == (4 if quant else 16)

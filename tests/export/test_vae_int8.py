@@ -1,6 +1,6 @@
 """`--quant ...=w8a8`: int8 compute in ONNX graphs, on the tiny random model. The DC-AE graphs' convolutions with
 activations calibrated on photos at export (sanaedit/export/calibrate.py); the DiT's matmuls with activations ranged
-per call (onnx_export.quantize_onnx_dynamic). The light autoencoder's: tests/test_tiny_vae.py."""
+per call (onnx_export.quantize_onnx_dynamic). The light autoencoder's: tests/models/test_tiny_vae.py."""
 
 import json
 import shutil

@@ -1,6 +1,6 @@
 """The learned refiner as an exported graph: the torch-free tiling (refine_tiles.py) equals the module's refine,
 the ONNX and MNN graphs (any height and width) refine a non-square photo in tiles to within one uint8 level of
-PyTorch, their manifest entry, and the runner (runtime/refiner_graph.py) without torch."""
+PyTorch, their manifest entry, and the runner (formats/refiner.py load_refiner_graph) without torch."""
 
 import json
 import subprocess

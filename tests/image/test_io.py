@@ -1,36 +1,12 @@
 """Hostile inputs: each gives a correct image or a one-line ImageLoadError naming the file and the problem."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from sanaedit.errors import ImageLoadError
 from sanaedit.image.io import load_image, save_image_atomic
-
-
-def gradient(w=40, h=30):
-    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]
-    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None]
-    return Image.fromarray(
-        np.concatenate(
-            [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128, np.uint8)], axis=2
-        )
-    )
-
-
-def png_header_only(path, width, height):
-    """A PNG that declares width x height but holds almost no data (a decompression bomb's header)."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
+from tests.conftest import gradient, png_header_only
 
 
 def expect_error(path, *words):

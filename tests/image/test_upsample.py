@@ -85,7 +85,7 @@ def test_upsample_imports_and_runs_without_torch():
         "assert upsample(Image.new('RGB', (9, 7), 'red'), Image.new('RGB', (37, 23)), 'guided').size == (37, 23)\n"
     )
     run = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
 
@@ -194,7 +194,11 @@ def test_pipeline_uses_its_padding_and_upsampling(monkeypatch, tiny_pipe):
 
 
 def test_cli_upsample_choices_are_the_methods():
-    from sanaedit.apps.cli.edit import UPSAMPLE_METHODS
+    import argparse
 
-    assert tuple(UPSAMPLE_METHODS) == METHODS
+    from sanaedit.apps.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    (option,) = [a for a in commands["edit"]._actions if "--upsample" in a.option_strings]
+    assert tuple(option.choices) == tuple(m.value for m in METHODS)
     assert up.DEFAULT_METHOD in METHODS

@@ -166,7 +166,7 @@ def test_a_dit_stored_in_int8_refuses_what_needs_float_weights(tiny_model_dir, i
     from sanaedit.train.config import ModelConfig
     from sanaedit.train.model import build_model
 
-    lora = Path(__file__).parents[1] / "sanaedit" / "assets" / "ghibli-lora"  # a real LoRA file (any would do)
+    lora = Path(__file__).parents[2] / "sanaedit" / "assets" / "ghibli-lora"  # a real LoRA file (any would do)
     with pytest.raises(ValueError, match="stores its DiT in int8.*LoRA merges into float weights"):
         load_pipeline(int8_folder, loras=[(lora, 1.0)])
     with pytest.raises(ValueError, match="model.from.*stores its DiT in int8.*cannot be trained"):

@@ -14,7 +14,7 @@ from sanaedit.train.config import (
     load_config,
 )
 
-RECIPE = Path(__file__).resolve().parent.parent / "sanaedit" / "configs" / "comic.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "sanaedit" / "configs" / "comic.yaml"
 
 
 def test_defaults_and_types():

@@ -17,14 +17,9 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.apps.serve.server import DrainingServer
+from tests.conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
