@@ -90,7 +90,7 @@ def _fma(a: np.ndarray | np.float32, b: np.ndarray | np.float32, c: np.ndarray |
     float32 rounding. Such double rounding can in general be off when the
     float64 sum lands exactly halfway between two float32 values; for the
     polynomials here it never is, over every input they can get (the uniforms
-    have 24 bits, so there are 2**24 of each): tests/test_noise.py checks that
+    have 24 bits, so there are 2**24 of each): tests/core/test_noise.py checks that
     exhaustively against an exactly rounded FMA.
     """
     s = np.multiply(a, b, dtype=_F64)

@@ -1,7 +1,7 @@
 """Flow-matching sampling as small pure functions (in the spirit of k-diffusion's sampling.py).
 
 Why not diffusers' FlowMatchEulerDiscreteScheduler: for the default schedule it gives the same sigmas (tested in
-tests/test_sampling.py), but it cannot express the published engine's schedule (whose last call is a zero step), and
+tests/core/test_sampling.py), but it cannot express the published engine's schedule (whose last call is a zero step), and
 a 10-line pure function is what every runtime (torch, ONNX Runtime, MNN) shares without a scheduler object.
 
 Arrays: the latents are torch tensors (PyTorch networks) or NumPy arrays (exported graphs), float32; schedules are
