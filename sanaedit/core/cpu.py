@@ -13,7 +13,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -33,13 +33,6 @@ def cpu_flags() -> frozenset[str]:
 
 def has_fast_bf16() -> bool:
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
-
-
-def best_compute_dtype() -> torch.dtype:
-    """bfloat16 where the CPU computes it natively, else float32."""
-    import torch
-
-    return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
 def physical_cores() -> int:

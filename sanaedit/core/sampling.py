@@ -1,8 +1,8 @@
 """Flow-matching sampling as small pure functions (in the spirit of k-diffusion's sampling.py).
 
 Why not diffusers' FlowMatchEulerDiscreteScheduler: for the default schedule it gives the same sigmas (tested in
-tests/core/test_sampling.py), but it cannot express the published engine's schedule (whose last call is a zero step), and
-a 10-line pure function is what every runtime (torch, ONNX Runtime, MNN) shares without a scheduler object.
+tests/core/test_sampling.py), but it cannot express the published engine's schedule (whose last call is a zero
+step), and a 10-line pure function is what every runtime (torch, ONNX Runtime, MNN) shares without a scheduler object.
 
 Arrays: the latents are torch tensors (PyTorch networks) or NumPy arrays (exported graphs), float32; schedules are
 float64 NumPy; the samplers use only arithmetic on the latents, so one code path serves every runtime and none of

@@ -48,10 +48,6 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = codes.shape[1], codes.shape[0]
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
-
-    @classmethod
     def shell(cls, module: nn.Module) -> Int8Linear:
         """An empty layer (meta tensors) of `module`'s shape, for a stored-int8 folder's values to stream into."""
         out_features, in_features = module.weight.shape[0], module.weight[0].numel()
@@ -76,10 +72,6 @@ class Int8Linear(nn.Module):
 
 class Int8Conv1x1(Int8Linear):
     """A 1x1 `nn.Conv2d` (the Mix-FFN's point-wise layers) as the same product over pixels: [B,C,H,W] in and out."""
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> Int8Conv1x1:
-        return cls(conv.weight, conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

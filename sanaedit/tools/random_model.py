@@ -8,8 +8,6 @@ a real Qwen3 tokenizer folder would.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from sanaedit.core.choices import Format
@@ -116,8 +114,3 @@ def build_random_pipeline(variant: Variant | str = "tiny", seed: int = 0, tokeni
 def build_tiny_pipeline(seed: int = 0) -> SanaEditPipeline:
     """A complete random tiny pipeline (64 px, 4 latent channels, Qwen3-architecture LM): seconds on a CPU."""
     return build_random_pipeline("tiny", seed=seed)
-
-
-def save_tiny_model(model_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random model folder in the real layout (diffusers / transformers / safetensors)."""
-    return build_tiny_pipeline(seed).save_pretrained(model_dir)

@@ -12,9 +12,9 @@ from sanaedit.models.transformer import SanaEditTransformer2DModel
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from sanaedit.tools.random_model import save_tiny_model
+    from sanaedit.tools.random_model import build_tiny_pipeline
 
-    return save_tiny_model(tmp_path_factory.mktemp("lowmem") / "model")
+    return build_tiny_pipeline().save_pretrained(tmp_path_factory.mktemp("lowmem") / "model")
 
 
 def _args():

@@ -8,10 +8,16 @@ from sanaedit.core import cpu
 
 
 def test_bf16_only_with_native_flags(monkeypatch):
+    """--dtype auto plans bf16 only where the CPU computes it natively (emulated bf16 is slower than fp32)."""
+    from sanaedit.core.choices import Format
+    from sanaedit.core.config import PipelineConfig
+    from sanaedit.plan import FolderInfo, make_plan
+
+    info = FolderInfo(folder=None, format=Format.TORCH, config=PipelineConfig())
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert not cpu.has_fast_bf16() and cpu.best_compute_dtype() == torch.float32
+    assert not cpu.has_fast_bf16() and make_plan(info).dtype == "float32"
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert cpu.has_fast_bf16() and cpu.best_compute_dtype() == torch.bfloat16
+    assert cpu.has_fast_bf16() and make_plan(info).dtype == "bfloat16"
 
 
 def test_set_threads_defaults_to_cores():
