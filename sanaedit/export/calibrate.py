@@ -37,8 +37,8 @@ def calibration_photos() -> tuple[Path, list[Path]]:
     """(held-out photo, calibration photos): the bundled sample photo is kept out to check the graphs on; the
     ranges come from the first of scikit-image's photos by name (a portrait, a cat, coffee, coins, a grey camera
     shot, colour charts, textures)."""
+    from sanaedit.image.photos import package_photos
     from sanaedit.load import SAMPLE_PHOTO
-    from sanaedit.train.comic_data import package_photos
 
     try:
         photos = list(package_photos().values())[:CALIBRATION_PHOTOS]

@@ -44,7 +44,7 @@ def calibration_images(folder: str | Path | None = None, synthetic: int = 3, see
         return [load_image(p) for p in files]
     import numpy as np
 
-    from sanaedit.train.comic_data import synthetic_scene
+    from sanaedit.image.photos import synthetic_scene
 
     rng = np.random.default_rng(seed)
     return [load_image(SAMPLE_PHOTO)] + [synthetic_scene(rng, 256) for _ in range(synthetic)]

@@ -37,7 +37,8 @@ MIN_SIDE = 256  # pictures with a shorter long side are left out (below the mode
 
 def bundled_pictures(style: str, synthetic: int, seed: int) -> list[tuple[str, Image.Image, Image.Image]]:
     """(name, picture, target) for every training photo of the bundled set at SCALES, and `synthetic` scenes."""
-    from sanaedit.train.comic_data import HELD_OUT, STYLES, package_photos, synthetic_scene
+    from sanaedit.image.photos import package_photos, synthetic_scene
+    from sanaedit.train.comic_data import HELD_OUT, STYLES
 
     rng = np.random.default_rng(seed)
     pictures = []
