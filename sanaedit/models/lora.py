@@ -1,9 +1,12 @@
 """LoRA styles on the DiT, with peft, in diffusers' Sana LoRA format.
 
-A LoRA file is `pytorch_lora_weights.safetensors` with keys `transformer.<module>.lora_A/B.weight`: what diffusers'
+A LoRA file is `pytorch_lora_weights.safetensors` with keys `transformer.<module>.lora_A/B.weight` and its peft
+config (rank, alpha, targets) in the header's `lora_adapter_metadata`: what diffusers'
 `SanaLoraLoaderMixin.save_lora_weights` writes (and `train_dreambooth_lora_sana.py` produces), so files go both
-ways. Loading, scaling and fusing are diffusers' own (`load_lora_adapter`, `set_adapters`, `fuse_lora`): nothing
-of the LoRA math is written here.
+ways. A folder peft saved (`adapter_model.safetensors` + `adapter_config.json`) loads too. The alpha matters: a LoRA
+scales its update by alpha / rank, so a file read without it (alpha taken as the rank) applies at the wrong
+strength. Loading, scaling and fusing are diffusers' own (`load_lora_adapter`, `set_adapters`, `fuse_lora`):
+nothing of the LoRA math is written here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 from sanaedit.errors import LoraError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+PEFT_FILE, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # a folder saved by peft
+PEFT_PREFIX = "base_model.model."  # peft's key prefix, where diffusers' files have "transformer."
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v")  # diffusers' Sana LoRA trainer; "to_out.0", "conv_inverted", "conv_point"
 # (the Mix-FFN convs) may be added
 
@@ -39,12 +44,36 @@ def parse_lora(spec: str) -> tuple[Path, float]:
 
 
 def lora_file(path: str | Path) -> Path:
-    """The LoRA weights file: `path` itself or `path/pytorch_lora_weights.safetensors`."""
+    """The LoRA weights file: `path` itself, or in the folder `path` diffusers' `pytorch_lora_weights.safetensors` or
+    peft's `adapter_model.safetensors`."""
     path = Path(path)
-    found = path / LORA_FILE if path.is_dir() else path
+    found = path
+    if path.is_dir():
+        found = next((path / n for n in (LORA_FILE, PEFT_FILE) if (path / n).is_file()), path / LORA_FILE)
     if not found.is_file():
-        raise LoraError(f"{path}: no LoRA file here (expected {LORA_FILE} or a .safetensors file)")
+        raise LoraError(f"{path}: no LoRA file here (expected {LORA_FILE}, {PEFT_FILE} or a .safetensors file)")
     return found
+
+
+def read_lora(file: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(state dict with diffusers' `transformer.` keys, its peft config as diffusers' `metadata`, or None when the
+    file carries none: then the rank comes from the weights and alpha = rank). The config is the file's
+    `lora_adapter_metadata`, else the `adapter_config.json` peft writes beside its weights."""
+    import json
+
+    from diffusers.loaders import SanaLoraLoaderMixin
+
+    state, metadata = SanaLoraLoaderMixin.lora_state_dict(str(file), return_lora_metadata=True)
+    if any(key.startswith(PEFT_PREFIX) for key in state):
+        state = {f"transformer.{key.removeprefix(PEFT_PREFIX)}": value for key, value in state.items()}
+    config_file = file.parent / PEFT_CONFIG
+    if not metadata and config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file.name} is not a JSON object")
+        fields = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora")
+        metadata = {f"transformer.{k}": config[k] for k in fields if k in config}
+    return state, metadata or None
 
 
 def add_lora(
@@ -59,7 +88,8 @@ def add_lora(
 
 
 def save_lora(transformer: nn.Module, folder: str | Path, name: str = "default") -> Path:
-    """Write adapter `name` as `folder/pytorch_lora_weights.safetensors` (atomically)."""
+    """Write adapter `name` as `folder/pytorch_lora_weights.safetensors` (atomically), its peft config (alpha
+    included) in the header as diffusers writes it."""
     from diffusers.loaders import SanaLoraLoaderMixin
     from peft.utils import get_peft_model_state_dict
 
@@ -68,8 +98,11 @@ def save_lora(transformer: nn.Module, folder: str | Path, name: str = "default")
     state = {
         k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=name).items()
     }
+    config = transformer.peft_config[name].to_dict()  # rank, alpha, targets: read back by `read_lora`
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
-        SanaLoraLoaderMixin.save_lora_weights(tmp, transformer_lora_layers=state)
+        SanaLoraLoaderMixin.save_lora_weights(
+            tmp, transformer_lora_layers=state, transformer_lora_adapter_metadata=config
+        )
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(Path(tmp) / LORA_FILE, 0o666 & ~umask)  # an ordinary shared file (the library's is private)
@@ -80,8 +113,6 @@ def save_lora(transformer: nn.Module, folder: str | Path, name: str = "default")
 def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
     """Add the LoRA at `path` as adapter `name` (default: its file stem, made unique) at `scale`; every adapter
     loaded so far stays active with its own scale. Returns the adapter's name."""
-    from diffusers.loaders import SanaLoraLoaderMixin
-
     from sanaedit.models.int8 import Int8Conv1x1, Int8Linear
 
     if any(isinstance(m, (Int8Linear, Int8Conv1x1)) for m in transformer.modules()):
@@ -93,10 +124,10 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
     have = lora_scales(transformer)
     name = name or _unique(file.parent.name if file.name == LORA_FILE else file.stem, have)
     try:
-        state = SanaLoraLoaderMixin.lora_state_dict(str(file))
+        state, metadata = read_lora(file)
         with warnings.catch_warnings():  # peft's "multiple adapters" notice: several styles at once are intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name)
+            transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name, metadata=metadata)
     except Exception as err:  # safetensors / peft / shape errors vary in type
         from sanaedit.errors import first_line
 

@@ -250,3 +250,48 @@ def test_serve_cli_merges_its_lora(tiny_model_dir, lora_dir, tmp_path, monkeypat
         delta = lora[f"transformer.{name}.lora_B.weight"] @ lora[f"transformer.{name}.lora_A.weight"]
         want = base.get_submodule(name).weight + 0.5 * delta
         torch.testing.assert_close(dit.get_submodule(name).weight, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "peft"])
+def test_alpha_other_than_the_rank_applies_as_peft_merges_it(tmp_path, tiny_model_dir, layout):
+    """A LoRA with alpha = 2 x rank scales its update by 2: read from the file's `lora_adapter_metadata` (diffusers'
+    layout, what save_lora writes) or from peft's `adapter_config.json`, it edits as peft's own merge of the same
+    adapter (taken as alpha = rank, it would apply at half the strength)."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import save_file
+
+    from sanaedit.models.lora import load_lora
+    from sanaedit.models.transformer import SanaEditTransformer2DModel
+
+    base = SanaEditTransformer2DModel.from_pretrained(tiny_model_dir / "transformer").eval()
+    trained = copy.deepcopy(base)
+    add_lora(trained, rank=2, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0"))
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.5)
+    if layout == "diffusers":
+        save_lora(trained, tmp_path)
+    else:  # what peft's PeftModel.save_pretrained writes: its own key prefix and config file
+        state = get_peft_model_state_dict(trained, adapter_name="default")
+        save_file(
+            {f"base_model.model.{k}": v.contiguous() for k, v in state.items()}, tmp_path / "adapter_model.safetensors"
+        )
+        trained.peft_config["default"].save_pretrained(tmp_path)
+    merged = copy.deepcopy(trained)
+    for module in merged.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()  # peft's own merge: W + (alpha / r) B A
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(1, 4, 4, 6, generator=g), torch.randn(1, 4, 4, 6, generator=g)
+    text, t = torch.randn(1, 5, 24, generator=g), torch.tensor([600.0])
+    with torch.no_grad():
+        want, plain = merged(x, text, t, ref_latents=ref), base(x, text, t, ref_latents=ref)
+        load_lora(base, tmp_path)
+        got = base(x, text, t, ref_latents=ref)
+    assert (want - plain).abs().max() > 0.1 * plain.abs().max()  # the LoRA really moves the output
+    psnr = 10 * torch.log10(want.abs().max() ** 2 / torch.mean((got - want) ** 2))
+    assert psnr >= 40, f"{psnr:.1f} dB from peft's merge"
