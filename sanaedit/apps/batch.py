@@ -193,17 +193,21 @@ def _edit_planned(
     results: list[tuple[int, Path, str | None]] = []  # (place, source, why it failed; None: written)
     counts = Counter(done=len(summary.done), failed=len(summary.failed))
 
+    bars = []  # the progress bar, once open: its postfix counts each file as soon as it is done or failed
+
     def record(i: int, src: Path, reason: str | None) -> None:
         results.append((i, src, reason))
         counts["done" if reason is None else "failed"] += 1
+        for bar in bars:
+            bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
 
     # one bar over the work actually left, so its rate and ETA mean something on a resumed run; with several
     # processes, only process 0's (over its share): one bar per terminal, never interleaved
     desc = f"editing (process 0 of {processes.count})" if processes.many else "editing"
     show = progress and processes.main
     with tqdm(mine, desc=desc, unit="image", disable=not show, dynamic_ncols=True) as bar:
+        bars.append(bar)
         for k, (i, (src, dst)) in enumerate(bar):
-            bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
             if processes.many:
                 logger.debug(f"process {processes.index} of {processes.count}: editing {src}")
             try:

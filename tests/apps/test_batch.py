@@ -158,3 +158,11 @@ def test_every_hostile_input_gives_an_output_or_a_one_line_reason(tiny_pipe, tmp
     for name, word in bad.items():
         assert reasons[name].startswith(str(tmp_path / "in" / name) + ":") and word in reasons[name]
         assert "\n" not in reasons[name]
+
+
+def test_the_bars_counts_include_the_file_just_finished(tmp_path, capsys):
+    """The progress bar's done/failed postfix counts each file as it ends, not one file late."""
+    make_tree(tmp_path / "in")
+    edit_folder(fake_edit, tmp_path / "in", tmp_path / "out", recursive=True, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "done=2" in bar and "failed=1" in bar, bar

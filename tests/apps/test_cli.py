@@ -25,6 +25,20 @@ def test_edit_many_into_a_folder(tiny_model_dir, tmp_path):
     assert Image.open(out / "a.png").size == (30, 20) and Image.open(out / "b.png").size == (17, 41)
 
 
+def test_several_inputs_and_an_image_file_name_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """`-o single.png` with two inputs used to make a folder called single.png: one line, nothing written."""
+    import sanaedit.load
+
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    Image.new("RGB", (8, 8)).save(a)
+    Image.new("RGB", (8, 8)).save(b)
+    assert main(["edit", str(a), str(b), "-o", str(tmp_path / "single.png")]) == 1
+    err = capsys.readouterr().err
+    assert "2 inputs need an output folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "single.png").exists()
+
+
 def test_corrupt_input_is_reported_and_leaves_no_output(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:50])

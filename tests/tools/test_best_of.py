@@ -1,5 +1,7 @@
 """Inference-time scaling: N seeds, the judge's favourite kept; judges by name; the CLI flags."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,14 @@ def test_cli_writes_the_judges_pick(tiny_model_dir, tmp_path):
     pipe = SanaEditPipeline.from_pretrained(tiny_model_dir)
     best, _ = best_of(pipe, PHOTO, 3, structure_judge, seed=4, num_inference_steps=2)
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(best))
+
+
+def test_cli_says_which_seed_won_and_that_seed_alone_gives_it(tiny_model_dir, tmp_path, capsys):
+    photo, out, alone = tmp_path / "p.png", tmp_path / "o.png", tmp_path / "alone.png"
+    PHOTO.save(photo)
+    args = ["edit", str(photo), "--model", str(tiny_model_dir), "--steps", "2", "--dtype", "float32"]
+    assert main([*args, "-o", str(out), "--candidates", "3", "--seed", "4"]) == 0
+    said = re.search(r"kept seed (\d+) of 4\.\.6 \(score ", capsys.readouterr().err)
+    assert said, "the CLI names the winning seed"
+    assert main([*args, "-o", str(alone), "--seed", said.group(1), "-q"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(alone)))

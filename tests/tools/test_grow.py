@@ -1,5 +1,7 @@
 """SANA-1.5 depth growth: the grown model edits exactly as the original until it is trained."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,16 @@ def test_training_continues_a_grown_model(tiny_model_dir, tmp_path, tiny_edit_pa
     key = "transformer_blocks.2.attn1.to_out.0.weight"  # a closed branch of a new block
     assert not load_file(grown / "transformer" / "diffusion_pytorch_model.safetensors")[key].any()
     assert load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")[key].any()  # opened by training
+
+
+def test_the_help_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """`sanaedit grow --help`'s first example, on the bundled model, run as printed (its output in a scratch folder)."""
+    with pytest.raises(SystemExit):
+        main(["grow", "--help"])
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    example = next(line.split() for line in lines if line.startswith("sanaedit grow"))
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the example's paths are the repository's
+    out = tmp_path / "grown"
+    argv = [str(out) if arg == example[example.index("-o") + 1] else arg for arg in example[1:]]
+    assert main(argv) == 0
+    assert SanaEditPipeline.from_pretrained(out).transformer.config.num_layers > 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
         return {inputs[0]: output}
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output}: several inputs need an output folder, but this is a file")
+    if len(inputs) > 1 and not output.is_dir() and output.suffix.lower() in SAVE_FORMATS:
+        raise ValueError(
+            f"{output}: {len(inputs)} inputs need an output folder, and this names one image file; "
+            "give a folder (-o DIR), or one input"
+        )
     if len(inputs) == 1 and output.suffix and not output.is_dir():
         raise ValueError(f"{output}: unknown image extension {output.suffix!r}; use one of {sorted(SAVE_FORMATS)}")
     return plan_in_folder(inputs, None, output)
@@ -142,7 +148,14 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
             from sanaedit.tools.best_of import best_of
 
-            return best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)[0]
+            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)
+            ranks = [-math.inf if math.isnan(score) else score for score in scores]  # as best_of ranks them
+            won = ranks.index(max(ranks))
+            logging.getLogger(__name__).info(
+                f"kept seed {args.seed + won} of {args.seed}..{args.seed + args.candidates - 1} "
+                f"(score {scores[won]:.4f}; --seed {args.seed + won} --candidates 1 gives it alone)"
+            )
+            return best
         return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings).images[0]
 
     if folder_mode:

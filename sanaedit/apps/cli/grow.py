@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         description="Copy a model folder with a deeper transformer: its blocks, then new blocks whose output "
         "projections are zero, so the grown model edits exactly as the original until it is trained.",
         examples="""
-sanaedit grow sanaedit/assets/comic-model --layers 8 -o grown
+sanaedit grow sanaedit/assets/comic-model --layers 12 -o grown
 sanaedit train comic --model.from=grown --output-dir runs/grown""",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder")
