@@ -24,8 +24,12 @@ from tqdm.auto import tqdm
 
 from sanaedit.core.arrays import float32, no_grad
 from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend
-from sanaedit.core.config import COMIC_PROMPT, PipelineConfig  # noqa: F401  (both part of this module's API)
+from sanaedit.core.config import (
+    COMIC_PROMPT,  # noqa: F401  (part of this module's API)
+    PipelineConfig,
+)
 from sanaedit.core.flow import TIMESTEP_SCALE, FlowModel
+from sanaedit.core.inputs import check_inputs
 from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
 from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
@@ -305,21 +309,16 @@ class SanaEditPipeline(StagedResidencyMixin):
         for the same seed, without torch); None draws fresh noise.
         """
         sources = list(image) if isinstance(image, (list, tuple)) else [image]
-        if not sources or (None in sources and len(sources) > 1):
-            raise ValueError("image must be a picture, a path, a non-empty list of them, or None (text-to-image)")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if strength < 1.0 and sources == [None]:
-            raise ValueError("strength < 1 needs an input image to start from")
         cfg = self.config
+        steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        check_inputs(sources, num_images_per_prompt, strength, steps, scale, prompt, negative_prompt)
         check_method(cfg.upsample, self.flow.refiner)
         settings = dict(
             prompt=cfg.prompt if prompt is None else prompt,
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
-            steps=cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps),
-            scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
+            steps=steps,
+            scale=scale,
             # A sampler asked for without a schedule gets its own: DPM-Solver's history term vanishes from sigma 1
             # (it would equal Euler there), so "linear" as SANA's pipelines run it; sCM its few-step "scm" times
             schedule=schedule
@@ -359,9 +358,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
         latents = self.flow.arrays.randn(latent_shape, generator)
         if strength < 1.0:
-            kept = int(steps * strength)
-            if kept < 1:
-                raise ValueError(f"strength {strength} x {steps} steps leaves no step to run; raise either")
+            kept = int(steps * strength)  # >= 1: checked by __call__
             sigmas = sigmas[steps - kept :]
             latents = (1 - float(sigmas[0])) * float32(ref_latents) + float(sigmas[0]) * latents
 

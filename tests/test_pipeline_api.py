@@ -96,3 +96,21 @@ def test_progress_bar_config(tiny_pipe, capsys):
 def test_from_pretrained_takes_torch_dtype(tiny_model_dir):
     pipe = SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.bfloat16)
     assert pipe.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"guidance_scale": 0.5}, "guidance_scale must be from 1 (guidance off) to 100, got 0.5"),
+        ({"guidance_scale": 1e308}, "guidance_scale must be from 1 (guidance off) to 100"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be"),
+        ({"strength": 0.05, "num_inference_steps": 10}, "raise strength to 0.1 or more, or num_inference_steps to 20"),
+        ({"prompt": "a\udc80b"}, "prompt is not valid text: character 2 is not Unicode"),
+        ({"negative_prompt": "\ud800"}, "negative_prompt is not valid text"),
+    ],
+)
+def test_bad_call_arguments_fail_in_one_line_before_any_work(tiny_pipe, monkeypatch, kwargs, message):
+    monkeypatch.setattr(tiny_pipe, "encode_image", lambda *a: pytest.fail("the encoder ran"))
+    with pytest.raises(ValueError) as raised:
+        tiny_pipe(photo(8, 8), **kwargs)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

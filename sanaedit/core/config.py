@@ -11,6 +11,7 @@ from sanaedit.core.choices import Padding, Sampler, Schedule, Upsample, Vae
 # The published editor's Qwen chat template around an instruction. `<|vision_bos|>` is not a Qwen3 special token: it
 # tokenizes as text.
 PROMPT_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n<|vision_bos|>"
+MAX_GUIDANCE = 100.0  # SANA runs at 4.5; a bound so a typo (1e308) fails in one line, not as overflowed latents
 COMIC_PROMPT = "Convert to a comic-style illustration: bold ink outlines, flat colours, keep the scene consistent."
 
 

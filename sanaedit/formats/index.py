@@ -87,8 +87,13 @@ def read_index(model_dir: Path, kind: str = MODEL_CLASS) -> dict[str, Any]:
         index = json.loads(index_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelFolderError(f"{index_path}: not valid JSON ({err})") from err
-    if not isinstance(index, dict) or index.get("_class_name") != kind:
-        found = index.get("_class_name") if isinstance(index, dict) else None
+    if not isinstance(index, dict):
+        raise ModelFolderError(
+            f"{index_path}: holds {json.dumps(index)[:40]}, not the JSON object a model folder's index is "
+            "(rewrite it, or make the folder again with `sanaedit assemble` / `save_pretrained`)"
+        )
+    if index.get("_class_name") != kind:
+        found = index.get("_class_name")
         raise ModelFolderError(f"{index_path}: _class_name is {found!r}, expected {kind!r}")
     if kind == EXPORT_CLASS:
         return index

@@ -39,6 +39,30 @@ def test_several_inputs_and_an_image_file_name_are_refused_before_the_model_load
     assert not (tmp_path / "single.png").exists()
 
 
+def test_bad_prompt_guidance_and_index_fail_in_one_line_before_any_edit(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    import sanaedit.load
+
+    out = tmp_path / "o.png"
+    args = ["edit", str(SAMPLE_PHOTO), "-o", str(out), "--model", str(tiny_model_dir)]
+    with pytest.raises(SystemExit):
+        main([*args, "--guidance", "1e308"])
+    assert "--guidance: must be a number from 1 to 100" in capsys.readouterr().err
+    loads = []
+    monkeypatch.setattr(sanaedit.load, "load_pipeline", lambda *a, **k: loads.append(1))
+    assert main([*args, "--prompt", b"bad \xff bytes".decode("utf-8", "surrogateescape")]) == 1
+    assert "--prompt is not valid text: character 5 is not Unicode" in capsys.readouterr().err and loads == []
+    monkeypatch.undo()
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model_index.json").write_text(json.dumps([]))
+    assert main([*args[:-1], str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "holds [], not the JSON object a model folder's index is" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_corrupt_input_is_reported_and_leaves_no_output(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(Image.new("RGB", (8, 8)).tobytes()[:50])

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from sanaedit.core.choices import Backend, Sampler, Schedule
+from sanaedit.core.config import MAX_GUIDANCE
 from sanaedit.plan import DTYPES
 
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
@@ -126,7 +127,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--guidance",
-        type=float_range(1.0, note=" (1 = guidance off)"),
+        type=float_range(1.0, MAX_GUIDANCE, note=" (1 = guidance off)"),
         default=None,
         metavar="SCALE",
         help="classifier-free guidance scale, >= 1; 1 turns guidance off (one pass per step, twice as fast) "

@@ -119,6 +119,10 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         from sanaedit.tools.best_of import load_judge
 
         judge = load_judge(args.judge)
+    from sanaedit.core.inputs import check_prompt
+
+    check_prompt(args.prompt, "--prompt")  # before the model loads
+    check_prompt(args.negative_prompt, "--negative-prompt")
     if processes.main:
         warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(

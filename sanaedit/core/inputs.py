@@ -1,0 +1,54 @@
+"""A pipeline call's arguments, checked before any work (diffusers' `check_inputs`): each bad one fails in one line
+that names it and says what would do, before an image is decoded or a network runs. The CLI checks its prompts
+with the same function before the model even loads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sanaedit.core.config import MAX_GUIDANCE
+
+
+def check_prompt(text: str | None, what: str = "prompt") -> None:
+    """A prompt the tokenizer can read: a string of valid Unicode (a command line's invalid UTF-8 bytes arrive as
+    unpaired surrogates, which tokenizers refuse with a TypeError deep inside). None: the model's own."""
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} is not valid text: character {err.start + 1} is not Unicode (invalid UTF-8 in the input?)"
+        ) from None
+
+
+def check_inputs(
+    sources: list[Any],
+    count: int,
+    strength: float,
+    steps: int,
+    guidance_scale: float,
+    prompt: str | None,
+    negative_prompt: str | None,
+) -> None:
+    """`sources`: the images (None: text-to-image), `count` images per input, the steps and guidance in effect."""
+    if not sources or (None in sources and len(sources) > 1):
+        raise ValueError("image must be a picture, a path, a non-empty list of them, or None (text-to-image)")
+    if count < 1:
+        raise ValueError(f"num_images_per_prompt must be >= 1, got {count}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if strength < 1.0 and sources == [None]:
+        raise ValueError("strength < 1 needs an input image to start from")
+    if not 1.0 <= guidance_scale <= MAX_GUIDANCE:  # nan fails too
+        raise ValueError(f"guidance_scale must be from 1 (guidance off) to {MAX_GUIDANCE:g}, got {guidance_scale}")
+    if strength < 1.0 and int(steps * strength) < 1:
+        raise ValueError(
+            f"strength {strength} x {steps} steps leaves no step to run: raise strength to {1 / steps:g} or more, "
+            f"or num_inference_steps to {math.ceil(1 / strength)} or more"
+        )
+    check_prompt(prompt, "prompt")
+    check_prompt(negative_prompt, "negative_prompt")
