@@ -125,9 +125,12 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
     name = name or _unique(file.parent.name if file.name == LORA_FILE else file.stem, have)
     try:
         state, metadata = read_lora(file)
+        check_fits(transformer, state, file)
         with warnings.catch_warnings():  # peft's "multiple adapters" notice: several styles at once are intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name, metadata=metadata)
+    except LoraError:
+        raise
     except Exception as err:  # safetensors / peft / shape errors vary in type
         from sanaedit.errors import first_line
 
@@ -137,6 +140,31 @@ def load_lora(transformer: nn.Module, path: str | Path, scale: float = 1.0, name
     transformer._sanaedit_lora_scales = {**have, name: float(scale)}
     transformer.set_adapters(list(transformer._sanaedit_lora_scales), list(transformer._sanaedit_lora_scales.values()))
     return name
+
+
+def check_fits(transformer: nn.Module, state: dict[str, torch.Tensor], file: Path) -> None:
+    """Every adapter matrix fits the layer it adapts: A reads the layer's inputs, B writes its outputs. Checked
+    before peft builds anything, so a LoRA for another model is one line naming the layer (peft's own error is a
+    list of every mismatch, logged before it is raised)."""
+    layers = dict(transformer.named_modules())
+    for key, tensor in state.items():
+        if not key.startswith("transformer.") or ".lora_" not in key:
+            continue  # another component's (a text encoder's), or not a LoRA matrix: diffusers' loader skips it too
+        name, _, part = key.removeprefix("transformer.").rpartition(".lora_")
+        layer = layers.get(name)
+        weight = getattr(layer, "weight", None)
+        if layer is None or weight is None:
+            raise LoraError(f"{file}: {name} is not a layer of this transformer (a LoRA made for another model?)")
+        side, want, got = (
+            ("inputs", weight.shape[1], tensor.shape[1])
+            if part.startswith("A")
+            else ("outputs", weight.shape[0], tensor.shape[0])
+        )
+        if want != got:
+            raise LoraError(
+                f"{file}: does not fit this model: {name} has {want} {side}, the LoRA's {key.rsplit('.', 2)[-2]} "
+                f"matrix {got} (a LoRA made for another model size?)"
+            )
 
 
 def lora_scales(transformer: nn.Module) -> dict[str, float]:

@@ -151,6 +151,21 @@ def test_bad_lora_files_are_named(tmp_path, tiny_model_dir, capsys):
     assert "no LoRA file" in capsys.readouterr().err
 
 
+def test_a_lora_of_the_wrong_shape_is_one_line_naming_the_layer(tmp_path, tiny_model_dir, lora_dir, capsys):
+    from safetensors.torch import save_file
+
+    state = load_file(lora_dir / LORA_FILE)
+    key = next(k for k in state if k.endswith("attn1.to_k.lora_A.weight"))
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)
+    save_file(state, tmp_path / "wrong.safetensors")
+    _photo().save(tmp_path / "p.png")
+    args = ["edit", str(tmp_path / "p.png"), "-o", str(tmp_path / "o.png"), "--model", str(tiny_model_dir)]
+    assert main([*args, "--lora", str(tmp_path / "wrong.safetensors"), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this model: transformer_blocks.0.attn1.to_k has" in err[0], err
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_cli_edit_with_lora(tiny_model_dir, lora_dir, tmp_path):
     _photo().save(tmp_path / "p.png")
     args = ["edit", str(tmp_path / "p.png"), "--model", str(tiny_model_dir), "--steps", "2", "-q"]
