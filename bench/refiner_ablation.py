@@ -36,8 +36,9 @@ def prep(out: Path) -> None:
     from PIL import Image
 
     from sanaedit.image.io import load_image
+    from sanaedit.image.photos import package_photos, synthetic_scene
     from sanaedit.load import load_pipeline
-    from sanaedit.train.comic_data import HELD_OUT, package_photos, synthetic_scene
+    from sanaedit.train.comic_data import HELD_OUT
     from sanaedit.train.filters.comic import comic
 
     out.mkdir(parents=True, exist_ok=True)
