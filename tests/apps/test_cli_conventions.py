@@ -144,9 +144,9 @@ def test_train_override_without_a_value_is_a_one_line_error(capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--guidance", "-1"], "argument --guidance: must be a number >= 1"),
-        (["--guidance", "nan"], "argument --guidance: must be a number >= 1"),
-        (["--guidance", "inf"], "argument --guidance: must be a number >= 1"),
+        (["--guidance", "-1"], "argument --guidance: must be a number from 1 to 100"),
+        (["--guidance", "nan"], "argument --guidance: must be a number from 1 to 100"),
+        (["--guidance", "inf"], "argument --guidance: must be a number from 1 to 100"),
         (["--guidance", "lots"], "argument --guidance: expected a number"),
         (["--seed", "-5"], "argument --seed: must be an integer from 0 to"),
         (["--seed", str(2**64)], "argument --seed: must be an integer from 0 to"),

@@ -130,7 +130,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
         type=float_range(1.0, MAX_GUIDANCE, note=" (1 = guidance off)"),
         default=None,
         metavar="SCALE",
-        help="classifier-free guidance scale, >= 1; 1 turns guidance off (one pass per step, twice as fast) "
+        help="classifier-free guidance scale, 1 to 100; 1 turns guidance off (one pass per step, twice as fast) "
         "(default: the model's; the bundled model's is 1)",
     )
     p.add_argument(
