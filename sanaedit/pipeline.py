@@ -166,15 +166,9 @@ class SanaEditPipeline(StagedResidencyMixin):
             if str(device or "cpu").split(":")[0] != "cpu" or str(dtype or "float32").split(".")[-1] != "float32":
                 raise ValueError("an exported pipeline runs on the CPU with float32 inputs only")
             return self
-        import torch
+        from sanaedit.models.torch_flow import place_modules
 
-        for module in modules:
-            if not isinstance(module, torch.nn.Module):
-                continue
-            param = next(module.parameters())
-            same_device = device is None or param.device == torch.device(device)
-            if not (same_device and (dtype is None or param.dtype == dtype)):  # a no-op .to() still warns
-                module.to(device=device, dtype=dtype)
+        place_modules(modules, device, dtype)
         return self
 
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:

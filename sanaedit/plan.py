@@ -47,7 +47,6 @@ class FolderInfo:
 class RunPlan:
     """Every choice of a run. `config` is the folder's with `vae` and `upsample` as planned: the pipeline's defaults."""
 
-    format: Format
     backend: Backend
     vae: Vae
     upsample: Upsample
@@ -111,7 +110,6 @@ def make_plan(
     chosen_upsample = choose_upsample(info, upsample, bool(loras))
     config = dataclasses.replace(info.config, vae=chosen_vae, upsample=chosen_upsample)
     return RunPlan(
-        format=info.format,
         backend=backend,
         vae=chosen_vae,
         upsample=chosen_upsample,

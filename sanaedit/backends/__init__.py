@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sanaedit.core.choices import Backend, Format
+from sanaedit.core.choices import DEFAULT_BACKEND, Backend
 
-# runtime -> the export format it runs, and back
-BACKENDS = {Backend.ONNXRUNTIME: Format.ONNX, Backend.MNN: Format.MNN}
-FORMATS = {fmt: backend for backend, fmt in BACKENDS.items()}
+# an export format -> the runtime that runs it (core/choices.py's table, the graph formats only)
+FORMATS = {fmt: backend for fmt, backend in DEFAULT_BACKEND.items() if backend != Backend.TORCH}
 # The graphs MNN runs in its low-memory mode: the matmul-bound ones (mnn_graph.py says why not the others). The LLM's
 # (mnn_llm.py): a new prompt on the published-size release layout then peaks at 1.27 GB instead of 4.68 GB.
 MNN_LOW_MEMORY = ("transformer", "connector", "projector", "llm")
@@ -37,4 +36,4 @@ def load_graph(
         from sanaedit.backends.mnn_graph import MnnGraph
 
         return MnnGraph(path, inputs, outputs, threads, low_memory=component in MNN_LOW_MEMORY)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {[b.value for b in BACKENDS]}")
+    raise ValueError(f"unknown backend {backend!r}; choose one of {[b.value for b in FORMATS.values()]}")

@@ -106,7 +106,7 @@ def export_model(
     (file, scale) are merged into the transformer first."""
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)}")
+        raise ValueError(f"unknown export format {fmt!r}; use one of {sorted(f.value for f in FORMATS)}")
     bits = quant if isinstance(quant, dict) else parse_quant(quant)
     if bits["llm"] not in (None, 4, 8):
         raise ValueError(f"llm bits must be 4, 8 or 32, got {bits['llm']}")

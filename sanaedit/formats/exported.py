@@ -117,6 +117,15 @@ def check_graph_file(folder: Path, entry: dict) -> None:
                 raise ModelFolderError(f"{path}: not a valid ONNX graph (damaged content); export again")
 
 
+def check_graphs_listed(folder: Path, manifest: dict) -> None:
+    """The manifest lists every graph a run needs (the LLM's and GRAPHS)."""
+    missing = [n for n in ("llm", *GRAPHS) if n not in manifest.get("graphs", {})]
+    if missing:
+        raise ModelFolderError(
+            f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
+        )
+
+
 def check_exported(folder: str | Path) -> dict:
     """What loading an exported folder checks, without loading a graph: the manifest, every graph file and its size,
     the LLM's embeddings and meta-queries headers, the prompt cache. Returns the manifest."""
@@ -124,9 +133,7 @@ def check_exported(folder: str | Path) -> dict:
 
     folder = Path(folder)
     manifest = read_index(folder, kind=EXPORT_CLASS)
-    missing = [n for n in ("llm", *GRAPHS) if n not in manifest.get("graphs", {})]
-    if missing:
-        raise ModelFolderError(f"{folder}: the export has no {', '.join(missing)} graph: export again")
+    check_graphs_listed(folder, manifest)
     for entry in manifest["graphs"].values():
         check_graph_file(folder, entry)
     info = manifest.get("llm", {})
@@ -167,11 +174,7 @@ class ExportedFolder:
 
     def networks(self, plan: RunPlan) -> Networks:
         folder, manifest, backend, threads = self.folder, self.manifest, plan.backend, plan.threads
-        missing = [n for n in ("llm", *GRAPHS) if n not in manifest["graphs"]]
-        if missing:
-            raise ModelFolderError(
-                f"{folder}: the export has no {', '.join(missing)} graph (made by an older sanaedit?): export again"
-            )
+        check_graphs_listed(folder, manifest)
 
         def load(name: str):
             entry = manifest["graphs"][name]

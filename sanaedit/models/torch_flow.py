@@ -52,3 +52,17 @@ def torch_flow(
         tiny_vae=tiny_vae,
         refiner=refiner,
     )
+
+
+def place_modules(modules: list[Any], device: Any = None, dtype: Any = None) -> None:
+    """Move the PyTorch modules among `modules` to `device` / `dtype` (None: as they are); others are skipped. A
+    module already there is left alone: a no-op `.to()` still warns."""
+    import torch
+
+    for module in modules:
+        if not isinstance(module, torch.nn.Module):
+            continue
+        param = next(module.parameters())
+        same_device = device is None or param.device == torch.device(device)
+        if not (same_device and (dtype is None or param.dtype == dtype)):
+            module.to(device=device, dtype=dtype)

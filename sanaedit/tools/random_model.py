@@ -14,7 +14,7 @@ from sanaedit.core.choices import Format
 from sanaedit.core.config import COMIC_PROMPT, PipelineConfig
 from sanaedit.core.cpu import set_threads
 from sanaedit.formats.source import Networks
-from sanaedit.models.torch_flow import torch_flow
+from sanaedit.models.torch_flow import place_modules, torch_flow
 from sanaedit.models.variants import (
     Variant,
     build_conditioner_parts,
@@ -96,11 +96,7 @@ class RandomWeights:
             variant, width, transformer.config.caption_channels, torch.Generator().manual_seed(seed)
         )
         text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries, connector.eval(), projector.eval())
-        dtype = getattr(torch, plan.dtype)
-        for module in (transformer, vae, text_encoder):
-            param = next(module.parameters())
-            if param.device != torch.device(plan.device) or param.dtype != dtype:  # a no-op .to() still warns
-                module.to(device=plan.device, dtype=dtype)
+        place_modules([transformer, vae, text_encoder], plan.device, getattr(torch, plan.dtype))
         transformer = prepare_transformer(transformer, plan, streamed_int8=False)
         return Networks(flow=torch_flow(transformer, vae), text_encoder=text_encoder)
 

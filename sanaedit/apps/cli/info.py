@@ -130,20 +130,18 @@ def run(args: argparse.Namespace) -> int:
     from sanaedit.runtime.sources import open_source
 
     folder = Path(args.model_dir) if args.model_dir is not None else BUNDLED_MODEL
-    # the checks loading makes (headers and configs only): a folder `edit` would refuse is refused here too
-    if is_release_layout(folder):
-        from sanaedit.formats.release import check_release
-
-        check_release(folder)
-    elif is_export(folder):
+    # the checks loading makes (headers and configs only): a folder `edit` would refuse is refused here too (the
+    # release's layout is checked whole when its reader opens it)
+    source = open_source(folder)
+    if is_export(folder) and not is_release_layout(folder):
         from sanaedit.formats.exported import check_exported
 
         check_exported(folder)
-    else:
+    elif not is_export(folder):
         from sanaedit.formats.torch_folder import check_model_folder
 
         check_model_folder(folder)
-    plan = make_plan(open_source(folder).info)  # what `sanaedit edit --model DIR` runs without options
+    plan = make_plan(source.info)  # what `sanaedit edit --model DIR` runs without options
     if args.model_dir is None:
         print("the bundled comic model (sanaedit/assets/comic-model; README: 'The bundled model, honestly')")
     print("\n".join(describe_export(folder) if is_export(folder) else describe(folder)))
