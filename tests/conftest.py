@@ -124,6 +124,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def serve_in_thread(server, poll_s: float = 0.02) -> threading.Thread:
+    """Run a uvicorn server on a daemon thread; return once it accepts connections (30 s at most)."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(poll_s)
+    return thread
+
+
 @pytest.fixture
 def live(tmp_path):
     """start(edit, header_timeout_s=, connections_per_client=, **create_app options) -> base URL of a real uvicorn
@@ -140,13 +151,7 @@ def live(tmp_path):
         app = create_app(edit, tmp_path / "results", **options)
         limits = uvicorn_options(header_timeout_s, connections_per_client)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", **limits))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.time() + 30
-        while not server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
+        servers.append((server, serve_in_thread(server)))
         return f"http://127.0.0.1:{port}"
 
     yield start

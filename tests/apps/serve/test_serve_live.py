@@ -17,7 +17,7 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.apps.serve.server import DrainingServer
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -33,13 +33,7 @@ def start_server(tmp_path):
         app = create_app(edit, tmp_path / "results", **options)
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = DrainingServer(config, app.state.jobs, linger_s=linger_s)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        deadline = time.time() + 30
-        while not server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
+        servers.append((server, serve_in_thread(server, poll_s=0.05)))
         return f"http://127.0.0.1:{port}", tmp_path / "results"
 
     start.servers = servers
