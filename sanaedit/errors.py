@@ -24,6 +24,10 @@ class DataError(ValueError):
     """A missing, unreadable or malformed sample; the message names the file and the record."""
 
 
+class MissingExtra(ImportError):
+    """A command needs a package that only an install extra brings (core/extras.py names which)."""
+
+
 class QueueFull(Exception):
     """No room for another job right now (HTTP 503)."""
 

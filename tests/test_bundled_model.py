@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sanaedit.image.io import load_image
-from sanaedit.load import BUNDLED_MODEL, SAMPLE_PHOTO, load_pipeline
+from sanaedit.load import BUNDLED_EXPORT, BUNDLED_MODEL, SAMPLE_PHOTO, load_pipeline
 
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")
@@ -13,17 +13,20 @@ pytest.importorskip("skimage")
 RECIPE = BUNDLED_MODEL.parent.parent / "configs" / "comic.yaml"
 
 
-def test_bundled_model_is_present_and_small():
-    assert (BUNDLED_MODEL / "model_index.json").is_file()
-    size = sum(p.stat().st_size for p in BUNDLED_MODEL.rglob("*") if p.is_file())
-    assert size <= 30 * 2**20
+def test_bundled_model_and_its_export_are_present_and_small():
+    for folder, limit in ((BUNDLED_MODEL, 30), (BUNDLED_EXPORT, 8)):
+        assert (folder / "model_index.json").is_file()
+        assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= limit * 2**20
 
 
-def test_default_pipeline_is_the_bundled_model(capsys):
+def test_default_pipeline_is_the_bundled_export_and_torch_options_get_the_pytorch_folder(capsys):
     pipe = load_pipeline(None)
-    assert pipe.model_dir == BUNDLED_MODEL
+    assert pipe.model_dir == BUNDLED_EXPORT
     assert "RANDOM" not in capsys.readouterr().err
     assert not pipe.text_encoder_loaded  # its fixed prompt comes from the prompt cache
+    for options in ({"backend": "torch"}, {"dtype": torch.bfloat16}, {"staged": True}):
+        assert load_pipeline(None, **options).model_dir == BUNDLED_MODEL, options
+    assert load_pipeline(None, dtype="float32", backend="onnxruntime").model_dir == BUNDLED_EXPORT
 
 
 def test_bundled_model_beats_its_untrained_start_on_a_held_out_photo():

@@ -28,12 +28,14 @@ PROVIDES = {
     "fastapi": {"fastapi", "starlette"},  # starlette: what fastapi is built on, installed with it
     "uvicorn": {"uvicorn", "h11"},  # h11: uvicorn's HTTP/1.1 parser, installed with it
 }
-# a command -> (modules it starts from, extras it is installed with); exported folders run on [export]'s runtimes
+# a command -> (modules it starts from, extras it is installed with). Everything a command can reach, PyTorch
+# folders included: that the base install runs exports without [torch] is checked by running it
+# (tests/apps/test_torch_free.py).
 COMMANDS = {
-    "edit": (["sanaedit.apps.cli.edit", "sanaedit.apps.batch"], ["export"]),
+    "edit": (["sanaedit.apps.cli.edit", "sanaedit.apps.batch"], ["torch"]),
     "export": (["sanaedit.apps.cli.export", "sanaedit.export"], ["export"]),
-    "serve": (["sanaedit.apps.cli.serve", "sanaedit.apps.serve"], ["serve", "export"]),
-    "info": (["sanaedit.apps.cli.info"], ["export"]),
+    "serve": (["sanaedit.apps.cli.serve", "sanaedit.apps.serve"], ["serve", "torch"]),
+    "info": (["sanaedit.apps.cli.info"], ["torch"]),
 }
 
 
@@ -41,11 +43,21 @@ def requirement_names(specs: list[str]) -> set[str]:
     return {re.split(r"[\s<>=!\[;]", spec, maxsplit=1)[0].lower() for spec in specs}
 
 
+def extra_requirements(extra: str) -> list[str]:
+    """An extra's requirements, the extras it names (`sanaedit[torch]`) expanded."""
+    specs = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+    out = []
+    for spec in specs:
+        inner = re.fullmatch(r"sanaedit\[(.+)\]", spec)
+        out += [r for name in inner.group(1).split(",") for r in extra_requirements(name)] if inner else [spec]
+    return out
+
+
 def allowed(extras: list[str]) -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = requirement_names(project["dependencies"])
     for extra in extras:
-        names |= requirement_names(project["optional-dependencies"][extra])
+        names |= requirement_names(extra_requirements(extra))
     return set().union(*(PROVIDES.get(name, {name.replace("-", "_")}) for name in names))
 
 
@@ -107,3 +119,15 @@ def test_the_check_sees_a_missing_dependency():
     assert "cv2" in third_party_imports(mods["sanaedit.train.filters.comic"])
     assert "cv2" not in allowed(["export", "serve"]) and "cv2" in allowed(["train"])
     assert "sanaedit.train.filters.comic" in reachable(["sanaedit.train.comic_data"])
+
+
+def test_the_base_install_has_no_torch_and_each_missing_module_names_its_extra():
+    """The base install is torch-free, and core/extras.py's table (what a one-line error tells a user to install)
+    names, for each module, an extra that brings it."""
+    from sanaedit.core.extras import EXTRA_OF
+
+    base = allowed([])
+    assert not base & {"torch", "diffusers", "transformers", "accelerate", "peft"}
+    assert {"onnxruntime", "MNN", "tokenizers", "safetensors"} <= base
+    wrong = {module: extra for module, extra in EXTRA_OF.items() if module in base or module not in allowed([extra])}
+    assert wrong == {}

@@ -134,7 +134,7 @@ def llm_width(folder: str | Path) -> int | None:
         except (OSError, ValueError, KeyError, TypeError):
             pass
     try:
-        with safe_open(path, "pt") as f:
+        with safe_open(path, "np") as f:  # "np": the header alone, torch-free
             return int(f.get_slice("meta_queries").get_shape()[-1])
     except Exception:
         return None

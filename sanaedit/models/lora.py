@@ -16,11 +16,13 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sanaedit.errors import LoraError
+
+if TYPE_CHECKING:  # torch only where a LoRA is applied: the CLI checks --lora FILE while parsing, torch-free
+    import torch
+    from torch import nn
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 PEFT_FILE, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # a folder saved by peft
@@ -183,6 +185,8 @@ def fuse_loras(transformer: nn.Module) -> None:
     """Merge the loaded adapters at their scales into the weights and drop the adapter layers (for speed paths
     that replace layers, e.g. int8, and for export)."""
     if _adapters(transformer):
+        import torch
+
         with torch.no_grad():
             transformer.fuse_lora(lora_scale=1.0)
         transformer.unload_lora()  # keeps the fused base weights

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sanaedit.formats.index import EXPORT_CLASS, folder_kind, is_release_layout
+from sanaedit.core.extras import require
+from sanaedit.formats.index import EXPORT_CLASS, folder_kind, is_release_layout, read_index
 from sanaedit.formats.source import ModelSource
 
 
@@ -23,6 +24,8 @@ def open_source(folder: str | Path) -> ModelSource:
         from sanaedit.formats.exported import ExportedFolder
 
         return ExportedFolder(folder)
-    from sanaedit.formats.torch_folder import TorchFolder  # a model folder, or anything else: its errors name it
+    read_index(folder)  # a missing or broken folder is named as such, before asking for PyTorch
+    require("torch", f"{folder} is a PyTorch model folder: running it")
+    from sanaedit.formats.torch_folder import TorchFolder
 
     return TorchFolder(folder)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sanaedit.core.choices import Backend, Sampler, Schedule
 from sanaedit.core.config import MAX_GUIDANCE
+from sanaedit.core.extras import missing_extra
 from sanaedit.plan import DTYPES
 
 # Sub-command modules, in the order `sanaedit --help` lists them. Each module defines
@@ -243,14 +244,12 @@ def check_device(device: str) -> None:
 
 
 def model_folder_or_bundled(model: str | None):
-    """The folder `--model` names, or the bundled model's (None when neither exists)."""
+    """The folder `--model` names, or the bundled model's that runs by default (None when neither exists)."""
     from pathlib import Path
 
-    from sanaedit.load import BUNDLED_MODEL
+    from sanaedit.load import bundled_model
 
-    if model is not None:
-        return Path(model)
-    return BUNDLED_MODEL if (BUNDLED_MODEL / "model_index.json").is_file() else None
+    return Path(model) if model is not None else bundled_model()
 
 
 def warn_if_prompt_ignored(model: str | None, prompt: str | None, negative_prompt: str | None = None) -> bool:
@@ -323,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as err:  # a package an install extra brings: say which extra, in one line
+        missing = missing_extra(err)
+        if missing is None:
+            raise
+        print(f"sanaedit {args.command}: error: {missing}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         # Our loaders raise these with messages that name the file and the problem.
         print(f"sanaedit {args.command}: error: {err}", file=sys.stderr)

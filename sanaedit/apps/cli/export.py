@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from sanaedit.apps.cli import add_command, add_lora_arg, result
+from sanaedit.core.extras import require
 
 PUBLISHED_QUANT = "llm=4,rest=8"  # the published release: 4-bit LLM, 8-bit weights everywhere else
 # The default per format. ONNX: the published weights, computing in int8 where ONNX Runtime's int8 kernels beat its
@@ -18,15 +19,20 @@ DEFAULT_QUANT = {
     "mnn": PUBLISHED_QUANT,
 }
 
+# what each format's export imports beyond the base install (MNN's converter ships in the base `mnn` wheel)
+NEEDS = {"int8": ("torch",), "onnx": ("torch", "onnx", "onnxscript"), "mnn": ("torch", "onnx", "llmexport")}
+
 
 def run(args: argparse.Namespace) -> int:
-    from sanaedit.export import export_model, parse_quant
-
     model, out = Path(args.model_dir), Path(args.output)
     if not model.is_dir():
         raise FileNotFoundError(f"model folder not found: {model}")
     if out.resolve() == model.resolve():
         raise ValueError(f"-o/--output {out} is the model folder itself; choose another folder")
+    for module in NEEDS[args.format]:  # before anything is converted, not at the first graph
+        require(module, f"sanaedit export --format {args.format}")
+    from sanaedit.export import export_model, parse_quant
+
     if args.format == "int8":
         from sanaedit.formats.int8_folder import write_int8_folder
 

@@ -125,11 +125,13 @@ def common_lines(folder: Path, index: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sanaedit.load import BUNDLED_MODEL
+    from sanaedit.load import BUNDLED_MODEL, bundled_model
     from sanaedit.plan import make_plan
     from sanaedit.runtime.sources import open_source
 
-    folder = Path(args.model_dir) if args.model_dir is not None else BUNDLED_MODEL
+    folder = Path(args.model_dir) if args.model_dir is not None else bundled_model()
+    if folder is None:
+        raise ValueError("no bundled model in this install: pass a model folder (sanaedit info DIR)")
     # the checks loading makes (headers and configs only): a folder `edit` would refuse is refused here too (the
     # release's layout is checked whole when its reader opens it)
     source = open_source(folder)
@@ -143,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
         check_model_folder(folder)
     plan = make_plan(source.info)  # what `sanaedit edit --model DIR` runs without options
     if args.model_dir is None:
-        print("the bundled comic model (sanaedit/assets/comic-model; README: 'The bundled model, honestly')")
+        print(
+            f"the bundled comic model (README: 'The bundled model, honestly'): {folder.name}"
+            + (
+                f", the ONNX export of {BUNDLED_MODEL.name} (PyTorch: --backend torch)"
+                if folder != BUNDLED_MODEL
+                else ""
+            )
+        )
     print("\n".join(describe_export(folder) if is_export(folder) else describe(folder)))
     print(
         "\n".join(["runs by default (sanaedit edit's options change it):", *(f"  {line}" for line in plan.describe())])
