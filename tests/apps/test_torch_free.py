@@ -165,3 +165,31 @@ def test_the_bundled_export_gives_the_pytorch_folders_picture(tmp_path):
         argv = ["edit", str(SAMPLE_PHOTO), "-o", str(pictures[backend]), "--seed", "0", "-q", "--backend", backend]
         assert main(argv + (["--dtype", "float32"] if backend == "torch" else [])) == 0
     assert psnr(pictures["onnxruntime"], pictures["torch"]) >= 30
+
+
+def test_serve_runs_the_bundled_model_without_torch(tmp_path):
+    """`sanaedit serve` on the base install + [serve]: ready, and an uploaded photo edited, with torch absent."""
+    from tests.conftest import free_port
+
+    body = f"""    import json, threading, time, urllib.request
+    from sanaedit.apps.cli import main
+    url = "http://127.0.0.1:{free_port()}"
+    argv = ["serve", "--port", url.rsplit(":", 1)[1], "-o", {str(tmp_path / "results")!r}, "-q"]
+    threading.Thread(target=main, args=(argv,), daemon=True).start()
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/health", timeout=1).read()
+            break
+        except OSError:
+            assert time.time() < deadline, "serve never answered"
+            time.sleep(0.05)
+    photo = open({str(SAMPLE_PHOTO)!r}, "rb").read()
+    job = json.load(urllib.request.urlopen(urllib.request.Request(url + "/api/jobs?steps=2", data=photo)))
+    while job["state"] not in ("done", "failed"):
+        time.sleep(0.1)
+        job = json.load(urllib.request.urlopen(url + "/api/jobs/" + job["id"]))
+    assert job["state"] == "done", job"""
+    code, err, loaded = run(tmp_path, body)
+    assert code == 0, err
+    assert "uvicorn" in loaded and not loaded & set(TORCH_EXTRA)
