@@ -141,8 +141,14 @@ def test_a_missing_extra_deeper_down_is_named_too(tmp_path):
         ["edit", "photo.jpg", "--guidance", "nan"],
         ["edit", "no-such-photo.jpg", "-o", "out.png"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--model", "no-such-model"],
+        ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--lora", "no-such-lora"],
+        ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--sampler", "nope"],
         ["info", "no-such-model"],
         ["export", "no-such-model", "-o", "out"],
+        ["serve", "--port", "99999"],
+        ["train", "--help"],
+        ["grow", "no-such-model", "-o", "out", "--layers", "12"],
+        ["prune", "no-such-model", "-o", "out"],
     ],
 )
 def test_answers_that_need_no_model_import_nothing_heavy(tmp_path, argv):

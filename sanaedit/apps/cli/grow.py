@@ -9,6 +9,9 @@ from sanaedit.apps.cli import add_command, result
 
 
 def run(args: argparse.Namespace) -> int:
+    from sanaedit.formats.index import read_index
+
+    read_index(Path(args.model_dir))  # a missing or broken folder is named before torch loads
     from sanaedit.tools.grow import grow_model
 
     out = grow_model(Path(args.model_dir), args.layers, Path(args.output), seed=args.seed)
