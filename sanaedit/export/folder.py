@@ -123,6 +123,10 @@ def export_model(
     pipe = pipe or load_model_folder(model_dir, vae=Vae.FULL)  # every graph, the DC-AE's included
     if pipe.vae is None:
         raise ValueError("this pipeline has no DC-AE (loaded with vae='tiny'): export needs the full model")
+    if fmt == Format.MNN:  # before any graph, not after them all in the LLM's export
+        from sanaedit.export.release import check_tokenizer
+
+        check_tokenizer(pipe.text_encoder.tokenizer)
     if loras:
         from sanaedit.models.lora import merge_loras
 

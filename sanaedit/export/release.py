@@ -7,7 +7,9 @@ through MNN's own LLM exporter (`llm_mnn.py`), 4-bit asymmetric in blocks of 64 
 ways: whether the tokenizer it wrote encodes the model's prompts to the model tokenizer's ids, its embedding rows
 against the model's, its hidden states against transformers' (`llm_graph.LlmFeatures`, what the model folder's text
 path computes). A tokenizer that encodes the model's prompts differently is reported (a warning, and
-`tokenizer_matches: false` in model_index.json), not refused: the engine's tokenizer is what it is.
+`tokenizer_matches: false` in model_index.json), not refused: the engine's tokenizer is what it is. A tokenizer
+whose model the MNN tokenizer file cannot hold, or sanaedit cannot run from it, is refused before any graph
+(`check_tokenizer`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,13 +29,28 @@ from sanaedit.export.llm_graph import LlmFeatures
 from sanaedit.export.llm_mnn import export_llm_mnn
 from sanaedit.formats.mnn_tokenizer import load_mnn_tokenizer
 from sanaedit.formats.release_files import LLM_GRAPH, EmbeddingTable, llm_configs, save_meta_queries_mnn, tokenizer_file
-from sanaedit.models.prompt import tokenize
+from sanaedit.models.prompt import FastTokenizer, tokenize
 
 logger = logging.getLogger(__name__)
 
 LLM_BLOCK = 64  # the published LLM's 4-bit block
 FP16_TOLERANCE = 1e-2  # max-abs relative error of fp16 LLM weights beyond which the export is broken, not rounded
 CHECK_PROMPT = "turn the sky purple, make it night"  # a prompt outside the model's own, for the checks
+
+
+# The tokenizer models llmexport writes into tokenizer.mtok and formats/mnn_tokenizer_pipeline.py runs (llmexport writes
+# Unigram too, which sanaedit cannot run to check the export; a WordLevel model it leaves out of the file).
+MNN_TOKENIZER_MODELS = ("BPE", "WordPiece")
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    """Refuse, in one line naming its model, a tokenizer the MNN export cannot write and read back."""
+    kind = type(FastTokenizer.of(tokenizer).backend.model).__name__
+    if kind not in MNN_TOKENIZER_MODELS:
+        raise ValueError(
+            f"--format mnn cannot export this model's tokenizer, a {kind} model: sanaedit writes MNN-LLM tokenizers "
+            f"for {' and '.join(MNN_TOKENIZER_MODELS)} models only (--format onnx keeps any tokenizer)"
+        )
 
 
 def llm_block(width: int) -> int:

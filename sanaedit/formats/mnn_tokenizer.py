@@ -7,13 +7,17 @@ The formats are llmexport's (`utils/tokenizer.py`, PyPI `llmexport`); the encodi
 
 - 1 (tiktoken): a count, then one base64 token per line (id = line). The engine encodes by greedy longest match over
   the bytes (a trie), with no pre-tokenization.
+- 2 (BERT, what llmexport writes for a BERT tokenizer without tokenizer.json): laid out as 1. The engine
+  splits with its own fixed rules (ASCII letter-and-digit runs lowercased, each other ASCII symbol alone, each
+  non-ASCII character alone, whitespace dropped), then WordPiece with `##` and `[UNK]`: not tokenizers' BERT
+  pipeline beyond plain ASCII text.
 - 3 (huggingface): `NVOCAB NMERGES`, the byte-level vocabulary (one token per line, id = line), the merge lines.
   The engine splits with its own regex (ASCII classes, std::regex), then runs byte-level BPE.
-- 4 (pipeline, `.mtok`): binary normalizer, pre-tokenizer, BPE model, decoder and added tokens: a tokenizer.json in
-  binary form, run as tokenizers runs it.
+- 4 (pipeline, `.mtok`): binary normalizer, pre-tokenizer, BPE or WordPiece model, decoder and added tokens: a
+  tokenizer.json in binary form, run as tokenizers runs it.
 
 Before any of these, the engine cuts the text at the special tokens' strings (first listed match at each position).
-Types 0 (SentencePiece) and 2 (BERT) and non-BPE models are not Qwen's and are refused by name.
+Type 0 (SentencePiece) and Unigram models in `.mtok` are not read here and are refused by name.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from sanaedit.errors import TokenizerFileError
 from sanaedit.formats.bpe import BYTE_CHARS, CHAR_BYTES, MnnTokenizer, bpe_merge
 
 MAGIC = 430
-TIKTOKEN, HUGGINGFACE, PIPELINE = 1, 3, 4
+TIKTOKEN, BERT, HUGGINGFACE, PIPELINE = 1, 2, 3, 4
 # MNN's HuggingfaceTokenizer regex (std::regex on bytes, icase; [:alpha:] / [:digit:] are ASCII there)
 _HF_TXT_PATTERN = re.compile(
     rb"('s|'t|'re|'ve|'m|'ll|'d)|[^\r\na-zA-Z0-9]?[a-zA-Z]+|[0-9]| ?[^\sa-zA-Z0-9]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
@@ -59,6 +63,42 @@ class TiktokenTokenizer(MnnTokenizer):
             else:  # the engine logs "no encoding found" and moves on by one byte
                 i += 1
         return out
+
+
+class BertTxtTokenizer(TiktokenTokenizer):
+    """The engine's BertTokenizer (type 2, the vocabulary laid out as type 1's): its fixed word split, then WordPiece.
+    A word whose rest has no piece gets `[UNK]` (id 100 without one) after the pieces found so far, as the engine
+    does."""
+
+    def __init__(self, path, specials, prefix, tokens: list[bytes]):
+        super().__init__(path, specials, prefix, tokens)
+        self.unk = self.ids.get(b"[UNK]", 100)
+
+    def encode_text(self, data):
+        out = []
+        for word in _BERT_TXT_WORDS.findall(data.decode("utf-8")):
+            out += self._word_piece((word.lower() if word.isascii() else word).encode("utf-8"))
+        return out
+
+    def _word_piece(self, word: bytes) -> list[int]:
+        if word in self.ids:
+            return [self.ids[word]]
+        out, rest = [], word
+        while rest:
+            for size in range(len(rest), 0, -1):
+                found = self.ids.get((b"##" if out else b"") + rest[:size])
+                if found is not None:
+                    out.append(found)
+                    rest = rest[size:]
+                    break
+            else:
+                return [*out, self.unk]
+        return out
+
+
+# The engine's BertTokenizer split (C locale classes): an ASCII letter-and-digit run, or any other character but ASCII
+# whitespace on its own.
+_BERT_TXT_WORDS = re.compile(r"[a-zA-Z0-9]+|[^ \t\n\v\f\r]")
 
 
 class _StringRanks:
@@ -134,9 +174,10 @@ def _parse(path: Path, data: bytes) -> MnnTokenizer:
 
         return parse_pipeline(path, specials, prefix, body)
     lines = body.split(b"\n")
-    if kind == TIKTOKEN:
+    if kind in (TIKTOKEN, BERT):
         count = int(lines[0])
-        return TiktokenTokenizer(path, specials, prefix, [base64.b64decode(t) for t in lines[1 : 1 + count]])
+        tokens = [base64.b64decode(t) for t in lines[1 : 1 + count]]
+        return (TiktokenTokenizer if kind == TIKTOKEN else BertTxtTokenizer)(path, specials, prefix, tokens)
     if kind == HUGGINGFACE:
         n_vocab, n_merges = (int(x) for x in lines[0].split())
         vocab = [t.decode("utf-8") for t in lines[1 : 1 + n_vocab]]
@@ -144,8 +185,7 @@ def _parse(path: Path, data: bytes) -> MnnTokenizer:
         if len(vocab) != n_vocab:
             raise TokenizerFileError(f"{path}: truncated ({len(vocab)} of {n_vocab} vocabulary lines)")
         return HuggingfaceTxtTokenizer(path, specials, prefix, vocab, merges)
-    names = {0: "SentencePiece", 2: "BERT"}
+    names = {0: "SentencePiece"}
     raise TokenizerFileError(
-        f"{path}: tokenizer type {kind} ({names.get(kind, 'unknown')}) is not supported: Qwen's tokenizers are "
-        "types 1, 3 and 4"
+        f"{path}: tokenizer type {kind} ({names.get(kind, 'unknown')}) is not supported: types 1 to 4 are read"
     )

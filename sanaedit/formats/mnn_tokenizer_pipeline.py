@@ -1,10 +1,11 @@
 """`tokenizer.mtok` (MNN's binary "pipeline" tokenizer, type 4): parsed and run as MNN's PipelineTokenizer runs it.
 
 Layout after the text header (llmexport `export_mtok`, MNN `load_vocab_binary`; little endian, strings as u16 length +
-UTF-8): normalizer, pre-tokenizer (both recursive, a u8 type first), the model (u8 type 0 = BPE, u32 vocab size, u8
-byte_fallback, u8 byte_level, u32 merges, then the vocabulary sorted by string as (str, u32 id), then the merges as
-(u32 id, u32 id, u32 rank)), the decoder, the added tokens (u32 id, u8 special, u8 lstrip, u8 rstrip, str), then
-the chat template and flags (not needed to encode).
+UTF-8): normalizer, pre-tokenizer (both recursive, a u8 type first), the model (u8 type, u32 vocab size, then by type:
+0 = BPE: u8 byte_fallback, u8 byte_level, u32 merges, the vocabulary sorted by string as (str, u32 id), the merges as
+(u32 id, u32 id, u32 rank); 1 = WordPiece: str unk token, str continuing-subword prefix, u32 max input length, the
+vocabulary as for BPE; 2 = Unigram, not read here), the decoder, the added tokens (u32 id, u8 special, u8 lstrip,
+u8 rstrip, str), then the chat template and flags (not needed to encode).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def _bert_split(s: str) -> list[str]:
     return out + ([current] if current else [])
 
 
-# ------------------------------------------------------------------------------------------------ the model
+# ------------------------------------------------------------------------------------------------ the models
 class _IdRanks:
     def __init__(self, merges: dict[tuple[int, int], int], tokens: list[str | None], ids: dict[str, int]):
         self.merges, self.tokens, self.ids = merges, tokens, ids
@@ -223,15 +224,67 @@ class _IdRanks:
         return self.ids.get((self.tokens[a] or "") + (self.tokens[b] or ""))
 
 
+class _BpeModel:
+    def __init__(self, ranks: _IdRanks, byte_level: bool):
+        self.ranks, self.byte_level = ranks, byte_level
+
+    def __call__(self, s: str) -> list[int]:
+        ids = self.ranks.ids
+        if self.byte_level:
+            symbols = [ids.get(BYTE_CHARS[b]) for b in s.encode("utf-8")]
+        else:
+            symbols = []
+            for ch in s:
+                found = ids.get(ch)
+                if found is None:  # byte fallback pieces, when the vocabulary has them
+                    symbols += [ids.get(f"<0x{b:02X}>") for b in ch.encode("utf-8")]
+                else:
+                    symbols.append(found)
+        return bpe_merge([i for i in symbols if i is not None], self.ranks)
+
+
+class _WordPieceModel:
+    """The engine's WordPieceModel: greedy longest match, the prefix on every piece but the first, the whole word
+    as the unknown token when a piece is missing. It measures and cuts words in UTF-8 bytes, as the engine does."""
+
+    def __init__(self, path: Path, ids: dict[str, int], unk: str, prefix: str, max_bytes: int):
+        self.path, self.max_bytes = path, max_bytes
+        self.ids = {token.encode("utf-8"): i for token, i in ids.items()}
+        self.unk, self.prefix = ids.get(unk), prefix.encode("utf-8")
+
+    def __call__(self, s: str) -> list[int]:
+        word = s.encode("utf-8")
+        if not word:
+            return []
+        if len(word) > self.max_bytes:
+            return self._unknown()
+        out, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                found = self.ids.get(word[start:end] if start == 0 else self.prefix + word[start:end])
+                if found is not None and found != self.unk:  # the engine never matches the unknown token itself
+                    out.append(found)
+                    start = end
+                    break
+            else:
+                return self._unknown()
+        return out
+
+    def _unknown(self) -> list[int]:
+        if self.unk is None:  # the engine would feed id -1
+            raise TokenizerFileError(f"{self.path}: a word needs the unknown token, which the vocabulary lacks")
+        return [self.unk]
+
+
 class PipelineTokenizer(MnnTokenizer):
-    def __init__(self, path, specials, prefix, normalizer, pre_tokenizer, ranks: _IdRanks, byte_level, decodes_bytes):
+    def __init__(self, path, specials, prefix, normalizer, pre_tokenizer, tokens: list, model, decodes_bytes):
         super().__init__(path, specials, prefix)
-        self.normalizer, self.pre_tokenizer, self.ranks = normalizer, pre_tokenizer, ranks
-        self.byte_level, self.decodes_bytes = byte_level, decodes_bytes
+        self.normalizer, self.pre_tokenizer, self.tokens, self.model = normalizer, pre_tokenizer, tokens, model
+        self.decodes_bytes = decodes_bytes
         self.added: list[tuple[bytes, int, bool, bool]] = []
 
     def decode_id(self, token_id):
-        tokens = self.ranks.tokens
+        tokens = self.tokens
         token = tokens[token_id] if 0 <= token_id < len(tokens) and tokens[token_id] is not None else ""
         token = token.replace("\u2581", " ")
         if self.decodes_bytes:  # the byte-level map reversed, other characters kept
@@ -270,19 +323,8 @@ class PipelineTokenizer(MnnTokenizer):
         splits = self.pre_tokenizer([text]) if self.pre_tokenizer is not None else [text]
         out = []
         for s in splits:
-            if not s:
-                continue
-            if self.byte_level:
-                symbols = [self.ranks.ids.get(BYTE_CHARS[b]) for b in s.encode("utf-8")]
-            else:
-                symbols = []
-                for ch in s:
-                    found = self.ranks.ids.get(ch)
-                    if found is None:  # byte fallback pieces, when the vocabulary has them
-                        symbols += [self.ranks.ids.get(f"<0x{b:02X}>") for b in ch.encode("utf-8")]
-                    else:
-                        symbols.append(found)
-            out += bpe_merge([i for i in symbols if i is not None], self.ranks)
+            if s:
+                out += self.model(s)
         return out
 
 
@@ -310,40 +352,45 @@ def _skip_decoder(r: _Reader) -> bool:
     return False
 
 
+def _vocabulary(r: _Reader, path: Path, size: int) -> tuple[list[str | None], dict[str, int]]:
+    """(str, u32 id) pairs: tokens by id, and ids by token (the first of equal strings, as the engine's search)."""
+    tokens: list[str | None] = [None] * size
+    ids: dict[str, int] = {}
+    for _ in range(size):
+        token = r.text()
+        token_id = r.take("I")
+        if token_id >= size:
+            raise TokenizerFileError(f"{path}: token id {token_id} outside the vocabulary of {size}")
+        tokens[token_id] = token
+        ids.setdefault(token, token_id)
+    return tokens, ids
+
+
 def parse_pipeline(path: Path, specials: list[int], prefix: list[int], body: bytes) -> PipelineTokenizer:
     r = _Reader(body)
     normalizer = _normalizer(r)
     pre_tokenizer = _pre_tokenizer(r)
     model_type, vocab_size = r.take("BI")
-    if model_type != 0:
-        names = {1: "WordPiece", 2: "Unigram"}
-        raise TokenizerFileError(f"{path}: a {names.get(model_type, model_type)} model is not supported (BPE only)")
-    _, byte_level, n_merges = r.take("BBI")
-    tokens: list[str | None] = [None] * vocab_size
-    ids: dict[str, int] = {}
-    for _ in range(vocab_size):
-        token = r.text()
-        token_id = r.take("I")
-        if token_id >= vocab_size:
-            raise TokenizerFileError(f"{path}: token id {token_id} outside the vocabulary of {vocab_size}")
-        tokens[token_id] = token
-        ids.setdefault(token, token_id)
-    end = r.pos + 12 * n_merges
-    if end > len(body):
-        raise TokenizerFileError(f"{path}: truncated (the merge table runs past the end of the file)")
-    merges = {(a, b): rank for a, b, rank in struct.iter_unpack("<III", body[r.pos : end])}
-    r.pos = end
+    if model_type == 0:
+        _, byte_level, n_merges = r.take("BBI")
+        tokens, ids = _vocabulary(r, path, vocab_size)
+        end = r.pos + 12 * n_merges
+        if end > len(body):
+            raise TokenizerFileError(f"{path}: truncated (the merge table runs past the end of the file)")
+        merges = {(a, b): rank for a, b, rank in struct.iter_unpack("<III", body[r.pos : end])}
+        r.pos = end
+        model = _BpeModel(_IdRanks(merges, tokens, ids), bool(byte_level))
+    elif model_type == 1:
+        unk, subword_prefix, max_bytes = r.text(), r.text(), r.take("I")
+        tokens, ids = _vocabulary(r, path, vocab_size)
+        model = _WordPieceModel(path, ids, unk, subword_prefix, max_bytes)
+    else:
+        names = {2: "Unigram"}
+        raise TokenizerFileError(
+            f"{path}: a {names.get(model_type, model_type)} model is not supported (BPE and WordPiece only)"
+        )
     decodes_bytes = _skip_decoder(r)
-    tok = PipelineTokenizer(
-        path,
-        specials,
-        prefix,
-        normalizer,
-        pre_tokenizer,
-        _IdRanks(merges, tokens, ids),
-        bool(byte_level),
-        decodes_bytes,
-    )
+    tok = PipelineTokenizer(path, specials, prefix, normalizer, pre_tokenizer, tokens, model, decodes_bytes)
     for _ in range(r.take("I")):
         token_id = r.take("I")
         _special, lstrip, rstrip = r.take("BBB")

@@ -19,7 +19,7 @@ from sanaedit.formats.release_files import (
     tokenizer_file,
 )
 
-_TOKENIZER_TYPES = {"1": "tiktoken (greedy)", "3": "huggingface BPE", "4": "pipeline BPE (.mtok)"}
+_TOKENIZER_TYPES = {"1": "tiktoken (greedy)", "2": "BERT WordPiece", "3": "huggingface BPE", "4": "pipeline (.mtok)"}
 
 
 def describe_release(folder: str | Path) -> list[str]:

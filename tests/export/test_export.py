@@ -361,3 +361,48 @@ def test_cli_export_errors_name_the_problem(tiny_model_dir, tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
     assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--quant", "llm=5"]) == 1
     assert "--quant" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def _tokenizer_of(model: str):
+    """A transformers tokenizer around a bare `tokenizers` model of that kind."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["<pad>", "<unk>", "sky", "purple", "night"]
+    if model == "Unigram":
+        tok = Tokenizer(models.Unigram([(t, -float(i)) for i, t in enumerate(vocab)], unk_id=1))
+    else:
+        tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
+@pytest.mark.parametrize("model", ["Unigram", "WordLevel"])
+def test_mnn_export_refuses_a_tokenizer_it_cannot_write_before_any_graph(model, tiny_pipe, tmp_path, monkeypatch):
+    """The MNN-LLM tokenizer file is written for BPE and WordPiece models: another is refused in one line naming it,
+    before the first graph is converted (issue 26: it failed in the LLM's export, after every other graph)."""
+    import sanaedit.export.graph_export as graph_export
+
+    def no_graphs(*args, **kwargs):
+        raise AssertionError("a graph was converted")
+
+    monkeypatch.setattr(graph_export, "export_graph", no_graphs)
+    monkeypatch.setattr(tiny_pipe.text_encoder, "tokenizer", _tokenizer_of(model))
+    out = tmp_path / "out" / "mnn"
+    with pytest.raises(ValueError, match=f"a {model} model") as err:
+        export_model(None, out, fmt="mnn", progress=False, pipe=tiny_pipe)
+    assert "\n" not in str(err.value) and "BPE and WordPiece" in str(err.value)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # nothing written, not even a temporary folder
+
+
+def test_cli_mnn_export_names_a_tokenizer_it_cannot_write(tiny_model_dir, tmp_path, capsys):
+    from sanaedit.apps.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model / "llm" / name).unlink(missing_ok=True)
+    _tokenizer_of("WordLevel").save_pretrained(model / "llm")
+    assert main(["export", str(model), "--format", "mnn", "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "a WordLevel model" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -419,6 +419,98 @@ def test_release_with_tokenizer_txt_matches_the_mtok_one(release_only, tiny_mode
         assert np.array_equal(np.asarray(got), np.asarray(want)), kind
 
 
+WORDPIECE_TEXTS = [
+    "Turn the SKY purple, make it night!",
+    "a [SEP] b[CLS]c [MASK]",  # special tokens inside the text
+    "it's 12:30 -- (hello) [world] {x}; I'LL see   you\t\tthere\n\nok",
+    "xyzzyq unknownword qqq",  # words with no first piece, and with pieces but no last one
+    "héllo wörld, Ångström \u212b, 日本語のテキスト, emoji 🎨🌙 façade naïve ж",
+    "\x00\x07 tab\tend\u00a0nbsp\u3000",  # control characters and other spaces
+    "",
+]
+
+
+def _wordpiece_tokenizer(folder: Path | None = None):
+    """A BERT-style WordPiece tokenizer (lower-casing and accent-stripping BertNormalizer, BertPreTokenizer, `##`
+    pieces, [CLS] text [SEP]), trained offline on a small corpus; saved to `folder` when given."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sanaedit.tools.random_model import _CORPUS
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([*_CORPUS, "héllo wörld 日本語のテキスト ж"] * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def test_wordpiece_tokenizers_read_in_python(tmp_path):
+    """A WordPiece tokenizer as llmexport writes it: in tokenizer.mtok from tokenizer.json (what the export writes),
+    with tokenizers' ids; in a BERT tokenizer.txt from a vocab.txt alone, with the engine's own, plainer rules."""
+    from transformers import BertTokenizer
+
+    from sanaedit.export.llm_mnn import llmexport_modules
+    from sanaedit.formats.mnn_tokenizer import BertTxtTokenizer, load_mnn_tokenizer
+    from sanaedit.formats.mnn_tokenizer_pipeline import PipelineTokenizer
+
+    hf = _wordpiece_tokenizer(tmp_path / "wordpiece")
+    vocab_file = tmp_path / "vocab-only" / "vocab.txt"
+    vocab_file.parent.mkdir()
+    vocab_file.write_text("".join(t + "\n" for t, _ in sorted(hf.get_vocab().items(), key=lambda item: item[1])))
+    BertTokenizer(vocab_file=str(vocab_file)).save_pretrained(vocab_file.parent)
+    (vocab_file.parent / "tokenizer.json").unlink()  # vocab.txt and tokenizer_config.json: the older route
+    with llmexport_modules():
+        from utils.tokenizer import LlmTokenizer
+
+        files = {}
+        for name in ("wordpiece", "vocab-only"):
+            source = tmp_path / name
+            files[name] = LlmTokenizer(str(source), "qwen3").export(str(tmp_path / "mnn" / name), str(source))
+    mtok, txt = load_mnn_tokenizer(files["wordpiece"]), load_mnn_tokenizer(files["vocab-only"])
+    assert (type(mtok), type(txt)) == (PipelineTokenizer, BertTxtTokenizer), files
+    for text in WORDPIECE_TEXTS:
+        assert mtok.encode(text) == hf(text, add_special_tokens=False)["input_ids"], text
+    for text in WORDPIECE_TEXTS[:2]:  # plain ASCII words the vocabulary holds: the BERT file's rules agree
+        assert txt.encode(text) == hf(text, add_special_tokens=False)["input_ids"], text
+    unk = hf.convert_tokens_to_ids("[UNK]")
+    assert hf("xyzzyq", add_special_tokens=False)["input_ids"] == [unk]
+    assert txt.encode("xyzzyq")[-1] == unk and len(txt.encode("xyzzyq")) > 1  # the engine keeps the pieces it found
+    assert txt.encode("Naïve") == txt.encode("na") + txt.encode("ï") + txt.encode("ve")  # non-ASCII: a word each
+
+
+def test_export_of_a_wordpiece_model_writes_and_checks_its_tokenizer(tmp_path):
+    """The export ran every graph, then failed reading back the WordPiece tokenizer.mtok llmexport wrote (issue 26)."""
+    from sanaedit.export import export_model
+    from sanaedit.tools.random_model import build_random_pipeline
+
+    hf = _wordpiece_tokenizer()
+    pipe = build_random_pipeline("tiny", seed=0, tokenizer=hf)
+    out = export_model(None, tmp_path / "wordpiece-mnn", fmt="mnn", quant="llm=4,rest=8", progress=False, pipe=pipe)
+    manifest = json.loads((out / "model_index.json").read_text())
+    assert manifest["llm"]["tokenizer"] == "llm/tokenizer.mtok" and manifest["llm"]["tokenizer_matches"] is True
+    encoder = load_pipeline(out).text_encoder
+    for text in WORDPIECE_TEXTS:
+        want = hf(pipe.config.template.replace("{prompt}", text), add_special_tokens=False)["input_ids"]
+        assert encoder.token_ids(text) == want[: encoder.max_tokens], text
+
+
 # --------------------------------------------------------------------------------------------- the telemetry trap
 TRAP_SCRIPT = """
 import builtins, json, os, socket, subprocess, sys, urllib.request
