@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sanaedit.export.onnx_export import move_graph, quiet_logs, quiet_root
+from sanaedit.export.onnx_export import W8A8_REDUCE_RANGE, move_graph, quiet_logs, quiet_root
 
 W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
 # The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
@@ -36,12 +36,13 @@ class Calibration:
 def calibration_photos() -> tuple[Path, list[Path]]:
     """(held-out photo, calibration photos): the bundled sample photo is kept out to check the graphs on; the
     ranges come from the first of scikit-image's photos by name (a portrait, a cat, coffee, coins, a grey camera
-    shot, colour charts, textures)."""
-    from sanaedit.image.photos import package_photos
+    shot, colour charts, textures). scikit-learn's photos are left out even where it is installed: the same ranges
+    on every machine, so the same graph and the same verdict of its check."""
+    from sanaedit.image.photos import SKIMAGE_PHOTOS, package_photos
     from sanaedit.load import SAMPLE_PHOTO
 
     try:
-        photos = list(package_photos().values())[:CALIBRATION_PHOTOS]
+        photos = [path for name, path in package_photos().items() if name in SKIMAGE_PHOTOS][:CALIBRATION_PHOTOS]
     except ImportError:
         photos = []
     if not photos:
@@ -91,8 +92,9 @@ class _Reader:
 
 
 def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor]) -> dict:
-    """Static int8 Conv (QDQ: uint8 activations, int8 weights per output channel, MinMax ranges over `samples`), in
-    place; returns the manifest's description of it."""
+    """Static int8 Conv (QDQ: uint8 activations, int8 weights per output channel in a 7-bit range as
+    onnx_export.W8A8_REDUCE_RANGE says why, MinMax ranges over `samples`), in place; returns the manifest's
+    description of it."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not samples:
@@ -112,6 +114,7 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
             per_channel=True,
             activation_type=QuantType.QUInt8,  # u8 x s8: the pair ORT's x86 int8 kernels (VNNI) are built for
             weight_type=QuantType.QInt8,
+            reduce_range=W8A8_REDUCE_RANGE,  # 7-bit weights: the same integers on every x86 CPU
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=Path(str(path) + ".data").is_file(),
         )
@@ -119,6 +122,7 @@ def quantize_onnx_static(path: Path, input_name: str, samples: list[torch.Tensor
     return {
         "bits": 8,
         "activation_bits": 8,
-        "scheme": "static int8 Conv (QDQ): uint8 activations calibrated (MinMax) on photos, int8 per-channel weights",
+        "scheme": "static int8 Conv (QDQ): uint8 activations calibrated (MinMax) on photos, int8 (7-bit) per-channel "
+        "weights",
         "calibration_pictures": len(samples),
     }

@@ -140,6 +140,16 @@ def _save_with_one_weight_file(src: Path, path: Path) -> None:
     )
 
 
+# Why the w8a8 graphs' int8 weights span 7 bits ([-64, 64], ORT's `reduce_range`): on an x86 CPU without VNNI (AVX2,
+# or AVX-512 without VNNI: e.g. the AVX2-only EPYCs this project has run on) ORT's u8 x s8 kernels add each pair of
+# products in int16 (VPMADDUBSW), which saturates above 32767, and 255 x 127 x 2 does; VNNI adds them in int32. The
+# same graph was then 0.27 off PyTorch (relative L2) on an AVX2 CPU against 0.007 with VNNI (the tiny test DiT; DC-AE's
+# decoder 0.37 against 0.06), so the export's check accepted or rejected it depending on the machine, and a graph
+# checked on one CPU ran worse on another. 255 x 64 x 2 fits int16: every x86 kernel (AVX2, VNNI, SSE4) computes the
+# same integers (measured under qemu: AVX2 and SSE4 CPUs match this VNNI one to 4 digits), for a little more error
+# (tiny DiT 0.012, DC-AE 0.047 / 0.066).
+W8A8_REDUCE_RANGE = True
+
 INT8_COMPUTE = 4  # MatMulNBits' accuracy_level 4: activations quantized to int8 per block, int8 dot products
 
 
@@ -184,11 +194,11 @@ def quantize_onnx_weights(path: Path, bits: int, block_size: int = 128) -> dict:
 
 def quantize_onnx_dynamic(path: Path) -> dict:
     """int8 weights *and* activations for a matmul-bound graph (the DiT's `transformer=w8a8`), in place: ONNX
-    Runtime's `quantize_dynamic` on every MatMul with a constant weight (symmetric int8 per output column), the
-    plain 1x1 convs rewritten as MatMuls first, the other Conv weights 8-bit behind a DequantizeLinear as in
-    `quantize_onnx_weights`. Each call measures its activation's range (one per tensor, uint8): no calibration.
-    `optimize_for_onnxruntime` then fuses each quantize -> MatMulInteger -> scale chain into one
-    DynamicQuantizeMatMul (u8 x s8 VNNI kernels).
+    Runtime's `quantize_dynamic` on every MatMul with a constant weight (symmetric int8 per output column, in a 7-bit
+    range: W8A8_REDUCE_RANGE), the plain 1x1 convs rewritten as MatMuls first, the other Conv weights 8-bit behind a
+    DequantizeLinear as in `quantize_onnx_weights`. Each call measures its activation's range (one per tensor,
+    uint8): no calibration. `optimize_for_onnxruntime` then fuses each quantize -> MatMulInteger -> scale chain into
+    one DynamicQuantizeMatMul (u8 x s8 VNNI kernels).
 
     Why: on a SANA DiT's products (176-512 tokens x 1152 x 1152-5760) it ran ~2x MatMulNBits' int8 mode (700-770
     against 340-390 GOP/s) and the published-size DiT's step 0.7x. The price is coarser activations (one range a
@@ -215,6 +225,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
             op_types_to_quantize=["MatMul"],
             per_channel=True,
             weight_type=QuantType.QInt8,  # u8 activations x s8 weights: ORT's x86 VNNI kernels
+            reduce_range=W8A8_REDUCE_RANGE,  # 7-bit weights: the same integers on every x86 CPU
             use_external_data_format=big,
         )
         move_graph(out, path)
@@ -224,7 +235,7 @@ def quantize_onnx_dynamic(path: Path) -> dict:
         "pointwise_convs_as_matmul": pointwise,
         "conv_bits": 8 if convs else None,
         "compute": "int8 MatMuls (DynamicQuantizeMatMul); float for the DequantizeLinear convs",
-        "scheme": "dynamic int8 MatMul: uint8 activations ranged per call and tensor, int8 weights per column",
+        "scheme": "dynamic int8 MatMul: uint8 activations ranged per call and tensor, int8 weights (7-bit) per column",
     }
 
 

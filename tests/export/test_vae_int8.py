@@ -25,6 +25,14 @@ W8A8_QUANT = "rest=32,vae_encoder=w8a8,vae_decoder=w8a8"  # only the DC-AE diffe
 VAE_GRAPHS = ("vae_encoder", "vae_decoder")
 
 
+def accepted(entry: dict) -> dict:
+    """`entry`, once sure its w8a8 graph passed the export's check. The tiny model's pass on every machine, with room
+    to spare: the verdict depends on no CPU (the 7-bit weights checked below), thread count or earlier random draws
+    (test_w8a8_check_inputs_are_fixed); the rejected case is tested on its own below."""
+    assert "w8a8_rejected" not in entry, f"w8a8 graph rejected by the export's check: {entry['w8a8_rejected']}"
+    return entry
+
+
 @pytest.fixture(scope="module")
 def exports(tiny_model_dir, tiny_pipe, tmp_path_factory):
     """(w8a8 export through the CLI, the same folder with the fp32 export's DC-AE graphs)."""
@@ -36,6 +44,8 @@ def exports(tiny_model_dir, tiny_pipe, tmp_path_factory):
     fp32 = base / "fp32"
     shutil.copytree(int8, fp32)
     manifest = json.loads((fp32 / "model_index.json").read_text())
+    for name in VAE_GRAPHS:
+        accepted(manifest["graphs"][name])
     for spec in graph_specs(tiny_pipe):
         if spec.name in VAE_GRAPHS:
             path = export_onnx(spec, fp32 / f"{spec.name}.onnx")
@@ -50,9 +60,9 @@ def exports(tiny_model_dir, tiny_pipe, tmp_path_factory):
 def test_w8a8_graphs_compute_convolutions_in_int8(exports, name):
     int8, _ = exports
     manifest = json.loads((int8 / "model_index.json").read_text())
-    entry = manifest["graphs"][name]
+    entry = accepted(manifest["graphs"][name])
     assert entry["bits"] == 8 and entry["quant"]["activation_bits"] == 8
-    assert 0 < entry["rel_l2_error"] < 0.15  # measured 0.04 (encoder), 0.06 (decoder) on the held-out photo
+    assert 0 < entry["rel_l2_error"] < 0.15  # measured 0.047 (encoder), 0.066 (decoder) on the held-out photo
     assert manifest["graphs"]["transformer"]["bits"] is None  # rest=32: untouched
 
     # stored as ONNX Runtime runs it: the QDQ pairs fused into integer convolutions, none left in float
@@ -65,6 +75,8 @@ def test_w8a8_graphs_compute_convolutions_in_int8(exports, name):
         x_zero, weight, scale = (inits[conv.input[i]] for i in (2, 3, 4))
         assert x_zero.data_type == onnx.TensorProto.UINT8, conv.name
         assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[0]], conv.name
+        # in a 7-bit range, so no CPU's int8 kernel saturates (onnx_export.W8A8_REDUCE_RANGE)
+        assert np.abs(onnx.numpy_helper.to_array(weight).astype(np.int32)).max() <= 64, conv.name
 
 
 def test_w8a8_export_edits_a_photo_close_to_fp32(exports, tmp_path):
@@ -74,7 +86,7 @@ def test_w8a8_export_edits_a_photo_close_to_fp32(exports, tmp_path):
     want = load_pipeline(fp32)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == want.size == photo.size
     close = psnr(np.asarray(out), np.asarray(want))
-    assert 25 < close < 80, close  # measured 30.2 dB (random tiny weights); < 80: the graphs really differ
+    assert 25 < close < 80, close  # measured 29.8 dB (random tiny weights); < 80: the graphs really differ
 
     # the CLI runs it too
     assert main(["edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "out.png"), "--model", str(int8), "-q"]) == 0
@@ -120,10 +132,10 @@ def test_w8a8_is_onnx_only_and_fails_before_loading(tmp_path, capsys):
 def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe, tmp_path):
     out = export_model(tiny_model_dir, tmp_path / "dit", quant="rest=32,transformer=w8a8", progress=False)
     manifest = json.loads((out / "model_index.json").read_text())
-    entry = manifest["graphs"]["transformer"]
+    entry = accepted(manifest["graphs"]["transformer"])
     assert entry["bits"] == 8 and entry["quant"]["activation_bits"] == 8
     assert entry["quant"]["pointwise_convs_as_matmul"] > 0  # the Mix-FFN's 1x1 convs joined the int8 matmuls
-    assert 0 < entry["rel_l2_error"] < 0.1  # on the example inputs (no calibration); measured ~0.006
+    assert 0 < entry["rel_l2_error"] < 0.05  # on the seeded example inputs (no calibration); measured 0.012
     assert manifest["graphs"]["vae_decoder"]["bits"] is None  # rest=32: untouched
 
     # stored fused, as ONNX Runtime runs it: one DynamicQuantizeMatMul per weight matmul, none left in float
@@ -132,16 +144,17 @@ def test_transformer_w8a8_computes_its_matmuls_in_int8(tiny_model_dir, tiny_pipe
     fused = [n for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
     assert fused
     assert not [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
-    for node in fused:  # int8 weights [K, N] with a scale per output column
+    for node in fused:  # int8 weights [K, N] with a scale per output column, in a 7-bit range (no saturation)
         weight, scale = inits[node.input[1]], inits[node.input[2]]
         assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[1]], node.name
+        assert np.abs(onnx.numpy_helper.to_array(weight).astype(np.int32)).max() <= 64, node.name
 
     # the edit stays close to PyTorch's, through the CLI's loader
     photo = load_image(SAMPLE_PHOTO)
     got = load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0]
     want = tiny_pipe(photo, generator=torch.Generator().manual_seed(0)).images[0]
     close = psnr(np.asarray(got), np.asarray(want))
-    assert 30 < close < 80, close  # measured ~51.5 dB; < 80: the int8 graph really differs
+    assert 30 < close < 80, close  # measured 49.2 dB; < 80: the int8 graph really differs
 
 
 def test_a_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_model_dir, tmp_path, monkeypatch, caplog):
@@ -160,3 +173,44 @@ def test_a_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_model_dir, 
     assert "MatMulNBits" in ops and "DynamicQuantizeMatMul" not in ops
     photo = Image.new("RGB", (40, 30), (200, 60, 20))
     assert load_pipeline(out)(photo, generator=torch.Generator().manual_seed(0)).images[0].size == (40, 30)
+
+
+def test_a_calibrated_w8a8_graph_that_loses_the_picture_gets_8_bit_weights(tiny_pipe, tmp_path, monkeypatch, caplog):
+    """The same fallback for a calibrated (DC-AE) graph, one graph alone: its entry says why, and has none of an
+    accepted w8a8 graph's keys (here forced by a zero tolerance)."""
+    import sanaedit.export.graph_export as folder
+    from sanaedit.export.calibrate import autoencoder_calibration
+
+    monkeypatch.setattr(folder, "W8A8_TOLERANCE", 0.0)
+    spec = next(s for s in graph_specs(tiny_pipe) if s.name == "vae_decoder")
+    calibration = autoencoder_calibration(tiny_pipe, [spec.name])[spec.name]
+    with caplog.at_level("WARNING", logger="sanaedit.export.graph_export"):
+        entry = folder.export_graph(spec, tmp_path, "onnx", "w8a8", calibration)
+    assert "do not survive int8" in caplog.text and "vae_decoder=8" in caplog.text and "held-out photo" in caplog.text
+    assert entry["bits"] == 8 and entry["w8a8_rejected"]["tolerance"] == 0.0
+    assert entry["w8a8_rejected"]["rel_l2_error"] > 0
+    assert "rel_l2_error" not in entry and "activation_bits" not in entry["quant"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / entry["file"])).graph.node}
+    assert "QLinearConv" not in ops and "DequantizeLinear" in ops  # float convs on 8-bit weights
+    assert entry["max_rel_error"] < 0.1  # measured on the example inputs, as any `=8` graph is
+
+
+def test_w8a8_check_inputs_are_fixed(tiny_pipe):
+    """What the w8a8 check compares on is fixed: the example inputs come from their own seeded generator whatever was
+    drawn before, and the calibration photos are scikit-image's whichever other packages are installed."""
+    from sanaedit.export.calibrate import CALIBRATION_PHOTOS, calibration_photos
+    from sanaedit.image.photos import SKIMAGE_PHOTOS
+
+    with torch.random.fork_rng():  # the global generator as the tests after this one expect it
+        torch.manual_seed(1)
+        first = {s.name: s.example for s in graph_specs(tiny_pipe)}
+        torch.manual_seed(2)
+        torch.randn(100)
+        again = {s.name: s.example for s in graph_specs(tiny_pipe)}
+    for name, example in first.items():
+        assert all(torch.equal(a, b) for a, b in zip(example, again[name])), name
+
+    held_out, photos = calibration_photos()
+    assert held_out == SAMPLE_PHOTO and len(photos) == CALIBRATION_PHOTOS
+    names = [p.name for p in photos]
+    assert names == sorted(names) and set(names) <= set(SKIMAGE_PHOTOS)

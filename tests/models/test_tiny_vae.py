@@ -324,6 +324,7 @@ def test_the_light_autoencoder_exports_w8a8_calibrated_on_photos(tiny_vae_dir, t
     manifest = json.loads((out / "model_index.json").read_text())
     for name in ("tiny_vae_encoder", "tiny_vae_decoder"):
         entry = manifest["graphs"][name]
+        assert "w8a8_rejected" not in entry, (name, entry.get("w8a8_rejected"))  # passes its check on any CPU
         assert entry["quant"]["activation_bits"] == 8 and entry["quant"]["calibration_pictures"] > 0
         assert 0 < entry["rel_l2_error"] < 0.15, (name, entry["rel_l2_error"])
         ops = [n.op_type for n in onnx.load(str(out / entry["file"])).graph.node]
