@@ -35,7 +35,7 @@ from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.upsample import check_method, restore_photo
-from sanaedit.plan import RunPlan, make_plan, styled
+from sanaedit.plan import RunPlan, compute_dtype_name, make_plan, styled, torch_dtype_name, warn_if_emulated
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
 
@@ -66,7 +66,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         text_encoder_loader: Callable[[], TextEncoder] | None = None,
         model_dir: Path | None = None,
         backend: Backend = Backend.TORCH,
-        network_loader: Callable[[str], Any] | None = None,
+        network_loader: Callable[[str, Any, Any], Any] | None = None,
     ):
         self.flow = flow
         self.backend = backend  # what runs the networks: torch, onnxruntime or mnn
@@ -77,7 +77,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         self.model_dir = model_dir  # the folder it was loaded from (None when built in memory)
         self.keep_text_encoder = True  # False: free the LLM once a new prompt's features are cached (one-shot use)
         self._progress_bar_config: dict[str, Any] = {}
-        self._network_loader = network_loader  # "encoder"/"transformer"/"decoder" -> that network, loaded anew
+        self._network_loader = network_loader  # (name, device, dtype) -> that network, loaded anew, placed there
         if self.config.resolution % flow.vae_scale:
             raise ModelFolderError(
                 f"resolution {self.config.resolution} is not a multiple of the autoencoder's {flow.vae_scale}x "
@@ -159,16 +159,20 @@ class SanaEditPipeline(StagedResidencyMixin):
             raise ModelFolderError(f"projector out_features {out} != transformer caption_channels {caption}")
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
-        if self.staged:
-            return self._staged_to(device, dtype)
-        modules = [*self.flow.modules, self._text_encoder]
-        if not self.flow.modules:
+        """Move the PyTorch networks (staged: the resident ones now, the others as their stages load them). A dtype
+        this CPU only emulates is honoured, and said once (plan.warn_if_emulated)."""
+        if not self.flow.modules and not self.staged:
             if str(device or "cpu").split(":")[0] != "cpu" or str(dtype or "float32").split(".")[-1] != "float32":
                 raise ValueError("an exported pipeline runs on the CPU with float32 inputs only")
             return self
         from sanaedit.models.torch_flow import place_modules
 
-        place_modules(modules, device, dtype)
+        if dtype is not None:
+            compute_dtype_name(dtype)  # the dtypes from_pretrained takes, no others
+        place_modules([*self.flow.modules, self._text_encoder], device, dtype)
+        if self.staged:
+            self._staged_to(device, dtype)
+        warn_if_emulated(str(self.device), torch_dtype_name(self.dtype))
         return self
 
     def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:

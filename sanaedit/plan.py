@@ -18,11 +18,20 @@ from pathlib import Path
 
 from sanaedit.core.choices import DEFAULT_BACKEND, Backend, Format, Upsample, Vae, parse
 from sanaedit.core.config import PipelineConfig
-from sanaedit.core.cpu import has_fast_bf16
+from sanaedit.core.cpu import has_fast_bf16, has_fast_fp16
 from sanaedit.errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
 DTYPES = ["auto", "float32", "bfloat16", "int8"]  # `--dtype`: PyTorch's compute ("int8": the DiT's matmuls too)
+TORCH_DTYPES = ["float32", "bfloat16", "float16"]  # what PyTorch networks compute in (Python API: torch.dtype or name)
+# A CPU without a dtype's instructions emulates it. An edit of the bundled model (256 px, 10 steps, 1 thread, torch
+# 2.13), times float32's, measured on an AVX512-BF16 EPYC with oneDNN held below them (ONEDNN_MAX_CPU_ISA; for AVX2
+# ATEN_CPU_CAPABILITY=avx2 too): bfloat16 1.8x at AVX512_CORE_VNNI, 13x at AVX2; float16 (no AVX512-FP16) 14x.
+EMULATED = {  # dtype: (the instructions that make it fast, how much slower without them)
+    "bfloat16": ("AVX512-BF16/AMX", "~2x (AVX-512) to ~13x (AVX2 only)"),
+    "float16": ("AVX512-FP16/AMX-FP16", "~14x"),
+}
+WARNED: set[str] = set()  # the emulated dtypes already said in this process
 RANDOM_STAND_IN = "the tiny random stand-in"  # how messages name a source that is no folder
 
 
@@ -83,6 +92,31 @@ def torch_dtype_name(dtype: object) -> str:
     return str(dtype).split(".")[-1]
 
 
+def compute_dtype_name(dtype: object) -> str:
+    """The name of a dtype the Python API takes for PyTorch networks (one of DTYPES or TORCH_DTYPES by name, or a
+    torch.dtype of TORCH_DTYPES), else a ValueError that lists them."""
+    name = torch_dtype_name(dtype)
+    if isinstance(dtype, str) and name not in DTYPES + TORCH_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {list(dict.fromkeys(DTYPES + TORCH_DTYPES))}")
+    if not isinstance(dtype, str) and name not in TORCH_DTYPES:
+        raise ValueError(f"PyTorch networks compute in {', '.join('torch.' + n for n in TORCH_DTYPES)}, not {dtype}")
+    return name
+
+
+def warn_if_emulated(device: str, dtype: str) -> None:
+    """An explicit dtype is honoured; one this CPU only emulates (many times slower than float32) is said once per
+    process, in one line with the way to the fast path. 'auto' never picks one (torch_compute)."""
+    fast = {"bfloat16": has_fast_bf16, "float16": has_fast_fp16}.get(dtype)
+    if device.split(":")[0] != "cpu" or fast is None or dtype in WARNED or fast():
+        return
+    WARNED.add(dtype)
+    instructions, slower = EMULATED[dtype]
+    logger.warning(
+        f"{dtype} is emulated on this CPU (no {instructions}): an edit of the bundled model measured {slower} "
+        "slower than in float32 on CPUs without them; dtype='auto' (CLI: --dtype auto) or float32 runs the fast path"
+    )
+
+
 def make_plan(
     info: FolderInfo,
     backend: Backend | str | None = None,
@@ -128,14 +162,13 @@ def torch_compute(
     info: FolderInfo, backend: Backend, device: str, dtype: object, int8: bool, lora: bool, staged: bool
 ) -> tuple[str, bool]:
     """(compute dtype name, int8 DiT matmuls?) for a PyTorch source, its options checked."""
-    name, given, dtype = info.name, dtype, torch_dtype_name(dtype)
+    name = info.name
     if backend != Backend.TORCH:
         raise ValueError(
             f"{name} is a PyTorch model folder; backend {backend.value!r} needs an exported folder "
             f"(`sanaedit export {name} --format {'mnn' if backend == Backend.MNN else 'onnx'} --out DIR`)"
         )
-    if isinstance(given, str) and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {DTYPES}")
+    dtype = compute_dtype_name(dtype)
     cpu = device.split(":")[0] == "cpu"
     int8 = int8 or dtype == "int8"
     if int8 and not cpu:
@@ -149,6 +182,7 @@ def torch_compute(
         )
     if staged and info.folder is None:
         raise ValueError("staged residency (--low-memory) needs a model folder to load from: pass --model DIR")
+    warn_if_emulated(device, dtype)
     return dtype, int8
 
 

@@ -47,6 +47,25 @@ def tiny_mnn_release(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture
+def emulated_cpu(monkeypatch):
+    """A CPU without bf16 and fp16 instructions, whatever this one has, and no dtype said yet in this process. Yields
+    the list of warnings sanaedit.plan logs from then on (seen even after the CLI's `configure` stopped propagation)."""
+    import logging
+
+    import sanaedit.plan as plan
+
+    monkeypatch.setattr(plan, "has_fast_bf16", lambda: False)
+    monkeypatch.setattr(plan, "has_fast_fp16", lambda: False)
+    monkeypatch.setattr(plan, "WARNED", set())
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    plan.logger.addHandler(handler)
+    yield said
+    plan.logger.removeHandler(handler)
+
+
+@pytest.fixture
 def tiny_edit_pairs(tmp_path):
     """Two random 64 px editing triples with a manifest: enough data for a training step on the tiny model."""
     import json

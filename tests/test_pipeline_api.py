@@ -98,6 +98,39 @@ def test_from_pretrained_takes_torch_dtype(tiny_model_dir):
     assert pipe.dtype == torch.bfloat16
 
 
+def test_bf16_on_a_cpu_without_it_is_honoured_and_said_once(tiny_model_dir, emulated_cpu):
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.bfloat16)
+    pipe.to(dtype=torch.bfloat16)
+    SanaEditPipeline.from_pretrained(tiny_model_dir).to(torch.device("cpu"), torch.bfloat16)
+    assert pipe.dtype == torch.bfloat16  # the user's choice stands
+    assert len(emulated_cpu) == 1 and emulated_cpu[0].startswith("bfloat16 is emulated on this CPU")
+
+
+def test_to_an_emulated_dtype_is_said(tiny_model_dir, emulated_cpu):
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir)
+    assert emulated_cpu == []
+    assert pipe.to(dtype=torch.float16).dtype == torch.float16
+    assert len(emulated_cpu) == 1 and emulated_cpu[0].startswith("float16 is emulated on this CPU")
+
+
+def test_float32_and_auto_say_nothing(tiny_model_dir, emulated_cpu):
+    from sanaedit.load import load_pipeline
+
+    assert SanaEditPipeline.from_pretrained(tiny_model_dir).to(dtype=torch.float32).dtype == torch.float32
+    assert SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).dtype == torch.float32
+    assert load_pipeline(tiny_model_dir, dtype="auto", threads=1).dtype == torch.float32  # no fast bf16: fp32
+    assert emulated_cpu == []
+
+
+def test_a_dtype_the_networks_do_not_compute_in_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="compute in torch.float32, torch.bfloat16, torch.float16, not torch.float64"):
+        SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float64)
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="not torch.int8"):
+        pipe.to(dtype=torch.int8)
+    assert pipe.dtype == torch.float32  # left as it was
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -83,6 +83,54 @@ def test_what_does_not_fit_the_source_is_refused_before_anything_loads(fields, o
     assert "\n" not in str(raised.value)  # one line
 
 
+def test_an_emulated_dtype_asked_for_is_honoured_and_said_once(emulated_cpu):
+    for _ in range(2):
+        assert make_plan(info(), dtype="bfloat16").dtype == "bfloat16"  # the user's choice stands
+    [said] = emulated_cpu
+    assert said.startswith("bfloat16 is emulated on this CPU (no AVX512-BF16/AMX)") and "\n" not in said
+    assert "13x" in said and "dtype='auto'" in said and "float32" in said  # how much slower, and the way out
+    assert make_plan(info(), dtype="float16").dtype == "float16"  # accepted too: emulated on such a CPU, said once
+    assert len(emulated_cpu) == 2 and emulated_cpu[1].startswith("float16 is emulated")
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"dtype": "auto"}, {"dtype": "float32"}, {"dtype": "int8"}, {"dtype": "bfloat16", "device": "cuda"}]
+)
+def test_no_word_where_nothing_is_emulated(emulated_cpu, options):
+    plan = make_plan(info(), **options)
+    assert plan.dtype == ("bfloat16" if "device" in options else "float32")  # 'auto' picks what this CPU runs fast
+    assert emulated_cpu == []
+
+
+def test_auto_takes_bf16_where_the_cpu_has_it_and_asked_bf16_is_not_warned(emulated_cpu, monkeypatch):
+    import sanaedit.plan as plan
+
+    monkeypatch.setattr(plan, "has_fast_bf16", lambda: True)
+    assert make_plan(info()).dtype == "bfloat16" and make_plan(info(), dtype="bfloat16").dtype == "bfloat16"
+    assert emulated_cpu == []
+
+
+def test_the_dtypes_the_api_takes():
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert make_plan(info(), dtype=dtype).dtype == str(dtype).split(".")[-1]
+    for dtype in (torch.float64, torch.int8):
+        with pytest.raises(ValueError, match=re.escape(f"torch.float16, not {dtype}")):
+            make_plan(info(), dtype=dtype)
+
+
+def test_the_cli_says_an_emulated_dtype_once(tiny_model_dir, tmp_path, emulated_cpu):
+    from PIL import Image
+
+    from sanaedit.apps.cli import main
+
+    Image.new("RGB", (24, 16), "green").save(tmp_path / "photo.png")
+    argv = ["edit", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out.png"), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--steps", "1", "--dtype", "bfloat16"]) == 0
+    assert len(emulated_cpu) == 1 and emulated_cpu[0].startswith("bfloat16 is emulated")
+
+
 def test_the_plan_describes_itself():
     lines = make_plan(info(), dtype="float32", threads=3, loras=[("a.safetensors", 0.5)]).describe()
     text = "\n".join(lines)

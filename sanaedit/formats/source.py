@@ -28,7 +28,8 @@ class Networks:
     prompt_cache: dict[str, tuple[Array, Array]] = field(default_factory=dict)  # prompts whose conditioning is known
     text_encoder_loader: Callable[[], TextEncoder] | None = None  # the text path, built when a new prompt needs it
     text_encoder: TextEncoder | None = None  # ... or already built (weights made in memory)
-    network_loader: Callable[[str], Any] | None = None  # "encoder"/"transformer"/"decoder" anew (staged residency)
+    # (name, device, dtype) -> "encoder"/"transformer"/"decoder" anew, placed there (staged residency)
+    network_loader: Callable[[str, Any, Any], Any] | None = None
 
 
 class ModelSource(Protocol):

@@ -167,7 +167,7 @@ class TorchFolder:
             if name != TINY_VAE or self.info.has_tiny_vae:
                 load_component(model_dir, name, lambda p: check_files(p, DIFFUSERS_WEIGHTS))
 
-        def load_transformer(path: Path) -> torch.nn.Module:
+        def load_transformer(path: Path, dtype: torch.dtype) -> torch.nn.Module:
             return load_diffusers_model(SanaEditTransformer2DModel, path, dtype, replace=transformer_layers)
 
         full = plan.vae == Vae.FULL
@@ -180,7 +180,7 @@ class TorchFolder:
             transformer = load_component(model_dir, "transformer", lambda p: empty_model(SanaEditTransformer2DModel, p))
             dc_ae = load_component(model_dir, "vae", lambda p: empty_model(AutoencoderDC, p)) if full else None
         else:
-            transformer = load_component(model_dir, "transformer", load_transformer)
+            transformer = load_component(model_dir, "transformer", lambda p: load_transformer(p, dtype))
             dc_ae = (
                 load_component(model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype))
                 if full
@@ -200,12 +200,12 @@ class TorchFolder:
             transformer = (transformer.to(device) if move else transformer).eval()
             transformer = prepare(transformer)
 
-        def load_network(name: str) -> torch.nn.Module:
-            """One network of the edit, freshly loaded (for staged residency)."""
+        def load_network(name: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+            """One network of the edit, freshly loaded in the pipeline's dtype on its device (staged residency: the
+            pipeline may have moved since the plan, and the light autoencoder with it)."""
             if name == "transformer":
-                loaded = load_component(model_dir, "transformer", load_transformer)
-                loaded = (loaded.to(device) if move else loaded).eval()
-                return prepare(loaded)
+                loaded = load_component(model_dir, "transformer", lambda p: load_transformer(p, dtype))
+                return prepare(loaded.to(device).eval())
             if not full:
                 return {"encoder": TinyVaeEncoder, "decoder": TinyVaeDecoder}[name](tiny)
             half = load_component(model_dir, "vae", lambda p: load_diffusers_model(AutoencoderDC, p, dtype, f"{name}."))

@@ -50,7 +50,7 @@ class StagedResidencyMixin:
     """Staged residency for `SanaEditPipeline` (its `flow`, `config`, `device`, `dtype` and the `_network_loader`
     its factory gives it)."""
 
-    _network_loader: Callable[[str], Any] | None = None
+    _network_loader: Callable[[str, Any, Any], Any] | None = None  # (name, device, dtype) -> that network
     staged = False
 
     def enable_staged_residency(self) -> Any:
@@ -82,18 +82,16 @@ class StagedResidencyMixin:
         return resident(self.flow, name, self._load_network) if self.staged else nullcontext()
 
     def _load_network(self, name: str):
-        network = self._network_loader(name)
+        network = self._network_loader(name, *self.flow.placement)  # where the pipeline is now, not where it loaded
         if name == "transformer" and self.config.fp16_clipping:
             network.set_fp16_clipping(True)
         return network
 
-    def _staged_to(self, device: Any, dtype: Any) -> Any:
-        """`.to()` while staged: where it already is, nothing to do; elsewhere, refused."""
+    def _staged_to(self, device: Any, dtype: Any) -> None:
+        """`.to()` while staged: the networks on disk load at the new place in their stages."""
         import torch
 
-        if (torch.device(device or self.device), dtype or self.dtype) != self.flow.placement:
-            self._refuse_when_staged("moving the pipeline (.to)")
-        return self
+        self.flow.placement = (torch.device(device or self.device), dtype or self.dtype)
 
     def _refuse_when_staged(self, what: str) -> None:
         if self.staged:

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from sanaedit.load import load_pipeline
+from sanaedit.pipeline import SanaEditPipeline
 from sanaedit.runtime.residency import OnDisk
 
 
@@ -42,13 +43,37 @@ def test_staged_edit_is_the_resident_edit_and_frees_every_network(tiny_model_dir
     np.testing.assert_array_equal(_edit(staged, photo), _edit(resident, photo))  # and again: reloaded each time
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_staged_networks_load_in_the_pipelines_dtype_whichever_came_first(tiny_model_dir, tmp_path, dtype):
+    """.to(dtype) before or after enable_staged_residency, or the dtype given at load: each stage's network is loaded
+    in it, and the edit is the resident pipeline's in that dtype."""
+    photo = _photo(tmp_path)
+    resident = SanaEditPipeline.from_pretrained(tiny_model_dir).to(dtype=dtype)
+    pipes = [
+        SanaEditPipeline.from_pretrained(tiny_model_dir).to(dtype=dtype).enable_staged_residency(),
+        SanaEditPipeline.from_pretrained(tiny_model_dir).enable_staged_residency().to(dtype=dtype),
+        SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=dtype, staged=True),
+    ]
+    expected = _edit(resident, photo)
+    seen = []
+
+    def look(pipe, step, timestep, kwargs):  # inside the DiT's stage: the network as loaded for it
+        seen.append(next(pipe.transformer.parameters()).dtype)
+        return {}
+
+    for staged in pipes:
+        assert staged.staged and staged.dtype == dtype
+        np.testing.assert_array_equal(_edit(staged, photo, callback_on_step_end=look), expected)
+    assert len(seen) == 3 * 3 and set(seen) == {dtype}  # 3 steps each
+
+
 def test_stages_load_in_order_and_the_autoencoder_by_halves(tiny_model_dir, tmp_path):
     staged = load_pipeline(tiny_model_dir, threads=1, staged=True)
     loaded = []
     load = staged._network_loader
 
-    def spy(name):
-        network = load(name)
+    def spy(name, device, dtype):
+        network = load(name, device, dtype)
         held = [n for n, p in network.named_parameters() if p.device.type != "meta"]
         loaded.append((name, held))
         return network
@@ -87,8 +112,6 @@ def test_staged_pipeline_refuses_what_needs_networks_in_memory(tiny_model_dir, t
         staged.save_pretrained(tmp_path / "copy")
     with pytest.raises(ValueError, match="staged residency"):
         staged.load_lora(tmp_path / "style.safetensors")
-    with pytest.raises(ValueError, match="staged residency"):
-        staged.to(dtype=torch.float16)
     assert staged.to("cpu") is staged  # where it already is: nothing to do
     with pytest.raises(NotImplementedError, match="enable_staged_residency"):
         staged.enable_model_cpu_offload()
