@@ -18,12 +18,8 @@ from pathlib import Path
 import torch
 
 from sanaedit.export.onnx_export import W8A8_REDUCE_RANGE, move_graph, quiet_logs, quiet_root
+from sanaedit.export.quant_spec import W8A8
 
-W8A8 = "w8a8"  # a --quant value: 8-bit weights *and* activations (ranges calibrated at export, or per call)
-# The graphs it applies to. Convolutional autoencoders: activation ranges calibrated on photos at export.
-W8A8_CALIBRATED = ("vae_encoder", "vae_decoder", "tiny_vae_encoder", "tiny_vae_decoder")
-W8A8_DYNAMIC = ("transformer",)  # matmuls: ranges measured per call (ORT's DynamicQuantizeMatMul)
-W8A8_GRAPHS = (*W8A8_CALIBRATED, *W8A8_DYNAMIC)
 CALIBRATION_PHOTOS = 8  # MinMax ranges settle within a few pictures; each costs a float pass at export time
 
 

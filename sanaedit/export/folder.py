@@ -26,22 +26,16 @@ from safetensors.torch import save_file
 from sanaedit.backends import FORMATS, load_graph
 from sanaedit.core.atomic import atomic_folder
 from sanaedit.core.choices import Format, Vae
-from sanaedit.export.calibrate import (
-    W8A8,
-    W8A8_CALIBRATED,
-    W8A8_GRAPHS,
-    Calibration,
-    autoencoder_calibration,
-)
+from sanaedit.export.calibrate import Calibration, autoencoder_calibration
 from sanaedit.export.graph_export import LLM_GROUP_SIZE, export_graph, say, w8a8_check
 from sanaedit.export.graphs import baked_guidance, graph_specs, refiner_spec
+from sanaedit.export.quant_spec import W8A8, W8A8_CALIBRATED, W8A8_GRAPHS, W8A8_WHERE, parse_quant
 from sanaedit.formats.index import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_KEY,
     EXPORT_CLASS,
     PROMPT_CACHE_FILE,
     RELEASE_LAYOUT,
-    TINY_GRAPHS,
     stored_int8,
     write_index,
 )
@@ -54,43 +48,9 @@ from sanaedit.plan import styled
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ["llm", "connector", "projector", "transformer", "vae_encoder", "vae_decoder", *TINY_GRAPHS]
 # The refiner graph's tiled refine of a check photo may round a pixel to the next uint8 level, never further.
 REFINER_LEVEL_TOLERANCE = 1
 REFINER_CHECK_SIZE, REFINER_CHECK_TILE = (203, 150), 64  # non-square, several tiles of several shapes
-W8A8_WHERE = f"{', '.join(W8A8_GRAPHS[:-1])} and {W8A8_GRAPHS[-1]}"  # for messages
-
-
-def parse_quant(text: str | None) -> dict[str, int | str | None]:
-    """'llm=4,rest=8' -> bits per component (None = fp32). Keys: components or 'rest'; values 4, 8 or 32 (weight
-    bits), or 'w8a8' for the DiT and autoencoder graphs: int8 compute, 8-bit weights and activations (the DiT's
-    ranged per call, onnx_export.quantize_onnx_dynamic; the autoencoders' calibrated, export/calibrate.py).
-
-    w8a8 is a value, not a new key, because it is one more way to store a graph, chosen per graph like the bits;
-    it is not a bit count for the weights alone, so `rest=` cannot spread it to graphs it does not fit."""
-    bits: dict[str, int | str | None] = dict.fromkeys(COMPONENTS)
-    if not text:
-        return bits
-    rest = None
-    given = {}
-    for part in text.split(","):
-        key, sep, value = part.strip().partition("=")
-        if not sep or key not in [*COMPONENTS, "rest"] or value not in ("4", "8", "32", W8A8):
-            raise ValueError(
-                f"bad --quant entry {part!r}: use NAME=BITS with NAME in {COMPONENTS + ['rest']} and BITS 4, 8 or 32 "
-                f"(or {' / '.join(W8A8_GRAPHS)}={W8A8}: int8 compute, 8-bit weights and activations)"
-            )
-        if value == W8A8 and key not in W8A8_GRAPHS:
-            raise ValueError(
-                f"bad --quant entry {part!r}: {W8A8} (int8 compute, 8-bit weights and activations) is for "
-                f"{W8A8_WHERE} only, e.g. --quant llm=4,rest=8,transformer={W8A8},tiny_vae_decoder={W8A8}"
-            )
-        number = None if value == "32" else value if value == W8A8 else int(value)
-        if key == "rest":
-            rest = number
-        else:
-            given[key] = number
-    return {name: given.get(name, rest) for name in COMPONENTS}
 
 
 def export_model(

@@ -15,18 +15,14 @@ import torch
 
 from sanaedit.backends import load_graph
 from sanaedit.core.choices import Backend
-from sanaedit.export.calibrate import (
-    W8A8,
-    W8A8_DYNAMIC,
-    Calibration,
-    quantize_onnx_static,
-)
+from sanaedit.export.calibrate import Calibration, quantize_onnx_static
 from sanaedit.export.onnx_export import (
     export_onnx,
     optimize_for_onnxruntime,
     quantize_onnx_dynamic,
     quantize_onnx_weights,
 )
+from sanaedit.export.quant_spec import W8A8, W8A8_DYNAMIC
 
 logger = logging.getLogger(__name__)
 

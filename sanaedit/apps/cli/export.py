@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sanaedit.apps.cli import add_command, add_lora_arg, result
 from sanaedit.core.extras import require
+from sanaedit.export.quant_spec import parse_quant
 
 PUBLISHED_QUANT = "llm=4,rest=8"  # the published release: 4-bit LLM, 8-bit weights everywhere else
 # The default per format. ONNX: the published weights, computing in int8 where ONNX Runtime's int8 kernels beat its
@@ -29,10 +30,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model folder not found: {model}")
     if out.resolve() == model.resolve():
         raise ValueError(f"-o/--output {out} is the model folder itself; choose another folder")
+    quant = DEFAULT_QUANT.get(args.format) if args.quant is None else args.quant
+    quant = None if quant in ("none", "fp32") else quant
+    if args.format != "int8":
+        parse_quant(quant)  # a bad --quant fails before any heavy import
     for module in NEEDS[args.format]:  # before anything is converted, not at the first graph
         require(module, f"sanaedit export --format {args.format}")
-    from sanaedit.export import export_model, parse_quant
-
     if args.format == "int8":
         from sanaedit.formats.int8_folder import write_int8_folder
 
@@ -41,9 +44,8 @@ def run(args: argparse.Namespace) -> int:
         write_int8_folder(model, out)
         result(args, f"wrote {out}: its DiT in int8; run it with `sanaedit edit PHOTO -o OUT --model {out}`")
         return 0
-    quant = DEFAULT_QUANT[args.format] if args.quant is None else args.quant
-    quant = None if quant in ("none", "fp32") else quant
-    parse_quant(quant)  # a bad --quant fails before any model is loaded
+    from sanaedit.export import export_model
+
     export_model(model, out, fmt=args.format, quant=quant, progress=not args.quiet, loras=args.lora)
     result(args, f"wrote {out}: run it with `sanaedit edit PHOTO -o OUT --model {out}`")
     return 0
