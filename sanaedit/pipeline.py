@@ -77,6 +77,7 @@ class SanaEditPipeline(StagedResidencyMixin):
         self.model_dir = model_dir  # the folder it was loaded from (None when built in memory)
         self.keep_text_encoder = True  # False: free the LLM once a new prompt's features are cached (one-shot use)
         self._progress_bar_config: dict[str, Any] = {}
+        self._moved_to: tuple[Any, Any] | None = None  # (device, dtype) of the last `to`: for an LLM loaded later
         self._network_loader = network_loader  # (name, device, dtype) -> that network, loaded anew, placed there
         if self.config.resolution % flow.vae_scale:
             raise ModelFolderError(
@@ -138,6 +139,10 @@ class SanaEditPipeline(StagedResidencyMixin):
             if self._text_encoder_loader is None:
                 raise RuntimeError("this pipeline has no text encoder; only cached prompts can be used")
             self._text_encoder = self._text_encoder_loader()
+            if self._moved_to is not None:  # loaded where the pipeline was loaded: follow it where `to` moved it
+                from sanaedit.models.torch_flow import place_modules
+
+                place_modules([self._text_encoder], *self._moved_to)
         return self._text_encoder
 
     @property
@@ -170,6 +175,8 @@ class SanaEditPipeline(StagedResidencyMixin):
         if dtype is not None:
             compute_dtype_name(dtype)  # the dtypes from_pretrained takes, no others
         place_modules([*self.flow.modules, self._text_encoder], device, dtype)
+        last_device, last_dtype = self._moved_to or (None, None)
+        self._moved_to = (device or last_device, dtype or last_dtype)
         if self.staged:
             self._staged_to(device, dtype)
         warn_if_emulated(str(self.device), torch_dtype_name(self.dtype))

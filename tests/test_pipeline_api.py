@@ -122,6 +122,15 @@ def test_float32_and_auto_say_nothing(tiny_model_dir, emulated_cpu):
     assert emulated_cpu == []
 
 
+def test_an_llm_loaded_after_to_follows_the_pipeline(tiny_model_dir):
+    """The LLM loads on the first prompt outside the cache: where `to` moved the pipeline, not where it was loaded."""
+    pipe = SanaEditPipeline.from_pretrained(tiny_model_dir).to(dtype=torch.bfloat16)
+    assert not pipe.text_encoder_loaded
+    out = pipe(photo(8, 8), prompt="a prompt no cache holds", num_inference_steps=1)
+    assert pipe.text_encoder_loaded and out.images[0].size == (8, 8)
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+
+
 def test_a_dtype_the_networks_do_not_compute_in_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="compute in torch.float32, torch.bfloat16, torch.float16, not torch.float64"):
         SanaEditPipeline.from_pretrained(tiny_model_dir, torch_dtype=torch.float64)
