@@ -139,10 +139,8 @@ class SanaEditPipeline(StagedResidencyMixin):
             if self._text_encoder_loader is None:
                 raise RuntimeError("this pipeline has no text encoder; only cached prompts can be used")
             self._text_encoder = self._text_encoder_loader()
-            if self._moved_to is not None:  # loaded where the pipeline was loaded: follow it where `to` moved it
-                from sanaedit.models.torch_flow import place_modules
-
-                place_modules([self._text_encoder], *self._moved_to)
+            if self._moved_to is not None:  # it loads where the pipeline was loaded: follow it where `to` moved it
+                self.to(*self._moved_to)
         return self._text_encoder
 
     @property

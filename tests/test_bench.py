@@ -31,3 +31,17 @@ def test_edit_speed_bench_tiny(tmp_path):
     # prompt cache + text K/V cache + threads change no pixel beyond float noise
     assert ours["psnr_vs_fp32_db"] == "inf" or ours["psnr_vs_fp32_db"] >= 40
     assert "| torch | on |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_startup_bench_times_every_row_and_compares_the_pictures(tmp_path):
+    out = tmp_path / "startup.json"
+    cmd = [sys.executable, str(ROOT / "bench/startup.py"), "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["what"]: row for row in report["rows"]}
+    expected = {'python -c "import torch"', "sanaedit edit (default: the ONNX export)", "sanaedit serve (ready)"}
+    assert expected <= set(rows)
+    assert all(row["median_s"] > 0 for row in rows.values())
+    assert report["psnr_default_vs_torch_db"] >= 30

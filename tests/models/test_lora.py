@@ -220,7 +220,7 @@ def test_shipped_ghibli_lora_on_the_bundled_model():
     from sanaedit.image.io import load_image
     from sanaedit.load import ASSETS, SAMPLE_PHOTO, load_pipeline
 
-    pipe = load_pipeline(None)
+    pipe = load_pipeline(None, backend="torch")  # a LoRA needs the PyTorch folder
     pipe.config.resolution = 128  # (256 is the model's; 128 keeps the test fast)
     photo = load_image(SAMPLE_PHOTO).resize((64, 48))
 
