@@ -28,14 +28,16 @@ from sanaedit.core.config import (
     COMIC_PROMPT,  # noqa: F401  (part of this module's API)
     PipelineConfig,
 )
-from sanaedit.core.flow import TIMESTEP_SCALE, FlowModel
-from sanaedit.core.inputs import check_inputs
+from sanaedit.core.flow import FlowModel
+from sanaedit.core.inputs import check_generators, check_inputs
 from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
 from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
+from sanaedit.image.arrays import as_sources, check_output_type, to_output
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.upsample import check_method, restore_photo
-from sanaedit.plan import RunPlan, compute_dtype_name, make_plan, styled, torch_dtype_name, warn_if_emulated
+from sanaedit.plan import RunPlan, make_plan
+from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
 
@@ -44,17 +46,17 @@ if TYPE_CHECKING:
 
 PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 
-ImageInput = Image.Image | str | Path
+ImageInput = Image.Image | str | Path | np.ndarray  # or a torch tensor (diffusers' conventions: image/arrays.py)
 
 
 @dataclass
 class SanaEditOutput:
-    """What a pipeline call returns (diffusers' `ImagePipelineOutput` convention)."""
+    """What a pipeline call returns (diffusers' `ImagePipelineOutput` convention): PIL images, or as `output_type`."""
 
-    images: list[Image.Image]
+    images: Any
 
 
-class SanaEditPipeline(StagedResidencyMixin):
+class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
     def __init__(
@@ -161,43 +163,6 @@ class SanaEditPipeline(StagedResidencyMixin):
         if out != caption:
             raise ModelFolderError(f"projector out_features {out} != transformer caption_channels {caption}")
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SanaEditPipeline:
-        """Move the PyTorch networks (staged: the resident ones now, the others as their stages load them). A dtype
-        this CPU only emulates is honoured, and said once (plan.warn_if_emulated)."""
-        if not self.flow.modules and not self.staged:
-            if str(device or "cpu").split(":")[0] != "cpu" or str(dtype or "float32").split(".")[-1] != "float32":
-                raise ValueError("an exported pipeline runs on the CPU with float32 inputs only")
-            return self
-        from sanaedit.models.torch_flow import place_modules
-
-        if dtype is not None:
-            compute_dtype_name(dtype)  # the dtypes from_pretrained takes, no others
-        place_modules([*self.flow.modules, self._text_encoder], device, dtype)
-        last_device, last_dtype = self._moved_to or (None, None)
-        self._moved_to = (device or last_device, dtype or last_dtype)
-        if self.staged:
-            self._staged_to(device, dtype)
-        warn_if_emulated(str(self.device), torch_dtype_name(self.dtype))
-        return self
-
-    def load_lora(self, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
-        """Add a LoRA style (diffusers' Sana LoRA format: a file or a folder holding pytorch_lora_weights.safetensors)
-        at `scale`; several may be active at once. Scale 0 gives exactly the base model. Returns its name."""
-        from sanaedit.models.lora import load_lora
-
-        self._refuse_when_staged("loading a LoRA")
-        if not self.flow.modules:
-            raise ValueError("exported graphs cannot take a LoRA: merge it at export (`sanaedit export --lora`)")
-        self.config = styled(self.config)  # the base model's refiner is not the style's
-        return load_lora(self.transformer, path, scale, name)
-
-    def unload_lora(self) -> None:
-        """Remove every LoRA: the pipeline edits exactly as its base model again."""
-        from sanaedit.models.lora import unload_loras
-
-        if self.flow.modules and not self.staged:  # staged: no LoRA can have been loaded
-            unload_loras(self.transformer)
-
     # -------------------------------------------------------------------------------------------- save / load
     @classmethod
     def from_pretrained(
@@ -300,23 +265,33 @@ class SanaEditPipeline(StagedResidencyMixin):
         schedule: str | None = None,
         sampler: str | None = None,
         return_dict: bool = True,
-    ) -> SanaEditOutput | tuple[list[Image.Image]]:
-        """Edit `image` (a PIL image, a path, or a list of them), or with `image=None` generate from text.
+        output_type: str = "pil",
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> SanaEditOutput | tuple[Any]:
+        """Edit `image` (a PIL image, a path, a NumPy array or torch tensor as diffusers takes them, or a list), or
+        with `image=None` generate from text.
 
         Returns `SanaEditOutput(images)` (`return_dict=False`: a tuple `(images,)`), `num_images_per_prompt` images
-        per input in input order, each the size of its input. `strength` < 1 edits partially: sampling starts
-        part-way, from the source latent noised to that level (as diffusers' img2img pipelines do).
-        `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
-        return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
-        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
-        for the same seed, without torch); None draws fresh noise.
+        per input in input order, each the size of its input; `output_type` "np" / "pt" gives them as float32 arrays /
+        tensors in [0, 1] (image/arrays.py), "latent" the latents, undecoded (`decode_latents` decodes them).
+        `strength` < 1 edits partially: sampling starts part-way, from the source latent noised to that level (as
+        diffusers' img2img pipelines do). `callback(step, total)` reports progress; `callback_on_step_end(pipe, step,
+        timestep, {"latents": x})` may return {"latents": ...} to replace them (torch tensors on PyTorch networks,
+        NumPy arrays on exported graphs). `generator`: a torch.Generator (diffusers' convention) or a
+        `sanaedit.core.noise.Generator` (the same numbers for the same seed, without torch), or a list with one per
+        image; None draws fresh noise.
         """
-        sources = list(image) if isinstance(image, (list, tuple)) else [image]
+        sources = as_sources(image)
         cfg = self.config
         steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
         check_inputs(sources, num_images_per_prompt, strength, steps, scale, prompt, negative_prompt)
+        check_generators(generator, len(sources) * num_images_per_prompt)
+        check_output_type(output_type)
         check_method(cfg.upsample, self.flow.refiner)
+        tensor_inputs = getattr(callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs)
+        tensor_inputs = ["latents"] if tensor_inputs is None else list(tensor_inputs)  # diffusers' default
+        check_tensor_inputs(tensor_inputs)
         settings = dict(
             prompt=cfg.prompt if prompt is None else prompt,
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
@@ -329,19 +304,23 @@ class SanaEditPipeline(StagedResidencyMixin):
             sample=get_sampler(sampler or cfg.sampler),
             count=num_images_per_prompt,
             strength=strength,
-            generator=generator,
             progress=(not self._progress_bar_config.get("disable", True)) if progress is None else progress,
             callback=callback,
-            callback_on_step_end=callback_on_step_end,
+            step_end=callback_on_step_end and step_end_callback(self, callback_on_step_end, tensor_inputs),
+            decode=output_type != "latent",
         )
-        images = [out for source in sources for out in self._edit(source, **settings)]  # one input at a time
+        count = num_images_per_prompt
+        generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
+                      for i in range(len(sources))]  # fmt: skip
+        outputs = [out for source, g in zip(sources, generators) for out in self._edit(source, generator=g, **settings)]
+        images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
 
     def _edit(
         self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
-        callback, callback_on_step_end,
-    ) -> list[Image.Image]:  # fmt: skip
-        """`count` samples of one input, as one batch."""
+        callback, step_end, decode,
+    ) -> list[Any]:  # fmt: skip
+        """`count` samples of one input, as one batch: pictures (`decode`), else their latents."""
         size = self.config.resolution // self.vae_scale
         latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
@@ -374,10 +353,6 @@ class SanaEditPipeline(StagedResidencyMixin):
             if callback is not None:
                 callback(i, total)
 
-        def step_end(i: int, sigma: float, x: Array) -> Array | None:
-            timestep = self.flow.arrays.full(1, np.float32(sigma) * TIMESTEP_SCALE)[0]
-            return callback_on_step_end(self, i, timestep, {"latents": x}).get("latents")
-
         try:
             with self._stage("transformer"):
                 latents = sample(
@@ -385,7 +360,7 @@ class SanaEditPipeline(StagedResidencyMixin):
                     latents,
                     sigmas,
                     callback=on_step,
-                    step_end=step_end if callback_on_step_end else None,
+                    step_end=step_end,
                     generator=generator,  # the sCM sampler draws fresh noise each step
                 )
         finally:
@@ -395,6 +370,8 @@ class SanaEditPipeline(StagedResidencyMixin):
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "
                 "try float32)"
             )
+        if not decode:
+            return [latents[i : i + 1] for i in range(count)]
         with self._stage("decoder"):
             decoded = [self.decode_latents(latents[i : i + 1]) for i in range(count)]
         return [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]

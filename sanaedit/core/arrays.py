@@ -85,7 +85,10 @@ class NumpyArrays:
         return np.zeros(tuple(shape), np.float32)
 
     def randn(self, shape: Sequence[int], generator: Any = None) -> np.ndarray:
-        """Standard normal float32 noise; the same numbers torch.randn draws for a torch.Generator of that seed."""
+        """Standard normal float32 noise; the same numbers torch.randn draws for a torch.Generator of that seed. A list
+        of generators draws row i with generator i (diffusers' per-image seeds)."""
+        if isinstance(generator, list):
+            return np.concatenate([self.randn((1, *shape[1:]), g) for g in generator])
         if generator is None or isinstance(generator, Generator):
             return (generator or Generator()).randn(tuple(shape))
         torch = sys.modules["torch"]  # a torch.Generator (diffusers' convention): its caller has torch loaded
@@ -142,6 +145,8 @@ class TorchArrays:
 
     def randn(self, shape: Sequence[int], generator: Any = None) -> Any:
         device, _ = self.place()
+        if isinstance(generator, list):  # row i from generator i (diffusers' per-image seeds)
+            return self.torch.cat([self.randn((1, *shape[1:]), g) for g in generator])
         if isinstance(generator, Generator):
             return self.torch.from_numpy(generator.randn(tuple(shape))).to(device)
         return self.torch.randn(tuple(shape), generator=generator, dtype=self.torch.float32).to(device)

@@ -52,3 +52,12 @@ def check_inputs(
         )
     check_prompt(prompt, "prompt")
     check_prompt(negative_prompt, "negative_prompt")
+
+
+def check_generators(generator: Any, batch_size: int) -> None:
+    """A list of generators has one per image (diffusers' `prepare_latents` check, in one line)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch "
+            f"size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )

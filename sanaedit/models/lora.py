@@ -181,14 +181,24 @@ def unload_loras(transformer: nn.Module) -> None:
     transformer._sanaedit_lora_scales = {}
 
 
-def fuse_loras(transformer: nn.Module) -> None:
-    """Merge the loaded adapters at their scales into the weights and drop the adapter layers (for speed paths
-    that replace layers, e.g. int8, and for export)."""
+def set_lora_scales(transformer: nn.Module, scales: dict[str, float]) -> None:
+    """Run the named adapters at these scales and every other loaded one at scale 0 (diffusers' `set_adapters`)."""
+    have = lora_scales(transformer)
+    unknown = [name for name in scales if name not in have]
+    if unknown:
+        raise ValueError(f"no LoRA named {unknown[0]!r} is loaded; loaded: {sorted(have) or 'none'}")
+    transformer._sanaedit_lora_scales = {name: scales.get(name, 0.0) for name in have}
+    transformer.set_adapters(list(transformer._sanaedit_lora_scales), list(transformer._sanaedit_lora_scales.values()))
+
+
+def fuse_loras(transformer: nn.Module, lora_scale: float = 1.0) -> None:
+    """Merge the loaded adapters at their scales (times `lora_scale`) into the weights and drop the adapter layers
+    (for speed paths that replace layers, e.g. int8, and for export)."""
     if _adapters(transformer):
         import torch
 
         with torch.no_grad():
-            transformer.fuse_lora(lora_scale=1.0)
+            transformer.fuse_lora(lora_scale=lora_scale)
         transformer.unload_lora()  # keeps the fused base weights
     transformer._sanaedit_lora_scales = {}
 
