@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def check_tensor_inputs(names: list[str]) -> None:
 class DiffusersApiMixin:
     """`to`, `components`, `scheduler` and the LoRA methods of `SanaEditPipeline`."""
 
-    def to(self, *args: Any, device: Any = None, dtype: Any = None, torch_dtype: Any = None) -> Any:
+    def to(self, *args: Any, device: Any = None, dtype: Any = None, torch_dtype: Any = None) -> Self:
         """Move the PyTorch networks (staged: the resident ones now, the others as their stages load them), as
         diffusers' `to`: `to(torch.bfloat16)`, `to("cuda", torch.float16)`, `to(device=..., dtype=...)` (or
         `torch_dtype=`). A dtype this CPU only emulates is honoured, and said once (plan.warn_if_emulated)."""
@@ -163,11 +163,13 @@ class DiffusersApiMixin:
         if self.flow.modules and not self.staged:  # staged: no LoRA can have been loaded
             unload_loras(self.flow.transformer)
 
-    def load_lora_weights(self, path: str | Path, adapter_name: str | None = None, weight_name: str | None = None):
+    def load_lora_weights(
+        self, path: str | Path, adapter_name: str | None = None, weight_name: str | None = None
+    ) -> None:
         """diffusers' name for `load_lora` at scale 1 (`weight_name`: the file inside the folder `path`)."""
         self.load_lora(Path(path) / weight_name if weight_name else path, 1.0, adapter_name)
 
-    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None):
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
         """Activate these loaded LoRAs at these scales (default 1); the other loaded ones are set to scale 0."""
         from sanaedit.models.lora import set_lora_scales
 
