@@ -151,6 +151,8 @@ def test_multipart_without_an_image_field_or_malformed_gets_one_clear_line(live)
     assert res.status_code == 400 and "closing boundary" in res.json()["detail"]
     res = httpx.post(f"{url}/api/jobs", content=b"x", headers={"Content-Type": "multipart/form-data"})
     assert res.status_code == 400 and "boundary" in res.json()["detail"]
+    many = httpx.post(f"{url}/api/jobs", data={f"f{i}": "v" for i in range(100)}, files={"image": ("a.png", png())})
+    assert many.status_code == 400 and "more than 16 fields" in many.json()["detail"]
     notimage = httpx.post(f"{url}/api/jobs", files={"image": ("a.png", b"not an image")})
     assert notimage.status_code == 415  # the same decoding checks as a raw body
 
