@@ -27,6 +27,7 @@ PROVIDES = {
     "llmexport": {"llmexport", "utils"},  # utils: llmexport's own package, found through its folder (llm_mnn.py)
     "fastapi": {"fastapi", "starlette"},  # starlette: what fastapi is built on, installed with it
     "uvicorn": {"uvicorn", "h11"},  # h11: uvicorn's HTTP/1.1 parser, installed with it
+    "python-multipart": {"python_multipart"},
 }
 # a command -> (modules it starts from, extras it is installed with). Everything a command can reach, PyTorch
 # folders included: that the base install runs exports without [torch] is checked by running it

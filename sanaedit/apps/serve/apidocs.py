@@ -52,6 +52,10 @@ def render(spec: dict) -> str:
                         f"<td>{escape(_constraints(schema))}</td><td>{escape(str(default))}</td></tr>"
                     )
                 out.append("</table>")
+            body = op.get("requestBody")
+            if body:  # e.g. the upload: its description and each content type it may be sent as
+                kinds = ", ".join(f"<code>{escape(kind)}</code>" for kind in body.get("content", {}))
+                out.append(f"<p>body: {escape(body.get('description', ''))} ({kinds})</p>")
             codes = ", ".join(f"{c} {r.get('description', '')}" for c, r in op.get("responses", {}).items())
             out.append(f"<p>responses: {escape(codes)}</p>")
     return "\n".join(out) + "\n</html>\n"

@@ -3,13 +3,15 @@
     GET  /                        the page
     GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
     GET  /api/config              defaults and limits for the page
-    POST /api/jobs?steps=&guidance=&seed=   body: the image bytes -> 202 {"id", ...}
+    POST /api/jobs?steps=&guidance=&seed=   body: the image bytes, or multipart with an `image` field -> 202
     GET  /api/jobs/{id}           state and per-step progress
+    DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
 
-The upload is the raw request body, read in chunks up to the limit (413 beyond) and decoded in memory: nothing the
-client sends is written to disk or used in a path. Results are written only in the output folder, under names
-the server makes (uuid4).
+The upload is the raw request body or a multipart form's `image` field (uploads.py), read in chunks up to the limit
+(413 beyond) and decoded in memory: nothing the client sends is written to disk or used in a path. Results are
+written only in the output folder, under names the server makes (uuid4). A client that closes its connection
+mid-upload is logged in one line.
 
 Hostile clients (docs/serving.md): an upload must keep sending (idle timeout) and finish in time (total timeout);
 each client may have only a few uploads in progress; decoding is bounded by a memory budget and by the model's own
@@ -19,15 +21,16 @@ working size; the Host header must name this server (DNS rebinding); browser wri
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from sanaedit.apps.serve.apidocs import add_api_docs
 from sanaedit.apps.serve.downloads import download_name, unique_names, zip_stream
@@ -42,12 +45,29 @@ from sanaedit.apps.serve.security import (
     new_nonce,
     page_csp,
 )
+from sanaedit.apps.serve.uploads import UploadLimits, read_upload
 from sanaedit.errors import ImageLoadError, QueueFull
 from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
-_CLOSE = {"Connection": "close"}  # a stalled upload's connection is closed, not drained
+log = logging.getLogger("sanaedit.apps.serve")
+# what /docs and /openapi.json say the upload is (the handler reads the body itself, so FastAPI cannot infer it)
+UPLOAD_BODY = {
+    "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg)",
+    "required": True,
+    "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            },
+            "encoding": {"image": {"contentType": "image/*"}},
+        },
+    },
+}
 
 
 def create_app(
@@ -120,46 +140,20 @@ def create_app(
 
     uploading = 0  # uploads being read or decoded: they count against the queue's room, so memory stays bounded
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise HTTPException(413, f"upload is {int(declared):,} bytes; the limit is {max_upload_bytes:,}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + upload_timeout_s
-        chunks, size = [], 0
-        stream = request.stream().__aiter__()
-        while True:
-            wait = min(upload_idle_s, deadline - loop.time())
-            try:  # a stalled upload must not hold its place: it must keep sending, and finish in time
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
-                    chunk = await anext(stream, None)
-            except TimeoutError:
-                if loop.time() >= deadline - 0.01:
-                    message = f"upload not finished within {upload_timeout_s:g} s"
-                else:
-                    message = f"upload stalled: no data for {upload_idle_s:g} s"
-                raise HTTPException(408, message, headers=_CLOSE) from None
-            if chunk is None:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > max_upload_bytes:
-                raise HTTPException(413, f"upload is over the limit of {max_upload_bytes:,} bytes")
-            chunks.append(chunk)
+    limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s)
 
     def decode(body: bytes, label: str):
         if work_side:
             return decode_reduced(body, label, work_side, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
 
-    @app.post("/api/jobs", status_code=202)
+    @app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
     async def submit(
         request: Request,
         steps: int = Query(defaults["steps"], ge=1, le=50),
         guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
         seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
-        name: str = Query("upload", max_length=200),
+        name: str | None = Query(None, max_length=200, description="the photo's file name (default: the form's)"),
         prompt: str | None = Query(None, max_length=2000),
     ) -> dict:
         nonlocal uploading
@@ -171,8 +165,9 @@ def create_app(
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            body = await read_body(request)
-            label = "".join(c for c in name if c.isprintable())  # only ever echoed in messages, never a path
+            body, filename = await read_upload(request, limits)
+            # only ever echoed in messages and download names, never a path
+            label = "".join(c for c in (name or filename[:200] or "upload") if c.isprintable())
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
@@ -214,6 +209,18 @@ def create_app(
             raise HTTPException(404, "no such job (finished jobs are kept for a while, then forgotten)")
         return described(job)
 
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str) -> JSONResponse:
+        """Cancel a queued job (at once) or a running one (at its next denoising step: 202, state `running` until
+        then); a finished job answers 409."""
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "no such job (finished jobs are kept for a while, then forgotten)")
+        outcome = jobs.cancel(job)
+        if outcome in ("done", "failed"):
+            raise HTTPException(409, f"this job has already finished ({outcome}); there is nothing to cancel")
+        return JSONResponse(described(job), status_code=202 if outcome == "cancelling" else 200)
+
     @app.get("/api/jobs/{job_id}/result")
     def result(job_id: str):
         job = jobs.get(job_id)
@@ -231,6 +238,13 @@ def create_app(
         files = list(zip(unique_names(download_name(j.name) for j in done), (j.result for j in done)))
         headers = {"Content-Disposition": 'attachment; filename="sanaedit-results.zip"'}
         return StreamingResponse(zip_stream(files), media_type="application/zip", headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def went_away(request: Request, exc: ClientDisconnect) -> Response:
+        """A client that closes its connection mid-upload is not the server's error: one line, no traceback."""
+        client = request.client.host if request.client else "?"
+        log.warning("%s closed the connection during %s %s", client, request.method, request.url.path)
+        return Response(status_code=400)  # nobody reads it
 
     return app
 

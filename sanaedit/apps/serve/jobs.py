@@ -32,7 +32,7 @@ _PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]?")
 class Job:
     id: str
     settings: dict
-    state: str = "queued"  # queued -> running -> done | failed
+    state: str = "queued"  # queued -> running -> done | failed; queued or running -> cancelled
     step: int = 0
     total: int = 0
     error: str = ""
@@ -41,6 +41,11 @@ class Job:
     size: tuple[int, int] | None = None  # the upload's own size, when `image` was decoded smaller
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
+    cancel: bool = False  # asked to stop: the worker checks it at each denoising step
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
 
     def public(self) -> dict:
         return {
@@ -51,6 +56,10 @@ class Job:
             "error": self.error,
             "result": f"/api/jobs/{self.id}/result" if self.state == "done" else None,
         }
+
+
+class Cancelled(Exception):
+    """Raised from the step callback of a job asked to stop: the pipeline ends at that step."""
 
 
 def png_text(job: Job) -> dict[str, str]:
@@ -109,6 +118,22 @@ class JobQueue:
             waiting = [j for j in self._jobs.values() if j.state == "queued"]
         return waiting.index(job) if job in waiting else 0
 
+    def cancel(self, job: Job) -> str:
+        """Stop `job`: a queued one leaves the queue now (state `cancelled`); a running one stops at its next
+        denoising step (`cancelling`, then `cancelled`); a finished one cannot be (its state is returned)."""
+        with self._lock:
+            if job.state == "queued":
+                with self._pending.mutex:  # out of the queue now, so its place is free for another upload
+                    if job in self._pending.queue:
+                        self._pending.queue.remove(job)
+                        self._pending.not_full.notify()
+                job.state, job.image = "cancelled", None
+                return job.state
+            if job.state == "running":
+                job.cancel = True
+                return "cancelling"
+            return job.state
+
     @property
     def queued(self) -> int:
         return self._pending.qsize()
@@ -163,18 +188,28 @@ class JobQueue:
                 log.exception("sanaedit worker: unexpected failure around job %s; going on", job.id)
 
     def _run_one(self, job: Job) -> None:
-        job.state, self.running, self.running_since = "running", job, time.monotonic()
+        with self._lock:  # a cancel between taking it from the queue and here wins
+            if job.state != "queued":
+                return
+            job.state, self.running, self.running_since = "running", job, time.monotonic()
 
         def on_step(i: int, total: int, job: Job = job) -> None:
             job.step, job.total = i, total
+            if job.cancel:
+                raise Cancelled
 
         result = None
         try:
             result = self.edit(job.image, callback=on_step, **job.settings)
             job.image = None
+            if job.cancel:  # asked after its last step: its result is not wanted either
+                raise Cancelled
             if job.size is not None and result.size != tuple(job.size):  # decoded smaller: back to its own size
                 result = result.resize(job.size, Image.Resampling.BILINEAR)
             path = save_image_atomic(result, self.out_dir / f"{job.id}.png", text=png_text(job))
+        except Cancelled:
+            log.info("sanaedit job %s cancelled at step %d", job.id, job.step)
+            job.state = "cancelled"
         except BaseException as err:  # a failed job is reported to its client; the worker keeps serving
             self.failures += 1
             log.error("sanaedit job %s failed", job.id, exc_info=True)
@@ -204,7 +239,7 @@ class JobQueue:
     def _prune(self) -> None:
         """Forget the oldest finished jobs (and delete their files) beyond `keep_results`."""
         with self._lock:
-            finished = [j for j in self._jobs.values() if j.state in ("done", "failed")]
+            finished = [j for j in self._jobs.values() if j.finished]
             for job in finished[: max(0, len(finished) - self.keep_results)]:
                 del self._jobs[job.id]
                 if job.result is not None:

@@ -340,3 +340,39 @@ def test_a_stalled_upload_times_out_and_frees_its_place(start_server, tiny_pipe)
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(buf, format="PNG")
     assert httpx.post(f"{url}/api/jobs?steps=1", content=buf.getvalue()).status_code == 202
+
+
+@pytest.mark.slow
+def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from tests.apps.serve.test_serve_requests import SteppedEdit
+
+    edit = SteppedEdit(steps=10, hold=1)  # the first photo waits at its step 1 until released
+    url, results = start_server(edit, max_queued=4)
+    photos = [tmp_path / f"p{i}.png" for i in range(2)]
+    for p in photos:
+        Image.new("RGB", (40, 30), "teal").save(p)
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page()
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        page.set_input_files("#file", [str(p) for p in photos])
+        page.click("#go")
+        wait_js(page, "[...document.querySelectorAll('.cancel')].every(b => !b.hidden)")
+        assert edit.reached.wait(30)
+        page.click(".card:nth-child(2) .cancel")  # queued: cancelled at once
+        wait_js(page, "document.querySelectorAll('.status')[1].textContent === 'cancelled'")
+        page.click(".card:nth-child(1) .cancel")  # running: stops at its next step
+        jobs = start_server.servers[0][0].config.app.state.jobs
+        deadline = time.time() + 30
+        while not jobs.running.cancel:  # the DELETE has arrived: now let the edit go on to its next step
+            assert time.time() < deadline, "the page never sent the cancel"
+            time.sleep(0.05)
+        edit.release.set()
+        wait_js(page, "document.querySelectorAll('.status')[0].textContent === 'cancelled'")
+        assert page.evaluate("[...document.querySelectorAll('.retry')].every(b => !b.hidden)")
+        assert page.evaluate("[...document.querySelectorAll('.cancel')].every(b => b.hidden)")
+        browser.close()
+    assert not edit.finished and not list(results.glob("*.png"))
