@@ -3,6 +3,7 @@ in, NumPy out."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,24 @@ import numpy as np
 
 from sanaedit.core.arrays import to_numpy
 from sanaedit.core.cpu import physical_cores
+from sanaedit.core.log import native_stdout_to_stderr
 from sanaedit.errors import ModelFolderError
 
 # MNN's BackendConfig enums (MNNForwardType.h). The Python wrapper reads "memory" only as an integer (a string such
 # as "low" is silently ignored); "precision" as a string also prints a line on stdout for every graph loaded.
 MEMORY_NORMAL, MEMORY_LOW = 0, 2
 PRECISION_HIGH = 1  # float32 compute on CPU
+
+
+def import_mnn(name: str = "MNN.nn") -> Any:
+    """`MNN.nn` / `MNN.expr`. The first import of the mnn wheel printf's "The device supports: ..." on stdout from
+    C, so it runs with stdout sent to stderr: stdout carries only the command's result."""
+    import importlib
+
+    if name in sys.modules:
+        return sys.modules[name]
+    with native_stdout_to_stderr():
+        return importlib.import_module(name)
 
 
 def runtime_config(threads: int | None, low_memory: bool) -> dict:
@@ -46,7 +59,7 @@ class MnnGraph:
         threads: int | None = None,
         low_memory: bool = False,
     ):
-        import MNN.nn as mnn_nn
+        mnn_nn = import_mnn("MNN.nn")
 
         path = Path(path)
         if not path.is_file() or path.stat().st_size == 0:
@@ -64,7 +77,7 @@ class MnnGraph:
         self.inputs, self.path = inputs, path
 
     def __call__(self, *tensors: Any) -> np.ndarray:
-        import MNN.expr as mnn_expr
+        mnn_expr = import_mnn("MNN.expr")
 
         if len(tensors) != len(self.inputs):
             raise ValueError(f"{self.path.name}: expects {len(self.inputs)} inputs {self.inputs}, got {len(tensors)}")

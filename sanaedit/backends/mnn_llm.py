@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sanaedit import backends
-from sanaedit.backends.mnn_graph import runtime_config
+from sanaedit.backends.mnn_graph import import_mnn, runtime_config
 from sanaedit.core.arrays import to_numpy
 from sanaedit.errors import ModelFolderError
 
@@ -26,7 +26,7 @@ class MnnLlm:
     """`llm(embeds [T, H], last) -> hidden states [last, H]` of `llm.mnn` (its weights beside it)."""
 
     def __init__(self, path: str | Path, threads: int | None = None, outputs: tuple[str, ...] = ("hidden_states",)):
-        import MNN.nn as mnn_nn
+        mnn_nn = import_mnn("MNN.nn")
 
         self.path = Path(path)
         if not self.path.is_file() or self.path.stat().st_size == 0:
@@ -43,7 +43,7 @@ class MnnLlm:
             raise ModelFolderError(f"{self.path}: not a valid MNN LLM graph (corrupt, truncated or another format)")
 
     def __call__(self, embeds: Any, last: int) -> np.ndarray:
-        import MNN.expr as mnn_expr
+        mnn_expr = import_mnn("MNN.expr")
 
         length, width = embeds.shape
         mask = np.triu(np.full((length, length), np.finfo(np.float32).min, np.float32), 1)[None, None]

@@ -14,7 +14,10 @@ nothing of sanaedit.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 LOGGER = "sanaedit"
 LIBRARIES = ("diffusers", "transformers")  # both have utils.logging: set_verbosity_*, enable/disable_progress_bar
@@ -89,3 +92,32 @@ def quiet_libraries() -> None:
         else:
             lib.set_verbosity_error()
             lib.disable_progress_bar()
+
+
+@contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr while the block runs: for C libraries that printf on stdout (MNN prints
+    "The device supports: ..." when it loads), which Python's sys.stdout cannot catch. stdout carries only results
+    (`wrote out.png`), so scripts can read it. Process-wide while it lasts: keep the block short."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):  # no stdout to protect (closed, or none at all)
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        _flush_c_stdio()  # what the library buffered goes out now, to stderr, not at exit to the real stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library reachable this way (Windows): nothing buffered to lose
+        pass

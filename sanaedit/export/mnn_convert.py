@@ -13,13 +13,13 @@ from pathlib import Path
 
 def run_converter(argv: list[str]) -> None:
     """The converter extension on `argv` (argv[0] is a program name it ignores), its console output muted."""
-    import _tools  # the converter extension the mnn wheel ships (not MNN.tools, see above)
-
-    # The converter prints a lot to the process's stdout; keep it out of our progress output.
+    # The converter prints a lot to the process's stdout (its import too); keep it out of our progress output.
     saved = os.dup(1)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
+            import _tools  # the converter extension the mnn wheel ships (not MNN.tools, see above)
+
             _tools.mnnconvert(argv)
     finally:
         os.dup2(saved, 1)

@@ -230,7 +230,9 @@ class EmbeddingTable:
 
 def load_meta_queries_mnn(path: Path) -> np.ndarray:
     """llm/meta_queries.mnn: one [num_queries, hidden] constant saved with MNN.expr.save (float32 NumPy)."""
-    import MNN.expr as mnn_expr
+    from sanaedit.backends.mnn_graph import import_mnn
+
+    mnn_expr = import_mnn("MNN.expr")
 
     if not Path(path).is_file():
         raise ModelFolderError(f"{path}: missing")
@@ -244,7 +246,9 @@ def load_meta_queries_mnn(path: Path) -> np.ndarray:
 
 
 def save_meta_queries_mnn(meta_queries: torch.Tensor | np.ndarray, path: Path) -> None:
-    import MNN.expr as mnn_expr
+    from sanaedit.backends.mnn_graph import import_mnn
+
+    mnn_expr = import_mnn("MNN.expr")
 
     from sanaedit.core.arrays import to_numpy
 
