@@ -4,6 +4,7 @@ comic model when none is named (else a tiny random one, said loudly)."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,8 +101,14 @@ def load_pipeline(
             "no trained model is bundled in this install and no --model was given: using a tiny RANDOM model, "
             "so the output is noise, not a comic. Pass --model DIR for real weights."
         )
+    logger.debug(f"model: {source.info.name} ({source.info.format})")
+    for line in plan.describe():  # what the plan chose, for -v: backend, dtype, threads, autoencoder, upsampling
+        if not line.startswith("sampling:"):  # the folder's defaults, which the command's options may change
+            logger.debug(line)
+    start = time.perf_counter()
     pipe = SanaEditPipeline.from_plan(source, plan)
     pipe.keep_text_encoder = False
+    logger.debug(f"load: {time.perf_counter() - start:.2f} s")
     return pipe
 
 

@@ -13,6 +13,7 @@ What a run uses is decided once, in its plan (plan.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from sanaedit.plan import RunPlan, make_plan
 from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -309,6 +312,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             step_end=callback_on_step_end and step_end_callback(self, callback_on_step_end, tensor_inputs),
             decode=output_type != "latent",
         )
+        schedule_used = settings["schedule"]
+        logger.debug(f"sampling: {sampler or cfg.sampler}, schedule {schedule_used}, {steps} steps, guidance {scale:g}")
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
@@ -353,8 +358,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             if callback is not None:
                 callback(i, total)
 
-        try:
-            with self._stage("transformer"):
+        with self._stage("transformer"):
+            try:
                 latents = sample(
                     velocity,
                     latents,
@@ -363,8 +368,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
                     step_end=step_end,
                     generator=generator,  # the sCM sampler draws fresh noise each step
                 )
-        finally:
-            bar.close()
+            finally:
+                bar.close()  # before the stage's -v timing line, which would otherwise land on the bar's line
         if not self.flow.arrays.all_finite(latents):
             raise RuntimeError(
                 "the transformer produced NaN/inf latents (broken weights, or an overflow in reduced precision: "

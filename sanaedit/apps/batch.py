@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -222,7 +223,9 @@ def _edit_planned(
                 record(i, src, f"{src}: {type(err).__name__}: {err}")
                 continue
             try:
+                start = time.perf_counter()
                 save_image_atomic(result, dst)
+                logger.debug(f"write {dst}: {time.perf_counter() - start:.2f} s")
             except OSError as err:
                 record(i, src, _write_error(src, dst, err))
                 if err.errno in OUTPUT_GONE:  # every later output would fail the same way, after its edit

@@ -9,11 +9,16 @@ one-photo CLI edit does anyway; a server keeps everything resident instead.
 from __future__ import annotations
 
 import gc
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 STAGED_NETWORKS = ("encoder", "transformer", "decoder")  # FlowModel attributes, in the order an edit needs them
+STAGE_WORDS = {"encoder": "encode", "transformer": "denoise", "decoder": "decode"}  # what each stage does, for -v
+
+logger = logging.getLogger(__name__)
 
 
 class OnDisk:
@@ -77,9 +82,14 @@ class StagedResidencyMixin:
             "folder only for its stage), or `sanaedit edit --low-memory`"
         )
 
-    def _stage(self, name: str):
-        """Context in which the `name` network is resident (a no-op unless staged residency is on)."""
-        return resident(self.flow, name, self._load_network) if self.staged else nullcontext()
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Context in which the `name` network is resident (only while it runs with staged residency); its time is
+        a debug line (`sanaedit -v`), so a user can see where an edit's seconds go."""
+        start = time.perf_counter()
+        with resident(self.flow, name, self._load_network) if self.staged else nullcontext():
+            yield
+        logger.debug(f"{STAGE_WORDS.get(name, name)}: {time.perf_counter() - start:.2f} s")
 
     def _load_network(self, name: str):
         network = self._network_loader(name, *self.flow.placement)  # where the pipeline is now, not where it loaded
