@@ -258,6 +258,12 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
 CACHE_INDEX = "cache.json"
 
 
+def cache_matches(out_dir: str | Path, fingerprint: str) -> bool:
+    """Whether `out_dir` holds a complete pre-encoded cache of this data and these weights (`pre_encode` reuses it)."""
+    index_path = Path(out_dir) / CACHE_INDEX
+    return index_path.is_file() and json.loads(index_path.read_text()).get("fingerprint") == fingerprint
+
+
 def pre_encode(
     dataset: SampleDataset,
     out_dir: str | Path,
@@ -277,7 +283,7 @@ def pre_encode(
 
     out_dir = Path(out_dir)
     index_path = out_dir / CACHE_INDEX
-    if index_path.is_file() and json.loads(index_path.read_text()).get("fingerprint") == fingerprint:
+    if cache_matches(out_dir, fingerprint):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -328,6 +334,7 @@ class LatentDataset(Dataset):
             raise DataError(f"{cache_dir}: not a pre-encoded cache (no {CACHE_INDEX})")
         meta = json.loads(index_path.read_text())
         self.prompts, self.text_ids, self.skipped = meta["prompts"], meta["text_ids"], meta["skipped"]
+        self.reused = False  # set by `sources.pre_encoded`: the cache was found, nothing encoded
         self.tensors = load_file(cache_dir / "latents.safetensors")
 
     def __len__(self) -> int:

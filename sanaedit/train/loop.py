@@ -117,7 +117,8 @@ class Trainer:
                 return dataset
             bar = self.main and self.cfg.log.progress
             latents = pre_encoded(dataset, self.parts, self.dir / "latents", progress=bar)
-            self.log(f"pre-encoded {len(latents)} samples into {self.dir / 'latents'} ({latents.skipped} skipped)")
+            done = "reused the pre-encoded" if latents.reused else "pre-encoded"  # same data and weights
+            self.log(f"{done} {len(latents)} samples in {self.dir / 'latents'} ({latents.skipped} skipped)")
             return latents
 
     def _refiner_dataset(self) -> Dataset:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sanaedit.train.config import StageConfig
-from sanaedit.train.data import LatentDataset, ManifestDataset, SampleDataset, pre_encode
+from sanaedit.train.data import LatentDataset, ManifestDataset, SampleDataset, cache_matches, pre_encode
 from sanaedit.train.parts import TrainParts
 from sanaedit.train.stages import Stage
 
@@ -80,5 +80,8 @@ def pre_encoded(dataset: SampleDataset, parts: TrainParts, cache_dir: Path, prog
         ]
     )
     encode_text: Callable[[list[str]], torch.Tensor] | None = te.llm_features if frozen_text else None
+    reused = cache_matches(cache_dir, fingerprint)  # a resumed run (or a rerun) finds the first run's cache
     cache = pre_encode(dataset, cache_dir, parts.encode_images, fingerprint, encode_text=encode_text, progress=progress)
-    return LatentDataset(cache)
+    latents = LatentDataset(cache)
+    latents.reused = reused
+    return latents

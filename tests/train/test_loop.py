@@ -184,6 +184,28 @@ def test_resume_after_kill_9(tmp_path, tiny_model_dir, pairs):
 
 
 @pytest.mark.slow
+def test_resume_reuses_the_pre_encoded_latents(tmp_path, tiny_model_dir, pairs, monkeypatch):
+    """`--resume` finds the first run's cache (same data, same weights): nothing is encoded again, and it says so."""
+    import sanaedit.train.loop as loop
+    from sanaedit.train.parts import TrainParts
+
+    cfg = config(tmp_path / "run", tiny_model_dir, pairs, steps=4, trainable=["connector", "transformer"])
+    cfg["data"]["pre_encode"] = True
+    train(cfg)
+    cache = tmp_path / "run" / "latents"
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    for p in ("model", "done.json"):  # lose the end of the run, as a kill would
+        path = tmp_path / "run" / p
+        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    encoded, said = [], []
+    monkeypatch.setattr(TrainParts, "encode_images", lambda self, pixels: encoded.append(pixels))
+    monkeypatch.setattr(loop.logger, "info", said.append)
+    train(cfg, resume=True)
+    assert encoded == []
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert any(line.startswith("reused the pre-encoded 8 samples") for line in said), said
+
+
 def test_ddp_two_processes_gloo(tmp_path, tiny_model_dir, pairs):
     """Two CPU processes (torchrun, gloo) through the same entry point; the global batch of 2 x 2 gives the
     losses a single process gets with batch 4 (same samples, gradients averaged across ranks)."""
