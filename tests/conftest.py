@@ -65,6 +65,21 @@ def emulated_cpu(monkeypatch):
     plan.logger.removeHandler(handler)
 
 
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory):
+    """A trained-looking LoRA for the tiny model (B not zero), saved by our writer (treat as read-only)."""
+    from sanaedit.models.lora import add_lora, save_lora
+    from sanaedit.tools.random_model import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    add_lora(pipe.transformer, rank=4, targets=("to_q", "to_k", "to_v", "to_out.0"))
+    with torch.no_grad():
+        for name, param in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.5)
+    return save_lora(pipe.transformer, tmp_path_factory.mktemp("lora") / "style").parent
+
+
 @pytest.fixture
 def tiny_edit_pairs(tmp_path):
     """Two random 64 px editing triples with a manifest: enough data for a training step on the tiny model."""

@@ -177,20 +177,6 @@ def test_unknown_callback_tensor_inputs_are_refused_before_any_work(tiny_pipe, m
 
 
 # ----------------------------------------------------------------------------------------------------- LoRA
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory):
-    from sanaedit.models.lora import add_lora, save_lora
-    from sanaedit.tools.random_model import build_tiny_pipeline
-
-    pipe = build_tiny_pipeline()
-    add_lora(pipe.transformer, rank=4, targets=("to_q", "to_k", "to_v", "to_out.0"))
-    with torch.no_grad():
-        for name, param in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    return save_lora(pipe.transformer, tmp_path_factory.mktemp("lora") / "style").parent
-
-
 def test_diffusers_lora_method_names(tiny_model_dir, lora_dir):
     from sanaedit.models.lora import LORA_FILE
 

@@ -21,18 +21,6 @@ def _edit(pipe, **kwargs) -> np.ndarray:
     return np.asarray(out.images[0])
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory):
-    """A trained-looking LoRA for the tiny model (B not zero), saved by our writer."""
-    pipe = build_tiny_pipeline()
-    add_lora(pipe.transformer, rank=4, targets=("to_q", "to_k", "to_v", "to_out.0"))
-    with torch.no_grad():
-        for name, param in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    return save_lora(pipe.transformer, tmp_path_factory.mktemp("lora") / "style").parent
-
-
 def test_file_is_in_diffusers_sana_lora_format(lora_dir):
     keys = list(load_file(lora_dir / LORA_FILE))
     assert (lora_dir / LORA_FILE).stat().st_mode & 0o044 == 0o044  # readable by others, like the model's files
