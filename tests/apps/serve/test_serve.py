@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
+from tests.conftest import wait_state
 
 LOCAL = "http://127.0.0.1"  # the server answers only to this machine's names (DNS-rebinding guard)
 
@@ -15,16 +16,6 @@ def png_bytes(size=(48, 30), color="green"):
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def wait_done(client, job_id, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.get(f"/api/jobs/{job_id}").json()
-        if status["state"] in ("done", "failed"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
 
 
 @pytest.fixture
@@ -38,7 +29,7 @@ def test_upload_edit_download(client, tmp_path):
     assert client.get("/").status_code == 200 and 'id="file"' in client.get("/").text
     res = client.post("/api/jobs?steps=3&guidance=4.5&seed=1&name=cat.png", content=png_bytes((48, 30)))
     assert res.status_code == 202, res.text
-    status = wait_done(client, res.json()["id"])
+    status = wait_state(client.get, res.json()["id"], timeout=60)
     assert status["state"] == "done" and status["step"] == status["total"] == 3
     out = client.get(status["result"])
     assert out.status_code == 200 and out.headers["content-type"] == "image/png"
@@ -50,7 +41,7 @@ def test_upload_edit_download(client, tmp_path):
 
 def test_same_seed_same_image(client):
     ids = [client.post("/api/jobs?steps=2&seed=7", content=png_bytes()).json()["id"] for _ in range(2)]
-    images = [client.get(wait_done(client, i)["result"]).content for i in ids]
+    images = [client.get(wait_state(client.get, i, timeout=60)["result"]).content for i in ids]
     assert images[0] == images[1]
 
 
@@ -88,9 +79,9 @@ def test_full_queue_answers_503_and_recovers(tiny_pipe, tmp_path):
         assert c.post("/api/jobs", content=b"x" * 20_000).status_code == 503
         gate.set()
         for job_id in [first] + [r.json()["id"] for r in responses[:2]]:
-            assert wait_done(c, job_id)["state"] == "done"
+            assert wait_state(c.get, job_id, timeout=60)["state"] == "done"
         res = c.post("/api/jobs?steps=1", content=png_bytes())
-        assert res.status_code == 202 and wait_done(c, res.json()["id"])["state"] == "done"
+        assert res.status_code == 202 and wait_state(c.get, res.json()["id"], timeout=60)["state"] == "done"
 
 
 def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
@@ -103,9 +94,9 @@ def test_a_failing_job_is_reported_and_the_worker_survives(tiny_pipe, tmp_path):
         return pipeline_editor(tiny_pipe)(image, **kw)
 
     with TestClient(create_app(flaky, tmp_path / "r"), base_url=LOCAL) as c:
-        first = wait_done(c, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"])
+        first = wait_state(c.get, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"], timeout=60)
         assert first["state"] == "failed" and "NaN" in first["error"]
-        second = wait_done(c, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"])
+        second = wait_state(c.get, c.post("/api/jobs?steps=1", content=png_bytes()).json()["id"], timeout=60)
         assert second["state"] == "done"
 
 
@@ -123,5 +114,5 @@ def test_cli_builds_the_app_from_a_model_folder(tiny_model_dir, tmp_path, monkey
         assert config["max_queued"] == 3
         assert config["follows_prompts"] is False and config["prompt"].startswith("Convert to a comic")  # tiny LLM
         job = c.post("/api/jobs?steps=1", content=png_bytes((20, 12))).json()["id"]
-        assert wait_done(c, job)["state"] == "done"
+        assert wait_state(c.get, job, timeout=60)["state"] == "done"
     assert [p.suffix for p in (tmp_path / "res").iterdir()] == [".png"]

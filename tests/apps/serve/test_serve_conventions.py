@@ -19,6 +19,7 @@ from sanaedit.apps.serve.downloads import download_name, unique_names
 from sanaedit.apps.serve.jobs import JobQueue
 from sanaedit.apps.serve.server import DrainingServer
 from sanaedit.errors import QueueFull
+from tests.conftest import wait_state
 
 LOCAL = "http://127.0.0.1"
 
@@ -42,14 +43,6 @@ def fake_edit(calls=None, delay=0.0):
         return Image.new("RGB", image.size, "orange")
 
     return edit
-
-
-def wait_done(client, job_id, timeout=30):
-    deadline = time.time() + timeout
-    while (status := client.get(f"/api/jobs/{job_id}").json())["state"] not in ("done", "failed"):
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(0.02)
-    return status
 
 
 @pytest.fixture
@@ -90,7 +83,7 @@ def test_download_is_named_after_the_upload_and_the_png_says_how_it_was_made(cli
     res = client.post("/api/jobs?seed=7&steps=2&guidance=1&name=holiday/IMG_0042.JPG", content=png_bytes())
     assert res.status_code == 202
     assert res.json()["settings"] == {"steps": 2, "guidance": 1.0, "seed": 7, "prompt": None}
-    status = wait_done(client, res.json()["id"])
+    status = wait_state(client.get, res.json()["id"])
     assert status["filename"] == "IMG_0042-comic.png" and status["settings"]["seed"] == 7
     result = client.get(status["result"])
     assert 'filename="IMG_0042-comic.png"' in result.headers["content-disposition"]
@@ -112,7 +105,7 @@ def test_download_all_is_one_zip_named_after_the_uploads(client):
     for name, color in (("a.jpg", "red"), ("b.png", "blue"), ("a.png", "green")):
         ids.append(client.post(f"/api/jobs?steps=1&name={name}", content=png_bytes(color=color)).json()["id"])
     for job_id in ids:
-        assert wait_done(client, job_id)["state"] == "done"
+        assert wait_state(client.get, job_id)["state"] == "done"
     res = client.get("/api/results.zip?ids=" + ",".join([*ids, "nope"]))
     assert res.status_code == 200 and res.headers["content-type"] == "application/zip"
     assert "sanaedit-results.zip" in res.headers["content-disposition"]
@@ -127,7 +120,9 @@ def test_a_prompt_reaches_the_edit_and_the_models_own_is_not_sent_again(client, 
     config = client.get("/api/config").json()
     assert config["prompt"] == "the model's own" and config["guidance"] == 1.0
     for prompt in ("a watercolour", "", "the model's own"):
-        wait_done(client, client.post("/api/jobs?steps=1", params={"prompt": prompt}, content=png_bytes()).json()["id"])
+        wait_state(
+            client.get, client.post("/api/jobs?steps=1", params={"prompt": prompt}, content=png_bytes()).json()["id"]
+        )
     assert [c.get("prompt") for c in calls] == ["a watercolour", None, None]
     assert client.post("/api/jobs", params={"prompt": "x" * 2001}, content=png_bytes()).status_code == 422
 
