@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,11 +24,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "sanaedit/assets/sample.jpg"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from edit_speed import psnr  # noqa: E402
+from serve_hostile import free_port  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -41,12 +41,6 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-500:]}")
     return wall, usage.ru_maxrss / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed_serve(python: str, results: Path) -> tuple[float, float]:
@@ -69,12 +63,6 @@ def timed_serve(python: str, results: Path) -> tuple[float, float]:
         proc.terminate()
         _, _, usage = os.wait4(proc.pid, 0)
     return wall, usage.ru_maxrss / 1024
-
-
-def psnr(a: Path, b: Path) -> float:
-    x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (a, b))
-    mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else 10 * float(np.log10(255**2 / mse))
 
 
 def main() -> None:

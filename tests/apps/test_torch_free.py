@@ -49,11 +49,6 @@ def cli(tmp_path, *argv: str, blocked=TORCH_EXTRA) -> tuple[int, str, set[str]]:
     return run(tmp_path, f"    from sanaedit.apps.cli import main\n    code = main({list(argv)!r})", blocked)
 
 
-def psnr(a, b) -> float:
-    a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (a, b))
-    return float(10 * np.log10(255**2 / np.mean((a - b) ** 2)))
-
-
 def test_the_bundled_edit_runs_without_torch(tmp_path):
     out = tmp_path / "comic.png"
     code, err, loaded = cli(tmp_path, "edit", str(SAMPLE_PHOTO), "-o", str(out), "--seed", "0", "-q")
@@ -165,13 +160,15 @@ def test_the_bundled_export_gives_the_pytorch_folders_picture(tmp_path):
     """What the base install runs (the shipped ONNX export, int8 DiT) against `--backend torch` (the PyTorch
     folder, float32 here): the same picture but for int8 rounding (49.6 dB when measured; 30 dB is the bar)."""
     from sanaedit.apps.cli import main
+    from sanaedit.train.evaluate import psnr
 
     pictures = {}
     for backend in ("onnxruntime", "torch"):
         pictures[backend] = tmp_path / f"{backend}.png"
         argv = ["edit", str(SAMPLE_PHOTO), "-o", str(pictures[backend]), "--seed", "0", "-q", "--backend", backend]
         assert main(argv + (["--dtype", "float32"] if backend == "torch" else [])) == 0
-    assert psnr(pictures["onnxruntime"], pictures["torch"]) >= 30
+    export, torch = (np.asarray(Image.open(pictures[b]).convert("RGB")) for b in ("onnxruntime", "torch"))
+    assert psnr(export, torch) >= 30
 
 
 def test_serve_runs_the_bundled_model_without_torch(tmp_path):
