@@ -30,12 +30,14 @@ from sanaedit.core.config import (
     PipelineConfig,
 )
 from sanaedit.core.flow import FlowModel
+from sanaedit.core.inpaint import keep_source_outside
 from sanaedit.core.inputs import check_generators, check_inputs
 from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
 from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
 from sanaedit.image.arrays import as_sources, check_output_type, to_output
 from sanaedit.image.io import load_image, preprocess
+from sanaedit.image.masks import MaskInput, as_masks, feather_radius, fit_mask, latent_mask, mask_picture, paste_outside
 from sanaedit.image.upsample import check_method, restore_photo
 from sanaedit.plan import RunPlan, make_plan
 from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
@@ -270,6 +272,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         return_dict: bool = True,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        mask_image: MaskInput | list[MaskInput] | None = None,
     ) -> SanaEditOutput | tuple[Any]:
         """Edit `image` (a PIL image, a path, a NumPy array or torch tensor as diffusers takes them, or a list), or
         with `image=None` generate from text.
@@ -277,14 +280,20 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         Returns `SanaEditOutput(images)` (`return_dict=False`: a tuple `(images,)`), `num_images_per_prompt` images
         per input in input order, each the size of its input; `output_type` "np" / "pt" gives them as float32 arrays /
         tensors in [0, 1] (image/arrays.py), "latent" the latents, undecoded (`decode_latents` decodes them).
-        `strength` < 1 edits partially: sampling starts part-way, from the source latent noised to that level (as
-        diffusers' img2img pipelines do). `callback(step, total)` reports progress; `callback_on_step_end(pipe, step,
-        timestep, {"latents": x})` may return {"latents": ...} to replace them (torch tensors on PyTorch networks,
-        NumPy arrays on exported graphs). `generator`: a torch.Generator (diffusers' convention) or a
-        `sanaedit.core.noise.Generator` (the same numbers for the same seed, without torch), or a list with one per
-        image; None draws fresh noise.
+        `strength` < 1 edits partially: sampling runs the last `strength` fraction of the schedule (int(steps x
+        strength) steps), from the source latent noised to where it starts (as diffusers' img2img pipelines do).
+        `mask_image` (diffusers' inpainting convention: white = edit, black = keep; greyscale, given as `image` is, one
+        for all images or one per image; the photo's size or its aspect ratio) edits only the white part: after every
+        step the latent outside it is the source noised to that step's level (diffusers' flow inpaint pipelines),
+        then the photo's own pixels are pasted back outside it through a feathered border, so they come back exactly
+        (image/masks.py; with `output_type="latent"`, the blended latents). The same on every runtime and sampler.
+        `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
+        return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
+        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
+        for the same seed, without torch), or a list with one per image; None draws fresh noise.
         """
         sources = as_sources(image)
+        masks = [None if m is None else mask_picture(m) for m in as_masks(mask_image, sources)]  # bad files fail now
         cfg = self.config
         steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -317,20 +326,23 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
-        outputs = [out for source, g in zip(sources, generators) for out in self._edit(source, generator=g, **settings)]
+        outputs = [out for source, mask, g in zip(sources, masks, generators)
+                   for out in self._edit(source, mask_image=mask, generator=g, **settings)]  # fmt: skip
         images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
 
     def _edit(
-        self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
-        callback, step_end, decode,
+        self, image, mask_image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator,
+        progress, callback, step_end, decode,
     ) -> list[Any]:  # fmt: skip
-        """`count` samples of one input, as one batch: pictures (`decode`), else their latents."""
+        """`count` samples of one input, as one batch: pictures (`decode`), else their latents. `mask_image`: a
+        greyscale picture (white = edit), or None."""
         size = self.config.resolution // self.vae_scale
         latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if image is not None:
+            mask_image = mask_image and fit_mask(mask_image, image.size)  # before any network runs
             pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
             with self._stage("encoder"):
                 ref_latents = self.encode_image(pixels)
@@ -343,11 +355,15 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
-        latents = self.flow.arrays.randn(latent_shape, generator)
+        latents = noise = self.flow.arrays.randn(latent_shape, generator)
         if strength < 1.0:
             kept = int(steps * strength)  # >= 1: checked by __call__
             sigmas = sigmas[steps - kept :]
             latents = (1 - float(sigmas[0])) * float32(ref_latents) + float(sigmas[0]) * latents
+
+        if mask_image is not None:  # outside the mask, the source at every step's noise level
+            cells = float32(self.flow.arrays.input(latent_mask(mask_image, restore, self.vae_scale)))
+            step_end = keep_source_outside(float32(ref_latents), noise, cells, sigmas, then=step_end)
 
         total = len(sigmas) - 1
         bar_config = {"desc": "denoising", "unit": "step", "leave": False, **self._progress_bar_config}
@@ -379,4 +395,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             return [latents[i : i + 1] for i in range(count)]
         with self._stage("decoder"):
             decoded = [self.decode_latents(latents[i : i + 1]) for i in range(count)]
-        return [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]
+        edits = [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]
+        if mask_image is not None:  # the photo's own pixels outside the mask, exactly
+            edits = [paste_outside(edit, image, mask_image, feather_radius(restore)) for edit in edits]
+        return edits

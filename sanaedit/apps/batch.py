@@ -7,6 +7,10 @@ that is lossless converts to PNG without loss too) at the input's relative path 
 name instead: `a.jpg.png`, `a.png.png`. With `resume`, an output that already exists is skipped; outputs are
 written atomically, so an existing output is always a complete one.
 
+Masks (`edit --mask-dir DIR`): the mask of `in/trip/a.jpg` is `DIR/trip/a.png`, the input's relative path with the
+suffix `.png` (`find_mask`; for files named one by one, `DIR/a.png`). A photo without one is edited whole, and a
+warning names it. `per_file(source) -> dict` gives each edit its own keyword arguments (its mask).
+
 Nothing vanishes from the summary: an entry with an image extension that is no readable photo (a FIFO, a device,
 a dangling link, a link loop) fails with its reason, a sub-folder that cannot be read fails, other entries are
 counted as ignored. Outputs that cannot be written (a file where the folder should be, no permission, a read-only
@@ -97,6 +101,13 @@ def plan_outputs(sources: list[Path], in_dir: Path | None, out_dir: Path) -> dic
     return plan
 
 
+def find_mask(mask_dir: Path, source: Path, in_dir: Path | None = None) -> Path | None:
+    """The mask of `source` in `mask_dir`: its path relative to `in_dir` (or its name) with the suffix `.png`, if
+    that file exists."""
+    mask = Path(mask_dir) / (source.relative_to(in_dir) if in_dir else Path(source.name)).with_suffix(".png")
+    return mask if mask.is_file() else None
+
+
 def edit_folder(
     edit: Callable[..., Image.Image],
     in_dir: str | Path,
@@ -105,10 +116,12 @@ def edit_folder(
     resume: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Run `edit(image, **edit_kwargs) -> PIL image` (e.g. a SanaEditPipeline) on every image in `in_dir`.
-    `processes`: this process's share of the batch when several share it (see the module's docstring)."""
+    `processes`: this process's share of the batch when several share it (see the module's docstring);
+    `per_file(source)`: keyword arguments for that file's edit alone (its failure is that file's)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
 
     def plan_folder() -> tuple[BatchSummary, dict[Path, Path]]:
@@ -128,7 +141,7 @@ def edit_folder(
 
     processes = processes or Processes()
     summary, todo = processes.from_main(plan_folder)  # one plan, made once, for every process
-    return _edit_planned(edit, summary, todo, progress, processes, **edit_kwargs)
+    return _edit_planned(edit, summary, todo, progress, processes, per_file, **edit_kwargs)
 
 
 def _real(path: Path) -> str:
@@ -147,15 +160,16 @@ def edit_files(
     progress: bool = True,
     summary: BatchSummary | None = None,
     processes: Processes | None = None,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Edit each source into its planned output; a source without a plan entry is reported as a name collision,
     an output that is one of the inputs is refused (never overwrite a photo), any failure of one file is recorded
     and the rest go on. Outputs that cannot be written at all are refused first (ValueError, before any edit); a
-    full disk stops the batch and lists the inputs not attempted. `processes`: as in `edit_folder`."""
+    full disk stops the batch and lists the inputs not attempted. `processes`, `per_file`: as in `edit_folder`."""
     processes = processes or Processes()
     planned = processes.from_main(lambda: _plan_files(sources, plan, resume, summary))
-    return _edit_planned(edit, *planned, progress, processes, **edit_kwargs)
+    return _edit_planned(edit, *planned, progress, processes, per_file, **edit_kwargs)
 
 
 def _plan_files(
@@ -187,6 +201,7 @@ def _edit_planned(
     todo: dict[Path, Path],
     progress: bool,
     processes: Processes,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Edit this process's share of `todo`; every process's results are gathered into `summary`, in todo order."""
@@ -212,7 +227,7 @@ def _edit_planned(
             if processes.many:
                 logger.debug(f"process {processes.index} of {processes.count}: editing {src}")
             try:
-                result = edit(load_image(src), **edit_kwargs)
+                result = edit(load_image(src), **edit_kwargs, **(per_file(src) if per_file else {}))
             except ImageLoadError as err:
                 record(i, src, str(err))
                 continue

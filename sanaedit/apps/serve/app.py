@@ -3,13 +3,15 @@
     GET  /                        the page
     GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
     GET  /api/config              defaults and limits for the page
-    POST /api/jobs?steps=&guidance=&seed=   body: the image bytes, or multipart with an `image` field -> 202
+    POST /api/jobs?steps=&guidance=&seed=&strength=   body: the image bytes, or multipart with an `image` field
+                                  (and a `mask`: white = edit) -> 202
     GET  /api/jobs/{id}           state and per-step progress
     DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
 
-The upload is the raw request body or a multipart form's `image` field (uploads.py), read in chunks up to the limit
-(413 beyond) and decoded in memory: nothing the client sends is written to disk or used in a path. Results are
+The upload is the raw request body or a multipart form's `image` field (uploads.py), with an optional `mask` field
+(a masked edit, white = edit: the photo's size or aspect ratio; the page's brush sends one), read in chunks up to
+the limit (413 beyond) and decoded in memory: nothing the client sends is written to disk or used in a path. Results are
 written only in the output folder, under names the server makes (uuid4). A client that closes its connection
 mid-upload is logged in one line.
 
@@ -46,25 +48,32 @@ from sanaedit.apps.serve.security import (
     page_csp,
 )
 from sanaedit.apps.serve.uploads import UploadLimits, read_upload
+from sanaedit.core.inputs import check_strength
 from sanaedit.errors import ImageLoadError, QueueFull
-from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
+from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_mask, decode_reduced
+from sanaedit.image.masks import check_mask_size
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
 log = logging.getLogger("sanaedit.apps.serve")
 # what /docs and /openapi.json say the upload is (the handler reads the body itself, so FastAPI cannot infer it)
 UPLOAD_BODY = {
-    "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg)",
+    "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg); "
+    "multipart may add a `mask` field (-F mask=@m.png): only its white part is edited, the rest keeps the photo's "
+    "pixels; it has the photo's size or aspect ratio (else 422), and a masked photo is decoded at full size",
     "required": True,
     "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"image": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "mask": {"type": "string", "format": "binary"},
+                },
                 "required": ["image"],
             },
-            "encoding": {"image": {"contentType": "image/*"}},
+            "encoding": {"image": {"contentType": "image/*"}, "mask": {"contentType": "image/*"}},
         },
     },
 }
@@ -87,7 +96,8 @@ def create_app(
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
     token: str | None = None,
 ) -> FastAPI:
-    """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work.
+    """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work (also given
+    `prompt=`, `strength=` (when < 1) and `mask_image=` (a greyscale picture) when a job asks for them).
 
     Uploads are decoded no larger than `work_side` pixels (default: `edit.work_side`, which `pipeline_editor` sets
     to the model's resolution) and the result is scaled back to the upload's size. `uploads_per_client` (default a
@@ -142,9 +152,9 @@ def create_app(
 
     limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s)
 
-    def decode(body: bytes, label: str):
-        if work_side:
-            return decode_reduced(body, label, work_side, max_pixels=max_pixels, max_aspect=max_aspect)
+    def decode(body: bytes, label: str, reduce_to: int | None):
+        if reduce_to:
+            return decode_reduced(body, label, reduce_to, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
 
     @app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
@@ -155,8 +165,13 @@ def create_app(
         seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
         name: str | None = Query(None, max_length=200, description="the photo's file name (default: the form's)"),
         prompt: str | None = Query(None, max_length=2000),
+        strength: float = Query(1.0, gt=0.0, le=1.0, description="how far from the photo: the last part of the steps"),
     ) -> dict:
         nonlocal uploading
+        try:
+            check_strength(strength, steps)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
         if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
             raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
         client = request.client.host if request.client else "?"
@@ -165,28 +180,42 @@ def create_app(
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            body, filename = await read_upload(request, limits)
+            upload = await read_upload(request, limits)
             # only ever echoed in messages and download names, never a path
-            label = "".join(c for c in (name or filename[:200] or "upload") if c.isprintable())
+            label = "".join(c for c in (name or upload.filename[:200] or "upload") if c.isprintable())
+            # a masked photo is decoded whole: the pixels outside its mask come back exactly, not scaled back up
+            reduce_to = None if upload.mask is not None else work_side
+            mask = None
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
                 cost = await run_in_threadpool(
-                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=work_side
+                    decode_cost, upload.image, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=reduce_to
                 )
+                if upload.mask is not None:
+                    cost += await run_in_threadpool(decode_cost, upload.mask, f"{label} (mask)", max_pixels=max_pixels)
                 async with budget.hold(cost):
-                    image, size = await run_in_threadpool(decode, body, label)
+                    image, size = await run_in_threadpool(decode, upload.image, label, reduce_to)
+                    if upload.mask is not None:
+                        mask = await run_in_threadpool(decode_mask, upload.mask, f"{label} (mask)", max_pixels)
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body
+                del upload
+            if mask is not None:
+                try:
+                    check_mask_size(mask.size, image.size, f"the mask of {label}")
+                except ValueError as err:
+                    raise HTTPException(422, str(err)) from None
             if cost > 16 * 2**20:
                 await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
             settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
             if prompt and prompt.strip() and prompt != defaults.get("prompt"):
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
+            if strength < 1.0:
+                settings["strength"] = strength  # else a full edit, as before strength existed
             try:
-                job = jobs.submit(image, settings, size, name=label)
+                job = jobs.submit(image, settings, size, name=label, mask=mask)
             except QueueFull as err:
                 raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
         finally:
@@ -198,7 +227,8 @@ def create_app(
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
         given = job.settings
         settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
-        settings.update(seed=given.get("seed"), prompt=given.get("prompt"))
+        settings.update(seed=given.get("seed"), prompt=given.get("prompt"), strength=given.get("strength", 1.0))
+        settings["masked"] = job.masked
         filename = download_name(job.name)
         return {**job.public(), "position": jobs.position(job), "settings": settings, "filename": filename}
 
@@ -253,7 +283,8 @@ def pipeline_editor(pipe):
     """Adapt a SanaEditPipeline to the queue's `edit` signature (a fresh seeded generator per job). Its `work_side`
     tells the server that uploads need not be decoded larger than the model's resolution."""
 
-    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None):
+    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None, strength=1.0,
+             mask_image=None):  # fmt: skip
         generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
         return pipe(
             image,
@@ -262,6 +293,8 @@ def pipeline_editor(pipe):
             generator=generator,
             callback=callback,
             prompt=prompt,
+            strength=strength,
+            mask_image=mask_image,
         ).images[0]
 
     edit.work_side = pipe.config.resolution

@@ -38,6 +38,8 @@ class Job:
     error: str = ""
     created: float = field(default_factory=time.time)
     image: Image.Image | None = None  # dropped as soon as the job has run
+    mask: Image.Image | None = None  # a masked edit's mask (white = edit), dropped with the image
+    masked: bool = False
     size: tuple[int, int] | None = None  # the upload's own size, when `image` was decoded smaller
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
@@ -67,7 +69,9 @@ def png_text(job: Job) -> dict[str, str]:
     from sanaedit import __version__
 
     text = {key: str(value) for key, value in job.settings.items() if value is not None}
-    return {**text, **({"source": job.name} if job.name else {}), "Software": f"sanaedit {__version__}"}
+    text.update({"source": job.name} if job.name else {})
+    text.update({"mask": "white = edited, the rest kept"} if job.masked else {})
+    return {**text, "Software": f"sanaedit {__version__}"}
 
 
 class JobQueue:
@@ -93,13 +97,20 @@ class JobQueue:
     def worker_alive(self) -> bool:
         return self._worker.is_alive()
 
-    def submit(self, image: Image.Image, settings: dict, size: tuple[int, int] | None = None, name: str = "") -> Job:
+    def submit(
+        self,
+        image: Image.Image,
+        settings: dict,
+        size: tuple[int, int] | None = None,
+        name: str = "",
+        mask: Image.Image | None = None,
+    ) -> Job:
         if self._closing:
             raise QueueFull("the server is shutting down")
         if not self.worker_alive:  # never queue a job nobody will run; /api/health says so too
             raise QueueFull("the server's worker has stopped; see the server's log")
         job = Job(id=uuid.uuid4().hex, settings=settings, image=image, total=settings.get("num_inference_steps", 0))
-        job.size, job.name = size, name
+        job.size, job.name, job.mask, job.masked = size, name, mask, mask is not None
         with self._lock:
             try:
                 self._pending.put_nowait(job)
@@ -127,7 +138,7 @@ class JobQueue:
                     if job in self._pending.queue:
                         self._pending.queue.remove(job)
                         self._pending.not_full.notify()
-                job.state, job.image = "cancelled", None
+                job.state, job.image, job.mask = "cancelled", None, None
                 return job.state
             if job.state == "running":
                 job.cancel = True
@@ -164,7 +175,8 @@ class JobQueue:
                 self._drop(job, reason)
 
     def _drop(self, job: Job, reason: str) -> None:
-        job.state, job.error, job.image = "failed", f"{reason} before this photo's turn: send it again", None
+        job.state, job.error = "failed", f"{reason} before this photo's turn: send it again"
+        job.image = job.mask = None
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish the running job and stop the worker (queued jobs are dropped), so no thread dies mid-compute."""
@@ -200,8 +212,9 @@ class JobQueue:
 
         result = None
         try:
-            result = self.edit(job.image, callback=on_step, **job.settings)
-            job.image = None
+            masked = {} if job.mask is None else {"mask_image": job.mask}
+            result = self.edit(job.image, callback=on_step, **job.settings, **masked)
+            job.image = job.mask = None
             if job.cancel:  # asked after its last step: its result is not wanted either
                 raise Cancelled
             if job.size is not None and result.size != tuple(job.size):  # decoded smaller: back to its own size
@@ -217,7 +230,7 @@ class JobQueue:
         else:
             job.result, job.state = path, "done"
         finally:
-            job.image, result, self.running = None, None, None
+            job.image, job.mask, result, self.running = None, None, None, None
             try:
                 self._prune()
             except Exception:  # e.g. an old result that cannot be deleted: logged, never fatal

@@ -1,9 +1,11 @@
-"""Reading an upload: the raw request body (the page, `curl --data-binary @photo.jpg`), or the `image` field of a
-multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form).
+"""Reading an upload: the raw request body (`curl --data-binary @photo.jpg`), or the `image` field of a
+multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form, the page), with an optional
+`mask` field beside it (a masked edit: white = edit).
 
 Both are read in chunks under the same limits: the total size (413, counted while reading, so an oversized body is
 never held whole), an idle timeout and a total timeout (408). A multipart body is parsed as it streams in
-(python-multipart's streaming parser) and only the `image` part's bytes are kept; other fields are skipped. Nothing
+(python-multipart's streaming parser) and only the `image` and `mask` parts' bytes are kept; other fields are
+skipped. Nothing
 is written to disk: starlette's `request.form()` would spool large files to a temporary file and has no cap on a
 file's size, so it is not used.
 """
@@ -18,7 +20,7 @@ from fastapi import HTTPException, Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-FIELD = b"image"
+FIELD, MASK_FIELD = b"image", b"mask"
 # the parser walks each part's boundary and headers in Python: 25 MB of tiny parts held the event loop ~4 s
 MAX_PARTS = 16
 _CLOSE = {"Connection": "close"}  # a stalled upload's connection is closed, not drained
@@ -63,11 +65,18 @@ async def body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[b
             yield chunk
 
 
-async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str]:
-    """(the image's bytes, the file name the client gave with a multipart upload, else "")."""
+@dataclass(frozen=True)
+class Upload:
+    image: bytes
+    filename: str = ""  # the file name the client gave with a multipart upload
+    mask: bytes | None = None  # the multipart `mask` field's bytes, when there is one
+
+
+async def read_upload(request: Request, limits: UploadLimits) -> Upload:
+    """The photo's bytes (the body, or the multipart `image` field) and, from a multipart body, its `mask`."""
     kind, params = parse_options_header(request.headers.get("content-type"))
     if kind != b"multipart/form-data":
-        return b"".join([chunk async for chunk in body_chunks(request, limits)]), ""
+        return Upload(b"".join([chunk async for chunk in body_chunks(request, limits)]))
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
@@ -81,22 +90,24 @@ async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, st
         raise HTTPException(400, f"malformed multipart body ({err})") from None
     if not form.ended:
         raise HTTPException(400, "malformed multipart body (it ends before its closing boundary)")
-    if form.data is None:
+    if FIELD not in form.data:
         raise HTTPException(400, "multipart upload has no `image` field: send the photo as image=@photo.jpg")
-    return b"".join(form.data), form.filename
+    mask = form.data.get(MASK_FIELD)
+    return Upload(b"".join(form.data[FIELD]), form.filename, None if mask is None else b"".join(mask))
 
 
 class _ImageField:
-    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, nothing else."""
+    """Callbacks for python-multipart's parser that keep the `image` and `mask` parts' bytes and the image's file
+    name, nothing else."""
 
     def __init__(self):
-        self.data: list[bytes] | None = None
+        self.data: dict[bytes, list[bytes]] = {}  # field name -> its chunks
         self.filename = ""
         self.ended = False
         self._header: list[bytes] = []
         self._value: list[bytes] = []
         self._disposition = b""
-        self._in_image = False
+        self._field: bytes | None = None  # the kept field whose data is arriving
         self._parts = 0
 
     def callbacks(self) -> dict:
@@ -111,7 +122,7 @@ class _ImageField:
         }
 
     def _part_begin(self) -> None:
-        self._disposition, self._in_image = b"", False
+        self._disposition, self._field = b"", None
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise HTTPException(400, f"more than {MAX_PARTS} fields in one multipart upload")
@@ -123,16 +134,18 @@ class _ImageField:
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._disposition)
-        if params.get(b"name") != FIELD:
+        name = params.get(b"name")
+        if name not in (FIELD, MASK_FIELD):
             return
-        if self.data is not None:
-            raise HTTPException(400, "more than one `image` field: send one photo per request")
-        self.data, self._in_image = [], True
-        self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
+        if name in self.data:
+            raise HTTPException(400, f"more than one `{name.decode()}` field: send one photo per request")
+        self.data[name], self._field = [], name
+        if name == FIELD:
+            self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._in_image:
-            self.data.append(data[start:end])
+        if self._field is not None:
+            self.data[self._field].append(data[start:end])
 
     def _end(self) -> None:
         self.ended = True
