@@ -193,7 +193,15 @@ def test_masked_edits_and_strength_on_an_onnx_export(onnx_export, tiny_model_dir
     assert onnx.flow.modules == []  # graphs, not PyTorch modules
     _check_masked(onnx, steps=3, guidance=4.5)
     _check_masked(onnx, steps=4, strength=0.5)
+    _check_masked(onnx, sampler="scm", steps=4, strength=0.5)  # its fresh noise drawn as NumPy
     ours = np.asarray(_edit(onnx, steps=3, mask_image=_mask(), strength=0.7)).astype(float)
     reference = np.asarray(_edit(torch_pipe, steps=3, mask_image=_mask(), strength=0.7)).astype(float)
     with np.errstate(divide="ignore"):
         assert psnr(ours, reference) > 30
+
+
+def test_masked_edits_and_strength_on_mnn(tiny_mnn_release):
+    mnn = SanaEditPipeline.from_pretrained(tiny_mnn_release)
+    mnn.set_progress_bar_config(disable=True)
+    _check_masked(mnn, steps=3, guidance=4.5)
+    _check_masked(mnn, sampler="scm", steps=4, strength=0.5)

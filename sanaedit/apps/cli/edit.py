@@ -228,7 +228,10 @@ def plan_masks(args: argparse.Namespace, inputs: list[Path], folder_mode: bool):
     from sanaedit.image.masks import check_mask_size
 
     if args.mask is not None:
-        name, mask = f"--mask {args.mask}", load_mask(args.mask)  # missing or corrupt: one line, now
+        try:
+            name, mask = f"--mask {args.mask}", load_mask(args.mask)  # missing or corrupt: one line, now
+        except ImageLoadError as err:
+            raise ImageLoadError(f"--mask {err}") from None
         for photo in [] if folder_mode else inputs:
             try:
                 size = upright_size(photo)

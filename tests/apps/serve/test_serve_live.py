@@ -376,3 +376,87 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
         assert page.evaluate("[...document.querySelectorAll('.cancel')].every(b => b.hidden)")
         browser.close()
     assert not edit.finished and not list(results.glob("*.png"))
+
+
+def canvas_alpha(page, x, y):
+    """The mask canvas's alpha at canvas pixel (x, y): painted (> 0) or not."""
+    return page.evaluate(f"document.getElementById('paint-mask').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]")
+
+
+@pytest.mark.slow
+def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server, tiny_pipe, tmp_path):
+    """The brush on the photo: a finger's drag paints (pointer events; the page does not scroll instead), a mouse
+    stroke paints, the eraser takes paint away, undo and clear; the strength slider. The painted mask goes with
+    the photo, and the result keeps the photo's own pixels outside it."""
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    calls = []
+    url, _ = start_server(recording_edit(tiny_pipe, calls))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
+        page = context.new_page()
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        assert not page.is_visible("#painter")
+        page.set_input_files("#file", [str(photo)])
+        wait_js(page, "document.getElementById('paint-mask').width === 300")
+        assert page.is_visible("#painter") and page.is_disabled("#undo")
+        box = page.query_selector("#paint-mask").bounding_box()
+        assert abs(box["width"] - 300) < 1  # shown at its own size here: canvas pixels are screen pixels
+
+        def at(x, y):
+            return box["x"] + x, box["y"] + y
+
+        # a finger's drag across the middle (touch events through the browser's own input pipeline)
+        touch = context.new_cdp_session(page)
+        scroll = page.evaluate("window.scrollY")
+        for kind, (x, y) in (("touchStart", at(150, 40)), ("touchMove", at(200, 40)), ("touchMove", at(250, 40))):
+            touch.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        wait_js(page, "!document.getElementById('undo').disabled")
+        assert canvas_alpha(page, 200, 40) > 0 and page.evaluate("window.scrollY") == scroll
+        page.click("#undo")
+        assert canvas_alpha(page, 200, 40) == 0 and page.is_disabled("#undo")
+        # the mouse: a wide stroke down the left third, then the eraser through its top
+        page.fill("#brush-size", "100")
+        page.mouse.move(*at(50, 5))
+        page.mouse.down()
+        page.mouse.move(*at(50, 195), steps=8)
+        page.mouse.up()
+        assert canvas_alpha(page, 20, 100) > 0 and canvas_alpha(page, 98, 100) > 0 and canvas_alpha(page, 110, 100) == 0
+        page.click("#eraser")
+        page.fill("#brush-size", "20")
+        page.mouse.move(*at(10, 20))
+        page.mouse.down()
+        page.mouse.move(*at(90, 20), steps=4)
+        page.mouse.up()
+        assert canvas_alpha(page, 50, 20) == 0 and canvas_alpha(page, 50, 100) > 0
+        page.click("#undo")  # the eraser's stroke is gone: painted there again
+        assert canvas_alpha(page, 50, 20) > 0
+        page.click("#clear")
+        assert canvas_alpha(page, 50, 100) == 0 and page.is_disabled("#clear")
+        page.click("#brush")
+        page.fill("#brush-size", "100")
+        page.mouse.move(*at(50, 5))
+        page.mouse.down()
+        page.mouse.move(*at(50, 195), steps=8)
+        page.mouse.up()
+        page.fill("#strength", "0.5")
+        assert page.inner_text("#strength-value") == "0.5: closer to the photo"
+        page.fill("#steps", "4")
+        page.click("#go")
+        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        assert page.inner_text(".card .meta") == "seed 0 · 4 steps · guidance 4.5 · strength 0.5 · masked"
+        result_url = page.get_attribute("img.after", "src")
+        browser.close()
+    assert calls[-1]["strength"] == 0.5 and calls[-1]["mask_image"].size == (300, 200)
+    sent = np.asarray(calls[-1]["mask_image"])
+    assert sent[:, 5:90].min() == 255 and sent[:, 110:].max() == 0  # white where painted, black elsewhere
+    out = np.asarray(Image.open(io.BytesIO(httpx.get(url + result_url).content)).convert("RGB")).astype(int)
+    want = np.asarray(Image.open(photo)).astype(int)
+    assert np.array_equal(out[:, 160:], want[:, 160:])  # past the mask's feathered edge: the photo's own pixels
+    assert np.abs(out[:, :50] - want[:, :50]).mean() > 5  # the painted part was edited
