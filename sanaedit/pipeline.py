@@ -280,13 +280,10 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         Returns `SanaEditOutput(images)` (`return_dict=False`: a tuple `(images,)`), `num_images_per_prompt` images
         per input in input order, each the size of its input; `output_type` "np" / "pt" gives them as float32 arrays /
         tensors in [0, 1] (image/arrays.py), "latent" the latents, undecoded (`decode_latents` decodes them).
-        `strength` < 1 edits partially: sampling runs the last `strength` fraction of the schedule (int(steps x
-        strength) steps), from the source latent noised to where it starts (as diffusers' img2img pipelines do).
-        `mask_image` (diffusers' inpainting convention: white = edit, black = keep; greyscale, given as `image` is, one
-        for all images or one per image; the photo's size or its aspect ratio) edits only the white part: after every
-        step the latent outside it is the source noised to that step's level (diffusers' flow inpaint pipelines),
-        then the photo's own pixels are pasted back outside it through a feathered border, so they come back exactly
-        (image/masks.py; with `output_type="latent"`, the blended latents). The same on every runtime and sampler.
+        `strength` < 1 edits partially: the last int(steps x strength) steps, from the source latent noised to where
+        they start (diffusers' img2img). `mask_image` (white = edit, diffusers' inpainting; given as `image` is, one
+        for all or one per image) edits its white part only: the rest keeps the photo's own pixels (core/inpaint.py,
+        image/masks.py; "latent": the blended latents). Both work on every runtime and sampler.
         `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
         return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
         `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
