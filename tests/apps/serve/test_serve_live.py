@@ -378,9 +378,11 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
     assert not edit.finished and not list(results.glob("*.png"))
 
 
-def canvas_alpha(page, x, y):
-    """The mask canvas's alpha at canvas pixel (x, y): painted (> 0) or not."""
-    return page.evaluate(f"document.getElementById('paint-mask').getContext('2d').getImageData({x}, {y}, 1, 1).data[3]")
+def wait_paint(page, *points, painted=True):
+    """Wait until the mask canvas is painted (alpha > 0), or not, at each canvas pixel (x, y): the browser hands
+    pointer moves to the page at its next frame, after the input call returned."""
+    alpha = "document.getElementById('paint-mask').getContext('2d').getImageData({}, {}, 1, 1).data[3]"
+    wait_js(page, " && ".join(f"({alpha.format(x, y)} {'>' if painted else '==='} 0)" for x, y in points), 10)
 
 
 @pytest.mark.slow
@@ -411,40 +413,39 @@ def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server,
         def at(x, y):
             return box["x"] + x, box["y"] + y
 
+        def stroke(tool, size, start, end):  # a mouse drag with the brush or the eraser, `size` screen pixels wide
+            page.click(tool)
+            page.fill("#brush-size", str(size))
+            page.mouse.move(*at(*start))
+            page.mouse.down()
+            page.mouse.move(*at(*end), steps=8)
+            page.mouse.up()
+
         # a finger's drag across the middle (touch events through the browser's own input pipeline)
         touch = context.new_cdp_session(page)
         scroll = page.evaluate("window.scrollY")
         for kind, (x, y) in (("touchStart", at(150, 40)), ("touchMove", at(200, 40)), ("touchMove", at(250, 40))):
             touch.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
         touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-        wait_js(page, "!document.getElementById('undo').disabled")
-        assert canvas_alpha(page, 200, 40) > 0 and page.evaluate("window.scrollY") == scroll
+        wait_paint(page, (160, 40), (200, 40), (240, 40))
+        assert page.evaluate("window.scrollY") == scroll
         page.click("#undo")
-        assert canvas_alpha(page, 200, 40) == 0 and page.is_disabled("#undo")
+        wait_paint(page, (200, 40), painted=False)
+        assert page.is_disabled("#undo")
         # the mouse: a wide stroke down the left third, then the eraser through its top
-        page.fill("#brush-size", "100")
-        page.mouse.move(*at(50, 5))
-        page.mouse.down()
-        page.mouse.move(*at(50, 195), steps=8)
-        page.mouse.up()
-        assert canvas_alpha(page, 20, 100) > 0 and canvas_alpha(page, 98, 100) > 0 and canvas_alpha(page, 110, 100) == 0
-        page.click("#eraser")
-        page.fill("#brush-size", "20")
-        page.mouse.move(*at(10, 20))
-        page.mouse.down()
-        page.mouse.move(*at(90, 20), steps=4)
-        page.mouse.up()
-        assert canvas_alpha(page, 50, 20) == 0 and canvas_alpha(page, 50, 100) > 0
+        stroke("#brush", 100, (50, 5), (50, 195))
+        wait_paint(page, (20, 100), (98, 100), (50, 190))  # (the stroke's last point: all of it is drawn)
+        wait_paint(page, (110, 100), painted=False)
+        stroke("#eraser", 20, (10, 20), (90, 20))
+        wait_paint(page, (50, 20), (88, 20), painted=False)
+        wait_paint(page, (50, 100))
         page.click("#undo")  # the eraser's stroke is gone: painted there again
-        assert canvas_alpha(page, 50, 20) > 0
+        wait_paint(page, (50, 20))
         page.click("#clear")
-        assert canvas_alpha(page, 50, 100) == 0 and page.is_disabled("#clear")
-        page.click("#brush")
-        page.fill("#brush-size", "100")
-        page.mouse.move(*at(50, 5))
-        page.mouse.down()
-        page.mouse.move(*at(50, 195), steps=8)
-        page.mouse.up()
+        wait_paint(page, (50, 100), painted=False)
+        assert page.is_disabled("#clear")
+        stroke("#brush", 100, (50, 5), (50, 195))
+        wait_paint(page, (5, 5), (95, 195))
         page.fill("#strength", "0.5")
         assert page.inner_text("#strength-value") == "0.5: closer to the photo"
         page.fill("#steps", "4")
