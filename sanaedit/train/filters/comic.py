@@ -1,7 +1,8 @@
 """A deterministic comic filter: edge-preserving smoothing + colour quantisation + ink outlines.
 
 It makes the training targets of the bundled comic model (and is the reference its outputs are scored against).
-Same input, same output, bit for bit: no random state anywhere (no k-means), only fixed OpenCV, scikit-image and NumPy operations.
+Same input, same output, bit for bit: no random state anywhere (no k-means), only fixed OpenCV, scikit-image and NumPy
+operations.
 Kernel sizes follow the image size, so a photo and its downscaled copy get the same look.
 """
 
