@@ -272,7 +272,7 @@ sanaedit edit photo.jpg -o comic.png                  output the photo's own siz
 sanaedit edit a.jpg b.png -o out/                     many photos into a folder
 sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
 accelerate launch --num_processes 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 GPUs, half each
-torchrun --nproc_per_node 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 processes (GPUs if any, else CPU)
+sanaedit edit photos/ -o comics/ --processes 2       2 processes (GPUs if any, else CPU), half each
 sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7
 sanaedit edit photo.jpg -o out.png --mask sky.png      only the mask's white part; the rest stays the photo's
 sanaedit edit photos/ -o out/ --mask-dir masks/        photos/a.jpg with masks/a.png (photos without one: whole)
@@ -357,4 +357,12 @@ sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last 
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
+    p.add_argument(
+        "--processes",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="edit a folder as N processes on this machine, each its share (as torchrun --standalone; a failure "
+        "ends in one line)",
+    )
     p.set_defaults(func=run)
