@@ -59,6 +59,8 @@ def test_mask_and_strength_errors_are_one_clear_line(live):
     for bad in ("0", "1.5", "nan"):
         res = httpx.post(f"{url}/api/jobs?strength={bad}", content=photo)
         assert res.status_code == 422 and res.json()["detail"][0]["loc"][-1] == "strength", bad
+    res = httpx.post(f"{url}/api/jobs", files={"image": ("a.png", photo)}, data={"strength": "2"})  # a form field
+    assert res.status_code == 422 and res.json()["detail"][0]["loc"] == ["body", "strength"]
 
 
 def test_the_edit_gets_strength_and_the_mask_only_when_asked(live):
@@ -70,11 +72,10 @@ def test_the_edit_gets_strength_and_the_mask_only_when_asked(live):
 
     url = live(edit)
     photo = _encoded(_photo((60, 40)))
-    for query, files in (
-        ("", None),
-        ("?strength=0.5", {"image": ("a.png", photo), "mask": ("m.png", _encoded(_left_mask((30, 20))))}),
-    ):
-        res = httpx.post(f"{url}/api/jobs{query}", content=None if files else photo, files=files)
+    plain = httpx.post(f"{url}/api/jobs", content=photo)
+    files = {"image": ("a.png", photo), "mask": ("m.png", _encoded(_left_mask((30, 20))))}
+    masked = httpx.post(f"{url}/api/jobs", files=files, data={"strength": "0.5"})  # settings as form fields too
+    for res in (plain, masked):
         assert wait_state(lambda p: httpx.get(url + p), res.json()["id"])["state"] == "done"
     assert "strength" not in calls[0] and "mask_image" not in calls[0]  # a plain edit, as before
     assert calls[1]["strength"] == 0.5 and calls[1]["mask_image"] == (30, 20)
