@@ -142,7 +142,6 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         staged=args.low_memory,
     )
     processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
-    check_strength(args.strength, args.steps or pipe.config.num_inference_steps, STRENGTH_FLAGS)  # before any edit
     single = not folder_mode and len(inputs) == 1
     settings = dict(
         prompt=args.prompt,

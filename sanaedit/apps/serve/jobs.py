@@ -39,7 +39,7 @@ class Job:
     created: float = field(default_factory=time.time)
     image: Image.Image | None = None  # dropped as soon as the job has run
     mask: Image.Image | None = None  # a masked edit's mask (white = edit), dropped with the image
-    masked: bool = False
+    masked: bool = False  # whether it came with a mask (its card and its PNG say so once the mask is dropped)
     size: tuple[int, int] | None = None  # the upload's own size, when `image` was decoded smaller
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
