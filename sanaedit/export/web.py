@@ -77,10 +77,13 @@ def page_files() -> dict[str, Path | bytes]:
     return files
 
 
-def web_files(folder: str | Path, vae: Vae | str | None = None) -> dict[str, Path | bytes]:
+def web_files(
+    folder: str | Path, vae: Vae | str | None = None, server_page: str | None = None
+) -> dict[str, Path | bytes]:
     """Every file of the web folder for an ONNX export `folder` (name -> a file to copy or its content): the page,
-    config.json, the prompt cache, the graphs an edit runs and the runtime. Raises ModelFolderError, in one line,
-    for a folder the browser cannot run."""
+    config.json, the prompt cache, the graphs an edit runs and the runtime. `server_page`: where the page of the
+    server that serves it is (`sanaedit serve`: the page then offers to edit on the server instead). Raises
+    ModelFolderError, in one line, for a folder the browser cannot run."""
     folder = Path(folder)
     manifest = check_exported(folder)
     source = ExportedFolder(folder)
@@ -148,6 +151,7 @@ def web_files(folder: str | Path, vae: Vae | str | None = None) -> dict[str, Pat
         "sigmas": {str(n): flow_sigmas(n, config.shift, config.schedule).tolist() for n in range(1, MAX_STEPS + 1)},
         "upsample": {"radius": RADIUS, "eps": EPS, "refine_max_pixels": REFINE_MAX_PIXELS, "tile": TILE},
         "limits": {"max_steps": MAX_STEPS, "max_pixels": DEFAULT_MAX_PIXELS, "max_aspect": DEFAULT_MAX_ASPECT},
+        **({"server_page": server_page} if server_page else {}),
     }
     files[CONFIG_FILE] = (json.dumps(page_config, indent=1) + "\n").encode()
     for name in RUNTIME_FILES:

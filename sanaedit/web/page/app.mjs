@@ -70,7 +70,8 @@ worker.onmessage = ({data}) => {
   }
 };
 worker.onerror = (event) => status(`the editor stopped: ${event.message || "unknown error"}`, true);
-worker.postMessage({type: "load", config});
+// ?threads=N asks for N WebAssembly threads (bench/); the default is onnxruntime-web's, half the cores up to 4
+worker.postMessage({type: "load", config, threads: Number(new URLSearchParams(location.search).get("threads")) || 0});
 
 function pick(input) {
   if (input.files.length) {
@@ -94,7 +95,6 @@ $("form").onsubmit = (event) => {
     steps: Number($("steps").value) || pipeline.num_inference_steps,
     guidance: Number($("guidance").value) || pipeline.guidance_scale,
     seed: $("seed").value.trim() || "0",
-    strength: 1,  // a hook for partial edits (pipeline.py's strength), not offered by this page yet
   };
   worker.postMessage({type: "edit", file, settings});
 };

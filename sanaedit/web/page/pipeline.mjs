@@ -7,7 +7,7 @@
 import {Generator} from "./noise.mjs";
 import {postprocess, preprocess} from "./image.mjs";
 import {refineInTiles} from "./refine.mjs";
-import {SAMPLERS, partialStart} from "./sampling.mjs";
+import {SAMPLERS} from "./sampling.mjs";
 import {upsample} from "./upsample.mjs";
 
 const f32 = Math.fround;
@@ -59,7 +59,7 @@ export class Model {
     };
   }
 
-  // photo: {width, height, rgb}; settings: {steps, guidance, seed, strength}; progress(fraction, text)
+  // photo: {width, height, rgb}; settings: {steps, guidance, seed}; progress(fraction, text)
   async edit(photo, settings, progress = () => {}) {
     const {config} = this, {pipeline, latent} = config;
     const R = pipeline.resolution;
@@ -79,11 +79,11 @@ export class Model {
 
     const prompt = this.conditioning[pipeline.prompt], negative = this.conditioning[pipeline.negative_prompt];
     const velocity = this.velocityFunction(prompt, negative, ref, settings.guidance);
-    let sigmas = config.sigmas[settings.steps];
+    const sigmas = config.sigmas[settings.steps];
     if (!sigmas) throw new Error(`${settings.steps} steps: this page offers 1 to ${config.limits.max_steps}`);
     const generator = new Generator(settings.seed);
     let latents = generator.randn([1, latent.channels, latent.size, latent.size]);
-    if (settings.strength < 1) [sigmas, latents] = partialStart(sigmas, settings.strength, latents, ref);
+    // (a hook: a partial edit, pipeline.py's `strength`, or a mask would start from the photo's latents here)
     const sample = SAMPLERS[pipeline.sampler];
     latents = await sample(velocity, latents, sigmas, async (step, total) => {
       advance(SHARE.denoise / total, `denoising: step ${step} of ${total}`);

@@ -1,7 +1,7 @@
 // Pillow's Image.resize(size, Image.Resampling.BILINEAR) for 8-bit RGB, as sanaedit/image/io.py calls it: the same
 // pixels, so the model sees in the browser what it sees in Python. A port of Pillow's Resample.c (precompute_coeffs,
-// normalize_coeffs_8bpc, the horizontal then vertical 8-bit passes); by hand because a canvas's drawImage filters
-// differently. tests/web/test_page_math.py checks it against Pillow.
+// normalize_coeffs_8bpc, the two 8-bit passes in the order Pillow 13 picks); by hand because a canvas's drawImage
+// filters differently. tests/web/test_page_math.py checks it against the installed Pillow.
 // An image here is {width, height, rgb: Uint8Array of width * height * 3}.
 
 const PRECISION_BITS = 32 - 8 - 2;
@@ -68,12 +68,14 @@ function pass(src, lines, inSize, outSize, lineStride, step, outLineStride, outS
 export function resizeBilinear(image, width, height) {
   let {rgb, width: w, height: h} = image;
   if (w === width && h === height) return {width, height, rgb: rgb.slice()};
-  if (w !== width) {  // horizontal: each row, pixels 3 bytes apart
-    rgb = pass(rgb, h, w, width, w * 3, 3, width * 3, 3);
-    w = width;
-  }
-  if (h !== height) {  // vertical: each column, rows w * 3 bytes apart
-    rgb = pass(rgb, w, h, height, 3, w * 3, 3, w * 3);
+  // horizontal: each row, pixels 3 bytes apart; vertical: each column, rows w * 3 bytes apart
+  const horizontal = () => { rgb = pass(rgb, h, w, width, w * 3, 3, width * 3, 3); w = width; };
+  const vertical = () => { rgb = pass(rgb, w, h, height, 3, w * 3, 3, w * 3); h = height; };
+  // Pillow runs the vertical pass first when the height shrinks more than twice as much as the width (the
+  // intermediate image is rounded to 8 bits, so the order shows in the pixels)
+  const verticalFirst = image.height - height > 0 && image.height - height > (image.width - width) * 2;
+  for (const run of verticalFirst ? [vertical, horizontal] : [horizontal, vertical]) {
+    if ((run === horizontal ? w !== width : h !== height)) run();
   }
   return {width, height, rgb};
 }

@@ -74,13 +74,3 @@ async function scm(velocity, x, sigmas, onStep, generator) {
 }
 
 export const SAMPLERS = {euler, dpm: dpmSolver, scm};
-
-// strength < 1 (pipeline.py's _edit): the last steps only, from the source latent noised to that level
-export function partialStart(sigmas, strength, latents, refLatents) {
-  const steps = sigmas.length - 1, kept = Math.trunc(steps * strength);
-  const trimmed = sigmas.slice(steps - kept);
-  const s = f32(trimmed[0]), keep = f32(1 - trimmed[0]);
-  const out = new Float32Array(latents.length);
-  for (let i = 0; i < out.length; i++) out[i] = f32(f32(keep * refLatents[i]) + f32(s * latents[i]));
-  return [trimmed, out];
-}

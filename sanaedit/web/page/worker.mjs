@@ -1,6 +1,6 @@
 // The editor's thread: loads onnxruntime-web and the model's graphs from this folder (nothing from elsewhere), then
 // edits the photos the page sends, so the page stays responsive while a phone works.
-// Messages in: {type: "load", config}, {type: "edit", file, settings}. Out: {type: "progress", fraction, text},
+// Messages in: {type: "load", config, threads}, {type: "edit", file, settings}. Out: {type: "progress", fraction, text},
 // {type: "ready", runtime, loadMs}, {type: "result", width, height, rgb, ms, stages}, {type: "error", message}.
 
 import {PhotoError, decodePhoto} from "./image.mjs";
@@ -36,10 +36,12 @@ function readConditioning(bytes, entries) {
   return out;
 }
 
-async function load(config) {
+async function load(config, asked) {
   const started = performance.now();
   const ort = await import(new URL(config.runtime.entry, self.location.href).href);
-  const threads = self.crossOriginIsolated ? Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2)) : 1;
+  // threads need cross-origin isolation (SharedArrayBuffer); without it onnxruntime-web runs one
+  const byDefault = Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2));
+  const threads = self.crossOriginIsolated ? Math.max(1, Math.min(16, asked || byDefault)) : 1;
   Object.assign(ort.env.wasm, {numThreads: threads, wasmPaths: new URL(config.runtime.folder, self.location.href).href});
   const files = [...Object.values(config.graphs).map((g) => g.file), config.conditioning.file];
   const total = [...Object.values(config.graphs).map((g) => g.bytes), config.conditioning.bytes].reduce((a, b) => a + b, 0);
@@ -74,7 +76,7 @@ async function edit(file, settings) {
 
 self.onmessage = async ({data}) => {
   try {
-    if (data.type === "load") await load(data.config);
+    if (data.type === "load") await load(data.config, data.threads);
     if (data.type === "edit") await edit(data.file, data.settings);
   } catch (err) {
     const message = err instanceof PhotoError ? err.message : `${err?.message || err}`;
