@@ -190,6 +190,21 @@ def wait_js(page, expression, timeout=30.0):
         time.sleep(0.1)
 
 
+def restyled_export(folder, **pipeline):
+    """A copy of the bundled model's ONNX export in `folder`, whose model_index.json asks for other pipeline
+    settings (`sampler="dpm"`, `guidance_scale=2.0`, ...)."""
+    import json
+    from pathlib import Path
+
+    from sanaedit.load import BUNDLED_EXPORT
+
+    copy = shutil.copytree(BUNDLED_EXPORT, Path(folder) / "restyled")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["pipeline"].update(pipeline)
+    (copy / "model_index.json").write_text(json.dumps(index))
+    return copy
+
+
 def static_server(folder) -> tuple[str, subprocess.Popen]:
     """`python -m http.server` on a free loopback port serving `folder`, as anyone would serve a static folder:
     (its URL, the process). Returns once it answers."""

@@ -15,7 +15,7 @@ from sanaedit.apps.serve.app import create_app
 from sanaedit.apps.serve.device import device_files
 from sanaedit.load import SAMPLE_PHOTO
 from sanaedit.train.evaluate import psnr
-from tests.conftest import flip, free_port, launch_chromium, serve_in_thread, static_server, wait_js
+from tests.conftest import flip, free_port, launch_chromium, restyled_export, serve_in_thread, static_server, wait_js
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -33,8 +33,8 @@ def edit_in_page(page, photo, tmp_path, name):
     return Image.open(tmp_path / name).convert("RGB"), page.inner_text("#timing")
 
 
-def cli_edit(photo, out):
-    assert main(["edit", str(photo), "-o", str(out), "--seed", "0", "-q"]) == 0
+def cli_edit(photo, out, *options):
+    assert main(["edit", str(photo), "-o", str(out), "--seed", "0", "-q", *options]) == 0
     return Image.open(out).convert("RGB")
 
 
@@ -108,3 +108,29 @@ def test_serve_runs_the_page_on_this_device_with_threads(tmp_path):
         server.should_exit = True
         thread.join(30)
     assert psnr(np.asarray(result), np.asarray(cli_edit(SAMPLE_PHOTO, tmp_path / "cli.png"))) >= 30
+
+
+def test_guidance_the_dpm_solver_black_padding_and_guided_upsampling_match_too(tmp_path):
+    """The bundled model runs without CFG; a copy of it told to guide (the [negative, prompt] batch), with another
+    sampler, schedule, padding and upsampling, edits in the browser as the CLI edits with that copy."""
+    from playwright.sync_api import sync_playwright
+
+    settings = dict(guidance_scale=2.0, sampler="dpm", schedule="linear", num_inference_steps=6, padding="black")
+    model = restyled_export(tmp_path, upsample="guided", **settings)
+    site = tmp_path / "site"
+    assert main(["export", str(model), "--format", "web", "-o", str(site), "-q"]) == 0
+    url, server = static_server(site)
+    try:
+        with sync_playwright() as pw:
+            browser = launch_chromium(pw)
+            page = browser.new_page(accept_downloads=True)
+            page.goto(url + "/")
+            wait_js(page, "!document.querySelector('[data-testid=run]').disabled", timeout=60)
+            assert page.input_value("#guidance") == "2" and page.input_value("#steps") == "6"
+            result, _ = edit_in_page(page, SAMPLE_PHOTO, tmp_path, "page.png")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()
+    want = cli_edit(SAMPLE_PHOTO, tmp_path / "cli.png", "--model", str(model))
+    assert psnr(np.asarray(result), np.asarray(want)) >= 30

@@ -69,10 +69,13 @@ def export_web_folder(args: argparse.Namespace, model: Path, out: Path) -> int:
     import tempfile
 
     from sanaedit.export.web import export_web
-    from sanaedit.formats.index import EXPORT_CLASS, folder_kind
+    from sanaedit.formats.index import EXPORT_CLASS, RELEASE_KIND, folder_kind
 
     progress = not args.quiet
-    if folder_kind(model) == EXPORT_CLASS:
+    kind = folder_kind(model)
+    if kind == RELEASE_KIND:
+        raise ValueError(f"{model}: MNN graphs; the browser runs ONNX: export --format web from the PyTorch folder")
+    if kind == EXPORT_CLASS:
         if args.lora:
             raise ValueError(
                 "--lora: an exported folder's graphs are fixed; export --format web from the PyTorch folder"
