@@ -100,6 +100,16 @@ def test_config_numbers_are_the_pythons(tmp_path, pipeline):
     assert config["runtime"]["version"] == RUNTIME_VERSION
 
 
+def test_the_page_and_the_runtime_ship_in_the_package():
+    import tomllib
+
+    from sanaedit.export.web import WEB
+
+    patterns = tomllib.loads((WEB.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {p for pattern in patterns["sanaedit"] for p in WEB.parent.glob(pattern)}
+    assert {p for p in WEB.rglob("*") if p.is_file()} <= shipped
+
+
 def test_the_vendored_runtime_says_where_it_came_from():
     readme = (RUNTIME / "README.md").read_text()
     assert f"onnxruntime-web {RUNTIME_VERSION}" in readme and "registry.npmjs.org" in readme

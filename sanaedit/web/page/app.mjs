@@ -60,7 +60,8 @@ worker.onmessage = ({data}) => {
       const wall = performance.now() - current.started;
       const stages = data.stages.map(([name, ms]) => `${name} ${seconds(ms)}`).join(", ");
       $("timing").textContent = `edited in ${seconds(data.ms)} on this device (${stages})`;
-      Object.assign($("timing").dataset, {editMs: Math.round(data.ms), wallMs: Math.round(wall)});
+      const stageMs = Object.fromEntries(data.stages.map(([name, ms]) => [name, Math.round(ms)]));
+      Object.assign($("timing").dataset, {stages: JSON.stringify(stageMs), editMs: Math.round(data.ms), wallMs: Math.round(wall)});
       status("done");
       $("run").disabled = false;
     }, "image/png");
