@@ -26,9 +26,11 @@ import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
@@ -47,6 +49,7 @@ from sanaedit.apps.serve.security import (
     new_nonce,
     page_csp,
 )
+from sanaedit.apps.serve.settings import merge_form_fields, settings_model
 from sanaedit.apps.serve.uploads import UploadLimits, read_upload
 from sanaedit.errors import ImageLoadError, QueueFull
 from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
@@ -82,6 +85,8 @@ def create_app(
     retry_after: int = 10,
     upload_timeout_s: float = 120.0,
     upload_idle_s: float = 15.0,
+    upload_min_rate: float = 4096.0,
+    max_uploads: int | None = None,
     uploads_per_client: int | None = None,
     decode_memory_bytes: int = 256 * 2**20,
     max_aspect: float = DEFAULT_MAX_ASPECT,
@@ -93,8 +98,10 @@ def create_app(
     """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work.
 
     Uploads are decoded no larger than `work_side` pixels (default: `edit.work_side`, which `pipeline_editor` sets
-    to the model's resolution) and the result is scaled back to the upload's size. `uploads_per_client` (default a
-    quarter of the queue) caps one client's uploads in progress; `decode_memory_bytes` caps concurrent decoding.
+    to the model's resolution) and the result is scaled back to the upload's size. `max_uploads` (default twice the
+    queue) caps the uploads in progress, `uploads_per_client` (default a quarter of the queue) one client's; an upload
+    slower than `upload_min_rate` bytes/s on average (after `MIN_RATE_GRACE_S`) is cut off with 408;
+    `decode_memory_bytes` caps concurrent decoding.
     `allowed_hosts`: Host header names accepted (None: any); `token`: required on every request but the health
     check (see `security.TokenAuth`). `in_browser`: the in-browser editor's files for this model
     (`device.device_files`), served under /device/; the page then offers "run on this device", its default where the
@@ -155,36 +162,40 @@ def create_app(
 
     add_device_routes(app, in_browser)
 
-    uploading = 0  # uploads being read or decoded: they count against the queue's room, so memory stays bounded
-
-    limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s)
+    # uploads being read or decoded: at most `max_uploads` at once, so memory stays bounded. They do not hold queue
+    # places: uploads trickling in from many addresses must not refuse a finished one its place (issue 30)
+    uploading = 0
+    max_uploads = max_uploads or 2 * max_queued
+    limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s, upload_min_rate)
 
     def decode(body: bytes, label: str):
         if work_side:
             return decode_reduced(body, label, work_side, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
 
-    @app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
-    async def submit(
-        request: Request,
-        steps: int = Query(defaults["steps"], ge=1, le=50),
-        guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
-        seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
-        name: str | None = Query(None, max_length=200, description="the photo's file name (default: the form's)"),
-        prompt: str | None = Query(None, max_length=2000),
-    ) -> dict:
+    Settings = settings_model(defaults)  # noqa: N806  (a class: the query's and the form's settings)
+    text_fields = tuple(Settings.model_fields)
+
+    async def submit(request: Request, query: BaseModel) -> dict:
+        """Queue an edit of the uploaded photo. Its settings come as query parameters, or as text fields of a
+        multipart upload (a query parameter wins over a field of the same name)."""
         nonlocal uploading
-        if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
+        if jobs.queued >= max_queued:  # refuse before reading: a burst never piles up in memory
             raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
+        if uploading >= max_uploads:
+            message = f"{uploading} uploads are in progress, the most this server reads at once; try again shortly"
+            raise HTTPException(503, message, headers={"Retry-After": "1"})
         client = request.client.host if request.client else "?"
         if not slots.take(client):  # one client cannot take every place with uploads it never finishes
             message = f"this client already has {per_client} upload(s) in progress; try again when one is done"
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            body, filename = await read_upload(request, limits)
+            upload = await read_upload(request, limits, text_fields)
+            given = merge_form_fields(query, upload.fields)
+            body = upload.image
             # only ever echoed in messages and download names, never a path
-            label = "".join(c for c in (name or filename[:200] or "upload") if c.isprintable())
+            label = "".join(c for c in (given.name or upload.filename[:200] or "upload") if c.isprintable())
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
@@ -196,10 +207,11 @@ def create_app(
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body
+                del body, upload
             if cost > 16 * 2**20:
                 await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
-            settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
+            settings = {"num_inference_steps": given.steps, "guidance_scale": given.guidance, "seed": given.seed}
+            prompt = given.prompt
             if prompt and prompt.strip() and prompt != defaults.get("prompt"):
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
             try:
@@ -210,6 +222,10 @@ def create_app(
             uploading -= 1
             slots.give_back(client)
         return described(job)
+
+    # the settings class is made at run time: its annotation must be the object (this module's are strings)
+    submit.__annotations__["query"] = Annotated[Settings, Query()]
+    app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})(submit)
 
     def described(job) -> dict:
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
