@@ -36,8 +36,7 @@ worker.onmessage = ({data}) => {
     const r = data.runtime;
     const threads = `${r.threads} thread${r.threads > 1 ? "s" : ""}`;
     const why = r.isolated ? "" : " (one: the server does not send cross-origin isolation headers)";
-    const gpu = r.webgpu ? " · WebGPU is available but not used: this build runs WebAssembly" : "";
-    $("runtime").textContent = `Runs on: ${r.backend}, ${threads}${why}${gpu}`;
+    $("runtime").textContent = `Runs on: ${r.backend}, ${threads}${why}`;
     $("runtime").dataset.threads = r.threads;
     $("timing").textContent = `model loaded in ${seconds(data.loadMs)}`;
     $("timing").dataset.loadMs = Math.round(data.loadMs);

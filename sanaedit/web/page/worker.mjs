@@ -58,8 +58,7 @@ async function load(config, asked) {
     sessions[name] = await ort.InferenceSession.create(bytes[i], {executionProviders: ["wasm"], graphOptimizationLevel: "all"});
   }
   model = new Model(ort, config, sessions, readConditioning(bytes[names.length], config.conditioning.entries));
-  const runtime = {backend: "WebAssembly (SIMD)", threads, isolated: self.crossOriginIsolated, webgpu: "gpu" in navigator,
-                   version: config.runtime.version};
+  const runtime = {backend: "WebAssembly (SIMD)", threads, isolated: self.crossOriginIsolated, version: config.runtime.version};
   postMessage({type: "ready", runtime, loadMs: performance.now() - started});
 }
 
