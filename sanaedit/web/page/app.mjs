@@ -17,6 +17,7 @@ $("guidance").value = pipeline.guidance_scale;
 $("about").textContent = `${config.model} · onnxruntime-web ${config.runtime.version}`;
 if (config.server_page) {  // served by `sanaedit serve`: it can also edit on the server
   $("switch").hidden = false;
+  $("to-server").href = `${config.server_page}?run=server`;
   $("to-server").onclick = () => localStorage.setItem("sanaedit-run", "server");
   localStorage.setItem("sanaedit-run", "device");
 }
