@@ -94,35 +94,13 @@ def web_files(
         )
     plan = make_plan(source.info, vae=vae)
     config = plan.config
-    roles = {"transformer": "transformer"}
-    encoder, decoder = TINY_GRAPHS if plan.vae == Vae.TINY else ("vae_encoder", "vae_decoder")
-    roles.update(vae_encoder=encoder, vae_decoder=decoder)
     upsample = config.upsample
-    if upsample == Upsample.REFINE:
-        if REFINER_GRAPH in manifest["graphs"]:
-            roles["refiner"] = REFINER_GRAPH
-        else:  # an export from before the refiner was a graph: only PyTorch runs it
-            logger.warning("%s: its refiner is not a graph (an older export): the page upsamples 'guided'", folder)
-            upsample = Upsample.GUIDED
-    files: dict[str, Path | bytes] = {**page_files()}
-    graphs = {}
-    for role, name in roles.items():
-        entry = manifest["graphs"][name]
-        path = folder / entry["file"]
-        sides = sorted(p for p in path.parent.glob(path.name + ".*") if p.is_file())
-        if sides:
-            raise ModelFolderError(
-                f"{path}: its weights are in a side file ({sides[0].name}), too large for a browser's 2 GB per "
-                "graph; the web format takes graphs in one file"
-            )
-        graphs[role] = {"file": f"graphs/{name}.onnx", "inputs": entry["inputs"], "outputs": entry["outputs"],
-                        "bytes": path.stat().st_size}  # fmt: skip
-        if role == "refiner":
-            graphs[role].update(factor=int(entry["factor"]), margin=int(entry["margin"]))
-        files[graphs[role]["file"]] = path
+    if upsample == Upsample.REFINE and REFINER_GRAPH not in manifest["graphs"]:
+        # an export from before the refiner was a graph: only PyTorch runs it
+        logger.warning("%s: its refiner is not a graph (an older export): the page upsamples 'guided'", folder)
+        upsample = Upsample.GUIDED
+    graphs, files = page_graphs(folder, manifest, plan.vae, upsample == Upsample.REFINE)
     conditioning, entries = conditioning_bytes(folder, [config.prompt, config.negative_prompt])
-    files[CONDITIONING_FILE] = conditioning
-    info = manifest["transformer"]
     page_config = {
         "format": "sanaedit-web",
         "model": folder.name,
@@ -131,7 +109,7 @@ def web_files(
             "version": RUNTIME_VERSION,
             "folder": RUNTIME_FOLDER,
             "entry": RUNTIME_FOLDER + RUNTIME_FILES[0],
-        },  # fmt: skip
+        },
         "graphs": graphs,
         "conditioning": {"file": CONDITIONING_FILE, "bytes": len(conditioning), "entries": entries},
         "pipeline": {
@@ -146,17 +124,49 @@ def web_files(
             "padding": str(config.padding),
             "upsample": str(upsample),
         },
-        "latent": {"channels": info["out_channels"], "size": config.resolution // manifest["vae"]["scale_factor"]},
+        "latent": {
+            "channels": manifest["transformer"]["out_channels"],
+            "size": config.resolution // manifest["vae"]["scale_factor"],
+        },
         "timestep_scale": TIMESTEP_SCALE,
         "sigmas": {str(n): flow_sigmas(n, config.shift, config.schedule).tolist() for n in range(1, MAX_STEPS + 1)},
         "upsample": {"radius": RADIUS, "eps": EPS, "refine_max_pixels": REFINE_MAX_PIXELS, "tile": TILE},
         "limits": {"max_steps": MAX_STEPS, "max_pixels": DEFAULT_MAX_PIXELS, "max_aspect": DEFAULT_MAX_ASPECT},
         **({"server_page": server_page} if server_page else {}),
     }
-    files[CONFIG_FILE] = (json.dumps(page_config, indent=1) + "\n").encode()
-    for name in RUNTIME_FILES:
-        files[RUNTIME_FOLDER + name] = RUNTIME / name
-    return files
+    runtime = {RUNTIME_FOLDER + name: RUNTIME / name for name in RUNTIME_FILES}
+    return {
+        **page_files(),
+        **files,
+        **runtime,
+        CONDITIONING_FILE: conditioning,
+        CONFIG_FILE: (json.dumps(page_config, indent=1) + "\n").encode(),
+    }
+
+
+def page_graphs(folder: Path, manifest: dict, vae: Vae, refine: bool) -> tuple[dict, dict[str, Path]]:
+    """(config.json's "graphs": each role's file, I/O names and size; the graph files by their name in the folder)
+    for the graphs an edit runs: the DiT, the planned autoencoder's encoder and decoder, the refiner."""
+    encoder, decoder = TINY_GRAPHS if vae == Vae.TINY else ("vae_encoder", "vae_decoder")
+    roles = {"transformer": "transformer", "vae_encoder": encoder, "vae_decoder": decoder}
+    if refine:
+        roles["refiner"] = REFINER_GRAPH
+    graphs, files = {}, {}
+    for role, name in roles.items():
+        entry = manifest["graphs"][name]
+        path = folder / entry["file"]
+        sides = sorted(p for p in path.parent.glob(path.name + ".*") if p.is_file())
+        if sides:
+            raise ModelFolderError(
+                f"{path}: its weights are in a side file ({sides[0].name}), too large for a browser's 2 GB per "
+                "graph; the web format takes graphs in one file"
+            )
+        graphs[role] = {"file": f"graphs/{name}.onnx", "inputs": entry["inputs"], "outputs": entry["outputs"],
+                        "bytes": path.stat().st_size}  # fmt: skip
+        if role == "refiner":  # its tiling (models/refine_tiles.py)
+            graphs[role].update(factor=int(entry["factor"]), margin=int(entry["margin"]))
+        files[graphs[role]["file"]] = path
+    return graphs, files
 
 
 def conditioning_bytes(folder: Path, prompts: list[str]) -> tuple[bytes, dict]:
