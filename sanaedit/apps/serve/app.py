@@ -8,6 +8,7 @@
     GET  /api/jobs/{id}           state and per-step progress
     DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
+    GET  /device/                 the same edit inside the visitor's browser ("run on this device", device.py)
 
 The upload is the raw request body or a multipart form's `image` field (uploads.py), with an optional `mask` field
 (a masked edit, white = edit: the photo's size or aspect ratio; the page's brush sends one), read in chunks up to
@@ -37,6 +38,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from sanaedit.apps.serve.apidocs import add_api_docs
+from sanaedit.apps.serve.device import add_device_routes
 from sanaedit.apps.serve.downloads import download_name, unique_names, zip_stream
 from sanaedit.apps.serve.jobs import JobQueue
 from sanaedit.apps.serve.limits import ClientSlots, MemoryBudget, release_memory
@@ -100,6 +102,7 @@ def create_app(
     work_side: int | None = None,
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
     token: str | None = None,
+    in_browser: dict | None = None,
 ) -> FastAPI:
     """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work (also given
     `prompt=`, `strength=` (when < 1) and `mask_image=` (a greyscale picture) when a job asks for them).
@@ -110,7 +113,9 @@ def create_app(
     slower than `upload_min_rate` bytes/s on average (after `MIN_RATE_GRACE_S`) is cut off with 408;
     `decode_memory_bytes` caps concurrent decoding.
     `allowed_hosts`: Host header names accepted (None: any); `token`: required on every request but the health
-    check (see `security.TokenAuth`).
+    check (see `security.TokenAuth`). `in_browser`: the in-browser editor's files for this model
+    (`device.device_files`), served under /device/; the page then offers "run on this device", its default where the
+    browser can.
     """
     if token is not None and not TOKEN_PATTERN.fullmatch(token):
         raise ValueError("the access token must be at least 16 characters from A-Z a-z 0-9 . _ ~ -")
@@ -141,7 +146,11 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
         nonce = new_nonce()  # the page's own inline script runs; an injected one would not
-        html = (STATIC / "index.html").read_text().replace("<script>", f'<script nonce="{nonce}">')
+        html = (
+            (STATIC / "index.html")
+            .read_text()
+            .replace('<script type="module">', f'<script type="module" nonce="{nonce}">')
+        )
         return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(nonce), "Cache-Control": "no-store"})
 
     @app.get("/api/health")
@@ -153,7 +162,15 @@ def create_app(
     @app.get("/api/config")
     def config() -> dict:
         limits = {"max_upload_bytes": max_upload_bytes, "max_queued": max_queued, "max_pixels": max_pixels}
-        return {**defaults, **limits, "max_aspect": max_aspect, "uploads_per_client": per_client}
+        return {
+            **defaults,
+            **limits,
+            "max_aspect": max_aspect,
+            "uploads_per_client": per_client,
+            "in_browser": bool(in_browser),
+        }
+
+    add_device_routes(app, in_browser)
 
     # uploads being read or decoded: at most `max_uploads` at once, so memory stays bounded. They do not hold queue
     # places: uploads trickling in from many addresses must not refuse a finished one its place (issue 30)

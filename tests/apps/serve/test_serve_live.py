@@ -3,8 +3,6 @@
 import concurrent.futures
 import gc
 import io
-import os
-import shutil
 import socket
 import threading
 import time
@@ -17,9 +15,7 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.apps.serve.server import DrainingServer
-from tests.conftest import free_port, serve_in_thread
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.conftest import free_port, launch_chromium, serve_in_thread, wait_js
 
 
 @pytest.fixture
@@ -43,23 +39,6 @@ def start_server(tmp_path):
         thread.join(60)
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-def launch(pw):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-
-
 def record_statuses(page):
     """Collect every text the cards' status lines show (the page polls; this sees each change)."""
     page.evaluate(
@@ -76,15 +55,6 @@ def rss_mb():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def wait_js(page, expression, timeout=30.0):
-    """Poll a JS expression from outside the page: the page's CSP forbids the eval Playwright's wait_for_function
-    injects (and that CSP is part of what this test checks)."""
-    deadline = time.time() + timeout
-    while not page.evaluate(expression):
-        assert time.time() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -104,7 +74,7 @@ def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe
         photos.append(tmp_path / f"photo{i}.png")
         Image.new("RGB", size, (200, 120, 40 * i)).save(photos[-1])
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         statuses = []
         page.on("response", lambda r: statuses.append(r.status) if "/api/jobs?" in r.url else None)
@@ -191,7 +161,7 @@ def test_page_form_errors_progress_prompt_and_phone_layout(start_server, tiny_pi
     photo = tmp_path / "wide.png"
     Image.new("RGB", (1200, 900), (40, 90, 200)).save(photo)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(plain_url)
         wait_js(page, "document.getElementById('prompt-hint').textContent !== ''")
@@ -262,7 +232,7 @@ def test_stopping_the_server_finishes_the_running_photo_and_the_page_retries(sta
         photos.append(tmp_path / f"p{i}.png")
         Image.new("RGB", (40, 30), (100, 50 * i, 0)).save(photos[-1])
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(url)
         wait_js(page, "document.getElementById('steps').value !== ''")
@@ -354,7 +324,7 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
     for p in photos:
         Image.new("RGB", (40, 30), "teal").save(p)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(url)
         wait_js(page, "document.getElementById('steps').value !== ''")
@@ -398,7 +368,7 @@ def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server,
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
         page = context.new_page()
         page.goto(url)
