@@ -13,6 +13,7 @@ from PIL import Image
 from sanaedit.apps.cli import (
     add_command,
     add_lora_arg,
+    add_processes_option,
     add_runtime_args,
     add_sampling_args,
     check_device,
@@ -356,12 +357,5 @@ sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last 
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
-    p.add_argument(
-        "--processes",
-        type=int_range(1),
-        default=1,
-        metavar="N",
-        help="edit a folder as N processes on this machine, each its share (as torchrun --standalone; a failure "
-        "ends in one line)",
-    )
+    add_processes_option(p, "edit a folder as N processes on this machine, each its share")
     p.set_defaults(func=run)
