@@ -57,6 +57,7 @@ def load_pipeline(
     vae: Vae | str | None = None,
     staged: bool = False,
     upsample: str | None = None,
+    controlnet: str | Path | None = None,
 ) -> SanaEditPipeline:
     """The pipeline for `model`, with one set of defaults whatever the source: a model folder (PyTorch), an exported
     folder or the published release's files (the runtime their format needs, or `backend`); with None, the bundled
@@ -70,12 +71,14 @@ def load_pipeline(
     or "tiny" (the folder's light autoencoder; the DC-AE is then never loaded); None: the folder's default.
     `upsample`: how the edit comes back to the photo's size; None: the folder's default (guided with a LoRA).
     `staged`: each network in memory only for its stage of an edit (`SanaEditPipeline.enable_staged_residency`):
-    the lowest peak for a one-shot edit; a PyTorch model folder only. Every choice is made in `plan.make_plan`.
+    the lowest peak for a one-shot edit; a PyTorch model folder only. `controlnet`: a ControlNet folder for a
+    PyTorch model (None: the folder's own controlnet/, if any). Every choice is made in `plan.make_plan`.
     """
     if model is None:
         if backend not in (None, Backend.TORCH, Backend.ONNXRUNTIME):
             raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
-        model = bundled_model(backend, device, dtype, loras, staged)
+        # another ControlNet than the bundled model's own steers its PyTorch folder, not its export
+        model = bundled_model(backend or (Backend.TORCH if controlnet else None), device, dtype, loras, staged)
     if model is None:
         require("torch", "no bundled model in this install: the tiny random stand-in")
         from sanaedit.tools.random_model import RandomWeights
@@ -95,6 +98,7 @@ def load_pipeline(
         loras=loras or (),
         staged=staged,
         threads=threads,
+        controlnet=controlnet,
     )
     if model is None:
         logger.warning(

@@ -14,6 +14,7 @@ What a run uses is decided once, in its plan (plan.py).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sanaedit.core.arrays import float32, no_grad
-from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend
+from sanaedit.core.arrays import float32, no_grad, to_numpy
+from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend, Control
 from sanaedit.core.config import (
     COMIC_PROMPT,  # noqa: F401  (part of this module's API)
     PipelineConfig,
@@ -179,10 +180,21 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         """Load any model source: a PyTorch model folder (the LLM only if a prompt is not in its prompt cache), an
         exported folder or the published release's files (their own runtime: CPU, float32; torch is not imported).
         `torch_dtype` is diffusers' name for `dtype` (default float32). `options` are `plan.make_plan`'s (backend, vae,
-        upsample, threads, loras, staged). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`."""
+        upsample, threads, loras, staged, controlnet). `controlnet`: a ControlNet folder or a `SanaControlNetModel`
+        (default: the folder's own `controlnet/`, if any). For the CLI's defaults (threads, dtype, caches) use
+        `load_pipeline`."""
         source = open_source(model_dir)
         dtype = torch_dtype or dtype or "float32"
-        return cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
+        controlnet = options.pop("controlnet", None)
+        module = None if controlnet is None or isinstance(controlnet, (str, Path)) else controlnet
+        plan = make_plan(
+            source.info, device=str(device), dtype=dtype, tuned=False, controlnet=None if module else controlnet,
+            **options,
+        )  # fmt: skip
+        pipe = cls.from_plan(source, plan)
+        if module is not None:
+            pipe.set_controlnet(module)
+        return pipe
 
     @classmethod
     def from_plan(cls, source: ModelSource, plan: RunPlan) -> SanaEditPipeline:
@@ -203,6 +215,26 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         if not pipe.prompt_cache and parts.text_encoder_loader is not None and plan.backend == Backend.TORCH:
             pipe.check_text_encoder(pipe.text_encoder)  # nothing cached: a broken text path fails at load time
         return pipe
+
+    @property
+    def controlnet(self):
+        """The PyTorch ControlNet (diffusers' SanaControlNetModel), if the pipeline has one on PyTorch modules."""
+        return getattr(self.flow.controlnet, "module", None)
+
+    def set_controlnet(self, controlnet) -> None:
+        """Steer this pipeline's edits through `controlnet` (a `SanaControlNetModel` for this DiT; PyTorch networks
+        only), moved to the DiT's device and dtype. Saving the pipeline then writes it as `controlnet/`."""
+        from sanaedit.models.controlnet import TorchControl, check_fits
+        from sanaedit.models.torch_flow import place_modules
+
+        if not self.flow.modules:
+            raise ValueError(
+                "this pipeline runs exported graphs: its ControlNet is a graph made at export (put it in the model "
+                "folder as controlnet/ and export that)"
+            )
+        check_fits(controlnet, self.transformer)
+        place_modules([controlnet], self.device, self.dtype)
+        self.flow.controlnet = TorchControl(controlnet.eval())
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
         """Write the model folder atomically (an existing folder is replaced only once the new one is complete). With
@@ -270,6 +302,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         return_dict: bool = True,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float = 1.0,
     ) -> SanaEditOutput | tuple[Any]:
         """Edit `image` (a PIL image, a path, a NumPy array or torch tensor as diffusers takes them, or a list), or
         with `image=None` generate from text.
@@ -283,6 +317,10 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         NumPy arrays on exported graphs). `generator`: a torch.Generator (diffusers' convention) or a
         `sanaedit.core.noise.Generator` (the same numbers for the same seed, without torch), or a list with one per
         image; None draws fresh noise.
+        `control_image` steers the edit through the model's ControlNet, at `controlnet_conditioning_scale`
+        (diffusers' names): a picture (one for every input, or a list with one per input; it goes through the
+        same preprocessing and autoencoder as the photo), "edges" (each input photo's own edges: image/edges.py),
+        or None / "none" (no ControlNet).
         """
         sources = as_sources(image)
         cfg = self.config
@@ -295,6 +333,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         tensor_inputs = getattr(callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs)
         tensor_inputs = ["latents"] if tensor_inputs is None else list(tensor_inputs)  # diffusers' default
         check_tensor_inputs(tensor_inputs)
+        controls = self._check_control(control_image, sources, controlnet_conditioning_scale)
         settings = dict(
             prompt=cfg.prompt if prompt is None else prompt,
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
@@ -311,36 +350,83 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             callback=callback,
             step_end=callback_on_step_end and step_end_callback(self, callback_on_step_end, tensor_inputs),
             decode=output_type != "latent",
+            control_scale=float(controlnet_conditioning_scale),
         )
         schedule_used = settings["schedule"]
         logger.debug(f"sampling: {sampler or cfg.sampler}, schedule {schedule_used}, {steps} steps, guidance {scale:g}")
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
-        outputs = [out for source, g in zip(sources, generators) for out in self._edit(source, generator=g, **settings)]
+        outputs = [
+            out
+            for source, g, control in zip(sources, generators, controls)
+            for out in self._edit(source, generator=g, control=control, **settings)
+        ]
         images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
 
+    def _check_control(self, control_image: Any, sources: list[Any], scale: float) -> list[Any]:
+        """The control of each input (None, Control.EDGES or a picture), checked before any work."""
+        if control_image is None or (isinstance(control_image, str) and control_image == Control.NONE):
+            return [None] * len(sources)
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"controlnet_conditioning_scale must be a finite number, got {scale}")
+        if self.flow.controlnet is None:
+            raise ValueError(
+                "this model has no ControlNet to take a control image: load one (from_pretrained(..., "
+                "controlnet=DIR); CLI: --controlnet DIR), or put it in the model folder as controlnet/"
+            )
+        if isinstance(control_image, str) and control_image == Control.EDGES:
+            if None in sources:
+                raise ValueError("control_image='edges' takes the edges of the input photo: give an image")
+            return [Control.EDGES] * len(sources)
+        controls = as_sources(control_image)
+        if None in controls or len(controls) not in (1, len(sources)):
+            raise ValueError(
+                f"control_image must be one picture, or one per input image ({len(sources)}), 'edges' or None; "
+                f"got {len(controls)}"
+            )
+        return controls * len(sources) if len(controls) == 1 else controls
+
+    def control_latents(self, control: Any, pixels: Array | None) -> Array:
+        """The control latent of one edit: the input's edges (`pixels`: the preprocessed photo), or a control
+        picture through the pipeline's own preprocessing, both through the autoencoder (as diffusers encodes its
+        control image)."""
+        if control == Control.EDGES:
+            from sanaedit.image.edges import edge_pixels
+
+            control_pixels = edge_pixels(to_numpy(pixels))
+        else:
+            picture = load_image(control) if isinstance(control, (str, Path)) else control
+            control_pixels, _ = preprocess(picture, self.config.resolution, self.config.padding)
+        return self.encode_image(control_pixels)
+
     def _edit(
         self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
-        callback, step_end, decode,
+        callback, step_end, decode, control=None, control_scale=1.0,
     ) -> list[Any]:  # fmt: skip
         """`count` samples of one input, as one batch: pictures (`decode`), else their latents."""
         size = self.config.resolution // self.vae_scale
         latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
+        control_latents = None
         if image is not None:
             pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
             with self._stage("encoder"):
                 ref_latents = self.encode_image(pixels)
+                if control is not None:
+                    control_latents = self.control_latents(control, pixels)
         else:
             restore = None
             ref_latents = self.flow.arrays.zeros((1, *latent_shape[1:]))
+            if control is not None:  # a control picture (edges need a photo: refused by __call__)
+                with self._stage("encoder"):
+                    control_latents = self.control_latents(control, None)
 
         use_cfg = scale > 1.0 and self.flow.guidance_embeds is None  # a student embeds the scale instead
         hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])
-        velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
+        velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale, control_latents, control_scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
         latents = self.flow.arrays.randn(latent_shape, generator)

@@ -105,10 +105,12 @@ def edit_folder(
     resume: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Run `edit(image, **edit_kwargs) -> PIL image` (e.g. a SanaEditPipeline) on every image in `in_dir`.
-    `processes`: this process's share of the batch when several share it (see the module's docstring)."""
+    `processes`: this process's share of the batch when several share it (see the module's docstring);
+    `per_file(source)`: more arguments for that file's edit (its control image: a failure fails that file)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
 
     def plan_folder() -> tuple[BatchSummary, dict[Path, Path]]:
@@ -128,7 +130,7 @@ def edit_folder(
 
     processes = processes or Processes()
     summary, todo = processes.from_main(plan_folder)  # one plan, made once, for every process
-    return _edit_planned(edit, summary, todo, progress, processes, **edit_kwargs)
+    return _edit_planned(edit, summary, todo, progress, processes, per_file, **edit_kwargs)
 
 
 def _real(path: Path) -> str:
@@ -147,15 +149,16 @@ def edit_files(
     progress: bool = True,
     summary: BatchSummary | None = None,
     processes: Processes | None = None,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Edit each source into its planned output; a source without a plan entry is reported as a name collision,
     an output that is one of the inputs is refused (never overwrite a photo), any failure of one file is recorded
     and the rest go on. Outputs that cannot be written at all are refused first (ValueError, before any edit); a
-    full disk stops the batch and lists the inputs not attempted. `processes`: as in `edit_folder`."""
+    full disk stops the batch and lists the inputs not attempted. `processes`, `per_file`: as in `edit_folder`."""
     processes = processes or Processes()
     planned = processes.from_main(lambda: _plan_files(sources, plan, resume, summary))
-    return _edit_planned(edit, *planned, progress, processes, **edit_kwargs)
+    return _edit_planned(edit, *planned, progress, processes, per_file, **edit_kwargs)
 
 
 def _plan_files(
@@ -187,6 +190,7 @@ def _edit_planned(
     todo: dict[Path, Path],
     progress: bool,
     processes: Processes,
+    per_file: Callable[[Path], dict] | None = None,
     **edit_kwargs,
 ) -> BatchSummary:
     """Edit this process's share of `todo`; every process's results are gathered into `summary`, in todo order."""
@@ -212,7 +216,7 @@ def _edit_planned(
             if processes.many:
                 logger.debug(f"process {processes.index} of {processes.count}: editing {src}")
             try:
-                result = edit(load_image(src), **edit_kwargs)
+                result = edit(load_image(src), **edit_kwargs, **(per_file(src) if per_file else {}))
             except ImageLoadError as err:
                 record(i, src, str(err))
                 continue

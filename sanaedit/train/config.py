@@ -56,6 +56,7 @@ class DataConfig:
     columns: dict[str, str] | None = None
     eval_manifest: str | None = None  # images for the periodic samples
     build: str | None = _spec(None, choices=DATA_BUILDERS)  # build a bundled training set into `root` first
+    photos: str | None = None  # a folder of photos: editing pairs made into `root` (train.controlnet.targets)
     build_args: dict[str, Any] = _spec(factory=dict)
     root: str | None = None  # where `build` writes (default: <output_dir>/data)
     resolution: int | None = _spec(None, min=1)  # default: the model's
@@ -112,6 +113,18 @@ class RefinerSettings:
 
 
 @dataclass(frozen=True)
+class ControlNetSettings:
+    """The `controlnet` stage (models/controlnet.py, train/control_data.py)."""
+
+    layers: int = _spec(7, min=1)  # a new ControlNet's copied DiT blocks (NVlabs/Sana: 7; at most the DiT's - 1)
+    dropout: float = _spec(0.1, min=0)  # chance of training on an empty (black) control image instead
+    # data.photos' targets: "teacher" (the starting model's own edit of each photo) or "comic" (the bundled model's
+    # filter, sanaedit/train/filters/comic.py)
+    targets: str = _spec("teacher", choices=("teacher", "comic"))
+    teacher: str | None = None  # the model folder whose edits are the targets (default: model.from)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     stage: str = _spec("stage3", choices=tuple(STAGES))
     trainable: tuple[str, ...] | None = None  # overrides the stage's list
@@ -133,6 +146,7 @@ class TrainSettings:
     lora: LoraSettings = _spec(factory=LoraSettings)
     distill: DistillSettings = _spec(factory=DistillSettings)
     refiner: RefinerSettings = _spec(factory=RefinerSettings)
+    controlnet: ControlNetSettings = _spec(factory=ControlNetSettings)
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,12 @@ def _check(cfg: StageConfig) -> StageConfig:
         raise ValueError(f"config key 'train.ema' is an EMA decay: 0 (off) or in (0, 1), got {cfg.train.ema}")
     if cfg.train.text_dropout > 1:
         raise ValueError(f"config key 'train.text_dropout' is a probability, got {cfg.train.text_dropout}")
+    if cfg.train.controlnet.dropout > 1:
+        raise ValueError(f"config key 'train.controlnet.dropout' is a probability, got {cfg.train.controlnet.dropout}")
+    if stage.name == "controlnet" and stage.trainable != ("controlnet",):
+        raise ValueError("config key 'train.trainable': the controlnet stage trains the ControlNet only ([controlnet])")
+    if cfg.data.photos and (cfg.data.build or cfg.data.manifest or cfg.data.hf):
+        raise ValueError("config key 'data.photos': give one data source (photos, build, manifest or hf), not several")
     if stage.name == "distill" and stage.trainable != ("transformer",):
         raise ValueError("config key 'train.trainable': the distill stage trains the student DiT only ([transformer])")
     if cfg.train.distill.steps > cfg.train.distill.max_steps:

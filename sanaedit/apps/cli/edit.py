@@ -16,6 +16,7 @@ from sanaedit.apps.cli import (
     add_runtime_args,
     add_sampling_args,
     check_device,
+    float_range,
     int_range,
     warn_if_prompt_ignored,
 )
@@ -123,6 +124,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
 
     check_prompt(args.prompt, "--prompt")  # before the model loads
     check_prompt(args.negative_prompt, "--negative-prompt")
+    control_for = control_images(args.control_image, inputs[0] if folder_mode else None)
     if processes.main:
         warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(
@@ -135,7 +137,13 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         vae=args.vae,
         upsample=args.upsample,
         staged=args.low_memory,
+        controlnet=args.controlnet,
     )
+    if control_for is not None and pipe.flow.controlnet is None:  # before any edit, not once per photo
+        raise ValueError(
+            "--control-image steers the edit through a ControlNet, and this model has none: give one with "
+            "--controlnet DIR (or put it in the model folder as controlnet/)"
+        )
     processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
     single = not folder_mode and len(inputs) == 1
     settings = dict(
@@ -146,13 +154,15 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         schedule=args.schedule,
         sampler=args.sampler,
         progress=single and not args.quiet,  # one photo: a bar over its steps; many: a bar over the photos
+        controlnet_conditioning_scale=args.control_scale,
     )
 
-    def edit_one(image):  # every image gets the same seed, whatever its place in the batch
+    def edit_one(image, **control):  # every image gets the same seed, whatever its place in the batch
+        call = {**settings, **control}  # its control image, if any (`control_images`)
         if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
             from sanaedit.tools.best_of import best_of
 
-            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings)
+            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **call)
             ranks = [-math.inf if math.isnan(score) else score for score in scores]  # as best_of ranks them
             won = ranks.index(max(ranks))
             logging.getLogger(__name__).info(
@@ -160,7 +170,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
                 f"(score {scores[won]:.4f}; --seed {args.seed + won} --candidates 1 gives it alone)"
             )
             return best
-        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings).images[0]
+        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **call).images[0]
 
     if folder_mode:
         summary = edit_folder(
@@ -171,10 +181,12 @@ def edit_share(args: argparse.Namespace, processes) -> int:
             resume=args.resume,
             progress=not args.quiet,
             processes=processes,
+            per_file=control_for,
         )
     else:
         progress = not (single or args.quiet)
-        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes)
+        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes,
+                             per_file=control_for)  # fmt: skip
     if not processes.main:  # process 0 reports for all, and its exit status (any process's failure) is the
         return 0  # launcher's: the others end well, so the launcher never stops process 0 before it reports
     if single and summary.done and not args.quiet:
@@ -184,6 +196,37 @@ def edit_share(args: argparse.Namespace, processes) -> int:
     elif not args.quiet or summary.failed:
         print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
     return 1 if summary.failed else 0
+
+
+def control_images(control: str | None, in_dir: Path | None):
+    """`--control-image`: None, or the per-file arguments of each input's edit (`control_image=`): "edges", one
+    picture for every input, or from a folder the picture named after the input (its path relative to the input
+    folder, any image extension: `photos/trip/a.jpg` -> `CONTROLS/trip/a.png`). Checked before the model loads."""
+    from sanaedit.core.choices import Control
+
+    if control is None or control == Control.NONE:
+        return None
+    if control == Control.EDGES:
+        from sanaedit.core.extras import require
+
+        require("cv2", "--control-image edges")
+        return lambda src: {"control_image": Control.EDGES}
+    folder = Path(control)
+    if not folder.exists():
+        raise FileNotFoundError(f"--control-image {control}: not found (give an image, a folder of them, or edges)")
+    if not folder.is_dir():
+        return lambda src: {"control_image": folder}
+
+    def named_after(src: Path) -> dict:
+        from sanaedit.image.folders import IMAGE_SUFFIXES
+
+        relative = src.relative_to(in_dir) if in_dir is not None else Path(src.name)
+        for name in (relative, *(relative.with_suffix(suffix) for suffix in sorted(IMAGE_SUFFIXES))):
+            if (folder / name).is_file():
+                return {"control_image": folder / name}
+        raise FileNotFoundError(f"{src}: no control image named {relative.with_suffix('.*')} in {folder}")
+
+    return named_after
 
 
 def add_parser(sub) -> None:
@@ -197,7 +240,8 @@ sanaedit edit a.jpg b.png -o out/                     many photos into a folder
 sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
 accelerate launch --num_processes 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 GPUs, half each
 torchrun --nproc_per_node 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 processes (GPUs if any, else CPU)
-sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7""",
+sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7
+sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges steer it (the model's ControlNet)""",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
     p.add_argument(
@@ -251,6 +295,28 @@ sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 
         metavar="MODULE:FUNCTION",
         help="score(source, candidate) -> float, higher is better (default: sanaedit.tools.best_of:structure_judge, "
         "how well the edit's edges follow the photo's; docs/family.md)",
+    )
+    p.add_argument(
+        "--controlnet",
+        default=None,
+        metavar="DIR",
+        help="a ControlNet folder (diffusers' SanaControlNetModel, e.g. from `sanaedit train controlnet`) for a "
+        "PyTorch model (default: the model folder's own controlnet/, if any)",
+    )
+    p.add_argument(
+        "--control-image",
+        default=None,
+        metavar="IMG|DIR|edges",
+        help="steer the edit through the ControlNet: an image for every input, a folder of images named after the "
+        "inputs (a.jpg -> DIR/a.png), or edges (each photo's own edges; needs OpenCV: sanaedit[control]) "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--control-scale",
+        type=float_range(0.0, 10.0),
+        default=1.0,
+        metavar="S",
+        help="how strongly the control image steers, 0 to 10; 0 = exactly the edit without it (default: 1)",
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")

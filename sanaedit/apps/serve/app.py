@@ -3,7 +3,8 @@
     GET  /                        the page
     GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
     GET  /api/config              defaults and limits for the page
-    POST /api/jobs?steps=&guidance=&seed=   body: the image bytes, or multipart with an `image` field -> 202
+    POST /api/jobs?steps=&guidance=&seed=&control=   body: the image bytes, or multipart with an `image` field
+                                  (and a `control_image` field with control=upload) -> 202
     GET  /api/jobs/{id}           state and per-step progress
     DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
@@ -45,11 +46,14 @@ from sanaedit.apps.serve.security import (
     new_nonce,
     page_csp,
 )
-from sanaedit.apps.serve.uploads import UploadLimits, read_upload
+from sanaedit.apps.serve.uploads import UploadLimits, read_upload_fields
+from sanaedit.core.choices import Control
 from sanaedit.errors import ImageLoadError, QueueFull
 from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
 
 STATIC = Path(__file__).parent / "static"
+CONTROL_FIELD = b"control_image"
+CONTROLS = (Control.NONE, Control.EDGES, "upload")  # the page's control picker: none, the photo's edges, a picture
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
 log = logging.getLogger("sanaedit.apps.serve")
 # what /docs and /openapi.json say the upload is (the handler reads the body itself, so FastAPI cannot infer it)
@@ -61,10 +65,13 @@ UPLOAD_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"image": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "image": {"type": "string", "format": "binary"},
+                    "control_image": {"type": "string", "format": "binary"},  # with control=upload
+                },
                 "required": ["image"],
             },
-            "encoding": {"image": {"contentType": "image/*"}},
+            "encoding": {"image": {"contentType": "image/*"}, "control_image": {"contentType": "image/*"}},
         },
     },
 }
@@ -155,19 +162,30 @@ def create_app(
         seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
         name: str | None = Query(None, max_length=200, description="the photo's file name (default: the form's)"),
         prompt: str | None = Query(None, max_length=2000),
+        control: str = Query(
+            Control.NONE,
+            pattern="^(none|edges|upload)$",
+            description="steer through the model's ControlNet: "
+            "none, the photo's edges, or the multipart upload's `control_image` field",
+        ),  # fmt: skip
     ) -> dict:
         nonlocal uploading
         if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
             raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
+        if control != Control.NONE and not defaults.get("controlnet"):
+            raise HTTPException(400, "this model has no ControlNet: send control=none")
         client = request.client.host if request.client else "?"
         if not slots.take(client):  # one client cannot take every place with uploads it never finishes
             message = f"this client already has {per_client} upload(s) in progress; try again when one is done"
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            body, filename = await read_upload(request, limits)
+            body, filename, fields = await read_upload_fields(request, limits, (CONTROL_FIELD,))
             # only ever echoed in messages and download names, never a path
             label = "".join(c for c in (name or filename[:200] or "upload") if c.isprintable())
+            if (control == "upload") != (CONTROL_FIELD in fields):
+                raise HTTPException(400, "a control image comes as the multipart field `control_image`, with "
+                                    "control=upload (and only then)")  # fmt: skip
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
@@ -176,17 +194,26 @@ def create_app(
                 )
                 async with budget.hold(cost):
                     image, size = await run_in_threadpool(decode, body, label)
+                control_image = Control.EDGES if control == Control.EDGES else None
+                if control == "upload":  # decoded as the photo is, under the same budget
+                    data, what = fields.pop(CONTROL_FIELD), f"{label} (control image)"
+                    limits_of = dict(max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=work_side)
+                    cost = await run_in_threadpool(decode_cost, data, what, **limits_of)
+                    async with budget.hold(cost):
+                        control_image, _ = await run_in_threadpool(decode, data, what)
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body
+                del body, fields
             if cost > 16 * 2**20:
                 await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
             settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
             if prompt and prompt.strip() and prompt != defaults.get("prompt"):
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
+            if control != Control.NONE:
+                settings["control"] = control  # said on the card and in the PNG; the picture goes with the job
             try:
-                job = jobs.submit(image, settings, size, name=label)
+                job = jobs.submit(image, settings, size, name=label, control=control_image)
             except QueueFull as err:
                 raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
         finally:
@@ -198,7 +225,7 @@ def create_app(
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
         given = job.settings
         settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
-        settings.update(seed=given.get("seed"), prompt=given.get("prompt"))
+        settings.update(seed=given.get("seed"), prompt=given.get("prompt"), control=given.get("control"))
         filename = download_name(job.name)
         return {**job.public(), "position": jobs.position(job), "settings": settings, "filename": filename}
 
@@ -253,7 +280,8 @@ def pipeline_editor(pipe):
     """Adapt a SanaEditPipeline to the queue's `edit` signature (a fresh seeded generator per job). Its `work_side`
     tells the server that uploads need not be decoded larger than the model's resolution."""
 
-    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None):
+    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None, control=None,
+             control_image=None):  # fmt: skip
         generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
         return pipe(
             image,
@@ -262,6 +290,7 @@ def pipeline_editor(pipe):
             generator=generator,
             callback=callback,
             prompt=prompt,
+            control_image=control_image,  # "edges" or a picture; `control` only names it (the job's settings)
         ).images[0]
 
     edit.work_side = pipe.config.resolution

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -42,6 +43,7 @@ class Job:
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
     cancel: bool = False  # asked to stop: the worker checks it at each denoising step
+    control: Any = None  # the control image ("edges" or a picture) of an edit steered by a ControlNet; dropped once run
 
     @property
     def finished(self) -> bool:
@@ -93,13 +95,20 @@ class JobQueue:
     def worker_alive(self) -> bool:
         return self._worker.is_alive()
 
-    def submit(self, image: Image.Image, settings: dict, size: tuple[int, int] | None = None, name: str = "") -> Job:
+    def submit(
+        self,
+        image: Image.Image,
+        settings: dict,
+        size: tuple[int, int] | None = None,
+        name: str = "",
+        control: Any = None,
+    ) -> Job:
         if self._closing:
             raise QueueFull("the server is shutting down")
         if not self.worker_alive:  # never queue a job nobody will run; /api/health says so too
             raise QueueFull("the server's worker has stopped; see the server's log")
         job = Job(id=uuid.uuid4().hex, settings=settings, image=image, total=settings.get("num_inference_steps", 0))
-        job.size, job.name = size, name
+        job.size, job.name, job.control = size, name, control
         with self._lock:
             try:
                 self._pending.put_nowait(job)
@@ -127,7 +136,7 @@ class JobQueue:
                     if job in self._pending.queue:
                         self._pending.queue.remove(job)
                         self._pending.not_full.notify()
-                job.state, job.image = "cancelled", None
+                job.state, job.image, job.control = "cancelled", None, None
                 return job.state
             if job.state == "running":
                 job.cancel = True
@@ -164,7 +173,8 @@ class JobQueue:
                 self._drop(job, reason)
 
     def _drop(self, job: Job, reason: str) -> None:
-        job.state, job.error, job.image = "failed", f"{reason} before this photo's turn: send it again", None
+        job.state, job.error = "failed", f"{reason} before this photo's turn: send it again"
+        job.image = job.control = None
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish the running job and stop the worker (queued jobs are dropped), so no thread dies mid-compute."""
@@ -200,7 +210,8 @@ class JobQueue:
 
         result = None
         try:
-            result = self.edit(job.image, callback=on_step, **job.settings)
+            steer = {} if job.control is None else {"control_image": job.control}
+            result = self.edit(job.image, callback=on_step, **job.settings, **steer)
             job.image = None
             if job.cancel:  # asked after its last step: its result is not wanted either
                 raise Cancelled
@@ -217,7 +228,7 @@ class JobQueue:
         else:
             job.result, job.state = path, "done"
         finally:
-            job.image, result, self.running = None, None, None
+            job.image, job.control, result, self.running = None, None, None, None
             try:
                 self._prune()
             except Exception:  # e.g. an old result that cannot be deleted: logged, never fatal

@@ -3,7 +3,8 @@ multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTM
 
 Both are read in chunks under the same limits: the total size (413, counted while reading, so an oversized body is
 never held whole), an idle timeout and a total timeout (408). A multipart body is parsed as it streams in
-(python-multipart's streaming parser) and only the `image` part's bytes are kept; other fields are skipped. Nothing
+(python-multipart's streaming parser) and only the `image` part's bytes are kept (and those of the optional fields
+a caller names, e.g. `control_image`); other fields are skipped. Nothing
 is written to disk: starlette's `request.form()` would spool large files to a temporary file and has no cap on a
 file's size, so it is not used.
 """
@@ -65,13 +66,22 @@ async def body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[b
 
 async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str]:
     """(the image's bytes, the file name the client gave with a multipart upload, else "")."""
+    body, filename, _ = await read_upload_fields(request, limits)
+    return body, filename
+
+
+async def read_upload_fields(
+    request: Request, limits: UploadLimits, optional: tuple[bytes, ...] = ()
+) -> tuple[bytes, str, dict[bytes, bytes]]:
+    """`read_upload`, and the bytes of the `optional` fields a multipart upload has (e.g. a control image), under
+    the same limits (the whole body counts)."""
     kind, params = parse_options_header(request.headers.get("content-type"))
     if kind != b"multipart/form-data":
-        return b"".join([chunk async for chunk in body_chunks(request, limits)]), ""
+        return b"".join([chunk async for chunk in body_chunks(request, limits)]), "", {}
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
-    form = _ImageField()
+    form = _ImageField(optional)
     try:
         parser = MultipartParser(boundary, form.callbacks())
         async for chunk in body_chunks(request, limits):
@@ -83,20 +93,22 @@ async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, st
         raise HTTPException(400, "malformed multipart body (it ends before its closing boundary)")
     if form.data is None:
         raise HTTPException(400, "multipart upload has no `image` field: send the photo as image=@photo.jpg")
-    return b"".join(form.data), form.filename
+    return b"".join(form.data), form.filename, {name: b"".join(data) for name, data in form.extra.items()}
 
 
 class _ImageField:
-    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, nothing else."""
+    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, and the bytes of
+    the `optional` fields, nothing else."""
 
-    def __init__(self):
+    def __init__(self, optional: tuple[bytes, ...] = ()):
+        self.optional, self.extra = optional, {}
+        self._into: list[bytes] | None = None  # the part being read, when it is one we keep
         self.data: list[bytes] | None = None
         self.filename = ""
         self.ended = False
         self._header: list[bytes] = []
         self._value: list[bytes] = []
         self._disposition = b""
-        self._in_image = False
         self._parts = 0
 
     def callbacks(self) -> dict:
@@ -111,7 +123,7 @@ class _ImageField:
         }
 
     def _part_begin(self) -> None:
-        self._disposition, self._in_image = b"", False
+        self._disposition, self._into = b"", None
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise HTTPException(400, f"more than {MAX_PARTS} fields in one multipart upload")
@@ -123,16 +135,22 @@ class _ImageField:
 
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._disposition)
-        if params.get(b"name") != FIELD:
+        name = params.get(b"name")
+        if name in self.optional:
+            if name in self.extra:
+                raise HTTPException(400, f"more than one `{name.decode()}` field")
+            self._into = self.extra[name] = []
+            return
+        if name != FIELD:
             return
         if self.data is not None:
             raise HTTPException(400, "more than one `image` field: send one photo per request")
-        self.data, self._in_image = [], True
+        self.data = self._into = []
         self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._in_image:
-            self.data.append(data[start:end])
+        if self._into is not None:
+            self._into.append(data[start:end])
 
     def _end(self) -> None:
         self.ended = True
