@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sanaedit.core.arrays import float32, no_grad, to_numpy
+from sanaedit.core.arrays import float32, no_grad
 from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend, Control
 from sanaedit.core.config import (
     COMIC_PROMPT,  # noqa: F401  (part of this module's API)
@@ -388,18 +388,18 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             )
         return controls * len(sources) if len(controls) == 1 else controls
 
-    def control_latents(self, control: Any, pixels: Array | None) -> Array:
-        """The control latent of one edit: the input's edges (`pixels`: the preprocessed photo), or a control
-        picture through the pipeline's own preprocessing, both through the autoencoder (as diffusers encodes its
+    def control_latents(self, control: Any, image: Image.Image | None) -> Array:
+        """The control latent of one edit: a control picture, or the input photo's edges (at its own resolution:
+        image/edges.py), through the pipeline's own preprocessing and the autoencoder (as diffusers encodes its
         control image)."""
         if control == Control.EDGES:
-            from sanaedit.image.edges import edge_pixels
+            from sanaedit.image.edges import edge_picture
 
-            control_pixels = edge_pixels(to_numpy(pixels))
+            picture = edge_picture(image)
         else:
             picture = load_image(control) if isinstance(control, (str, Path)) else control
-            control_pixels, _ = preprocess(picture, self.config.resolution, self.config.padding)
-        return self.encode_image(control_pixels)
+        pixels, _ = preprocess(picture, self.config.resolution, self.config.padding)
+        return self.encode_image(pixels)
 
     def _edit(
         self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
@@ -416,7 +416,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             with self._stage("encoder"):
                 ref_latents = self.encode_image(pixels)
                 if control is not None:
-                    control_latents = self.control_latents(control, pixels)
+                    control_latents = self.control_latents(control, image)
         else:
             restore = None
             ref_latents = self.flow.arrays.zeros((1, *latent_shape[1:]))

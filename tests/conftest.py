@@ -133,6 +133,13 @@ def gradient(w=40, h=30):
     )
 
 
+def boxed(w=40, h=30):
+    """`gradient` with a white box in its middle: a picture with edges to find (a control image's)."""
+    picture = gradient(w, h)
+    picture.paste((255, 255, 255), (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
+    return picture
+
+
 def png_header_only(path, width, height):
     """A PNG that declares width x height but holds almost no data (a decompression bomb's header)."""
 

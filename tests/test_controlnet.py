@@ -14,11 +14,11 @@ from PIL import Image
 from sanaedit.core.noise import Generator
 from sanaedit.errors import ModelFolderError
 from sanaedit.pipeline import SanaEditPipeline
-from tests.conftest import gradient, trained_looking
+from tests.conftest import boxed, trained_looking
 
 
 def photo() -> Image.Image:
-    return gradient(80, 56)
+    return boxed(80, 56)
 
 
 def edit(pipe, **kwargs) -> np.ndarray:

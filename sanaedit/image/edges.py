@@ -1,15 +1,17 @@
 """Edges of a photo as a control image (`--control-image edges`): OpenCV's Canny detector, white lines on black,
 the picture diffusers' Canny ControlNets take.
 
-The edges are found on the photo as the model sees it (the pipeline's preprocessing: the model's resolution, the
-padded square), so training and every edit compute them on the same pixels, and a line is one pixel at the
-resolution the ControlNet reads. OpenCV comes with the `[control]` extra (and `[train]`); without it, a one-line
-MissingExtra says what to install.
+The edges are found at the photo's own resolution, then the edge picture goes through the pipeline's preprocessing
+like any control image (resized to the model's resolution, padded to its square): lines finer than the model's
+resolution survive as grey, so the control carries what the model's view of the photo has lost (where the
+full-resolution lines are). Training computes them the same way from each stored picture. OpenCV comes with the
+`[control]` extra (and `[train]`); without it, a one-line MissingExtra says what to install.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from sanaedit.core.extras import EXTRA_OF, install_hint
 from sanaedit.errors import MissingExtra
@@ -29,9 +31,6 @@ def canny_edges(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(cv2.Canny(grey, LOW, HIGH)[..., None], 3, axis=2)
 
 
-def edge_pixels(pixels: np.ndarray) -> np.ndarray:
-    """The model's input pixels [B, 3, R, R] in [-1, 1] -> their edge pictures, as model input pixels too."""
-    pixels = np.asarray(pixels, np.float32)
-    rgb = np.clip(np.round((pixels + 1) * np.float32(127.5)), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    edges = np.stack([canny_edges(picture) for picture in rgb]).transpose(0, 3, 1, 2)
-    return edges.astype(np.float32) / np.float32(127.5) - 1
+def edge_picture(image: Image.Image) -> Image.Image:
+    """A picture's edges at its own resolution, as a picture (the control image `edges` stands for)."""
+    return Image.fromarray(canny_edges(np.asarray(image.convert("RGB"))))

@@ -1,6 +1,8 @@
 """Editing pairs for the controlnet stage from a folder of photos (`data.photos`): each photo and its target, as the
 model sees them, in a manifest folder the stage reads. The control image is not stored: the stage computes it
-from each photo as it reads it (`data.ManifestDataset`, kind "control"), as an edit does.
+from each photo as it reads it (`data.ManifestDataset`, kind "control"), as an edit does. So the photo is stored at
+its own resolution (padded to its square as the pipeline pads it: the edges are found there, image/edges.py), the
+target at the model's.
 
 The targets come from the model's own recipe (`train.controlnet.targets`): "comic", the bundled model's filter
 (sanaedit/train/filters/comic.py) at the photo's own resolution, as its training pairs were made; or "teacher",
@@ -52,8 +54,14 @@ def build_photo_pairs(
         raise DataError(f"{photos_dir}: no photos in this folder (data.photos)")
     out = Path(out_dir) / "train"
     padding = padding or PADDING
-    settings = {"resolution": resolution, "targets": targets, "teacher": str(teacher) if targets == "teacher" else None,
-                "padding": str(padding), "photos": photos_fingerprint(photos)}  # fmt: skip
+    settings = {
+        "resolution": resolution,
+        "targets": targets,
+        "teacher": str(teacher) if targets == "teacher" else None,
+        "padding": str(padding),
+        "photos": photos_fingerprint(photos),
+        "version": 2,  # 2: photos stored at their own resolution
+    }
     done = Path(out_dir) / "done.json"
     if done.is_file() and json.loads(done.read_text()).get("settings") == settings:
         return out
@@ -65,7 +73,7 @@ def build_photo_pairs(
     for i, path in enumerate(tqdm(photos, desc="editing pairs", unit="photo", disable=not progress)):
         photo = load_image(path)
         name = f"{i:05d}-{path.stem}"
-        model_view(photo, resolution, padding).save(out / "source" / f"{name}.png")
+        model_view(photo, max(photo.size), padding).save(out / "source" / f"{name}.png")  # its own resolution
         model_view(edit(photo), resolution, padding).save(out / "target" / f"{name}.png")
         lines.append(json.dumps({"source": f"source/{name}.png", "target": f"target/{name}.png", "prompt": prompt}))
     (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")

@@ -84,16 +84,19 @@ def _normalise(record: dict[str, Any], kind: str, where: str, default_prompt: st
     return r
 
 
+def load_picture(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image or a path -> the upright RGB picture the pipeline reads (DataError names a bad file)."""
+    if isinstance(image, Image.Image):
+        return upright_rgb(image)
+    try:
+        return load_image(image)
+    except ImageLoadError as err:
+        raise DataError(str(err)) from err
+
+
 def load_pixels(image: Image.Image | str | Path, resolution: int) -> torch.Tensor:
     """A PIL image or a path -> [3, R, R] in [-1, 1]: exactly the pipeline's input for that image."""
-    if isinstance(image, Image.Image):
-        image = upright_rgb(image)
-    else:
-        try:
-            image = load_image(image)
-        except ImageLoadError as err:
-            raise DataError(str(err)) from err
-    return torch.from_numpy(preprocess(image, resolution)[0][0])
+    return torch.from_numpy(preprocess(load_picture(image), resolution)[0][0])
 
 
 class SampleDataset(Dataset):
@@ -119,11 +122,12 @@ class SampleDataset(Dataset):
             key = "target" if self.kind in PAIRED else "image"
             item["target"] = load_pixels(self._image(r, key), self.resolution)
             if self.kind in PAIRED:
-                item["source"] = load_pixels(self._image(r, "source"), self.resolution)
-            if self.kind == "control":  # computed on the fly from the photo, as an edit computes it
-                from sanaedit.image.edges import edge_pixels
+                source = load_picture(self._image(r, "source"))
+                item["source"] = load_pixels(source, self.resolution)
+            if self.kind == "control":  # computed on the fly from the stored picture, as an edit computes it
+                from sanaedit.image.edges import edge_picture
 
-                item["control"] = torch.from_numpy(edge_pixels(item["source"][None].numpy())[0])
+                item["control"] = load_pixels(edge_picture(source), self.resolution)
             return item
         except DataError as err:
             if not self.skip_bad:

@@ -61,15 +61,6 @@ def evaluate(pipe, photos: list[tuple[str, Image.Image]], scales: list[float], s
     return means, per_photo, edits
 
 
-def edge_picture(photo: Image.Image, resolution: int, padding: str) -> Image.Image:
-    """The control image an edit of `photo` computes (its edges as the model sees it), for the picture."""
-    from sanaedit.image.edges import edge_pixels
-    from sanaedit.image.io import postprocess, preprocess
-
-    pixels, restore = preprocess(photo, resolution, padding)
-    return postprocess(edge_pixels(pixels), restore)
-
-
 def side_by_side(images: list[Image.Image], height: int = 160, gap: int = 4) -> Image.Image:
     """The images in one row, each scaled to `height`, on white."""
     scaled = [im.convert("RGB").resize((round(im.width * height / im.height), height), Image.Resampling.LANCZOS)
@@ -120,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"mean": means, "per_photo": per_photo}, indent=1))
     if args.picture:
         first, photo = photos[0]
-        resolution, padding = pipe.config.resolution, pipe.config.padding
-        tiles = [photo, edge_picture(photo, resolution, padding), edits["without the ControlNet"][0],
+        from sanaedit.image.edges import edge_picture
+
+        tiles = [photo, edge_picture(photo), edits["without the ControlNet"][0],
                  edits[f"with its edges, scale {scales[0]:g}"][0]]  # fmt: skip
         Path(args.picture).parent.mkdir(parents=True, exist_ok=True)
         side_by_side(tiles).save(args.picture, optimize=True)

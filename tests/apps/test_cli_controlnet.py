@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sanaedit.apps.cli import main
-from tests.conftest import gradient
+from tests.conftest import boxed
 
 
 def pixels(path) -> np.ndarray:
@@ -17,7 +17,7 @@ def pixels(path) -> np.ndarray:
 @pytest.fixture
 def photo(tmp_path):
     path = tmp_path / "photo.png"
-    gradient(72, 48).save(path)
+    boxed(72, 48).save(path)
     return path
 
 
@@ -48,9 +48,9 @@ def test_a_batch_takes_each_photos_control_image_by_name(tiny_controlnet_model, 
     photos, controls, out = tmp_path / "photos", tmp_path / "controls", tmp_path / "out"
     (photos / "trip").mkdir(parents=True)
     (controls / "trip").mkdir(parents=True)
-    gradient(40, 30).save(photos / "a.jpg")
-    gradient(30, 40).save(photos / "trip" / "b.png")
-    gradient(40, 30).save(photos / "c.png")  # no control image for it: that file fails, the others go on
+    boxed(40, 30).save(photos / "a.jpg")
+    boxed(30, 40).save(photos / "trip" / "b.png")
+    boxed(40, 30).save(photos / "c.png")  # no control image for it: that file fails, the others go on
     Image.new("RGB", (40, 30), "white").save(controls / "a.png")
     Image.new("RGB", (30, 40), "black").save(controls / "trip" / "b.webp")
     args = ["edit", str(photos), "-o", str(out), "-r", "--model", str(tiny_controlnet_model), "--steps", "2", "-q"]

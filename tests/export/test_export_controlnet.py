@@ -14,7 +14,7 @@ from sanaedit.core.noise import Generator
 from sanaedit.export import export_model
 from sanaedit.formats.index import CONTROLLED_GRAPH
 from sanaedit.pipeline import SanaEditPipeline
-from tests.conftest import gradient
+from tests.conftest import boxed
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow  # an export of the tiny model each: ~40 s
@@ -27,7 +27,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def edit(pipe, **kwargs) -> np.ndarray:
-    photo = gradient(80, 56)
+    photo = boxed(80, 56)
     return pipe(photo, generator=Generator(0), output_type="np", num_inference_steps=3, **kwargs).images[0]
 
 

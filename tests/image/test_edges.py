@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sanaedit.errors import MissingExtra
-from sanaedit.image.edges import canny_edges, edge_pixels
+from sanaedit.image.edges import canny_edges, edge_picture
 
 
 def test_a_step_has_an_edge_and_flat_areas_have_none():
@@ -19,12 +20,13 @@ def test_a_step_has_an_edge_and_flat_areas_have_none():
     assert set(columns) <= {23, 24} and edges[:, :20].max() == 0 and edges[:, 28:].max() == 0
 
 
-def test_edges_of_the_model_input_are_model_input_too():
-    pixels = np.full((2, 3, 16, 16), -1.0, np.float32)
-    pixels[1, :, 4:12, 4:12] = 1.0  # a white square on the second picture
-    edges = edge_pixels(pixels)
-    assert edges.shape == pixels.shape and edges.dtype == np.float32
-    assert (edges[0] == -1).all() and (edges[1] == 1).any() and set(np.unique(edges)) <= {-1.0, 1.0}
+def test_the_edge_picture_is_found_at_the_pictures_own_resolution():
+    rgb = np.zeros((30, 50, 3), np.uint8)
+    rgb[10:20, 15:35] = 255  # a white box
+    picture = edge_picture(Image.fromarray(rgb))
+    assert picture.size == (50, 30) and picture.mode == "RGB"
+    edges = np.asarray(picture)[..., 0] > 0
+    assert edges[9:21, 14:36].sum() == edges.sum() > 0  # around the box, nowhere else
 
 
 def test_without_opencv_the_error_names_the_extra(monkeypatch):

@@ -138,6 +138,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         upsample=args.upsample,
         staged=args.low_memory,
         controlnet=args.controlnet,
+        control=control_for is not None,
     )
     if control_for is not None and pipe.flow.controlnet is None:  # before any edit, not once per photo
         raise ValueError(

@@ -11,12 +11,12 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.pipeline import SanaEditPipeline
-from tests.conftest import LOCAL, gradient, png, wait_state
+from tests.conftest import LOCAL, boxed, png, wait_state
 
 
 def photo_bytes() -> bytes:
     buf = io.BytesIO()
-    gradient(48, 32).save(buf, format="PNG")
+    boxed(48, 32).save(buf, format="PNG")
     return buf.getvalue()
 
 
