@@ -14,7 +14,6 @@ What a run uses is decided once, in its plan (plan.py).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sanaedit.core.arrays import float32, no_grad
-from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend, Control
+from sanaedit.core.choices import SAMPLER_SCHEDULE, Backend
 from sanaedit.core.config import (
     COMIC_PROMPT,  # noqa: F401  (part of this module's API)
     PipelineConfig,
@@ -39,6 +38,7 @@ from sanaedit.image.arrays import as_sources, check_output_type, to_output
 from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.upsample import check_method, restore_photo
 from sanaedit.plan import RunPlan, make_plan
+from sanaedit.runtime.controlnet_api import ControlNetMixin, controlnet_module
 from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
@@ -60,7 +60,7 @@ class SanaEditOutput:
     images: Any
 
 
-class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
+class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
     def __init__(
@@ -185,16 +185,9 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         `load_pipeline`."""
         source = open_source(model_dir)
         dtype = torch_dtype or dtype or "float32"
-        controlnet = options.pop("controlnet", None)
-        module = None if controlnet is None or isinstance(controlnet, (str, Path)) else controlnet
-        plan = make_plan(
-            source.info, device=str(device), dtype=dtype, tuned=False, controlnet=None if module else controlnet,
-            **options,
-        )  # fmt: skip
-        pipe = cls.from_plan(source, plan)
-        if module is not None:
-            pipe.set_controlnet(module)
-        return pipe
+        module, options = controlnet_module(options)  # a module joins the pipeline; a folder is the plan's
+        pipe = cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
+        return pipe if module is None else pipe.set_controlnet(module)
 
     @classmethod
     def from_plan(cls, source: ModelSource, plan: RunPlan) -> SanaEditPipeline:
@@ -215,26 +208,6 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         if not pipe.prompt_cache and parts.text_encoder_loader is not None and plan.backend == Backend.TORCH:
             pipe.check_text_encoder(pipe.text_encoder)  # nothing cached: a broken text path fails at load time
         return pipe
-
-    @property
-    def controlnet(self):
-        """The PyTorch ControlNet (diffusers' SanaControlNetModel), if the pipeline has one on PyTorch modules."""
-        return getattr(self.flow.controlnet, "module", None)
-
-    def set_controlnet(self, controlnet) -> None:
-        """Steer this pipeline's edits through `controlnet` (a `SanaControlNetModel` for this DiT; PyTorch networks
-        only), moved to the DiT's device and dtype. Saving the pipeline then writes it as `controlnet/`."""
-        from sanaedit.models.controlnet import TorchControl, check_fits
-        from sanaedit.models.torch_flow import place_modules
-
-        if not self.flow.modules:
-            raise ValueError(
-                "this pipeline runs exported graphs: its ControlNet is a graph made at export (put it in the model "
-                "folder as controlnet/ and export that)"
-            )
-        check_fits(controlnet, self.transformer)
-        place_modules([controlnet], self.device, self.dtype)
-        self.flow.controlnet = TorchControl(controlnet.eval())
 
     def save_pretrained(self, model_dir: str | Path, prompt_cache: bool = True) -> Path:
         """Write the model folder atomically (an existing folder is replaced only once the new one is complete). With
@@ -317,10 +290,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         NumPy arrays on exported graphs). `generator`: a torch.Generator (diffusers' convention) or a
         `sanaedit.core.noise.Generator` (the same numbers for the same seed, without torch), or a list with one per
         image; None draws fresh noise.
-        `control_image` steers the edit through the model's ControlNet, at `controlnet_conditioning_scale`
-        (diffusers' names): a picture (one for every input, or a list with one per input; it goes through the
-        same preprocessing and autoencoder as the photo), "edges" (each input photo's own edges: image/edges.py),
-        or None / "none" (no ControlNet).
+        `control_image` (a picture, one per input, or "edges": the photo's own) steers the edit through the model's
+        ControlNet at `controlnet_conditioning_scale` (diffusers' names; runtime/controlnet_api.py).
         """
         sources = as_sources(image)
         cfg = self.config
@@ -357,49 +328,10 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
-        outputs = [
-            out
-            for source, g, control in zip(sources, generators, controls)
-            for out in self._edit(source, generator=g, control=control, **settings)
-        ]
+        outputs = [out for source, g, control in zip(sources, generators, controls)
+                   for out in self._edit(source, generator=g, control=control, **settings)]  # fmt: skip
         images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
-
-    def _check_control(self, control_image: Any, sources: list[Any], scale: float) -> list[Any]:
-        """The control of each input (None, Control.EDGES or a picture), checked before any work."""
-        if control_image is None or (isinstance(control_image, str) and control_image == Control.NONE):
-            return [None] * len(sources)
-        if not math.isfinite(float(scale)):
-            raise ValueError(f"controlnet_conditioning_scale must be a finite number, got {scale}")
-        if self.flow.controlnet is None:
-            raise ValueError(
-                "this model has no ControlNet to take a control image: load one (from_pretrained(..., "
-                "controlnet=DIR); CLI: --controlnet DIR), or put it in the model folder as controlnet/"
-            )
-        if isinstance(control_image, str) and control_image == Control.EDGES:
-            if None in sources:
-                raise ValueError("control_image='edges' takes the edges of the input photo: give an image")
-            return [Control.EDGES] * len(sources)
-        controls = as_sources(control_image)
-        if None in controls or len(controls) not in (1, len(sources)):
-            raise ValueError(
-                f"control_image must be one picture, or one per input image ({len(sources)}), 'edges' or None; "
-                f"got {len(controls)}"
-            )
-        return controls * len(sources) if len(controls) == 1 else controls
-
-    def control_latents(self, control: Any, image: Image.Image | None) -> Array:
-        """The control latent of one edit: a control picture, or the input photo's edges (at its own resolution:
-        image/edges.py), through the pipeline's own preprocessing and the autoencoder (as diffusers encodes its
-        control image)."""
-        if control == Control.EDGES:
-            from sanaedit.image.edges import edge_picture
-
-            picture = edge_picture(image)
-        else:
-            picture = load_image(control) if isinstance(control, (str, Path)) else control
-        pixels, _ = preprocess(picture, self.config.resolution, self.config.padding)
-        return self.encode_image(pixels)
 
     def _edit(
         self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
@@ -410,19 +342,14 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
-        control_latents = None
         if image is not None:
             pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
             with self._stage("encoder"):
                 ref_latents = self.encode_image(pixels)
-                if control is not None:
-                    control_latents = self.control_latents(control, image)
         else:
             restore = None
             ref_latents = self.flow.arrays.zeros((1, *latent_shape[1:]))
-            if control is not None:  # a control picture (edges need a photo: refused by __call__)
-                with self._stage("encoder"):
-                    control_latents = self.control_latents(control, None)
+        control_latents = None if control is None else self.control_latents(control, image)
 
         use_cfg = scale > 1.0 and self.flow.guidance_embeds is None  # a student embeds the scale instead
         hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])

@@ -17,7 +17,7 @@ from torch import nn
 
 from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.train.config import ControlNetSettings, Reconstruction, RefinerSettings
+from sanaedit.train.stage_settings import ControlNetSettings, Reconstruction, RefinerSettings
 from sanaedit.train.stages import Stage
 
 
