@@ -149,9 +149,9 @@ def create_app(
 
     limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s)
 
-    def decode(body: bytes, label: str):
-        if work_side:
-            return decode_reduced(body, label, work_side, max_pixels=max_pixels, max_aspect=max_aspect)
+    def decode(body: bytes, label: str, side: int | None = work_side):
+        if side:
+            return decode_reduced(body, label, side, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
 
     @app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
@@ -186,14 +186,15 @@ def create_app(
             if (control == "upload") != (CONTROL_FIELD in fields):
                 raise HTTPException(400, "a control image comes as the multipart field `control_image`, with "
                                     "control=upload (and only then)")  # fmt: skip
+            side = None if control == Control.EDGES else work_side  # edges are found at the photo's own size
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
                 cost = await run_in_threadpool(
-                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=work_side
+                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=side
                 )
                 async with budget.hold(cost):
-                    image, size = await run_in_threadpool(decode, body, label)
+                    image, size = await run_in_threadpool(decode, body, label, side)
                 control_image = Control.EDGES if control == Control.EDGES else None
                 if control == "upload":  # decoded as the photo is, under the same budget
                     data, what = fields.pop(CONTROL_FIELD), f"{label} (control image)"
