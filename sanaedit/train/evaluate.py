@@ -12,7 +12,8 @@ upsampled (a perfect model of that target), and the filter's full-resolution out
 
 Scores: PSNR, SSIM, edge F1 (ink edges within 1 px), outline strength (mean image gradient / the filter's) and the
 edge band (the darkest 4 px border strip's luminance against the input's, relative to the whole image's ratio:
-1 = no band; the black-padding bug scored ~0.5).
+1 = no band; the black-padding bug scored ~0.5), and ink specks per megapixel: dark blobs too short to be lines,
+anywhere and on the photo's smooth areas (`specks`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,27 @@ def edge_band(pred: np.ndarray, photo: np.ndarray, width: int = 4) -> float:
     return float(min(lp[s].mean() / li[s].mean() for s in strips) / whole)
 
 
+SPECK_DARK = 70  # luminance under which an output pixel reads as ink (the filter's ink is 20)
+
+
+def specks(pred: np.ndarray, photo: np.ndarray) -> tuple[float, float]:
+    """(specks per megapixel, those on smooth areas): dark blobs of the output too short to be a line (under 1/25 of
+    the short side, the filter's own rule), anywhere, and those centred farther than 1/50 of the short side from any
+    edge of the photo (Canny), where a comic draws no ink at all."""
+    from skimage.measure import label, regionprops_table
+
+    side, megapixels = min(photo.shape[:2]), photo.shape[0] * photo.shape[1] / 1e6
+    blobs = regionprops_table(
+        label(_luma(pred) < SPECK_DARK, connectivity=2), properties=("axis_major_length", "centroid")
+    )
+    short = blobs["axis_major_length"] < side / 25
+    far = max(1, round(side / 50))
+    near_edge = cv2.dilate(edges(photo).astype(np.uint8), np.ones((2 * far + 1, 2 * far + 1), np.uint8)) > 0
+    rows, cols = blobs["centroid-0"].round().astype(int), blobs["centroid-1"].round().astype(int)
+    smooth = short & ~near_edge[rows, cols]
+    return float(short.sum() / megapixels), float(smooth.sum() / megapixels)
+
+
 def score(pred: Image.Image, photo: Image.Image) -> dict[str, float]:
     """Scores of an edit of `photo` against the filter applied to the photo at its own size."""
     out = pred.convert("RGB")
@@ -102,6 +124,7 @@ def compare(pred: Image.Image, target: np.ndarray, photo: np.ndarray | None = No
     if photo is not None:
         result["outline"] = outline_strength(out) / max(1e-9, outline_strength(target))
         result["band"] = edge_band(out, photo)
+        result["specks"], result["smooth_specks"] = specks(out, photo)
     return result
 
 
@@ -232,12 +255,14 @@ def grid(photos: list[tuple[str, Image.Image]], columns: dict[str, list[Image.Im
 
 
 def _table(results: dict[str, dict[str, float]], extra: bool) -> str:
-    head = "| output | PSNR dB | SSIM | edge F1 |" + (" outline | edge band |" if extra else "")
-    lines = [head, "|---" * (6 if extra else 4) + "|"]
+    head = "| output | PSNR dB | SSIM | edge F1 |" + (
+        " outline | edge band | specks/MP | on smooth areas |" if extra else ""
+    )
+    lines = [head, "|---" * (8 if extra else 4) + "|"]
     for name, r in results.items():
         row = f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['edge_f1']:.3f} |"
         if extra:
-            row += f" {r['outline']:.2f} | {r['band']:.2f} |"
+            row += f" {r['outline']:.2f} | {r['band']:.2f} | {r['specks']:.0f} | {r['smooth_specks']:.0f} |"
         lines.append(row)
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+from sanaedit.apps.processes import launched_count
 from sanaedit.core.choices import Backend, Sampler, Schedule
 from sanaedit.core.config import MAX_GUIDANCE
 from sanaedit.core.extras import missing_extra
@@ -318,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     args.verbose, args.quiet = level > 0, level < 0  # what the commands read
     configure(level)
     try:
+        processes = processes_asked(args)
+    except argparse.ArgumentTypeError as err:
+        print(f"sanaedit {args.command}: error: --processes: {err}", file=sys.stderr)
+        return 2
+    if processes > 1 and launched_count() == 1:  # --processes N: this process starts them and says how they ended
+        from sanaedit.apps.launch import launch
+
+        failures = launch(without_processes(argv), processes)
+        for reason in failures:
+            print(f"sanaedit {args.command}: error: {reason}", file=sys.stderr)
+        return 1 if failures else 0
+    try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -326,19 +339,50 @@ def main(argv: list[str] | None = None) -> int:
         missing = missing_extra(err)
         if missing is None:
             raise
-        print(f"sanaedit {args.command}: error: {missing}", file=sys.stderr)
-        return 1
+        return fail(args, missing)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         # Our loaders raise these with messages that name the file and the problem.
-        print(f"sanaedit {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return fail(args, str(err))
     except OSError as err:  # the system's own word for it (no permission, disk full, ...), one line, no traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"sanaedit {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
+        return fail(args, f"{where}{err.strerror or err}")
     except MemoryError:
-        print(f"sanaedit {args.command}: error: out of memory", file=sys.stderr)
-        return 1
+        return fail(args, "out of memory")
+
+
+def fail(args: argparse.Namespace, reason: str) -> int:
+    """A command's failure: one line on stderr (or, in a process `--processes` started, for its launcher to say)."""
+    from sanaedit.apps.launch import record_failure
+
+    if not record_failure(reason):
+        print(f"sanaedit {args.command}: error: {reason}", file=sys.stderr)
+    return 1
+
+
+def processes_asked(args: argparse.Namespace) -> int:
+    """`--processes N` of a command that has it; `train` hands the rest of its line to config overrides, so there it
+    is picked out of them."""
+    overrides = getattr(args, "overrides", None)
+    for i, item in enumerate(overrides or []):
+        if item.startswith("--processes"):
+            value = item.partition("=")[2] or (overrides[i + 1] if i + 1 < len(overrides) else "")
+            args.overrides = without_processes(overrides)
+            args.processes = int_range(1)(value)
+            break
+    return getattr(args, "processes", 1)
+
+
+def without_processes(argv: list[str]) -> list[str]:
+    """The command line with its `--processes N` / `--processes=N` taken out (for the processes it starts)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

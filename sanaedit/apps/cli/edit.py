@@ -240,7 +240,7 @@ sanaedit edit photo.jpg -o comic.png                  output the photo's own siz
 sanaedit edit a.jpg b.png -o out/                     many photos into a folder
 sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done ones skipped, summary)
 accelerate launch --num_processes 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 GPUs, half each
-torchrun --nproc_per_node 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 processes (GPUs if any, else CPU)
+sanaedit edit photos/ -o comics/ --processes 2       2 processes (GPUs if any, else CPU), half each
 sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7
 sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges steer it (the model's ControlNet)""",
     )
@@ -321,4 +321,12 @@ sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges ste
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
+    p.add_argument(
+        "--processes",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="edit a folder as N processes on this machine, each its share (as torchrun --standalone; a failure "
+        "ends in one line)",
+    )
     p.set_defaults(func=run)

@@ -1,6 +1,7 @@
 """`sanaedit train CONFIG.yaml [--key=value | --key value ...] [--resume]`: train (docs/training.md).
 
-Multi-process (DDP; FSDP through an accelerate config): `accelerate launch -m sanaedit.apps.cli.train CONFIG.yaml` or
+Multi-process (DDP; FSDP through an accelerate config): `sanaedit train CONFIG.yaml --processes N` on one machine
+(apps/launch.py), `accelerate launch -m sanaedit.apps.cli.train CONFIG.yaml` or
 `torchrun --nproc_per_node N -m sanaedit.apps.cli.train CONFIG.yaml`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanaedit.apps.cli import add_command, result
+from sanaedit.apps.cli import add_command, int_range, result
 from sanaedit.models.variants import CONFIG_DIR
 
 
@@ -78,6 +79,7 @@ sanaedit train comic --output-dir runs/comic          reproduce the bundled mode
 sanaedit train controlnet --model.from=MODEL --data.photos=DIR --output-dir OUT   a ControlNet: OUT/controlnet
 sanaedit train my.yaml --train.steps 2000 --train.lr=5e-5
 sanaedit train my.yaml --resume                       continue after a crash
+sanaedit train my.yaml --processes 2                  two processes (DDP) on this machine
 accelerate launch -m sanaedit.apps.cli.train my.yaml       many GPUs""",
     )
     p.add_argument("config", help="YAML training config, or a bundled recipe name (e.g. comic)")
@@ -88,6 +90,14 @@ accelerate launch -m sanaedit.apps.cli.train my.yaml       many GPUs""",
         help="config overrides, e.g. --train.steps=100 or --output-dir runs/x (-o runs/x for short)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (bit-exact on CPU)")
+    p.add_argument(
+        "--processes",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help="train as N processes on this machine (DDP, one GPU each where there are enough; as torchrun "
+        "--standalone, and a failure ends in one line)",
+    )
     p.set_defaults(func=run)
 
 

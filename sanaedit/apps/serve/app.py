@@ -26,9 +26,11 @@ import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
@@ -46,17 +48,17 @@ from sanaedit.apps.serve.security import (
     new_nonce,
     page_csp,
 )
-from sanaedit.apps.serve.uploads import UploadLimits, read_upload_fields
+from sanaedit.apps.serve.settings import merge_form_fields, settings_model
+from sanaedit.apps.serve.uploads import UploadLimits, read_upload
 from sanaedit.core.choices import Control
 from sanaedit.errors import ImageLoadError, QueueFull
 from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
 
 STATIC = Path(__file__).parent / "static"
-CONTROL_FIELD = b"control_image"
-CONTROLS = (Control.NONE, Control.EDGES, "upload")  # the page's control picker: none, the photo's edges, a picture
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
 log = logging.getLogger("sanaedit.apps.serve")
 # what /docs and /openapi.json say the upload is (the handler reads the body itself, so FastAPI cannot infer it)
+CONTROL_FIELD = "control_image"  # the multipart field of a control image (control=upload)
 UPLOAD_BODY = {
     "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg)",
     "required": True,
@@ -87,6 +89,8 @@ def create_app(
     retry_after: int = 10,
     upload_timeout_s: float = 120.0,
     upload_idle_s: float = 15.0,
+    upload_min_rate: float = 4096.0,
+    max_uploads: int | None = None,
     uploads_per_client: int | None = None,
     decode_memory_bytes: int = 256 * 2**20,
     max_aspect: float = DEFAULT_MAX_ASPECT,
@@ -97,8 +101,10 @@ def create_app(
     """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work.
 
     Uploads are decoded no larger than `work_side` pixels (default: `edit.work_side`, which `pipeline_editor` sets
-    to the model's resolution) and the result is scaled back to the upload's size. `uploads_per_client` (default a
-    quarter of the queue) caps one client's uploads in progress; `decode_memory_bytes` caps concurrent decoding.
+    to the model's resolution) and the result is scaled back to the upload's size. `max_uploads` (default twice the
+    queue) caps the uploads in progress, `uploads_per_client` (default a quarter of the queue) one client's; an upload
+    slower than `upload_min_rate` bytes/s on average (after `MIN_RATE_GRACE_S`) is cut off with 408;
+    `decode_memory_bytes` caps concurrent decoding.
     `allowed_hosts`: Host header names accepted (None: any); `token`: required on every request but the health
     check (see `security.TokenAuth`).
     """
@@ -145,70 +151,66 @@ def create_app(
         limits = {"max_upload_bytes": max_upload_bytes, "max_queued": max_queued, "max_pixels": max_pixels}
         return {**defaults, **limits, "max_aspect": max_aspect, "uploads_per_client": per_client}
 
-    uploading = 0  # uploads being read or decoded: they count against the queue's room, so memory stays bounded
-
-    limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s)
+    # uploads being read or decoded: at most `max_uploads` at once, so memory stays bounded. They do not hold queue
+    # places: uploads trickling in from many addresses must not refuse a finished one its place (issue 30)
+    uploading = 0
+    max_uploads = max_uploads or 2 * max_queued
+    limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s, upload_min_rate)
 
     def decode(body: bytes, label: str, side: int | None = work_side):
         if side:
             return decode_reduced(body, label, side, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
 
-    @app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
-    async def submit(
-        request: Request,
-        steps: int = Query(defaults["steps"], ge=1, le=50),
-        guidance: float = Query(defaults["guidance"], ge=1.0, le=20.0),
-        seed: int = Query(defaults["seed"], ge=0, le=2**63 - 1),
-        name: str | None = Query(None, max_length=200, description="the photo's file name (default: the form's)"),
-        prompt: str | None = Query(None, max_length=2000),
-        control: str = Query(
-            Control.NONE,
-            pattern="^(none|edges|upload)$",
-            description="steer through the model's ControlNet: "
-            "none, the photo's edges, or the multipart upload's `control_image` field",
-        ),  # fmt: skip
-    ) -> dict:
+    async def decode_within_budget(body: bytes, label: str, side: int | None):
+        """The header says what decoding costs; decodes wait for room in the memory budget, and run off the event
+        loop (status polls stay answered). Returns (picture, its upload size if decoded smaller, the cost)."""
+        cost = await run_in_threadpool(
+            decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=side
+        )
+        async with budget.hold(cost):
+            return *(await run_in_threadpool(decode, body, label, side)), cost
+
+    Settings = settings_model(defaults)  # noqa: N806  (a class: the query's and the form's settings)
+    text_fields = tuple(Settings.model_fields)
+
+    async def submit(request: Request, query: BaseModel) -> dict:
+        """Queue an edit of the uploaded photo. Its settings come as query parameters, or as text fields of a
+        multipart upload (a query parameter wins over a field of the same name)."""
         nonlocal uploading
-        if jobs.queued + uploading >= max_queued:  # refuse before reading: a burst never piles up in memory
+        if jobs.queued >= max_queued:  # refuse before reading: a burst never piles up in memory
             raise HTTPException(503, jobs.full_message, headers={"Retry-After": str(retry_after)})
-        if control != Control.NONE and not defaults.get("controlnet"):
-            raise HTTPException(400, "this model has no ControlNet: send control=none")
+        if uploading >= max_uploads:
+            message = f"{uploading} uploads are in progress, the most this server reads at once; try again shortly"
+            raise HTTPException(503, message, headers={"Retry-After": "1"})
         client = request.client.host if request.client else "?"
         if not slots.take(client):  # one client cannot take every place with uploads it never finishes
             message = f"this client already has {per_client} upload(s) in progress; try again when one is done"
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            body, filename, fields = await read_upload_fields(request, limits, (CONTROL_FIELD,))
+            upload = await read_upload(request, limits, text_fields, (CONTROL_FIELD,))
+            given = merge_form_fields(query, upload.fields)
+            body = upload.image
             # only ever echoed in messages and download names, never a path
-            label = "".join(c for c in (name or filename[:200] or "upload") if c.isprintable())
-            if (control == "upload") != (CONTROL_FIELD in fields):
-                raise HTTPException(400, "a control image comes as the multipart field `control_image`, with "
-                                    "control=upload (and only then)")  # fmt: skip
-            side = None if control == Control.EDGES else work_side  # edges are found at the photo's own size
+            label = "".join(c for c in (given.name or upload.filename[:200] or "upload") if c.isprintable())
+            control = check_control(given.control, CONTROL_FIELD in upload.files)
             try:
-                # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
-                # event loop (status polls stay answered)
-                cost = await run_in_threadpool(
-                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=side
-                )
-                async with budget.hold(cost):
-                    image, size = await run_in_threadpool(decode, body, label, side)
+                side = None if control == Control.EDGES else work_side  # edges are found at the photo's own size
+                image, size, cost = await decode_within_budget(body, label, side)
                 control_image = Control.EDGES if control == Control.EDGES else None
-                if control == "upload":  # decoded as the photo is, under the same budget
-                    data, what = fields.pop(CONTROL_FIELD), f"{label} (control image)"
-                    limits_of = dict(max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=work_side)
-                    cost = await run_in_threadpool(decode_cost, data, what, **limits_of)
-                    async with budget.hold(cost):
-                        control_image, _ = await run_in_threadpool(decode, data, what)
+                if control == "upload":  # decoded as the photo is, under the same limits and budget
+                    control_image, _, _ = await decode_within_budget(
+                        upload.files[CONTROL_FIELD], f"{label} (control image)", work_side
+                    )
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body, fields
+                del body, upload
             if cost > 16 * 2**20:
                 await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
-            settings = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": seed}
+            settings = {"num_inference_steps": given.steps, "guidance_scale": given.guidance, "seed": given.seed}
+            prompt = given.prompt
             if prompt and prompt.strip() and prompt != defaults.get("prompt"):
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
             if control != Control.NONE:
@@ -221,6 +223,19 @@ def create_app(
             uploading -= 1
             slots.give_back(client)
         return described(job)
+
+    # the settings class is made at run time: its annotation must be the object (this module's are strings)
+    submit.__annotations__["query"] = Annotated[Settings, Query()]
+    app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})(submit)
+
+    def check_control(control: str, uploaded: bool) -> str:
+        """The page's control picker (none, the photo's edges, an uploaded picture), checked: 400 if it cannot be."""
+        if control != Control.NONE and not defaults.get("controlnet"):
+            raise HTTPException(400, "this model has no ControlNet: send control=none")
+        if (control == "upload") != uploaded:
+            raise HTTPException(400, "a control image comes as the multipart field `control_image`, with "
+                                "control=upload (and only then)")  # fmt: skip
+        return control
 
     def described(job) -> dict:
         """The job's state, its settings (the page shows them on the card) and its download's file name."""

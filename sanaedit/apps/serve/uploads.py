@@ -2,9 +2,13 @@
 multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form).
 
 Both are read in chunks under the same limits: the total size (413, counted while reading, so an oversized body is
-never held whole), an idle timeout and a total timeout (408). A multipart body is parsed as it streams in
-(python-multipart's streaming parser) and only the `image` part's bytes are kept (and those of the optional fields
-a caller names, e.g. `control_image`); other fields are skipped. Nothing
+never held whole), an idle timeout, a minimum average rate after a short grace and a total timeout (408). The rate is
+Apache mod_reqtimeout's `MinRate` idea (nginx has only the idle timeout, `client_body_timeout`; uvicorn, h11 and
+hypercorn bound neither): a client trickling a byte now and then never goes idle, yet must not hold an upload place
+for the whole total timeout. A multipart body is parsed as it streams in
+(python-multipart's streaming parser): the `image` part's bytes are kept, the text of the fields the caller names
+(the job's settings, up to `MAX_FIELD_BYTES` each) and the bytes of the file fields it names (a control image);
+other fields are skipped. Nothing
 is written to disk: starlette's `request.form()` would spool large files to a temporary file and has no cap on a
 file's size, so it is not used.
 """
@@ -12,8 +16,8 @@ file's size, so it is not used.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request
 from python_multipart.exceptions import FormParserError
@@ -22,6 +26,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 FIELD = b"image"
 # the parser walks each part's boundary and headers in Python: 25 MB of tiny parts held the event loop ~4 s
 MAX_PARTS = 16
+MIN_RATE_GRACE_S = 5.0  # a connection's first seconds may be slow (TCP slow start, a phone waking its radio)
+MAX_FIELD_BYTES = 8192  # a 2000-character prompt in UTF-8, with room
 _CLOSE = {"Connection": "close"}  # a stalled upload's connection is closed, not drained
 
 
@@ -30,28 +36,37 @@ class UploadLimits:
     max_bytes: int
     timeout_s: float = 120.0
     idle_s: float = 15.0
+    min_rate: float = 0.0  # bytes/s on average, checked from `MIN_RATE_GRACE_S` on (0: no minimum)
 
 
 async def body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
     """The request body's chunks: 413 as soon as it is over `max_bytes` (or says so in Content-Length), 408 when no
-    data comes for `idle_s` or the body is not finished within `timeout_s`."""
+    data comes for `idle_s`, the average rate falls under `min_rate` after the grace, or the body is not finished
+    within `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
         raise HTTPException(413, f"upload is {int(declared):,} bytes; the limit is {limits.max_bytes:,}")
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.timeout_s
+    start = loop.time()
+    deadline = start + limits.timeout_s
     size = 0
     stream = request.stream().__aiter__()
     while True:
-        wait = min(limits.idle_s, deadline - loop.time())
-        try:  # a stalled upload must not hold its place: it must keep sending, and finish in time
+        # the time by which the average rate would fall under the minimum if nothing more came
+        too_slow_at = start + max(MIN_RATE_GRACE_S, size / limits.min_rate) if limits.min_rate else deadline
+        wait = min(limits.idle_s, deadline - loop.time(), too_slow_at - loop.time())
+        try:  # a stalled upload must not hold its place: it must keep sending, fast enough, and finish in time
             if wait <= 0:
                 raise TimeoutError
             async with asyncio.timeout(wait):
                 chunk = await anext(stream, None)
         except TimeoutError:
-            if loop.time() >= deadline - 0.01:
+            now = loop.time()
+            if now >= deadline - 0.01:
                 message = f"upload not finished within {limits.timeout_s:g} s"
+            elif now >= too_slow_at - 0.01:
+                rate = size / max(1e-9, now - start)
+                message = f"upload too slow: {rate:,.0f} bytes/s on average; the minimum is {limits.min_rate:,.0f}"
             else:
                 message = f"upload stalled: no data for {limits.idle_s:g} s"
             raise HTTPException(408, message, headers=_CLOSE) from None
@@ -64,24 +79,26 @@ async def body_chunks(request: Request, limits: UploadLimits) -> AsyncIterator[b
             yield chunk
 
 
-async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str]:
-    """(the image's bytes, the file name the client gave with a multipart upload, else "")."""
-    body, filename, _ = await read_upload_fields(request, limits)
-    return body, filename
+@dataclass
+class Upload:
+    image: bytes
+    filename: str = ""  # the file name a multipart upload gave, else ""
+    fields: dict[str, str] = field(default_factory=dict)  # a multipart upload's text fields among those asked for
+    files: dict[str, bytes] = field(default_factory=dict)  # ... and its file fields among those asked for
 
 
-async def read_upload_fields(
-    request: Request, limits: UploadLimits, optional: tuple[bytes, ...] = ()
-) -> tuple[bytes, str, dict[bytes, bytes]]:
-    """`read_upload`, and the bytes of the `optional` fields a multipart upload has (e.g. a control image), under
-    the same limits (the whole body counts)."""
+async def read_upload(
+    request: Request, limits: UploadLimits, text_fields: Collection[str] = (), file_fields: Collection[str] = ()
+) -> Upload:
+    """The image of a raw or multipart upload, the multipart form's text fields named in `text_fields` and the bytes
+    of its file fields named in `file_fields` (the whole body under the same limits)."""
     kind, params = parse_options_header(request.headers.get("content-type"))
     if kind != b"multipart/form-data":
-        return b"".join([chunk async for chunk in body_chunks(request, limits)]), "", {}
+        return Upload(b"".join([chunk async for chunk in body_chunks(request, limits)]))
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
-    form = _ImageField(optional)
+    form = _FormParts({name.encode() for name in text_fields}, {name.encode() for name in file_fields})
     try:
         parser = MultipartParser(boundary, form.callbacks())
         async for chunk in body_chunks(request, limits):
@@ -93,22 +110,29 @@ async def read_upload_fields(
         raise HTTPException(400, "malformed multipart body (it ends before its closing boundary)")
     if form.data is None:
         raise HTTPException(400, "multipart upload has no `image` field: send the photo as image=@photo.jpg")
-    return b"".join(form.data), form.filename, {name: b"".join(data) for name, data in form.extra.items()}
+    files = {name: b"".join(parts) for name, parts in form.files.items()}
+    return Upload(b"".join(form.data), form.filename, form.fields, files)
 
 
-class _ImageField:
-    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, and the bytes of
-    the `optional` fields, nothing else."""
+class _FormParts:
+    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, the text of the
+    fields named in `text_fields` and the bytes of those named in `file_fields`; nothing else."""
 
-    def __init__(self, optional: tuple[bytes, ...] = ()):
-        self.optional, self.extra = optional, {}
-        self._into: list[bytes] | None = None  # the part being read, when it is one we keep
+    def __init__(self, text_fields: set[bytes], file_fields: set[bytes] = frozenset()):
         self.data: list[bytes] | None = None
         self.filename = ""
+        self.fields: dict[str, str] = {}
+        self.files: dict[str, list[bytes]] = {}
+        self._file_fields = file_fields
+        self._file: list[bytes] | None = None  # the file field being read
         self.ended = False
+        self._text_fields = text_fields
+        self._text: list[bytes] | None = None  # the text field being read
+        self._text_name = b""
         self._header: list[bytes] = []
         self._value: list[bytes] = []
         self._disposition = b""
+        self._in_image = False
         self._parts = 0
 
     def callbacks(self) -> dict:
@@ -119,11 +143,12 @@ class _ImageField:
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
             "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
-        self._disposition, self._into = b"", None
+        self._disposition, self._in_image, self._text, self._file = b"", False, None, None
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise HTTPException(400, f"more than {MAX_PARTS} fields in one multipart upload")
@@ -136,21 +161,40 @@ class _ImageField:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._disposition)
         name = params.get(b"name")
-        if name in self.optional:
-            if name in self.extra:
-                raise HTTPException(400, f"more than one `{name.decode()}` field")
-            self._into = self.extra[name] = []
+        if name in self._file_fields:
+            if name.decode() in self.files:
+                raise HTTPException(400, f"the field `{name.decode()}` is given twice")
+            self._file = self.files[name.decode()] = []
+            return
+        if name in self._text_fields:
+            if name.decode() in self.fields:
+                raise HTTPException(400, f"the field `{name.decode()}` is given twice")
+            self._text, self._text_name = [], name
             return
         if name != FIELD:
             return
         if self.data is not None:
             raise HTTPException(400, "more than one `image` field: send one photo per request")
-        self.data = self._into = []
+        self.data, self._in_image = [], True
         self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._into is not None:
-            self._into.append(data[start:end])
+        if self._in_image:
+            self.data.append(data[start:end])
+        elif self._file is not None:
+            self._file.append(data[start:end])
+        elif self._text is not None:
+            self._text.append(data[start:end])
+            if sum(map(len, self._text)) > MAX_FIELD_BYTES:
+                raise HTTPException(400, f"the field `{self._text_name.decode()}` is over {MAX_FIELD_BYTES} bytes")
+
+    def _part_end(self) -> None:
+        if self._text is not None:
+            try:
+                self.fields[self._text_name.decode()] = b"".join(self._text).decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPException(400, f"the field `{self._text_name.decode()}` is not UTF-8 text") from None
+            self._text = None
 
     def _end(self) -> None:
         self.ended = True

@@ -9,11 +9,13 @@ temporaries at start; and the server's peak RSS under the whole hostile corpus (
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -155,6 +157,54 @@ def test_4_a_body_still_trickling_after_a_refusal_is_cut_off(live):
         s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
         closed, reply = closed_within(s, 4.0)
     assert reply.startswith(b"HTTP/1.1 413") and closed
+
+
+def connect_from(address: str, port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind((address, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_4_uploads_and_health_get_through_while_8_addresses_trickle_uploads_and_64_trickle_headers(live):
+    """Issue 30's scenario, with the server's default limits: 8 uploads trickling a byte now and then from 8
+    addresses held every queue place for 120 s; now they hold upload places of their own, the next client's upload
+    and the health check get through at once, and the trickles are cut off once under the minimum rate."""
+    url = live(flip)
+    port = int(url.rsplit(":", 1)[1])
+    uploads = [connect_from(f"127.0.0.{2 + i}", port) for i in range(8)]
+    for s in uploads:
+        s.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n\x89")
+    headers = [connect_from(f"127.0.0.{2 + i % 8}", port) for i in range(64)]
+    stop = threading.Event()
+
+    def trickle():  # a byte on every connection every 0.3 s: never idle long enough to be cut off as stalled
+        while not stop.wait(0.3):
+            for s in uploads + headers:
+                with contextlib.suppress(OSError):
+                    s.send(b"P" if s in uploads else b"G")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # every trickle is under way
+        start = time.perf_counter()
+        health = httpx.get(f"{url}/api/health", timeout=3.0)
+        assert health.status_code == 200 and health.json()["uploading"] == 8
+        assert time.perf_counter() - start < 3.0
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.10"), timeout=3.0) as client:
+            job = client.post(f"{url}/api/jobs", content=png())
+            assert job.status_code == 202, job.text
+            assert wait_state(lambda path: client.get(f"{url}{path}"), job.json()["id"])["state"] == "done"
+        replies = [closed_within(s, 8.0) for s in uploads]  # 2 bytes/s against a minimum of 4096 after 5 s
+        assert all(
+            closed and b"upload too slow" in reply and reply.startswith(b"HTTP/1.1 408") for closed, reply in replies
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in uploads + headers:
+            s.close()
 
 
 # ------------------------------------------------------------------------------------------------ 5. web hardening

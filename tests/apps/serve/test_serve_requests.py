@@ -140,6 +140,29 @@ def test_a_multipart_upload_is_edited_and_named_after_its_file(live):
     assert named.json()["filename"] == "mine-comic.png"
 
 
+def test_a_multipart_forms_text_fields_are_the_jobs_settings_and_checked_as_the_query_is(live):
+    url = live(flip)
+    files = {"image": ("a.png", png(), "image/png")}
+    fields = {"steps": "3", "guidance": "2.5", "seed": "7", "prompt": "make it a comic"}
+    res = httpx.post(f"{url}/api/jobs", files=files, data=fields)  # what an HTML form or `curl -F steps=3` sends
+    assert res.status_code == 202, res.text
+    assert res.json()["settings"] == {"steps": 3, "guidance": 2.5, "seed": 7, "prompt": "make it a comic"}
+    both = httpx.post(f"{url}/api/jobs?steps=4", files=files, data=fields)  # the query wins over a field
+    assert both.json()["settings"]["steps"] == 4 and both.json()["settings"]["seed"] == 7
+    for name, value in (("steps", "0"), ("guidance", "nan"), ("seed", "-1"), ("steps", "many")):
+        bad = httpx.post(f"{url}/api/jobs", files=files, data={name: value})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", name], (name, bad.text)
+    long = httpx.post(f"{url}/api/jobs", files=files, data={"prompt": "x" * 9000})
+    assert long.status_code == 400 and "`prompt` is over 8192 bytes" in long.json()["detail"]
+    twice = httpx.post(
+        f"{url}/api/jobs", files=[("image", ("a.png", png())), ("seed", (None, "1")), ("seed", (None, "2"))]
+    )
+    assert twice.status_code == 400 and "`seed` is given twice" in twice.json()["detail"]
+    latin1 = b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\ncaf\xe9\r\n--xyz--\r\n'
+    res = httpx.post(f"{url}/api/jobs", content=latin1, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert res.status_code == 400 and "`prompt` is not UTF-8 text" in res.json()["detail"]
+
+
 def test_multipart_without_an_image_field_or_malformed_gets_one_clear_line(live):
     url = live(flip)
     res = httpx.post(f"{url}/api/jobs", files={"photo": ("a.png", png(), "image/png")})
