@@ -241,7 +241,9 @@ def create_app(
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
         given = job.settings
         settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
-        settings.update(seed=given.get("seed"), prompt=given.get("prompt"), control=given.get("control"))
+        settings.update(seed=given.get("seed"), prompt=given.get("prompt"))
+        if "control" in given:  # an edit steered by the model's ControlNet
+            settings["control"] = given["control"]
         filename = download_name(job.name)
         return {**job.public(), "position": jobs.position(job), "settings": settings, "filename": filename}
 

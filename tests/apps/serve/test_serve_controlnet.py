@@ -11,6 +11,8 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.pipeline import SanaEditPipeline
+from tests.apps.serve.test_serve_live import launch, wait_js
+from tests.apps.serve.test_serve_live import start_server as start_server  # noqa: F401  (a fixture this file uses)
 from tests.conftest import LOCAL, boxed, png, wait_state
 
 
@@ -62,3 +64,47 @@ def test_control_requests_that_cannot_be_met_are_refused(client, tiny_pipe, tmp_
     with TestClient(plain, base_url=LOCAL) as c:
         res = c.post("/api/jobs?control=edges", content=photo_bytes())
         assert res.status_code == 400 and "no ControlNet" in res.json()["detail"]
+
+
+@pytest.mark.slow
+def test_the_page_sends_the_pickers_choice(start_server, tmp_path):
+    """In a browser: the picker shows only for a model with a ControlNet, and its choice reaches the edit (the
+    photo's edges, or the picked control image as a second multipart field)."""
+    from playwright.sync_api import sync_playwright
+
+    calls = []
+
+    def edit(image, callback=None, **kwargs):
+        calls.append(kwargs.get("control_image"))
+        return image
+
+    url, _ = start_server(edit, defaults={"controlnet": True})
+    plain_url, _ = start_server(edit)
+    photo, control = tmp_path / "photo.png", tmp_path / "lines.png"
+    boxed(48, 32).save(photo)
+    Image.new("RGB", (48, 32), "white").save(control)
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page()
+        page.goto(plain_url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        assert not page.is_visible("#control-picker")
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        assert page.is_visible("#control-picker") and not page.is_visible("#control-upload")
+        for cards, choice in enumerate(("edges", "upload"), 1):
+            page.select_option("#control", choice)
+            if choice == "upload":
+                assert page.is_visible("#control-upload")
+                page.set_input_files("#control-file", str(control))
+            page.set_input_files("#file", str(photo))
+            page.click("#go")
+            done = f"document.querySelectorAll('.status').length === {cards} && "
+            wait_js(page, done + "[...document.querySelectorAll('.status')].every(s => s.textContent === 'done' "
+                    "|| s.classList.contains('error'))", timeout=60)  # fmt: skip
+        statuses = [s.inner_text() for s in page.query_selector_all(".status")]
+        metas = [m.inner_text() for m in page.query_selector_all(".meta")]
+        browser.close()
+    assert statuses == ["done", "done"]
+    assert calls[0] == "edges" and isinstance(calls[1], Image.Image) and calls[1].size == (48, 32)
+    assert "control: the photo's edges" in metas[0] and "control: an image" in metas[1]
