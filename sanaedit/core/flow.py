@@ -172,18 +172,13 @@ class FlowModel:
         model runs once on the batch [x; x] (CFG; the control latent in both halves, as diffusers does)."""
         rows = self.arrays.rows
         if guidance <= 1.0 or self.guidance_embeds is not None:  # no CFG batch (a student is told the scale)
-            return lambda x, sigma: float32(
-                self.velocity(
-                    x,
-                    sigma,
-                    rows(hidden, len(x)),
-                    rows(mask, len(x)),
-                    rows(ref, len(x)),
-                    guidance,
-                    rows(control, len(x)),
-                    control_scale,
-                )  # fmt: skip
-            )
+
+            def single(x: Array, sigma: Any) -> Array:
+                n = len(x)
+                conditions = (rows(hidden, n), rows(mask, n), rows(ref, n), guidance, rows(control, n))
+                return float32(self.velocity(x, sigma, *conditions, control_scale))
+
+            return single
 
         pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
 
