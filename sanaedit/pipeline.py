@@ -30,16 +30,19 @@ from sanaedit.core.config import (
     PipelineConfig,
 )
 from sanaedit.core.flow import FlowModel
+from sanaedit.core.inpaint import keep_source_outside
 from sanaedit.core.inputs import check_generators, check_inputs
 from sanaedit.core.sampling import Array, flow_sigmas, get_sampler
 from sanaedit.errors import ModelFolderError
 from sanaedit.formats.source import ModelSource, TextEncoder
 from sanaedit.image.arrays import as_sources, check_output_type, to_output
 from sanaedit.image.io import load_image, preprocess
+from sanaedit.image.masks import MaskInput, as_masks, feather_radius, fit_mask, latent_mask, mask_picture, paste_outside
 from sanaedit.image.upsample import check_method, restore_photo
 from sanaedit.plan import RunPlan, make_plan
 from sanaedit.runtime.controlnet_api import ControlNetMixin, controlnet_module
 from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
+from sanaedit.runtime.prompts import PromptsMixin
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
 
@@ -47,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
-
-PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 
 ImageInput = Image.Image | str | Path | np.ndarray  # or a torch tensor (diffusers' conventions: image/arrays.py)
 
@@ -60,7 +61,7 @@ class SanaEditOutput:
     images: Any
 
 
-class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin):
+class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, PromptsMixin, ControlNetMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
     def __init__(
@@ -223,27 +224,6 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
         return save_model_folder(self, Path(model_dir), prompt_cache)
 
     @no_grad
-    def encode_prompt(self, prompts: list[str]) -> tuple[Array, Array]:
-        """Conditioning for each prompt, from the prompt cache where possible, else through the LLM (batched)."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
-        if missing:
-            hidden, mask = self.text_encoder(missing)
-            if not self.keep_text_encoder:
-                self.release_text_encoder()
-            for i, p in enumerate(missing):
-                self.prompt_cache[p] = (hidden[i : i + 1], mask[i : i + 1])
-            # bounded: a server fed user prompts must not grow without limit. The oldest entries go first; the
-            # model's own prompts stay (they are what spares loading the LLM at all).
-            pinned = {self.config.prompt, self.config.negative_prompt, *prompts}
-            evictable = [p for p in self.prompt_cache if p not in pinned]
-            for p in evictable[: max(0, len(self.prompt_cache) - PROMPT_CACHE_SIZE)]:
-                del self.prompt_cache[p]
-        arrays = self.flow.arrays
-        hidden = arrays.input(arrays.cat([self.prompt_cache[p][0] for p in prompts]))
-        mask = arrays.cat([self.prompt_cache[p][1] for p in prompts])
-        return hidden, mask
-
-    @no_grad
     def encode_image(self, pixels: Array) -> Array:
         return self.flow.encode(pixels)
 
@@ -275,6 +255,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
         return_dict: bool = True,
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        mask_image: MaskInput | list[MaskInput] | None = None,
         control_image: Any = None,
         controlnet_conditioning_scale: float = 1.0,
     ) -> SanaEditOutput | tuple[Any]:
@@ -284,16 +265,19 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
         Returns `SanaEditOutput(images)` (`return_dict=False`: a tuple `(images,)`), `num_images_per_prompt` images
         per input in input order, each the size of its input; `output_type` "np" / "pt" gives them as float32 arrays /
         tensors in [0, 1] (image/arrays.py), "latent" the latents, undecoded (`decode_latents` decodes them).
-        `strength` < 1 edits partially: sampling starts part-way, from the source latent noised to that level (as
-        diffusers' img2img pipelines do). `callback(step, total)` reports progress; `callback_on_step_end(pipe, step,
-        timestep, {"latents": x})` may return {"latents": ...} to replace them (torch tensors on PyTorch networks,
-        NumPy arrays on exported graphs). `generator`: a torch.Generator (diffusers' convention) or a
-        `sanaedit.core.noise.Generator` (the same numbers for the same seed, without torch), or a list with one per
-        image; None draws fresh noise.
+        `strength` < 1 edits partially: the last int(steps x strength) steps, from the source latent noised to where
+        they start (diffusers' img2img). `mask_image` (white = edit, diffusers' inpainting; given as `image` is, one
+        for all or one per image) edits its white part only: the rest keeps the photo's own pixels (core/inpaint.py,
+        image/masks.py; "latent": the blended latents). Both work on every runtime and sampler.
         `control_image` (a picture, one per input, or "edges": the photo's own) steers the edit through the model's
         ControlNet at `controlnet_conditioning_scale` (diffusers' names; runtime/controlnet_api.py).
+        `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
+        return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
+        `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
+        for the same seed, without torch), or a list with one per image; None draws fresh noise.
         """
         sources = as_sources(image)
+        masks = [None if m is None else mask_picture(m) for m in as_masks(mask_image, sources)]  # bad files fail now
         cfg = self.config
         steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -328,21 +312,23 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
-        outputs = [out for source, g, control in zip(sources, generators, controls)
-                   for out in self._edit(source, generator=g, control=control, **settings)]  # fmt: skip
+        outputs = [out for source, mask, g, steer in zip(sources, masks, generators, controls)
+                   for out in self._edit(source, mask_image=mask, generator=g, control=steer, **settings)]  # fmt: skip
         images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
 
     def _edit(
-        self, image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator, progress,
-        callback, step_end, decode, control=None, control_scale=1.0,
+        self, image, mask_image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator,
+        progress, callback, step_end, decode, control=None, control_scale=1.0,
     ) -> list[Any]:  # fmt: skip
-        """`count` samples of one input, as one batch: pictures (`decode`), else their latents."""
+        """`count` samples of one input, as one batch: pictures (`decode`), else their latents. `mask_image`: a
+        greyscale picture (white = edit), or None."""
         size = self.config.resolution // self.vae_scale
         latent_shape = (count, self.latent_channels, size, size)
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if image is not None:
+            mask_image = mask_image and fit_mask(mask_image, image.size)  # before any network runs
             pixels, restore = preprocess(image, self.config.resolution, self.config.padding)
             with self._stage("encoder"):
                 ref_latents = self.encode_image(pixels)
@@ -356,11 +342,15 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
         velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale, control_latents, control_scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
-        latents = self.flow.arrays.randn(latent_shape, generator)
+        latents = noise = self.flow.arrays.randn(latent_shape, generator)
         if strength < 1.0:
             kept = int(steps * strength)  # >= 1: checked by __call__
             sigmas = sigmas[steps - kept :]
             latents = (1 - float(sigmas[0])) * float32(ref_latents) + float(sigmas[0]) * latents
+
+        if mask_image is not None:  # outside the mask, the source at every step's noise level
+            cells = float32(self.flow.arrays.input(latent_mask(mask_image, restore, self.vae_scale)))
+            step_end = keep_source_outside(float32(ref_latents), noise, cells, sigmas, then=step_end)
 
         total = len(sigmas) - 1
         bar_config = {"desc": "denoising", "unit": "step", "leave": False, **self._progress_bar_config}
@@ -392,4 +382,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, ControlNetMixin)
             return [latents[i : i + 1] for i in range(count)]
         with self._stage("decoder"):
             decoded = [self.decode_latents(latents[i : i + 1]) for i in range(count)]
-        return [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]
+        edits = [restore_photo(x, restore, image, self.config.upsample, self.flow.refiner) for x in decoded]
+        if mask_image is not None:  # the photo's own pixels outside the mask, exactly
+            edits = [paste_outside(edit, image, mask_image, feather_radius(restore)) for edit in edits]
+        return edits

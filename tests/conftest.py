@@ -1,10 +1,13 @@
 """Shared test fixtures (the tiny model, its folder and MNN release, editing pairs, a live server on loopback) and
-plain helpers used by more than one test file (`from tests.conftest import ...`)."""
+plain helpers used by more than one test file (`from tests.conftest import ...`): headless Chromium included."""
 
 import io
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -185,6 +188,69 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def launch_chromium(pw):
+    """Debian's headless Chromium through Playwright (a test tool's own browser download cannot work offline); the
+    test is skipped where it is not installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def wait_js(page, expression, timeout=30.0):
+    """Poll a JS expression from outside the page: the pages' CSPs forbid the eval Playwright's wait_for_function
+    injects (and those CSPs are part of what the tests check)."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
+def restyled_export(folder, **pipeline):
+    """A copy of the bundled model's ONNX export in `folder`, whose model_index.json asks for other pipeline
+    settings (`sampler="dpm"`, `guidance_scale=2.0`, ...)."""
+    import json
+    from pathlib import Path
+
+    from sanaedit.load import BUNDLED_EXPORT
+
+    copy = shutil.copytree(BUNDLED_EXPORT, Path(folder) / "restyled")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["pipeline"].update(pipeline)
+    (copy / "model_index.json").write_text(json.dumps(index))
+    return copy
+
+
+def static_server(folder) -> tuple[str, subprocess.Popen]:
+    """`python -m http.server` on a free loopback port serving `folder`, as anyone would serve a static folder:
+    (its URL, the process). Returns once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"http://127.0.0.1:{port}", process
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, "http.server did not start"
+            time.sleep(0.05)
 
 
 def serve_in_thread(server, poll_s: float = 0.02) -> threading.Thread:

@@ -45,3 +45,23 @@ def test_startup_bench_times_every_row_and_compares_the_pictures(tmp_path):
     assert expected <= set(rows)
     assert all(row["median_s"] > 0 for row in rows.values())
     assert report["psnr_default_vs_torch_db"] >= 30
+
+
+@pytest.mark.slow
+def test_in_browser_bench_times_the_page_beside_the_cli(tmp_path):
+    from tests.conftest import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    out = tmp_path / "in-browser.json"
+    cmd = [sys.executable, str(ROOT / "bench/in_browser.py"), "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["cli_end_to_end_s"]["median"] > 0
+    static, served = report["browser"]["static, 1 thread"], report["browser"]["sanaedit serve, 2 threads"]
+    assert (static["threads"], served["threads"]) == (1, 2)  # isolation headers: threads; a static server: one
+    for row in (static, served):
+        assert 0 < row["page_edit_s"]["median"] < row["navigation_to_result_s"]["median"]
+        assert row["stage_denoise_s"]["median"] > 0
+    assert report["psnr_static_vs_cli_db"] >= 30 and report["psnr_served_vs_cli_db"] >= 30

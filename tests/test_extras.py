@@ -25,7 +25,7 @@ PROVIDES = {
     "came-pytorch": {"came_pytorch"},
     "mnn": {"MNN", "_tools"},  # _tools: the converter extension the mnn wheel ships (export/mnn_convert.py)
     "llmexport": {"llmexport", "utils"},  # utils: llmexport's own package, found through its folder (llm_mnn.py)
-    "fastapi": {"fastapi", "starlette"},  # starlette: what fastapi is built on, installed with it
+    "fastapi": {"fastapi", "starlette", "pydantic"},  # what fastapi is built on, installed with it
     "uvicorn": {"uvicorn", "h11"},  # h11: uvicorn's HTTP/1.1 parser, installed with it
     "python-multipart": {"python_multipart"},
 }

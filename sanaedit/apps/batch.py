@@ -7,6 +7,10 @@ that is lossless converts to PNG without loss too) at the input's relative path 
 name instead: `a.jpg.png`, `a.png.png`. With `resume`, an output that already exists is skipped; outputs are
 written atomically, so an existing output is always a complete one.
 
+Masks (`edit --mask-dir DIR`): the mask of `in/trip/a.jpg` is `DIR/trip/a.png`, the input's relative path with the
+suffix `.png` (`find_mask`; for files named one by one, `DIR/a.png`). A photo without one is edited whole, and a
+warning names it. `per_file(source) -> dict` gives each edit its own keyword arguments (its mask).
+
 Nothing vanishes from the summary: an entry with an image extension that is no readable photo (a FIFO, a device,
 a dangling link, a link loop) fails with its reason, a sub-folder that cannot be read fails, other entries are
 counted as ignored. Outputs that cannot be written (a file where the folder should be, no permission, a read-only
@@ -97,6 +101,13 @@ def plan_outputs(sources: list[Path], in_dir: Path | None, out_dir: Path) -> dic
     return plan
 
 
+def find_mask(mask_dir: Path, source: Path, in_dir: Path | None = None) -> Path | None:
+    """The mask of `source` in `mask_dir`: its path relative to `in_dir` (or its name) with the suffix `.png`, if
+    that file exists."""
+    mask = Path(mask_dir) / (source.relative_to(in_dir) if in_dir else Path(source.name)).with_suffix(".png")
+    return mask if mask.is_file() else None
+
+
 def edit_folder(
     edit: Callable[..., Image.Image],
     in_dir: str | Path,
@@ -110,7 +121,7 @@ def edit_folder(
 ) -> BatchSummary:
     """Run `edit(image, **edit_kwargs) -> PIL image` (e.g. a SanaEditPipeline) on every image in `in_dir`.
     `processes`: this process's share of the batch when several share it (see the module's docstring);
-    `per_file(source)`: more arguments for that file's edit (its control image: a failure fails that file)."""
+    `per_file(source)`: keyword arguments for that file's edit alone (its failure is that file's)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
 
     def plan_folder() -> tuple[BatchSummary, dict[Path, Path]]:

@@ -68,6 +68,7 @@ class Format(StrEnum):
     TORCH = "torch"  # a PyTorch model folder (diffusers / transformers components)
     ONNX = "onnx"  # our export of ONNX graphs
     MNN = "mnn"  # MNN graphs: the published release's files, or our export in its layout
+    WEB = "web"  # a static folder that edits inside a browser (export/web.py); sanaedit itself does not run it
 
 
 # the backend that runs each format by default, and the formats each backend runs

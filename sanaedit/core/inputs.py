@@ -25,6 +25,21 @@ def check_prompt(text: str | None, what: str = "prompt") -> None:
         ) from None
 
 
+def check_strength(
+    strength: float, steps: int | None, names: tuple[str, str] = ("strength", "num_inference_steps")
+) -> None:
+    """`strength` in (0, 1], and, when `steps` is known, leaving at least one of them to run (the pipeline runs the
+    last int(steps x strength) of the schedule). `names`: what the caller calls them (the CLI: its flags)."""
+    strength_name, steps_name = names
+    if not 0.0 < strength <= 1.0:  # nan fails too
+        raise ValueError(f"{strength_name} must be in (0, 1] (1 = a full edit), got {strength}")
+    if steps is not None and strength < 1.0 and int(steps * strength) < 1:
+        raise ValueError(
+            f"{strength_name} {strength} x {steps} steps leaves no step to run: raise {strength_name} to "
+            f"{math.ceil(1e4 / steps) / 1e4:g} or more, or {steps_name} to {math.ceil(1 / strength)} or more"
+        )
+
+
 def check_inputs(
     sources: list[Any],
     count: int,
@@ -39,17 +54,11 @@ def check_inputs(
         raise ValueError("image must be a picture, a path, a non-empty list of them, or None (text-to-image)")
     if count < 1:
         raise ValueError(f"num_images_per_prompt must be >= 1, got {count}")
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    check_strength(strength, steps)
     if strength < 1.0 and sources == [None]:
         raise ValueError("strength < 1 needs an input image to start from")
     if not 1.0 <= guidance_scale <= MAX_GUIDANCE:  # nan fails too
         raise ValueError(f"guidance_scale must be from 1 (guidance off) to {MAX_GUIDANCE:g}, got {guidance_scale}")
-    if strength < 1.0 and int(steps * strength) < 1:
-        raise ValueError(
-            f"strength {strength} x {steps} steps leaves no step to run: raise strength to {1 / steps:g} or more, "
-            f"or num_inference_steps to {math.ceil(1 / strength)} or more"
-        )
     check_prompt(prompt, "prompt")
     check_prompt(negative_prompt, "negative_prompt")
 

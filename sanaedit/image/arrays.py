@@ -17,6 +17,7 @@ from PIL import Image
 from sanaedit.core.arrays import is_torch
 from sanaedit.core.extras import require
 from sanaedit.image.io import upright_rgb
+from sanaedit.image.pixels import WHITE
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> the PIL mode they are read as
@@ -42,8 +43,9 @@ def as_sources(image: Any) -> list[Any]:
     return [picture for item in items for picture in (array_pictures(item) if is_array(item) else [item])]
 
 
-def array_pictures(image: Any) -> list[Image.Image]:
-    """A NumPy array (HW, HWC, NHWC) or a torch tensor (HW, CHW, NCHW) -> one RGB picture per image."""
+def array_pictures(image: Any, matte: tuple[int, int, int] = WHITE) -> list[Image.Image]:
+    """A NumPy array (HW, HWC, NHWC) or a torch tensor (HW, CHW, NCHW) -> one RGB picture per image (an alpha
+    channel composited over `matte`)."""
     torch_layout = is_torch(image)
     if torch_layout:
         image = image.detach().cpu()
@@ -60,14 +62,17 @@ def array_pictures(image: Any) -> list[Image.Image]:
         raise ValueError(
             f"image of shape {tuple(image.shape)} is not a picture: pass a {layout} with 1, 3 or 4 channels"
         )
-    return [upright_rgb(Image.fromarray(pixels[..., 0] if channels == 1 else pixels, MODES[channels]))
+    return [upright_rgb(Image.fromarray(pixels[..., 0] if channels == 1 else pixels, MODES[channels]), matte)
             for pixels in as_uint8(array)]  # fmt: skip
 
 
 def as_uint8(array: np.ndarray) -> np.ndarray:
-    """uint8 as it is; floats in [0, 1] scaled to 0..255 (diffusers' range for arrays and tensors)."""
+    """uint8 as it is; floats in [0, 1] scaled to 0..255 (diffusers' range for arrays and tensors); booleans (a
+    mask) as 0 and 255."""
     if array.dtype == np.uint8:
         return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"image values must be uint8, or floats in [0, 1]; got {array.dtype}")
     low, high = float(array.min()), float(array.max())

@@ -35,7 +35,7 @@ from sanaedit.core.arrays import to_numpy
 from sanaedit.core.choices import Padding
 from sanaedit.core.tempfiles import remove_stale, replacing
 from sanaedit.errors import ImageLoadError
-from sanaedit.image.pixels import normalise, orientation
+from sanaedit.image.pixels import BLACK, WHITE, normalise, orientation
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000: far beyond a 512 px model input, far below a bomb
 # A strip is padded to a square of its longer side (40000x1 -> 40000x40000). Past 20:1 the photo fills under 5% of
@@ -59,10 +59,10 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "
 _DECODER_COPY = {"TIFF": 2.0, "WEBP": 2.0, "AVIF": 2.0}  # their codecs decode into a buffer of their own first
 
 
-def upright_rgb(image: Image.Image) -> Image.Image:
+def upright_rgb(image: Image.Image, matte: tuple[int, int, int] = WHITE) -> Image.Image:
     """An opened image as the model sees it: EXIF orientation applied, colour profile converted to sRGB, 8-bit RGB
-    with transparency over white. What `load_image` returns; datasets holding PIL images use it directly."""
-    return normalise(image)
+    with transparency over white (`matte`). What `load_image` returns; datasets holding PIL images use it directly."""
+    return normalise(image, matte=matte)
 
 
 def _special(path: Path) -> str | None:
@@ -87,13 +87,19 @@ def load_image(
     path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT
 ) -> Image.Image:
     """Open `path` as an upright RGB image, or raise ImageLoadError naming the file and the problem."""
+    path = _readable(path)
+    return _decode(path, str(path), max_pixels, max_aspect)
+
+
+def _readable(path: str | os.PathLike) -> Path:
+    """`path` if it is a non-empty regular file, else the ImageLoadError that says what it is."""
     path = Path(path)
     problem = _special(path)
     if problem:
         raise ImageLoadError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
-    return _decode(path, str(path), max_pixels, max_aspect)
+    return path
 
 
 def decode_image(
@@ -103,6 +109,32 @@ def decode_image(
     if not data:
         raise ImageLoadError(f"{name}: empty file (0 bytes)")
     return _decode(io.BytesIO(data), name, max_pixels, max_aspect)
+
+
+def load_mask(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Image.Image:
+    """`load_image` for a mask (white = edit): an upright greyscale ("L") picture, transparency counting as black."""
+    path = _readable(path)
+    return _decode(path, str(path), max_pixels, max_aspect, matte=BLACK).convert("L")
+
+
+def decode_mask(
+    data: bytes, name: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Image.Image:
+    """`load_mask` for bytes in memory (an upload)."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels, max_aspect, matte=BLACK).convert("L")
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the photo at `path` as `load_image` returns it (EXIF rotation applied), from its header
+    alone: what a mask is checked against before any model loads. Raises `load_image`'s ImageLoadError."""
+    path = _readable(path)
+    with _opened(path, str(path)) as image:
+        width, height = image.size
+        return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def decode_reduced(data: bytes, name: str, reduce_to: int, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -214,7 +246,8 @@ def _opened(source: Path | io.BytesIO, name: str) -> Iterator[Image.Image]:
 
 
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT,
-            reduce_to: int | None = None, size_out: list | None = None) -> Image.Image:  # fmt: skip
+            reduce_to: int | None = None, size_out: list | None = None,
+            matte: tuple[int, int, int] = WHITE) -> Image.Image:  # fmt: skip
     with _opened(source, name) as image:
         width, height = image.size
         check_size(name, width, height, max_pixels, max_aspect)
@@ -225,7 +258,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, max_aspect: f
         image.load()
         if size_out is not None:
             size_out.append((height, width) if orientation(image) in (5, 6, 7, 8) else (width, height))
-        return normalise(image, reduce_to)
+        return normalise(image, reduce_to, matte)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageCms
 
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)  # what transparency is composited over: photos / masks
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # modes reduce() cannot average, and what each band is converted to first
 _REDUCIBLE_AS = {"1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
@@ -86,9 +87,10 @@ def high_bit_to_l(image: Image.Image, kind: str, rows: int = 256) -> Image.Image
     return Image.fromarray(out, "L")
 
 
-def to_rgb(image: Image.Image, kind: str | None = None) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB, compositing transparency over white (how a viewer shows it). `kind`: the mode the
-    file was decoded in, when `image` was reduced from it (16-bit reduced as 32-bit is still scaled as 16-bit)."""
+def to_rgb(image: Image.Image, kind: str | None = None, matte: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, compositing transparency over `matte` (white: how a viewer shows a photo; masks use
+    black, so what is transparent is kept). `kind`: the mode the file was decoded in, when `image` was reduced from
+    it (16-bit reduced as 32-bit is still scaled as 16-bit)."""
     kind = kind or image.mode
     if image.mode in HIGH_BIT_MODES:
         image = high_bit_to_l(image, kind)
@@ -97,7 +99,7 @@ def to_rgb(image: Image.Image, kind: str | None = None) -> Image.Image:
     if image.mode in ("LA", "La", "PA", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, (255, 255, 255))
+        background = Image.new("RGB", image.size, matte)
         background.paste(image, mask=image.getchannel("A"))
         return background
     if image.mode == "RGB":
@@ -122,13 +124,13 @@ def reduce(image: Image.Image, factor: int, rows: int = 512) -> Image.Image:
     return out
 
 
-def normalise(image: Image.Image, reduce_to: int | None = None) -> Image.Image:
-    """Upright 8-bit sRGB RGB; with `reduce_to`, box-reduced first by the largest integer factor that keeps the
-    longer side >= `reduce_to`."""
+def normalise(image: Image.Image, reduce_to: int | None = None, matte: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Upright 8-bit sRGB RGB, transparency over `matte`; with `reduce_to`, box-reduced first by the largest integer
+    factor that keeps the longer side >= `reduce_to`."""
     turn = orientation(image)
     kind, icc = image.mode, image.info.get("icc_profile")
     factor = max(image.size) // reduce_to if reduce_to else 1
     small = reduce(image, factor) if factor >= 2 else image
-    out = to_rgb(apply_icc_profile(small, icc), kind)
+    out = to_rgb(apply_icc_profile(small, icc), kind, matte)
     out = out.transpose(UPRIGHT[turn]) if turn in UPRIGHT else out
     return out.copy() if out is image else out  # always a new image: the caller may close the one it opened

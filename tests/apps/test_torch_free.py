@@ -85,6 +85,23 @@ def test_info_api_and_batch_run_without_torch(tmp_path):
     assert not loaded & set(TORCH_EXTRA)
 
 
+def test_a_masked_partial_edit_runs_on_the_bundled_export_without_torch(tmp_path):
+    """--mask and --strength on the shipped ONNX export, torch absent: the photo's own pixels outside the mask."""
+    photo = Image.open(SAMPLE_PHOTO).convert("RGB")
+    mask = Image.new("L", (photo.width // 2, photo.height // 2), 0)  # half size: resized to the photo
+    mask.paste(255, (0, 0, mask.width // 3, mask.height))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "masked.png"
+    argv = ["edit", str(SAMPLE_PHOTO), "-o", str(out), "--mask", str(tmp_path / "mask.png"), "--strength", "0.6", "-q"]
+    code, err, loaded = cli(tmp_path, *argv)
+    assert code == 0, err
+    assert not loaded & set(TORCH_EXTRA) and "onnxruntime" in loaded
+    got, want = np.asarray(Image.open(out).convert("RGB")).astype(int), np.asarray(photo).astype(int)
+    edge = 2 * mask.width // 3  # the mask's edge in the photo's pixels; the feather reaches ~9 px past it here
+    assert np.array_equal(got[:, edge + 40 :], want[:, edge + 40 :])
+    assert np.abs(got[:, : edge - 40] - want[:, : edge - 40]).mean() > 3  # the comic filter ran on the masked part
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -148,6 +165,8 @@ def test_edges_without_opencv_say_which_extra_before_the_model_loads(tmp_path):
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--lora", "no-such-lora"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--sampler", "nope"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--control-image", "no-such-control.png"],
+        ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--strength", "0"],
+        ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--mask", "no-such-mask.png"],
         ["info", "no-such-model"],
         ["export", "no-such-model", "-o", "out"],
         ["export", str(BUNDLED_MODEL), "-o", "out", "--quant", "llm=3"],

@@ -46,9 +46,23 @@ def test_score_is_against_the_filter_at_the_photos_own_size():
     assert s == ev.compare(
         edit.resize(photo.size, Image.Resampling.BILINEAR), np.asarray(comic(photo)), np.asarray(photo)
     )
-    assert set(s) == {"psnr", "ssim", "edge_f1", "outline", "band"}
+    assert set(s) == {"psnr", "ssim", "edge_f1", "outline", "band", "specks", "smooth_specks"}
     with pytest.raises(ValueError, match="size"):
         ev.compare(edit, np.asarray(comic(photo)))
+
+
+def test_specks_are_short_dark_blobs_and_on_smooth_areas_those_far_from_the_photos_edges():
+    photo = np.full((200, 300, 3), 200, np.uint8)
+    photo[:, 150:] = 60  # one edge, down the middle
+    out = photo.copy()
+    for x in (30, 60, 90):  # three dots on the flat left half, far from the edge
+        out[100:103, x : x + 3] = 10
+    out[150:153, 146:149] = 10  # a dot on the edge
+    out[20:22, 20:120] = 10  # a line: not a speck
+    megapixels = 200 * 300 / 1e6
+    anywhere, smooth = ev.specks(out, photo)
+    assert anywhere == pytest.approx(4 / megapixels) and smooth == pytest.approx(3 / megapixels)
+    assert ev.specks(photo, photo) == (0.0, 0.0)  # the dark right half is one large blob
 
 
 def test_full_resolution_reference_rows():

@@ -84,6 +84,17 @@ def add_command(
     )
 
 
+def add_processes_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--processes N` (apps/launch.py): `what` it does, started as torchrun --standalone starts processes."""
+    parser.add_argument(
+        "--processes",
+        type=int_range(1),
+        default=1,
+        metavar="N",
+        help=f"{what} (as torchrun --standalone starts them; a failure ends in one line)",
+    )
+
+
 def result(args: argparse.Namespace, text: str) -> None:
     """A command's result line (what it wrote) on stdout; none with -q."""
     if not getattr(args, "quiet", False):

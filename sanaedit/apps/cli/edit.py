@@ -13,6 +13,7 @@ from PIL import Image
 from sanaedit.apps.cli import (
     add_command,
     add_lora_arg,
+    add_processes_option,
     add_runtime_args,
     add_sampling_args,
     check_device,
@@ -21,6 +22,9 @@ from sanaedit.apps.cli import (
     warn_if_prompt_ignored,
 )
 from sanaedit.core.choices import Backend, Upsample, Vae
+
+STRENGTH_FLAGS = ("--strength", "--steps")  # what check_strength names, on the command line
+logger = logging.getLogger(__name__)
 
 
 def plan_outputs(inputs: list[Path], output: Path) -> dict[Path, Path]:
@@ -120,11 +124,13 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         from sanaedit.tools.best_of import load_judge
 
         judge = load_judge(args.judge)
-    from sanaedit.core.inputs import check_prompt
+    from sanaedit.core.inputs import check_prompt, check_strength
 
     check_prompt(args.prompt, "--prompt")  # before the model loads
     check_prompt(args.negative_prompt, "--negative-prompt")
-    control_for = control_images(args.control_image, inputs[0] if folder_mode else None)
+    check_strength(args.strength, args.steps or default_steps(args.model), STRENGTH_FLAGS)
+    controls = control_images(args.control_image, inputs[0] if folder_mode else None)
+    per_file = each_file(plan_masks(args, inputs, folder_mode), controls)  # each photo's mask and control image
     if processes.main:
         warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(
@@ -138,9 +144,9 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         upsample=args.upsample,
         staged=args.low_memory,
         controlnet=args.controlnet,
-        control=control_for is not None,
+        control=controls is not None,
     )
-    if control_for is not None and pipe.flow.controlnet is None:  # before any edit, not once per photo
+    if controls is not None and pipe.flow.controlnet is None:  # before any edit, not per photo
         raise ValueError(
             "--control-image steers the edit through a ControlNet, and this model has none: give one with "
             "--controlnet DIR (or put it in the model folder as controlnet/)"
@@ -154,16 +160,22 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         guidance_scale=args.guidance,
         schedule=args.schedule,
         sampler=args.sampler,
+        strength=args.strength,
         progress=single and not args.quiet,  # one photo: a bar over its steps; many: a bar over the photos
         controlnet_conditioning_scale=args.control_scale,
     )
 
-    def edit_one(image, **control):  # every image gets the same seed, whatever its place in the batch
-        call = {**settings, **control}  # its control image, if any (`control_images`)
+    def edit_one(image, mask=None, control_image=None):  # every image gets the same seed, whatever its place
+        own = {} if control_image is None else {"control_image": control_image}  # this photo's (per_file)
+        if mask is not None:  # (its name, the picture): it must fit this photo
+            from sanaedit.image.masks import check_mask_size
+
+            check_mask_size(mask[1].size, image.size, mask[0])
+            own["mask_image"] = mask[1]
         if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
             from sanaedit.tools.best_of import best_of
 
-            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **call)
+            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings, **own)
             ranks = [-math.inf if math.isnan(score) else score for score in scores]  # as best_of ranks them
             won = ranks.index(max(ranks))
             logging.getLogger(__name__).info(
@@ -171,7 +183,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
                 f"(score {scores[won]:.4f}; --seed {args.seed + won} --candidates 1 gives it alone)"
             )
             return best
-        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **call).images[0]
+        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings, **own).images[0]
 
     if folder_mode:
         summary = edit_folder(
@@ -182,12 +194,13 @@ def edit_share(args: argparse.Namespace, processes) -> int:
             resume=args.resume,
             progress=not args.quiet,
             processes=processes,
-            per_file=control_for,
+            per_file=per_file,
         )
     else:
         progress = not (single or args.quiet)
-        summary = edit_files(edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes,
-                             per_file=control_for)  # fmt: skip
+        summary = edit_files(
+            edit_one, inputs, plan, resume=args.resume, progress=progress, processes=processes, per_file=per_file
+        )
     if not processes.main:  # process 0 reports for all, and its exit status (any process's failure) is the
         return 0  # launcher's: the others end well, so the launcher never stops process 0 before it reports
     if single and summary.done and not args.quiet:
@@ -197,6 +210,66 @@ def edit_share(args: argparse.Namespace, processes) -> int:
     elif not args.quiet or summary.failed:
         print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
     return 1 if summary.failed else 0
+
+
+def default_steps(model: str | None) -> int | None:
+    """The model's own number of steps, from its folder's index (no weights read); None when it does not say."""
+    import json
+
+    from sanaedit.apps.cli import model_folder_or_bundled
+    from sanaedit.formats.index import MODEL_INDEX
+
+    folder = model_folder_or_bundled(model)
+    try:
+        steps = json.loads((folder / MODEL_INDEX).read_text())["pipeline"]["num_inference_steps"]
+    except (OSError, TypeError, ValueError, KeyError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
+def plan_masks(args: argparse.Namespace, inputs: list[Path], folder_mode: bool):
+    """`per_file(source) -> {"mask": (name, picture)}` for the batch, or None without --mask / --mask-dir. What can be
+    checked before the model loads is: the mask file (--mask), and that it fits each photo named; a --mask-dir
+    that pairs no photo at all."""
+    from sanaedit.apps.batch import find_mask
+    from sanaedit.errors import ImageLoadError
+    from sanaedit.image.folders import list_folder
+    from sanaedit.image.io import load_mask, upright_size
+    from sanaedit.image.masks import check_mask_size
+
+    if args.mask is not None:
+        try:
+            name, mask = f"--mask {args.mask}", load_mask(args.mask)  # missing or corrupt: one line, now
+        except ImageLoadError as err:
+            raise ImageLoadError(f"--mask {err}") from None
+        for photo in [] if folder_mode else inputs:
+            try:
+                size = upright_size(photo)
+            except ImageLoadError:
+                continue  # that photo fails in its turn, with its reason; the others are edited
+            check_mask_size(mask.size, size, name)
+        return lambda source: {"mask": (name, mask)}
+    if args.mask_dir is None:
+        return None
+    mask_dir, in_dir = Path(args.mask_dir), inputs[0] if folder_mode else None
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"--mask-dir {mask_dir}: folder not found")
+    photos = list_folder(in_dir, args.recursive).images if folder_mode else inputs
+    if photos and not any(find_mask(mask_dir, photo, in_dir) for photo in photos):
+        expected = mask_dir / (photos[0].relative_to(in_dir) if in_dir else Path(photos[0].name)).with_suffix(".png")
+        raise FileNotFoundError(
+            f"--mask-dir {mask_dir}: no mask for any of the {len(photos)} photo(s) ({photos[0].name}'s would be "
+            f"{expected}: the photo's relative path, suffix .png)"
+        )
+
+    def per_file(source: Path) -> dict:
+        mask = find_mask(mask_dir, source, in_dir)
+        if mask is None:
+            logger.warning(f"{source}: no mask for it in {mask_dir}; edited whole")
+            return {}
+        return {"mask": (str(mask), load_mask(mask))}
+
+    return per_file
 
 
 def control_images(control: str | None, in_dir: Path | None):
@@ -230,6 +303,14 @@ def control_images(control: str | None, in_dir: Path | None):
     return named_after
 
 
+def each_file(*planners):
+    """The per-file arguments of several planners (masks, control images) as one `per_file`, or None if none."""
+    live = [planner for planner in planners if planner is not None]
+    if not live:
+        return None
+    return lambda source: {key: value for planner in live for key, value in planner(source).items()}
+
+
 def add_parser(sub) -> None:
     p = add_command(
         sub,
@@ -242,6 +323,9 @@ sanaedit edit photos/ -o comics/ -r --resume          a folder (names kept, done
 accelerate launch --num_processes 2 -m sanaedit.apps.cli edit photos/ -o comics/   2 GPUs, half each
 sanaedit edit photos/ -o comics/ --processes 2       2 processes (GPUs if any, else CPU), half each
 sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7
+sanaedit edit photo.jpg -o out.png --mask sky.png      only the mask's white part; the rest stays the photo's
+sanaedit edit photos/ -o out/ --mask-dir masks/        photos/a.jpg with masks/a.png (photos without one: whole)
+sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last half of the steps, from the photo
 sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges steer it (the model's ControlNet)""",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
@@ -250,6 +334,30 @@ sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges ste
     )
     p.add_argument("--model", default=None, metavar="DIR", help="model or exported folder (default: the bundled model)")
     add_sampling_args(p)
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="how far from the photo to go, in (0, 1]: the last S of the steps run, starting from the photo noised "
+        "to that level (diffusers' strength; --steps x S must be >= 1) (default: 1, a full edit)",
+    )
+    masks = p.add_mutually_exclusive_group()
+    masks.add_argument(
+        "--mask",
+        default=None,
+        metavar="M.png",
+        help="edit only the mask's white part (white = edit, black = keep, as diffusers' inpainting); the rest "
+        "stays the photo's, pixel for pixel, past a feathered border. The photo's size, or its aspect ratio "
+        "(resized); one mask for every input",
+    )
+    masks.add_argument(
+        "--mask-dir",
+        default=None,
+        metavar="DIR",
+        help="a mask per photo: a.jpg's is DIR/a.png (a folder's trip/a.jpg: DIR/trip/a.png); photos without one "
+        "are edited whole, with a warning",
+    )
     p.add_argument(
         "--upsample",
         choices=[u.value for u in Upsample],
@@ -321,12 +429,5 @@ sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges ste
     )
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
-    p.add_argument(
-        "--processes",
-        type=int_range(1),
-        default=1,
-        metavar="N",
-        help="edit a folder as N processes on this machine, each its share (as torchrun --standalone; a failure "
-        "ends in one line)",
-    )
+    add_processes_option(p, "edit a folder as N processes on this machine, each its share")
     p.set_defaults(func=run)

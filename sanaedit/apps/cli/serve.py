@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace) -> int:
     from sanaedit.apps.serve.app import create_app, pipeline_editor
+    from sanaedit.apps.serve.device import device_files
     from sanaedit.apps.serve.http import uvicorn_options
     from sanaedit.apps.serve.security import host_policy, resolve_token
     from sanaedit.apps.serve.server import serve
@@ -29,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = pipe.config
     edit = pipeline_editor(pipe)
     warm_up(edit, cfg)
+    in_browser, why_not = device_files(args.model, args.lora, args.vae)  # the same model, in the visitor's browser
+    if why_not:
+        logger.info(f"sanaedit: 'run on this device' is off: {why_not}")
     app = create_app(
         edit,
         Path(args.output),
@@ -43,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
         },
         allowed_hosts=allowed_hosts,
         token=token,
+        in_browser=in_browser,
     )
     if warning:
         logger.warning(warning.removeprefix("warning: "))
     url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
-    print(f"sanaedit: serving on {url}{f'/?token={token}' if token else ''}  (results in {args.output})")
+    where = f"; in the browser: {url}/device/" if in_browser else ""
+    print(f"sanaedit: serving on {url}{f'/?token={token}' if token else ''}  (results in {args.output}{where})")
     serve(app, host=args.host, port=args.port, **uvicorn_options())
     return 0
 
@@ -66,7 +72,7 @@ def add_parser(sub) -> None:
     p = add_command(
         sub,
         "serve",
-        "a web page to edit photos (one model, bounded queue)",
+        "a web page to edit photos, on the server or in the visitor's browser (one model, bounded queue)",
         examples="""
 sanaedit serve                                       http://127.0.0.1:7860, the bundled model
 sanaedit serve --model DIR --port 8080 -o results/   results written only in results/

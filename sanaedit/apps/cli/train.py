@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sanaedit.apps.cli import add_command, int_range, result
+from sanaedit.apps.cli import add_command, add_processes_option, result
 from sanaedit.models.variants import CONFIG_DIR
 
 
@@ -90,14 +90,7 @@ accelerate launch -m sanaedit.apps.cli.train my.yaml       many GPUs""",
         help="config overrides, e.g. --train.steps=100 or --output-dir runs/x (-o runs/x for short)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (bit-exact on CPU)")
-    p.add_argument(
-        "--processes",
-        type=int_range(1),
-        default=1,
-        metavar="N",
-        help="train as N processes on this machine (DDP, one GPU each where there are enough; as torchrun "
-        "--standalone, and a failure ends in one line)",
-    )
+    add_processes_option(p, "train as N processes on this machine (DDP, one GPU each where there are enough)")
     p.set_defaults(func=run)
 
 

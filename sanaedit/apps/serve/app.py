@@ -3,14 +3,16 @@
     GET  /                        the page
     GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
     GET  /api/config              defaults and limits for the page
-    POST /api/jobs?steps=&guidance=&seed=&control=   body: the image bytes, or multipart with an `image` field
-                                  (and a `control_image` field with control=upload) -> 202
+    POST /api/jobs?steps=&guidance=&seed=&strength=&control=   body: the image bytes, or multipart with an `image`
+                                  field (and a `mask`: white = edit; a `control_image` with control=upload) -> 202
     GET  /api/jobs/{id}           state and per-step progress
     DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
+    GET  /device/                 the same edit inside the visitor's browser ("run on this device", device.py)
 
-The upload is the raw request body or a multipart form's `image` field (uploads.py), read in chunks up to the limit
-(413 beyond) and decoded in memory: nothing the client sends is written to disk or used in a path. Results are
+The upload is the raw request body or a multipart form's `image` field (uploads.py), with an optional `mask` field
+(a masked edit, white = edit: the photo's size or aspect ratio; the page's brush sends one), read in chunks up to
+the limit (413 beyond) and decoded in memory: nothing the client sends is written to disk or used in a path. Results are
 written only in the output folder, under names the server makes (uuid4). A client that closes its connection
 mid-upload is logged in one line.
 
@@ -36,6 +38,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from sanaedit.apps.serve.apidocs import add_api_docs
+from sanaedit.apps.serve.device import add_device_routes
 from sanaedit.apps.serve.downloads import download_name, unique_names, zip_stream
 from sanaedit.apps.serve.jobs import JobQueue
 from sanaedit.apps.serve.limits import ClientSlots, MemoryBudget, release_memory
@@ -51,16 +54,20 @@ from sanaedit.apps.serve.security import (
 from sanaedit.apps.serve.settings import merge_form_fields, settings_model
 from sanaedit.apps.serve.uploads import UploadLimits, read_upload
 from sanaedit.core.choices import Control
+from sanaedit.core.inputs import check_strength
 from sanaedit.errors import ImageLoadError, QueueFull
-from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_reduced
+from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_mask, decode_reduced
+from sanaedit.image.masks import check_mask_size
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 25 * 1024 * 1024
 log = logging.getLogger("sanaedit.apps.serve")
 # what /docs and /openapi.json say the upload is (the handler reads the body itself, so FastAPI cannot infer it)
-CONTROL_FIELD = "control_image"  # the multipart field of a control image (control=upload)
 UPLOAD_BODY = {
-    "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg)",
+    "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg); "
+    "multipart may add a `mask` field (-F mask=@m.png): only its white part is edited, the rest keeps the photo's "
+    "pixels; it has the photo's size or aspect ratio (else 422), and a masked photo is decoded at full size; and a "
+    "`control_image` field with control=upload (a picture that steers the model's ControlNet)",
     "required": True,
     "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -69,11 +76,12 @@ UPLOAD_BODY = {
                 "type": "object",
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
-                    "control_image": {"type": "string", "format": "binary"},  # with control=upload
+                    "mask": {"type": "string", "format": "binary"},
+                    "control_image": {"type": "string", "format": "binary"},
                 },
                 "required": ["image"],
             },
-            "encoding": {"image": {"contentType": "image/*"}, "control_image": {"contentType": "image/*"}},
+            "encoding": {field: {"contentType": "image/*"} for field in ("image", "mask", "control_image")},
         },
     },
 }
@@ -97,8 +105,10 @@ def create_app(
     work_side: int | None = None,
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
     token: str | None = None,
+    in_browser: dict | None = None,
 ) -> FastAPI:
-    """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work.
+    """`edit(image, num_inference_steps=, guidance_scale=, seed=, callback=) -> PIL image` does the work (also given
+    `prompt=`, `strength=` (when < 1) and `mask_image=` (a greyscale picture) when a job asks for them).
 
     Uploads are decoded no larger than `work_side` pixels (default: `edit.work_side`, which `pipeline_editor` sets
     to the model's resolution) and the result is scaled back to the upload's size. `max_uploads` (default twice the
@@ -106,7 +116,9 @@ def create_app(
     slower than `upload_min_rate` bytes/s on average (after `MIN_RATE_GRACE_S`) is cut off with 408;
     `decode_memory_bytes` caps concurrent decoding.
     `allowed_hosts`: Host header names accepted (None: any); `token`: required on every request but the health
-    check (see `security.TokenAuth`).
+    check (see `security.TokenAuth`). `in_browser`: the in-browser editor's files for this model
+    (`device.device_files`), served under /device/; the page then offers "run on this device", its default where the
+    browser can.
     """
     if token is not None and not TOKEN_PATTERN.fullmatch(token):
         raise ValueError("the access token must be at least 16 characters from A-Z a-z 0-9 . _ ~ -")
@@ -137,7 +149,11 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
         nonce = new_nonce()  # the page's own inline script runs; an injected one would not
-        html = (STATIC / "index.html").read_text().replace("<script>", f'<script nonce="{nonce}">')
+        html = (
+            (STATIC / "index.html")
+            .read_text()
+            .replace('<script type="module">', f'<script type="module" nonce="{nonce}">')
+        )
         return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(nonce), "Cache-Control": "no-store"})
 
     @app.get("/api/health")
@@ -149,7 +165,15 @@ def create_app(
     @app.get("/api/config")
     def config() -> dict:
         limits = {"max_upload_bytes": max_upload_bytes, "max_queued": max_queued, "max_pixels": max_pixels}
-        return {**defaults, **limits, "max_aspect": max_aspect, "uploads_per_client": per_client}
+        return {
+            **defaults,
+            **limits,
+            "max_aspect": max_aspect,
+            "uploads_per_client": per_client,
+            "in_browser": bool(in_browser),
+        }
+
+    add_device_routes(app, in_browser)
 
     # uploads being read or decoded: at most `max_uploads` at once, so memory stays bounded. They do not hold queue
     # places: uploads trickling in from many addresses must not refuse a finished one its place (issue 30)
@@ -157,19 +181,10 @@ def create_app(
     max_uploads = max_uploads or 2 * max_queued
     limits = UploadLimits(max_upload_bytes, upload_timeout_s, upload_idle_s, upload_min_rate)
 
-    def decode(body: bytes, label: str, side: int | None = work_side):
-        if side:
-            return decode_reduced(body, label, side, max_pixels=max_pixels, max_aspect=max_aspect)
+    def decode(body: bytes, label: str, reduce_to: int | None):
+        if reduce_to:
+            return decode_reduced(body, label, reduce_to, max_pixels=max_pixels, max_aspect=max_aspect)
         return decode_image(body, label, max_pixels=max_pixels, max_aspect=max_aspect), None
-
-    async def decode_within_budget(body: bytes, label: str, side: int | None):
-        """The header says what decoding costs; decodes wait for room in the memory budget, and run off the event
-        loop (status polls stay answered). Returns (picture, its upload size if decoded smaller, the cost)."""
-        cost = await run_in_threadpool(
-            decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=side
-        )
-        async with budget.hold(cost):
-            return *(await run_in_threadpool(decode, body, label, side)), cost
 
     Settings = settings_model(defaults)  # noqa: N806  (a class: the query's and the form's settings)
     text_fields = tuple(Settings.model_fields)
@@ -189,34 +204,62 @@ def create_app(
             raise HTTPException(503, message, headers={"Retry-After": "1"})
         uploading += 1
         try:
-            upload = await read_upload(request, limits, text_fields, (CONTROL_FIELD,))
+            upload = await read_upload(request, limits, text_fields)
             given = merge_form_fields(query, upload.fields)
-            body = upload.image
+            try:
+                check_strength(given.strength, given.steps)
+            except ValueError as err:
+                raise HTTPException(422, str(err)) from None
+            body, mask_body, control_body = upload.image, upload.mask, upload.control
             # only ever echoed in messages and download names, never a path
             label = "".join(c for c in (given.name or upload.filename[:200] or "upload") if c.isprintable())
-            control = check_control(given.control, CONTROL_FIELD in upload.files)
+            control = check_control(given.control, control_body is not None)
+            # a masked photo is decoded whole: the pixels outside its mask come back exactly, not scaled back up; a
+            # photo steered by its edges too: they are found at its own size
+            whole = mask_body is not None or control == Control.EDGES
+            reduce_to, mask = (None if whole else work_side), None
+            control_image = Control.EDGES if control == Control.EDGES else None  # an upload's: decoded below
             try:
-                side = None if control == Control.EDGES else work_side  # edges are found at the photo's own size
-                image, size, cost = await decode_within_budget(body, label, side)
-                control_image = Control.EDGES if control == Control.EDGES else None
-                if control == "upload":  # decoded as the photo is, under the same limits and budget
-                    control_image, _, _ = await decode_within_budget(
-                        upload.files[CONTROL_FIELD], f"{label} (control image)", work_side
-                    )
+                # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
+                # event loop (status polls stay answered)
+                cost = await run_in_threadpool(
+                    decode_cost, body, label, max_pixels=max_pixels, max_aspect=max_aspect, reduce_to=reduce_to
+                )
+                if mask_body is not None:
+                    cost += await run_in_threadpool(decode_cost, mask_body, f"{label} (mask)", max_pixels=max_pixels)
+                control_label = f"{label} (control image)"
+                if control_body is not None:  # decoded as a photo is, no larger than the model needs
+                    cost += await run_in_threadpool(
+                        decode_cost, control_body, control_label, max_pixels=max_pixels, max_aspect=max_aspect,
+                        reduce_to=work_side,
+                    )  # fmt: skip
+                async with budget.hold(cost):
+                    image, size = await run_in_threadpool(decode, body, label, reduce_to)
+                    if mask_body is not None:
+                        mask = await run_in_threadpool(decode_mask, mask_body, f"{label} (mask)", max_pixels)
+                    if control_body is not None:
+                        control_image, _ = await run_in_threadpool(decode, control_body, control_label, work_side)
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body, upload
+                del body, mask_body, control_body, upload
+            if mask is not None:
+                try:
+                    check_mask_size(mask.size, image.size, f"the mask of {label}")
+                except ValueError as err:
+                    raise HTTPException(422, str(err)) from None
             if cost > 16 * 2**20:
                 await run_in_threadpool(release_memory)  # a large decode's pages go back to the system now
             settings = {"num_inference_steps": given.steps, "guidance_scale": given.guidance, "seed": given.seed}
             prompt = given.prompt
             if prompt and prompt.strip() and prompt != defaults.get("prompt"):
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
+            if given.strength < 1.0:
+                settings["strength"] = given.strength  # else a full edit, as before strength existed
             if control != Control.NONE:
                 settings["control"] = control  # said on the card and in the PNG; the picture goes with the job
             try:
-                job = jobs.submit(image, settings, size, name=label, control=control_image)
+                job = jobs.submit(image, settings, size, name=label, mask=mask, control=control_image)
             except QueueFull as err:
                 raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
         finally:
@@ -241,7 +284,8 @@ def create_app(
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
         given = job.settings
         settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
-        settings.update(seed=given.get("seed"), prompt=given.get("prompt"))
+        settings.update(seed=given.get("seed"), prompt=given.get("prompt"), strength=given.get("strength", 1.0))
+        settings["masked"] = job.masked
         if "control" in given:  # an edit steered by the model's ControlNet
             settings["control"] = given["control"]
         filename = download_name(job.name)
@@ -298,8 +342,8 @@ def pipeline_editor(pipe):
     """Adapt a SanaEditPipeline to the queue's `edit` signature (a fresh seeded generator per job). Its `work_side`
     tells the server that uploads need not be decoded larger than the model's resolution."""
 
-    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None, control=None,
-             control_image=None):  # fmt: skip
+    def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None, strength=1.0,
+             mask_image=None, control=None, control_image=None):  # fmt: skip
         generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
         return pipe(
             image,
@@ -308,6 +352,8 @@ def pipeline_editor(pipe):
             generator=generator,
             callback=callback,
             prompt=prompt,
+            strength=strength,
+            mask_image=mask_image,
             control_image=control_image,  # "edges" or a picture; `control` only names it (the job's settings)
         ).images[0]
 

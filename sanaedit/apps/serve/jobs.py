@@ -39,11 +39,13 @@ class Job:
     error: str = ""
     created: float = field(default_factory=time.time)
     image: Image.Image | None = None  # dropped as soon as the job has run
+    mask: Image.Image | None = None  # a masked edit's mask (white = edit), dropped with the image
+    masked: bool = False  # whether it came with a mask (its card and its PNG say so once the mask is dropped)
+    control: Any = None  # a ControlNet's control image ("edges" or a picture), dropped with the image
     size: tuple[int, int] | None = None  # the upload's own size, when `image` was decoded smaller
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
     cancel: bool = False  # asked to stop: the worker checks it at each denoising step
-    control: Any = None  # the control image ("edges" or a picture) of an edit steered by a ControlNet; dropped once run
 
     @property
     def finished(self) -> bool:
@@ -69,7 +71,9 @@ def png_text(job: Job) -> dict[str, str]:
     from sanaedit import __version__
 
     text = {key: str(value) for key, value in job.settings.items() if value is not None}
-    return {**text, **({"source": job.name} if job.name else {}), "Software": f"sanaedit {__version__}"}
+    text.update({"source": job.name} if job.name else {})
+    text.update({"mask": "white = edited, the rest kept"} if job.masked else {})
+    return {**text, "Software": f"sanaedit {__version__}"}
 
 
 class JobQueue:
@@ -101,6 +105,7 @@ class JobQueue:
         settings: dict,
         size: tuple[int, int] | None = None,
         name: str = "",
+        mask: Image.Image | None = None,
         control: Any = None,
     ) -> Job:
         if self._closing:
@@ -108,7 +113,7 @@ class JobQueue:
         if not self.worker_alive:  # never queue a job nobody will run; /api/health says so too
             raise QueueFull("the server's worker has stopped; see the server's log")
         job = Job(id=uuid.uuid4().hex, settings=settings, image=image, total=settings.get("num_inference_steps", 0))
-        job.size, job.name, job.control = size, name, control
+        job.size, job.name, job.mask, job.masked, job.control = size, name, mask, mask is not None, control
         with self._lock:
             try:
                 self._pending.put_nowait(job)
@@ -136,7 +141,7 @@ class JobQueue:
                     if job in self._pending.queue:
                         self._pending.queue.remove(job)
                         self._pending.not_full.notify()
-                job.state, job.image, job.control = "cancelled", None, None
+                job.state, job.image, job.mask, job.control = "cancelled", None, None, None
                 return job.state
             if job.state == "running":
                 job.cancel = True
@@ -174,7 +179,7 @@ class JobQueue:
 
     def _drop(self, job: Job, reason: str) -> None:
         job.state, job.error = "failed", f"{reason} before this photo's turn: send it again"
-        job.image = job.control = None
+        job.image = job.mask = job.control = None
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish the running job and stop the worker (queued jobs are dropped), so no thread dies mid-compute."""
@@ -210,9 +215,10 @@ class JobQueue:
 
         result = None
         try:
-            steer = {} if job.control is None else {"control_image": job.control}
-            result = self.edit(job.image, callback=on_step, **job.settings, **steer)
-            job.image = None
+            masked = {} if job.mask is None else {"mask_image": job.mask}
+            steered = {} if job.control is None else {"control_image": job.control}
+            result = self.edit(job.image, callback=on_step, **job.settings, **masked, **steered)
+            job.image = job.mask = job.control = None
             if job.cancel:  # asked after its last step: its result is not wanted either
                 raise Cancelled
             if job.size is not None and result.size != tuple(job.size):  # decoded smaller: back to its own size
@@ -228,7 +234,7 @@ class JobQueue:
         else:
             job.result, job.state = path, "done"
         finally:
-            job.image, job.control, result, self.running = None, None, None, None
+            job.image, job.mask, job.control, result, self.running = None, None, None, None, None
             try:
                 self._prune()
             except Exception:  # e.g. an old result that cannot be deleted: logged, never fatal

@@ -25,10 +25,11 @@ HTML_CSP = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 
 
 def page_csp(nonce: str) -> str:
-    """The page's policy: its own inline script (by nonce) and styles, images from the server or the photo the user
-    picked (blob:), requests to this server only, never framed."""
+    """The page's policy: its own inline script (by nonce), the scripts and styles it shares with the in-browser
+    page (/device/, from this server), images from the server or the photo the user picked (blob:), requests to
+    this server only, never framed."""
     return (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
+        f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
 
@@ -55,7 +56,9 @@ async def _reply(send, status: int, body: dict | str, headers: list | None = Non
 
 class SecurityHeaders:
     """X-Content-Type-Options, X-Frame-Options, Referrer-Policy, Cross-Origin-*-Policy and a Content-Security-Policy
-    on every response (a route that sets its own CSP, like the page, keeps it)."""
+    on every response (a route that sets its own CSP, like the page, keeps it). COOP `same-origin` with COEP
+    `require-corp` makes the pages cross-origin isolated (everything they load is this server's, marked
+    same-origin by CORP): the in-browser editor (device.py) then gets WebAssembly threads."""
 
     def __init__(self, app):
         self.app = app
@@ -74,6 +77,7 @@ class SecurityHeaders:
                     (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer"),
                     (b"cross-origin-opener-policy", b"same-origin"),
+                    (b"cross-origin-embedder-policy", b"require-corp"),
                     (b"cross-origin-resource-policy", b"same-origin"),
                     (b"content-security-policy", (HTML_CSP if html else DEFAULT_CSP).encode()),
                 ]

@@ -1,16 +1,16 @@
 """Reading an upload: the raw request body (the page, `curl --data-binary @photo.jpg`), or the `image` field of a
-multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form).
+multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form, the page with a painted
+mask), with an optional `mask` field beside it (a masked edit: white = edit) and an optional `control_image` (the
+picture that steers a model's ControlNet).
 
 Both are read in chunks under the same limits: the total size (413, counted while reading, so an oversized body is
 never held whole), an idle timeout, a minimum average rate after a short grace and a total timeout (408). The rate is
 Apache mod_reqtimeout's `MinRate` idea (nginx has only the idle timeout, `client_body_timeout`; uvicorn, h11 and
 hypercorn bound neither): a client trickling a byte now and then never goes idle, yet must not hold an upload place
-for the whole total timeout. A multipart body is parsed as it streams in
-(python-multipart's streaming parser): the `image` part's bytes are kept, the text of the fields the caller names
-(the job's settings, up to `MAX_FIELD_BYTES` each) and the bytes of the file fields it names (a control image);
-other fields are skipped. Nothing
-is written to disk: starlette's `request.form()` would spool large files to a temporary file and has no cap on a
-file's size, so it is not used.
+for the whole total timeout. A multipart body is parsed as it streams in (python-multipart's streaming parser):
+the `image`, `mask` and `control_image` parts' bytes are kept, and the text of the fields the caller names (the
+job's settings, up to `MAX_FIELD_BYTES` each); other fields are skipped. Nothing is written to disk: starlette's
+`request.form()` would spool large files to a temporary file and has no cap on a file's size, so it is not used.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fastapi import HTTPException, Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-FIELD = b"image"
+FIELD, MASK_FIELD, CONTROL_FIELD = b"image", b"mask", b"control_image"
 # the parser walks each part's boundary and headers in Python: 25 MB of tiny parts held the event loop ~4 s
 MAX_PARTS = 16
 MIN_RATE_GRACE_S = 5.0  # a connection's first seconds may be slow (TCP slow start, a phone waking its radio)
@@ -84,21 +84,19 @@ class Upload:
     image: bytes
     filename: str = ""  # the file name a multipart upload gave, else ""
     fields: dict[str, str] = field(default_factory=dict)  # a multipart upload's text fields among those asked for
-    files: dict[str, bytes] = field(default_factory=dict)  # ... and its file fields among those asked for
+    mask: bytes | None = None  # a multipart upload's `mask` part, when it has one
+    control: bytes | None = None  # ... and its `control_image` part
 
 
-async def read_upload(
-    request: Request, limits: UploadLimits, text_fields: Collection[str] = (), file_fields: Collection[str] = ()
-) -> Upload:
-    """The image of a raw or multipart upload, the multipart form's text fields named in `text_fields` and the bytes
-    of its file fields named in `file_fields` (the whole body under the same limits)."""
+async def read_upload(request: Request, limits: UploadLimits, text_fields: Collection[str] = ()) -> Upload:
+    """The image of a raw or multipart upload, and the multipart form's text fields named in `text_fields`."""
     kind, params = parse_options_header(request.headers.get("content-type"))
     if kind != b"multipart/form-data":
         return Upload(b"".join([chunk async for chunk in body_chunks(request, limits)]))
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
-    form = _FormParts({name.encode() for name in text_fields}, {name.encode() for name in file_fields})
+    form = _FormParts({name.encode() for name in text_fields})
     try:
         parser = MultipartParser(boundary, form.callbacks())
         async for chunk in body_chunks(request, limits):
@@ -108,23 +106,20 @@ async def read_upload(
         raise HTTPException(400, f"malformed multipart body ({err})") from None
     if not form.ended:
         raise HTTPException(400, "malformed multipart body (it ends before its closing boundary)")
-    if form.data is None:
+    if FIELD not in form.files:
         raise HTTPException(400, "multipart upload has no `image` field: send the photo as image=@photo.jpg")
-    files = {name: b"".join(parts) for name, parts in form.files.items()}
-    return Upload(b"".join(form.data), form.filename, form.fields, files)
+    mask, control = (b"".join(form.files[name]) if name in form.files else None for name in (MASK_FIELD, CONTROL_FIELD))
+    return Upload(b"".join(form.files[FIELD]), form.filename, form.fields, mask, control)
 
 
 class _FormParts:
-    """Callbacks for python-multipart's parser that keep the `image` part's bytes and file name, the text of the
-    fields named in `text_fields` and the bytes of those named in `file_fields`; nothing else."""
+    """Callbacks for python-multipart's parser that keep the `image`, `mask` and `control_image` parts' bytes, the
+    image's file name, and the text of the fields named in `text_fields`; nothing else."""
 
-    def __init__(self, text_fields: set[bytes], file_fields: set[bytes] = frozenset()):
-        self.data: list[bytes] | None = None
+    def __init__(self, text_fields: set[bytes]):
+        self.files: dict[bytes, list[bytes]] = {}  # `image` / `mask` / `control_image` -> its chunks
         self.filename = ""
         self.fields: dict[str, str] = {}
-        self.files: dict[str, list[bytes]] = {}
-        self._file_fields = file_fields
-        self._file: list[bytes] | None = None  # the file field being read
         self.ended = False
         self._text_fields = text_fields
         self._text: list[bytes] | None = None  # the text field being read
@@ -132,7 +127,7 @@ class _FormParts:
         self._header: list[bytes] = []
         self._value: list[bytes] = []
         self._disposition = b""
-        self._in_image = False
+        self._file: bytes | None = None  # the file part being read
         self._parts = 0
 
     def callbacks(self) -> dict:
@@ -148,7 +143,7 @@ class _FormParts:
         }
 
     def _part_begin(self) -> None:
-        self._disposition, self._in_image, self._text, self._file = b"", False, None, None
+        self._disposition, self._file, self._text = b"", None, None
         self._parts += 1
         if self._parts > MAX_PARTS:
             raise HTTPException(400, f"more than {MAX_PARTS} fields in one multipart upload")
@@ -161,28 +156,22 @@ class _FormParts:
     def _headers_finished(self) -> None:
         _, params = parse_options_header(self._disposition)
         name = params.get(b"name")
-        if name in self._file_fields:
-            if name.decode() in self.files:
-                raise HTTPException(400, f"the field `{name.decode()}` is given twice")
-            self._file = self.files[name.decode()] = []
-            return
         if name in self._text_fields:
             if name.decode() in self.fields:
                 raise HTTPException(400, f"the field `{name.decode()}` is given twice")
             self._text, self._text_name = [], name
             return
-        if name != FIELD:
+        if name not in (FIELD, MASK_FIELD, CONTROL_FIELD):
             return
-        if self.data is not None:
-            raise HTTPException(400, "more than one `image` field: send one photo per request")
-        self.data, self._in_image = [], True
-        self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
+        if name in self.files:
+            raise HTTPException(400, f"more than one `{name.decode()}` field: send one photo per request")
+        self.files[name], self._file = [], name
+        if name == FIELD:
+            self.filename = params.get(b"filename", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._in_image:
-            self.data.append(data[start:end])
-        elif self._file is not None:
-            self._file.append(data[start:end])
+        if self._file is not None:
+            self.files[self._file].append(data[start:end])
         elif self._text is not None:
             self._text.append(data[start:end])
             if sum(map(len, self._text)) > MAX_FIELD_BYTES:

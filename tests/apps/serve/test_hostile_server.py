@@ -223,7 +223,7 @@ def test_5_host_header_cross_origin_writes_and_security_headers(tmp_path):
         page = c.get("/")
         csp = page.headers["content-security-policy"]
         nonce = csp.split("'nonce-", 1)[1].split("'", 1)[0]
-        assert f'<script nonce="{nonce}">' in page.text and "frame-ancestors 'none'" in csp
+        assert f'<script type="module" nonce="{nonce}">' in page.text and "frame-ancestors 'none'" in csp
         for res in (page, c.get("/api/config"), c.get("/api/jobs/nope")):
             assert res.headers["x-content-type-options"] == "nosniff" and res.headers["x-frame-options"] == "DENY"
         assert c.get("/api/config").headers["content-security-policy"].startswith("default-src 'none'")

@@ -64,7 +64,8 @@ def test_docs_is_an_offline_reference_of_the_same_schema(client):
     assert "/api/jobs" in spec["paths"] and "/api/results.zip" in spec["paths"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
-    for text in ("/api/jobs", "/api/jobs/{job_id}/result", "/api/results.zip", "guidance", "&lt;= 50", "/openapi.json"):
+    for text in ("/api/jobs", "/api/jobs/{job_id}/result", "/api/results.zip", "guidance", "&lt;= 50", "/openapi.json",
+                 "strength", "-F mask=@m.png"):  # fmt: skip
         assert text in docs.text, text
     assert "<script" not in docs.text and "http://" not in docs.text and "https://" not in docs.text
     assert client.get("/redoc").status_code == 404
@@ -82,7 +83,8 @@ def test_bad_parameters_get_a_422_that_names_them(client):
 def test_download_is_named_after_the_upload_and_the_png_says_how_it_was_made(client):
     res = client.post("/api/jobs?seed=7&steps=2&guidance=1&name=holiday/IMG_0042.JPG", content=png_bytes())
     assert res.status_code == 202
-    assert res.json()["settings"] == {"steps": 2, "guidance": 1.0, "seed": 7, "prompt": None}
+    want = {"steps": 2, "guidance": 1.0, "seed": 7, "prompt": None, "strength": 1.0, "masked": False}
+    assert res.json()["settings"] == want
     status = wait_state(client.get, res.json()["id"])
     assert status["filename"] == "IMG_0042-comic.png" and status["settings"]["seed"] == 7
     result = client.get(status["result"])

@@ -3,8 +3,6 @@
 import concurrent.futures
 import gc
 import io
-import os
-import shutil
 import socket
 import threading
 import time
@@ -17,9 +15,7 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.apps.serve.server import DrainingServer
-from tests.conftest import free_port, serve_in_thread
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.conftest import free_port, launch_chromium, serve_in_thread, wait_js
 
 
 @pytest.fixture
@@ -43,23 +39,6 @@ def start_server(tmp_path):
         thread.join(60)
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-def launch(pw):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-
-
 def record_statuses(page):
     """Collect every text the cards' status lines show (the page polls; this sees each change)."""
     page.evaluate(
@@ -76,15 +55,6 @@ def rss_mb():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def wait_js(page, expression, timeout=30.0):
-    """Poll a JS expression from outside the page: the page's CSP forbids the eval Playwright's wait_for_function
-    injects (and that CSP is part of what this test checks)."""
-    deadline = time.time() + timeout
-    while not page.evaluate(expression):
-        assert time.time() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -104,7 +74,7 @@ def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe
         photos.append(tmp_path / f"photo{i}.png")
         Image.new("RGB", size, (200, 120, 40 * i)).save(photos[-1])
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         statuses = []
         page.on("response", lambda r: statuses.append(r.status) if "/api/jobs?" in r.url else None)
@@ -191,7 +161,7 @@ def test_page_form_errors_progress_prompt_and_phone_layout(start_server, tiny_pi
     photo = tmp_path / "wide.png"
     Image.new("RGB", (1200, 900), (40, 90, 200)).save(photo)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(plain_url)
         wait_js(page, "document.getElementById('prompt-hint').textContent !== ''")
@@ -262,7 +232,7 @@ def test_stopping_the_server_finishes_the_running_photo_and_the_page_retries(sta
         photos.append(tmp_path / f"p{i}.png")
         Image.new("RGB", (40, 30), (100, 50 * i, 0)).save(photos[-1])
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(url)
         wait_js(page, "document.getElementById('steps').value !== ''")
@@ -354,7 +324,7 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
     for p in photos:
         Image.new("RGB", (40, 30), "teal").save(p)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(url)
         wait_js(page, "document.getElementById('steps').value !== ''")
@@ -376,3 +346,88 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
         assert page.evaluate("[...document.querySelectorAll('.cancel')].every(b => b.hidden)")
         browser.close()
     assert not edit.finished and not list(results.glob("*.png"))
+
+
+def wait_paint(page, *points, painted=True):
+    """Wait until the mask canvas is painted (alpha > 0), or not, at each canvas pixel (x, y): the browser hands
+    pointer moves to the page at its next frame, after the input call returned."""
+    alpha = "document.getElementById('paint-mask').getContext('2d').getImageData({}, {}, 1, 1).data[3]"
+    wait_js(page, " && ".join(f"({alpha.format(x, y)} {'>' if painted else '==='} 0)" for x, y in points), 10)
+
+
+@pytest.mark.slow
+def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server, tiny_pipe, tmp_path):
+    """The brush on the photo: a finger's drag paints (pointer events; the page does not scroll instead), a mouse
+    stroke paints, the eraser takes paint away, undo and clear; the strength slider. The painted mask goes with
+    the photo, and the result keeps the photo's own pixels outside it."""
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    calls = []
+    url, _ = start_server(recording_edit(tiny_pipe, calls))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
+        page = context.new_page()
+        page.goto(url)
+        wait_js(page, "document.getElementById('steps').value !== ''")
+        assert not page.is_visible("#painter")
+        page.set_input_files("#file", [str(photo)])
+        wait_js(page, "document.getElementById('paint-mask').width === 300")
+        assert page.is_visible("#painter") and page.is_disabled("#undo")
+        box = page.query_selector("#paint-mask").bounding_box()
+        assert abs(box["width"] - 300) < 1  # shown at its own size here: canvas pixels are screen pixels
+
+        def at(x, y):
+            return box["x"] + x, box["y"] + y
+
+        def stroke(tool, size, start, end):  # a mouse drag with the brush or the eraser, `size` screen pixels wide
+            page.click(tool)
+            page.fill("#brush-size", str(size))
+            page.mouse.move(*at(*start))
+            page.mouse.down()
+            page.mouse.move(*at(*end), steps=8)
+            page.mouse.up()
+
+        # a finger's drag across the middle (touch events through the browser's own input pipeline)
+        touch = context.new_cdp_session(page)
+        scroll = page.evaluate("window.scrollY")
+        for kind, (x, y) in (("touchStart", at(150, 40)), ("touchMove", at(200, 40)), ("touchMove", at(250, 40))):
+            touch.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+        touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        wait_paint(page, (160, 40), (200, 40), (240, 40))
+        assert page.evaluate("window.scrollY") == scroll
+        page.click("#undo")
+        wait_paint(page, (200, 40), painted=False)
+        assert page.is_disabled("#undo")
+        # the mouse: a wide stroke down the left third, then the eraser through its top
+        stroke("#brush", 100, (50, 5), (50, 195))
+        wait_paint(page, (20, 100), (98, 100), (50, 190))  # (the stroke's last point: all of it is drawn)
+        wait_paint(page, (110, 100), painted=False)
+        stroke("#eraser", 20, (10, 20), (90, 20))
+        wait_paint(page, (50, 20), (88, 20), painted=False)
+        wait_paint(page, (50, 100))
+        page.click("#undo")  # the eraser's stroke is gone: painted there again
+        wait_paint(page, (50, 20))
+        page.click("#clear")
+        wait_paint(page, (50, 100), painted=False)
+        assert page.is_disabled("#clear")
+        stroke("#brush", 100, (50, 5), (50, 195))
+        wait_paint(page, (5, 5), (95, 195))
+        page.fill("#strength", "0.5")
+        assert page.inner_text("#strength-value") == "0.5: closer to the photo"
+        page.fill("#steps", "4")
+        page.click("#go")
+        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        assert page.inner_text(".card .meta") == "seed 0 · 4 steps · guidance 4.5 · strength 0.5 · masked"
+        result_url = page.get_attribute("img.after", "src")
+        browser.close()
+    assert calls[-1]["strength"] == 0.5 and calls[-1]["mask_image"].size == (300, 200)
+    sent = np.asarray(calls[-1]["mask_image"])
+    assert sent[:, 5:90].min() == 255 and sent[:, 110:].max() == 0  # white where painted, black elsewhere
+    out = np.asarray(Image.open(io.BytesIO(httpx.get(url + result_url).content)).convert("RGB")).astype(int)
+    want = np.asarray(Image.open(photo)).astype(int)
+    assert np.array_equal(out[:, 160:], want[:, 160:])  # past the mask's feathered edge: the photo's own pixels
+    assert np.abs(out[:, :50] - want[:, :50]).mean() > 5  # the painted part was edited

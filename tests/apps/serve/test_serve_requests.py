@@ -146,7 +146,8 @@ def test_a_multipart_forms_text_fields_are_the_jobs_settings_and_checked_as_the_
     fields = {"steps": "3", "guidance": "2.5", "seed": "7", "prompt": "make it a comic"}
     res = httpx.post(f"{url}/api/jobs", files=files, data=fields)  # what an HTML form or `curl -F steps=3` sends
     assert res.status_code == 202, res.text
-    assert res.json()["settings"] == {"steps": 3, "guidance": 2.5, "seed": 7, "prompt": "make it a comic"}
+    want = {"steps": 3, "guidance": 2.5, "seed": 7, "prompt": "make it a comic", "strength": 1.0, "masked": False}
+    assert res.json()["settings"] == want
     both = httpx.post(f"{url}/api/jobs?steps=4", files=files, data=fields)  # the query wins over a field
     assert both.json()["settings"]["steps"] == 4 and both.json()["settings"]["seed"] == 7
     for name, value in (("steps", "0"), ("guidance", "nan"), ("seed", "-1"), ("steps", "many")):
