@@ -26,8 +26,11 @@ def settings_model(defaults: dict[str, Any]) -> type[BaseModel]:
         strength=(float, Field(1.0, gt=0.0, le=1.0, description="how far from the photo: the last part of the steps")),
         control=(
             Literal["none", "edges", "upload"],
-            Field("none", description="steer through the model's ControlNet: none, the photo's edges, or the "
-                  "multipart upload's `control_image` field"),
+            Field(
+                "none",
+                description="steer through the model's ControlNet: none, the photo's edges, or the "
+                "multipart upload's `control_image` field",
+            ),
         ),  # fmt: skip
     )
 
