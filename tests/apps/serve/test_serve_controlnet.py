@@ -11,9 +11,8 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.pipeline import SanaEditPipeline
-from tests.apps.serve.test_serve_live import launch, wait_js
 from tests.apps.serve.test_serve_live import start_server as start_server  # noqa: F401  (a fixture this file uses)
-from tests.conftest import LOCAL, boxed, png, wait_state
+from tests.conftest import LOCAL, boxed, launch_chromium, png, wait_js, wait_state
 
 
 def photo_bytes() -> bytes:
@@ -84,7 +83,7 @@ def test_the_page_sends_the_pickers_choice(start_server, tmp_path):
     boxed(48, 32).save(photo)
     Image.new("RGB", (48, 32), "white").save(control)
     with sync_playwright() as pw:
-        browser = launch(pw)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(plain_url)
         wait_js(page, "document.getElementById('steps').value !== ''")
