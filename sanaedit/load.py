@@ -29,22 +29,37 @@ def bundled_model(
     dtype: object = "auto",
     loras: object = (),
     staged: bool = False,
+    control: bool = False,
 ) -> Path | None:
     """The bundled model's folder for a run: its ONNX export (no PyTorch needed, and several times faster end to end
     than the PyTorch folder: bench/startup), unless the run asks for what only PyTorch
-    has: --backend torch, a LoRA, a GPU, a bf16/int8 compute dtype, staged residency. None when neither is
-    installed (a source checkout without assets)."""
+    has: --backend torch, a LoRA, a GPU, a bf16/int8 compute dtype, staged residency, or a control image when the
+    export was made without the folder's ControlNet. None when neither is installed (a source checkout without
+    assets)."""
     wants_torch = (
         backend == Backend.TORCH
         or bool(loras)
         or staged
         or str(device) != "cpu"
         or torch_dtype_name(dtype) not in ("auto", "float32")
+        or (control and backend is None and not export_has_controlnet(BUNDLED_EXPORT))
     )
     for folder in (BUNDLED_MODEL,) if wants_torch else (BUNDLED_EXPORT, BUNDLED_MODEL):
         if (folder / "model_index.json").is_file():
             return folder
     return None
+
+
+def export_has_controlnet(folder: Path) -> bool:
+    """Whether an exported folder holds the graph of its DiT with a ControlNet (its index says; not checked)."""
+    import json
+
+    from sanaedit.formats.index import CONTROLLED_GRAPH, MODEL_INDEX
+
+    try:
+        return CONTROLLED_GRAPH in json.loads((folder / MODEL_INDEX).read_text()).get("graphs", {})
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_pipeline(
@@ -57,6 +72,8 @@ def load_pipeline(
     vae: Vae | str | None = None,
     staged: bool = False,
     upsample: str | None = None,
+    controlnet: str | Path | None = None,
+    control: bool = False,
 ) -> SanaEditPipeline:
     """The pipeline for `model`, with one set of defaults whatever the source: a model folder (PyTorch), an exported
     folder or the published release's files (the runtime their format needs, or `backend`); with None, the bundled
@@ -70,12 +87,17 @@ def load_pipeline(
     or "tiny" (the folder's light autoencoder; the DC-AE is then never loaded); None: the folder's default.
     `upsample`: how the edit comes back to the photo's size; None: the folder's default (guided with a LoRA).
     `staged`: each network in memory only for its stage of an edit (`SanaEditPipeline.enable_staged_residency`):
-    the lowest peak for a one-shot edit; a PyTorch model folder only. Every choice is made in `plan.make_plan`.
+    the lowest peak for a one-shot edit; a PyTorch model folder only. `controlnet`: a ControlNet folder for a
+    PyTorch model (None: the folder's own controlnet/, if any); `control`: the run's edits take a control image
+    (the bundled model's PyTorch folder, when its export has no ControlNet). Every choice is made in
+    `plan.make_plan`.
     """
     if model is None:
         if backend not in (None, Backend.TORCH, Backend.ONNXRUNTIME):
             raise ValueError(f"backend {backend!r} needs an exported folder: pass --model EXPORTED_DIR")
-        model = bundled_model(backend, device, dtype, loras, staged)
+        # another ControlNet than the bundled model's own steers its PyTorch folder, not its export
+        backend_asked = backend or (Backend.TORCH if controlnet else None)
+        model = bundled_model(backend_asked, device, dtype, loras, staged, control)
     if model is None:
         require("torch", "no bundled model in this install: the tiny random stand-in")
         from sanaedit.tools.random_model import RandomWeights
@@ -95,6 +117,7 @@ def load_pipeline(
         loras=loras or (),
         staged=staged,
         threads=threads,
+        controlnet=controlnet,
     )
     if model is None:
         logger.warning(

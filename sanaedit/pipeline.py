@@ -40,7 +40,9 @@ from sanaedit.image.io import load_image, preprocess
 from sanaedit.image.masks import MaskInput, as_masks, feather_radius, fit_mask, latent_mask, mask_picture, paste_outside
 from sanaedit.image.upsample import check_method, restore_photo
 from sanaedit.plan import RunPlan, make_plan
+from sanaedit.runtime.controlnet_api import ControlNetMixin, controlnet_module
 from sanaedit.runtime.diffusers_api import DiffusersApiMixin, check_tensor_inputs, step_end_callback
+from sanaedit.runtime.prompts import PromptsMixin
 from sanaedit.runtime.residency import StagedResidencyMixin
 from sanaedit.runtime.sources import open_source
 
@@ -48,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
-
-PROMPT_CACHE_SIZE = 64  # conditioning tensors kept in memory (a 0.6B model's are 256 x 2304 floats, 2.4 MB each)
 
 ImageInput = Image.Image | str | Path | np.ndarray  # or a torch tensor (diffusers' conventions: image/arrays.py)
 
@@ -61,7 +61,7 @@ class SanaEditOutput:
     images: Any
 
 
-class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
+class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin, PromptsMixin, ControlNetMixin):
     """Edits a photo (or makes one from text) with a SANA linear DiT conditioned through meta-queries."""
 
     def __init__(
@@ -181,10 +181,14 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         """Load any model source: a PyTorch model folder (the LLM only if a prompt is not in its prompt cache), an
         exported folder or the published release's files (their own runtime: CPU, float32; torch is not imported).
         `torch_dtype` is diffusers' name for `dtype` (default float32). `options` are `plan.make_plan`'s (backend, vae,
-        upsample, threads, loras, staged). For the CLI's defaults (threads, dtype, caches) use `load_pipeline`."""
+        upsample, threads, loras, staged, controlnet). `controlnet`: a ControlNet folder or a `SanaControlNetModel`
+        (default: the folder's own `controlnet/`, if any). For the CLI's defaults (threads, dtype, caches) use
+        `load_pipeline`."""
         source = open_source(model_dir)
         dtype = torch_dtype or dtype or "float32"
-        return cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
+        module, options = controlnet_module(options)  # a module joins the pipeline; a folder is the plan's
+        pipe = cls.from_plan(source, make_plan(source.info, device=str(device), dtype=dtype, tuned=False, **options))
+        return pipe if module is None else pipe.set_controlnet(module)
 
     @classmethod
     def from_plan(cls, source: ModelSource, plan: RunPlan) -> SanaEditPipeline:
@@ -220,27 +224,6 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         return save_model_folder(self, Path(model_dir), prompt_cache)
 
     @no_grad
-    def encode_prompt(self, prompts: list[str]) -> tuple[Array, Array]:
-        """Conditioning for each prompt, from the prompt cache where possible, else through the LLM (batched)."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.prompt_cache]
-        if missing:
-            hidden, mask = self.text_encoder(missing)
-            if not self.keep_text_encoder:
-                self.release_text_encoder()
-            for i, p in enumerate(missing):
-                self.prompt_cache[p] = (hidden[i : i + 1], mask[i : i + 1])
-            # bounded: a server fed user prompts must not grow without limit. The oldest entries go first; the
-            # model's own prompts stay (they are what spares loading the LLM at all).
-            pinned = {self.config.prompt, self.config.negative_prompt, *prompts}
-            evictable = [p for p in self.prompt_cache if p not in pinned]
-            for p in evictable[: max(0, len(self.prompt_cache) - PROMPT_CACHE_SIZE)]:
-                del self.prompt_cache[p]
-        arrays = self.flow.arrays
-        hidden = arrays.input(arrays.cat([self.prompt_cache[p][0] for p in prompts]))
-        mask = arrays.cat([self.prompt_cache[p][1] for p in prompts])
-        return hidden, mask
-
-    @no_grad
     def encode_image(self, pixels: Array) -> Array:
         return self.flow.encode(pixels)
 
@@ -273,6 +256,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         output_type: str = "pil",
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         mask_image: MaskInput | list[MaskInput] | None = None,
+        control_image: Any = None,
+        controlnet_conditioning_scale: float = 1.0,
     ) -> SanaEditOutput | tuple[Any]:
         """Edit `image` (a PIL image, a path, a NumPy array or torch tensor as diffusers takes them, or a list), or
         with `image=None` generate from text.
@@ -284,6 +269,8 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         they start (diffusers' img2img). `mask_image` (white = edit, diffusers' inpainting; given as `image` is, one
         for all or one per image) edits its white part only: the rest keeps the photo's own pixels (core/inpaint.py,
         image/masks.py; "latent": the blended latents). Both work on every runtime and sampler.
+        `control_image` (a picture, one per input, or "edges": the photo's own) steers the edit through the model's
+        ControlNet at `controlnet_conditioning_scale` (diffusers' names; runtime/controlnet_api.py).
         `callback(step, total)` reports progress; `callback_on_step_end(pipe, step, timestep, {"latents": x})` may
         return {"latents": ...} to replace them (torch tensors on PyTorch networks, NumPy arrays on exported graphs).
         `generator`: a torch.Generator (diffusers' convention) or a `sanaedit.core.noise.Generator` (the same numbers
@@ -301,6 +288,7 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         tensor_inputs = getattr(callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs)
         tensor_inputs = ["latents"] if tensor_inputs is None else list(tensor_inputs)  # diffusers' default
         check_tensor_inputs(tensor_inputs)
+        controls = self._check_control(control_image, sources, controlnet_conditioning_scale)
         settings = dict(
             prompt=cfg.prompt if prompt is None else prompt,
             negative_prompt=cfg.negative_prompt if negative_prompt is None else negative_prompt,
@@ -317,20 +305,21 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
             callback=callback,
             step_end=callback_on_step_end and step_end_callback(self, callback_on_step_end, tensor_inputs),
             decode=output_type != "latent",
+            control_scale=float(controlnet_conditioning_scale),
         )
         schedule_used = settings["schedule"]
         logger.debug(f"sampling: {sampler or cfg.sampler}, schedule {schedule_used}, {steps} steps, guidance {scale:g}")
         count = num_images_per_prompt
         generators = [generator[i * count : (i + 1) * count] if isinstance(generator, list) else generator
                       for i in range(len(sources))]  # fmt: skip
-        outputs = [out for source, mask, g in zip(sources, masks, generators)
-                   for out in self._edit(source, mask_image=mask, generator=g, **settings)]  # fmt: skip
+        outputs = [out for source, mask, g, steer in zip(sources, masks, generators, controls)
+                   for out in self._edit(source, mask_image=mask, generator=g, control=steer, **settings)]  # fmt: skip
         images = self.flow.arrays.cat(outputs) if output_type == "latent" else to_output(outputs, output_type)
         return SanaEditOutput(images) if return_dict else (images,)
 
     def _edit(
         self, image, mask_image, prompt, negative_prompt, steps, scale, schedule, sample, count, strength, generator,
-        progress, callback, step_end, decode,
+        progress, callback, step_end, decode, control=None, control_scale=1.0,
     ) -> list[Any]:  # fmt: skip
         """`count` samples of one input, as one batch: pictures (`decode`), else their latents. `mask_image`: a
         greyscale picture (white = edit), or None."""
@@ -346,10 +335,11 @@ class SanaEditPipeline(DiffusersApiMixin, StagedResidencyMixin):
         else:
             restore = None
             ref_latents = self.flow.arrays.zeros((1, *latent_shape[1:]))
+        control_latents = None if control is None else self.control_latents(control, image)
 
         use_cfg = scale > 1.0 and self.flow.guidance_embeds is None  # a student embeds the scale instead
         hidden, mask = self.encode_prompt([negative_prompt, prompt] if use_cfg else [prompt])
-        velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale)
+        velocity = self.flow.sampling_velocity(hidden, mask, ref_latents, scale, control_latents, control_scale)
         sigmas = flow_sigmas(steps, self.config.shift, schedule)
         # Noise drawn on the CPU in fp32 so a seed gives the same image on every device, dtype and runtime.
         latents = noise = self.flow.arrays.randn(latent_shape, generator)

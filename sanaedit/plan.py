@@ -46,6 +46,8 @@ class FolderInfo:
     has_refiner: bool = False
     stored_int8: bool = False  # a PyTorch folder whose DiT is stored in int8 (formats/int8_folder.py)
     release_layout: bool = False  # MNN graphs in the published release's layout (formats/release.py)
+    # its own ControlNet: a PyTorch folder's `controlnet/`, or an export's graph of the DiT with it (None: none)
+    controlnet: Path | None = None
 
     @property
     def name(self) -> str:
@@ -67,6 +69,7 @@ class RunPlan:
     staged: bool = False  # each network in memory only for its stage (PyTorch folders)
     threads: int | None = None  # None: the machine's physical cores
     tuned: bool = True  # PyTorch: threads = cores and the exact text K/V cache (load_pipeline; from_pretrained: off)
+    controlnet: Path | None = None  # the ControlNet a control image steers through: the folder's own, or another
 
     def describe(self) -> list[str]:
         """The plan in a few lines (`sanaedit info`)."""
@@ -84,6 +87,8 @@ class RunPlan:
             lines.append("LoRA: " + ", ".join(f"{path} x{scale:g}" for path, scale in self.loras))
         if self.staged:
             lines.append("staged residency: each network loaded for its stage only")
+        if self.controlnet is not None:
+            lines.append(f"ControlNet: {self.controlnet} (used when an edit is given a control image)")
         return lines
 
 
@@ -129,10 +134,13 @@ def make_plan(
     threads: int | None = None,
     tuned: bool = True,
     int8: bool = False,
+    controlnet: str | Path | None = None,
 ) -> RunPlan:
     """The plan for `info` with the user's options (None: the folder's own choice). `dtype` "int8" is the CLI's
-    `--dtype int8`: the DiT's matmuls in int8, the rest as "auto"; `int8=True` adds them to any float dtype. Every
-    option that does not fit the source is refused here, in one line that says what to do, before anything loads."""
+    `--dtype int8`: the DiT's matmuls in int8, the rest as "auto"; `int8=True` adds them to any float dtype.
+    `controlnet`: a ControlNet folder (diffusers' SanaControlNetModel) for a PyTorch source; None: the folder's own,
+    if it has one. Every option that does not fit the source is refused here, in one line that says what to do,
+    before anything loads."""
     device, loras = str(device), tuple((Path(path), float(scale)) for path, scale in loras or ())
     backend = parse(Backend, backend, "backend") if backend is not None else DEFAULT_BACKEND[info.format]
     if info.format == Format.TORCH:
@@ -142,6 +150,7 @@ def make_plan(
         dtype, int8 = "float32", False
     chosen_vae = choose_vae(info, vae)
     chosen_upsample = choose_upsample(info, upsample, bool(loras))
+    chosen_controlnet = choose_controlnet(info, controlnet)
     config = dataclasses.replace(info.config, vae=chosen_vae, upsample=chosen_upsample)
     return RunPlan(
         backend=backend,
@@ -155,7 +164,26 @@ def make_plan(
         staged=staged,
         threads=threads,
         tuned=tuned,
+        controlnet=chosen_controlnet,
     )
+
+
+def choose_controlnet(info: FolderInfo, requested: str | Path | None) -> Path | None:
+    """`requested` (a ControlNet folder; PyTorch sources only), else the folder's own (None if it has none)."""
+    if requested is None:
+        return info.controlnet
+    folder = Path(requested)
+    if info.format != Format.TORCH:
+        raise ValueError(
+            f"{info.name} is exported: its ControlNet is a graph made at export. Put the ControlNet in the model "
+            f"folder (MODEL/controlnet/) and export that, or run the PyTorch model folder with --controlnet {folder}"
+        )
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(
+            f"{folder}: not a ControlNet folder (no config.json); give a folder saved by SanaControlNetModel, or one "
+            "`sanaedit train controlnet` wrote (OUT/controlnet)"
+        )
+    return folder
 
 
 def torch_compute(

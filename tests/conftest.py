@@ -83,6 +83,28 @@ def lora_dir(tmp_path_factory):
     return save_lora(pipe.transformer, tmp_path_factory.mktemp("lora") / "style").parent
 
 
+def trained_looking(controlnet, seed: int = 1):
+    """A ControlNet whose zero layers (input block, output projections) are not zero: as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("input_block.", "controlnet_blocks.")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return controlnet
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_model(tmp_path_factory):
+    """The tiny model folder with a trained-looking ControlNet in it (`controlnet/`), written once per session
+    (treat as read-only)."""
+    from sanaedit.models.controlnet import controlnet_from_transformer
+    from sanaedit.tools.random_model import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.set_controlnet(trained_looking(controlnet_from_transformer(pipe.transformer, num_layers=1)))
+    return pipe.save_pretrained(tmp_path_factory.mktemp("models") / "tiny-controlnet")
+
+
 @pytest.fixture
 def tiny_edit_pairs(tmp_path):
     """Two random 64 px editing triples with a manifest: enough data for a training step on the tiny model."""
@@ -112,6 +134,13 @@ def gradient(w=40, h=30):
             [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128, np.uint8)], axis=2
         )
     )
+
+
+def boxed(w=40, h=30):
+    """`gradient` with a white box in its middle: a picture with edges to find (a control image's)."""
+    picture = gradient(w, h)
+    picture.paste((255, 255, 255), (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
+    return picture
 
 
 def png_header_only(path, width, height):

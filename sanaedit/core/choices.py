@@ -47,6 +47,13 @@ class Padding(StrEnum):
     REFLECT = "reflect"
 
 
+class Control(StrEnum):
+    """What steers an edit through the model's ControlNet besides a control image file (`--control-image`)."""
+
+    EDGES = "edges"  # the input photo's own edges (image/edges.py)
+    NONE = "none"  # no control image: the ControlNet is not run
+
+
 class Backend(StrEnum):
     """What runs the networks."""
 

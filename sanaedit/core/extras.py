@@ -21,7 +21,7 @@ EXTRA_OF = {
     "llmexport": "export",
     "skimage": "export",
     "yaml": "train",
-    "cv2": "train",
+    "cv2": "control",
     "came_pytorch": "train",
     "tensorboard": "train",
     "fastapi": "serve",

@@ -74,6 +74,9 @@ class FlowModel:
     export);
     `tiny_vae` the light one (`models/tiny_vae.py`) when there is one; `refiner` the learned full-resolution
     refiner (`models/refiner.py`) when the folder has one (run after decoding, by `upsample.restore_photo`).
+    `controlnet` steers the DiT when a call gives a control latent: `controlnet(transformer, *the DiT's inputs,
+    control, scale) -> velocity` (`models/controlnet.TorchControl`, or an exported graph of the DiT with its
+    ControlNet, which ignores the DiT it is given).
     """
 
     def __init__(
@@ -89,11 +92,13 @@ class FlowModel:
         tiny_vae: Any = None,
         refiner: Any = None,
         arrays: NumpyArrays | TorchArrays | None = None,
+        controlnet: Callable[..., Any] | None = None,
     ):
         self.transformer, self.encoder, self.decoder = transformer, encoder, decoder
         self.latent_channels, self.ref_channels, self.vae_scale = latent_channels, ref_channels, vae_scale
         self.vae, self.tiny_vae = vae, tiny_vae
         self.refiner = refiner  # the folder's learned full-resolution refiner (models/refiner.py), fp32 on the CPU
+        self.controlnet = controlnet
         # A distilled student embeds the guidance scale (times this factor, 0.1 in SANA-Sprint): no CFG batch
         self.guidance_embeds = guidance_embeds
         # (device, dtype) fixed from outside when the networks come and go (residency.py); else read off the DiT
@@ -104,7 +109,8 @@ class FlowModel:
     @property
     def modules(self) -> list[nn.Module]:
         """The PyTorch networks (none on exported graphs)."""
-        return [m for m in (self.transformer, self.vae, self.tiny_vae) if hasattr(m, "parameters")]
+        control = getattr(self.controlnet, "module", None)  # a PyTorch ControlNet's module
+        return [m for m in (self.transformer, self.vae, self.tiny_vae, control) if hasattr(m, "parameters")]
 
     @property
     def device(self) -> torch.device | str:
@@ -133,29 +139,46 @@ class FlowModel:
         mask: Array,
         ref: Array | None = None,
         guidance: float | None = None,
+        control: Array | None = None,
+        control_scale: float = 1.0,
     ) -> Array:
         """The DiT's velocity at noise level `sigma` (a scalar or one per sample); `guidance` is the scale a
-        guidance-embedding student is told (ignored by other models)."""
+        guidance-embedding student is told (ignored by other models); `control` a control latent (one per sample),
+        through the ControlNet at `control_scale`."""
         n, arrays = x.shape[0], self.arrays
         if not self.ref_channels:
             ref = None  # a text-to-image model has no reference input
         args = (arrays.input(x), hidden, arrays.full(n, sigma * TIMESTEP_SCALE), mask, ref)
-        if self.guidance_embeds is None:
-            return self.transformer(*args)
-        told = arrays.full(n, float(guidance or 1.0) * self.guidance_embeds)
-        return self.transformer(*args, guidance=arrays.input(told))
+        told = {}
+        if self.guidance_embeds is not None:
+            told["guidance"] = arrays.input(arrays.full(n, float(guidance or 1.0) * self.guidance_embeds))
+        if control is None:
+            return self.transformer(*args, **told)
+        if self.controlnet is None:
+            raise ValueError("this model has no ControlNet: load one (controlnet=DIR; CLI: --controlnet DIR)")
+        return self.controlnet(self.transformer, *args, arrays.input(control), float(control_scale), **told)
 
     def sampling_velocity(
-        self, hidden: Array, mask: Array, ref: Array | None = None, guidance: float = 1.0
+        self,
+        hidden: Array,
+        mask: Array,
+        ref: Array | None = None,
+        guidance: float = 1.0,
+        control: Array | None = None,
+        control_scale: float = 1.0,
     ) -> VelocityFn:
         """`velocity(x, sigma)` (float32) for the sampler: one conditioning (`hidden`/`mask` batch 1) and one `ref`
-        shared by every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the model runs once
-        on the batch [x; x] (CFG)."""
+        (and `control`) shared by every sample of x. With guidance > 1, `hidden`/`mask` hold [uncond, cond] and the
+        model runs once on the batch [x; x] (CFG; the control latent in both halves, as diffusers does)."""
         rows = self.arrays.rows
         if guidance <= 1.0 or self.guidance_embeds is not None:  # no CFG batch (a student is told the scale)
-            return lambda x, sigma: float32(
-                self.velocity(x, sigma, rows(hidden, len(x)), rows(mask, len(x)), rows(ref, len(x)), guidance)
-            )
+
+            def single(x: Array, sigma: Any) -> Array:
+                n = len(x)
+                conditions = (rows(hidden, n), rows(mask, n), rows(ref, n), guidance, rows(control, n))
+                return float32(self.velocity(x, sigma, *conditions, control_scale))
+
+            return single
 
         pairs: dict[int, tuple] = {}  # built once per batch size: the same tensors every step (text K/V cache hits)
 
@@ -163,7 +186,9 @@ class FlowModel:
             n = len(x)
             if n not in pairs:
                 pairs[n] = (self.arrays.repeat(hidden, n), self.arrays.repeat(mask, n), rows(ref, 2 * n))
-            both = float32(self.velocity(self.arrays.cat([x, x]), sigma, *pairs[n]))
+            both = float32(
+                self.velocity(self.arrays.cat([x, x]), sigma, *pairs[n], None, rows(control, 2 * n), control_scale)
+            )
             uncond, cond = both[:n], both[n:]
             return uncond + guidance * (cond - uncond)
 
@@ -177,6 +202,10 @@ class FlowModel:
         hidden: torch.Tensor,
         mask: torch.Tensor,
         ref: torch.Tensor | None = None,
+        control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The training objective (`flow_matching_loss`) of this model on clean latents x0."""
-        return flow_matching_loss(lambda x_t, s: self.velocity(x_t, s, hidden, mask, ref), x0, noise.to(x0), t)
+        """The training objective (`flow_matching_loss`) of this model on clean latents x0 (through the ControlNet
+        when `control` latents are given)."""
+        return flow_matching_loss(
+            lambda x_t, s: self.velocity(x_t, s, hidden, mask, ref, control=control), x0, noise.to(x0), t
+        )

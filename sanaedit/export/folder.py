@@ -151,12 +151,12 @@ def _export_onnx_folder(pipe, tmp: Path, fmt: str, bits: dict, progress: bool) -
         t0 = time.perf_counter()
         say(progress, f"[{i}/{len(specs) + 1}] {spec.name}: exporting to {fmt} ...")
         where = tmp / "llm" if spec.name == "llm" else tmp
-        entry = export_graph(spec, where, fmt, bits[spec.name], calibration.get(spec.name))
+        entry = export_graph(spec, where, fmt, bits[spec.quant_as or spec.name], calibration.get(spec.name))
         entry["file"] = str((where / entry["file"]).relative_to(tmp))
         graphs[spec.name] = entry
         error = f"max rel. error vs torch {entry['max_rel_error']:.1e}"
         if "rel_l2_error" in entry:  # w8a8
-            error = f"rel. L2 error vs torch on {w8a8_check(spec.name)} {entry['rel_l2_error']:.1e}"
+            error = f"rel. L2 error vs torch on {w8a8_check(spec.quant_as or spec.name)} {entry['rel_l2_error']:.1e}"
         say(
             progress,
             f"      {entry['file']}: {error}, {entry['bytes'] / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s",

@@ -57,7 +57,7 @@ def export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrati
     entry: dict = {"inputs": spec.inputs, "outputs": spec.outputs, "bits": 8 if bits == W8A8 else bits}
     if fmt == "onnx":
         path = export_onnx(spec, folder / f"{spec.name}.onnx")
-        dynamic = spec.name in W8A8_DYNAMIC  # w8a8 with ranges per call, not calibrated
+        dynamic = (spec.quant_as or spec.name) in W8A8_DYNAMIC  # w8a8 with ranges per call, not calibrated
         if bits == W8A8 and dynamic:
             entry["quant"] = quantize_onnx_dynamic(path)
         elif bits == W8A8:
@@ -74,10 +74,11 @@ def export_graph(spec, folder: Path, fmt: str, bits: int | str | None, calibrati
             entry["max_rel_error"], entry["rel_l2_error"] = graph_errors(spec, graph, check)
             tolerance = W8A8_DYNAMIC_TOLERANCE if dynamic else W8A8_TOLERANCE
             if entry["rel_l2_error"] > tolerance:
+                kind = spec.quant_as or spec.name
                 logger.warning(
                     f"the {W8A8} {spec.name} graph is {entry['rel_l2_error']:.3f} off PyTorch (relative L2 on "
-                    f"{w8a8_check(spec.name)}; at most {tolerance} passes): this model's activations do not survive "
-                    f"int8 there. Exporting {spec.name} with 8-bit weights only (--quant {spec.name}=8) instead."
+                    f"{w8a8_check(kind)}; at most {tolerance} passes): this model's activations do not survive "
+                    f"int8 there. Exporting {spec.name} with 8-bit weights only (--quant {kind}=8) instead."
                 )
                 del graph
                 fallback = export_graph(spec, folder, fmt, 8)

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from sanaedit.export.llm_graph import LlmFeatures
-from sanaedit.formats.index import TINY_GRAPHS
+from sanaedit.formats.index import CONTROLLED_GRAPH, TINY_GRAPHS
 from sanaedit.formats.release_files import GRAPHS as RELEASE_GRAPHS
 
 TRANSFORMER_INPUTS = ["sample", "encoder_hidden_states", "timestep", "encoder_attention_mask", "ref_latents"]
+# the DiT with its ControlNet: the control latent (the latent channels) and the conditioning scale, one per sample
+CONTROLLED_INPUTS = [*TRANSFORMER_INPUTS, "control_latents", "conditioning_scale"]
 
 # The example inputs are drawn from their own seeded generator, not torch's global one: a w8a8 DiT is checked on them
 # (graph_export), and inputs that depended on whatever had drawn random numbers before (another export, the tests
@@ -46,6 +48,7 @@ class GraphSpec:
     cleanup: str = "fold"
     length_inputs: tuple[str, ...] = ()  # inputs whose axis 1 is free too (the LLM's sequence length)
     spatial: bool = False  # height and width (axes 2, 3) of every input and output left free (the refiner's tiles)
+    quant_as: str | None = None  # the --quant entry it is stored by, when not its own name (the DiT's, for its twin)
 
 
 class _Transformer(nn.Module):
@@ -61,6 +64,28 @@ class _Transformer(nn.Module):
         if self.guidance is None:
             return self.transformer(*args)
         return self.transformer(*args, guidance=(timestep * 0 + self.guidance).to(sample.dtype))
+
+
+class _ControlledTransformer(_Transformer):
+    """The DiT steered by its ControlNet, as one graph (models/controlnet.py): the DiT's inputs, the control latent
+    and the conditioning scale (one per sample, so the batch axis stays free) -> velocity. The runtimes load it
+    only for an edit given a control image; the plain DiT graph stays as it was."""
+
+    def __init__(self, transformer, controlnet, guidance: float | None = None):
+        super().__init__(transformer, guidance)
+        self.controlnet = controlnet
+
+    def forward(self, sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents, control_latents,
+                conditioning_scale):  # fmt: skip
+        from sanaedit.models.controlnet import control_residuals
+
+        residuals = control_residuals(
+            self.controlnet, sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents,
+            control_latents, conditioning_scale,
+        )  # fmt: skip
+        args = (sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+        guidance = {} if self.guidance is None else {"guidance": (timestep * 0 + self.guidance).to(sample.dtype)}
+        return self.transformer(*args, controlnet_block_samples=residuals, **guidance)
 
 
 def baked_guidance(pipe) -> float | None:
@@ -85,7 +110,7 @@ def release_specs(pipe) -> list[GraphSpec]:
     its scaling factor (the LLM is written by llmexport, not here)."""
     specs = []
     for spec in graph_specs(pipe)[1:]:
-        if spec.name in TINY_GRAPHS:  # ours, beside the release's files (the engine ignores them): kept as they are
+        if spec.name in (*TINY_GRAPHS, CONTROLLED_GRAPH):  # ours, beside the release's files: kept as they are
             specs.append(spec)
             continue
         io = RELEASE_GRAPHS[spec.name]
@@ -114,7 +139,28 @@ def graph_specs(pipe) -> list[GraphSpec]:
     return [
         *_base_specs(pipe, encoder, latents, llm_mask, queries, width, caption, generator),
         *_tiny_specs(pipe, channels, size, generator),
+        *_controlled_specs(pipe, latents, queries, caption, generator),
     ]
+
+
+def _controlled_specs(pipe, latents, queries: int, caption: int, generator: torch.Generator) -> list[GraphSpec]:
+    """The DiT with the model's ControlNet, when it has one: the DiT graph's example with a control latent and two
+    scales beside it, stored as the DiT is (--quant transformer=...)."""
+    controlnet = pipe.controlnet
+    if controlnet is None:
+        return []
+    module = _ControlledTransformer(pipe.transformer, controlnet, baked_guidance(pipe))
+    example = (
+        latents,
+        torch.randn(2, queries, caption, generator=generator),
+        torch.tensor([999.0, 500.0]),
+        torch.ones(2, queries),
+        torch.randn(latents.shape, generator=generator),
+        torch.randn(latents.shape, generator=generator),
+        torch.tensor([1.0, 0.5]),
+    )
+    return [GraphSpec(CONTROLLED_GRAPH, module, example, CONTROLLED_INPUTS, ["noise_pred"], dynamo=False,
+                      dynamic_batch=True, quant_as="transformer")]  # fmt: skip
 
 
 def _tiny_specs(pipe, channels: int, size: int, generator: torch.Generator) -> list[GraphSpec]:

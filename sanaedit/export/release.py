@@ -73,7 +73,7 @@ def export_release(pipe, tmp: Path, bits: dict, progress: bool, llm_source: Path
         say(
             progress, f"[{i}/{total}] {spec.name}: exporting to mnn ({', '.join(spec.inputs)} -> {spec.outputs[0]}) ..."
         )
-        entry = export_graph(spec, tmp, Format.MNN, bits[spec.name])
+        entry = export_graph(spec, tmp, Format.MNN, bits[spec.quant_as or spec.name])
         graphs[spec.name] = entry
         say(progress, f"      {entry['file']}: max rel. error vs torch {entry['max_rel_error']:.1e}")
     llm_bits = bits["llm"]

@@ -20,7 +20,14 @@ from sanaedit.core.choices import Format, Vae
 from sanaedit.core.config import PipelineConfig
 from sanaedit.core.flow import FlowModel
 from sanaedit.errors import ModelFolderError, first_line
-from sanaedit.formats.index import EMBEDDINGS_KEY, EXPORT_CLASS, META_QUERIES_FILE, TINY_GRAPHS, read_index
+from sanaedit.formats.index import (
+    CONTROLLED_GRAPH,
+    EMBEDDINGS_KEY,
+    EXPORT_CLASS,
+    META_QUERIES_FILE,
+    TINY_GRAPHS,
+    read_index,
+)
 from sanaedit.formats.prompt_cache import load_prompt_cache
 from sanaedit.formats.refiner import folder_refiner, load_refiner_graph
 from sanaedit.formats.source import Networks
@@ -42,6 +49,27 @@ class TransformerGraph:
         if ref_latents is None:
             ref_latents = np.zeros(sample.shape, np.float32)
         return self.graph(sample, encoder_hidden_states, timestep, encoder_attention_mask, ref_latents)
+
+
+class ControlledGraph:
+    """The exported DiT with its ControlNet (one graph) as `FlowModel.controlnet`, loaded on its first call: an edit
+    without a control image never loads it. The graph holds its own copy of the DiT, so the DiT it is passed runs
+    only at scale 0."""
+
+    def __init__(self, load):
+        self.load, self.graph = load, None
+
+    def __call__(self, transformer, sample, encoder_hidden_states, timestep, mask, ref, control, scale):
+        if scale == 0:  # exactly the edit without it: the plain DiT graph (this one's int8 rounding may differ)
+            return transformer(sample, encoder_hidden_states, timestep, mask, ref)
+        if self.graph is None:
+            self.graph = self.load()
+        if mask is None:
+            mask = np.ones(encoder_hidden_states.shape[:2], np.float32)
+        if ref is None:
+            ref = np.zeros(sample.shape, np.float32)
+        scales = np.full(sample.shape[0], scale, np.float32)  # one per sample: the graph's batch axis stays free
+        return self.graph(sample, encoder_hidden_states, timestep, mask, ref, control, scales)
 
 
 class ExportedTextEncoder:
@@ -170,6 +198,7 @@ class ExportedFolder:
             config=PipelineConfig.from_dict(manifest.get("pipeline", {})),
             has_tiny_vae=all(n in graphs for n in TINY_GRAPHS),
             has_refiner=REFINER_GRAPH in graphs or (self.folder / REFINER_FILE).is_file(),
+            controlnet=self.folder / graphs[CONTROLLED_GRAPH]["file"] if CONTROLLED_GRAPH in graphs else None,
         )
 
     def networks(self, plan: RunPlan) -> Networks:
@@ -199,6 +228,9 @@ class ExportedFolder:
             refiner=load_refiner_graph(folder, manifest, backend, threads) or folder_refiner(folder),
             arrays=NumpyArrays(),
         )
+        if plan.controlnet is not None:  # checked now, loaded by the first edit with a control image
+            check_graph_file(folder, manifest["graphs"][CONTROLLED_GRAPH])
+            flow.controlnet = ControlledGraph(lambda: load(CONTROLLED_GRAPH))
         template = plan.config.template
         return Networks(
             flow=flow,

@@ -13,6 +13,7 @@ A model folder is `model_index.json` plus one subfolder per component in its lib
     prompt_cache.safetensors    optional: final conditioning of the fixed prompts, so no LLM is needed for them
     tiny_vae/                   optional: a light autoencoder for the DC-AE's latents (models/tiny_vae.py)
     refiner.safetensors         optional: the learned full-resolution refiner (models/refiner.py), in exports too
+    controlnet/                 optional: diffusers SanaControlNetModel (models/controlnet.py), used by default
 
 An exported folder (`sanaedit export`) has `model_index.json` with `_class_name` EXPORT_CLASS: one graph per
 sub-model, `llm/` (the LLM body as a graph, its token embedding table, tokenizer, meta-queries) and the prompt
@@ -44,6 +45,8 @@ TINY_VAE = "tiny_vae"  # the optional light autoencoder's component (and the exp
 # A DiT stored in int8 (`sanaedit export DIR --format int8`, models/int8.py) says so in its config.json under this key
 STORED_INT8 = "sanaedit_int8"
 TINY_GRAPHS = ("tiny_vae_encoder", "tiny_vae_decoder")  # its exported graphs (scaled latents, pixels in [-1, 1])
+CONTROLNET = "controlnet"  # the optional ControlNet's component
+CONTROLLED_GRAPH = "transformer_controlnet"  # its exported graph: the DiT with the ControlNet, in one graph
 
 
 def folder_kind(folder: str | Path) -> str | None:

@@ -28,8 +28,8 @@ from sanaedit.core.choices import Backend, Format, Vae
 from sanaedit.core.config import PROMPT_TEMPLATE, PipelineConfig
 from sanaedit.core.flow import FlowModel
 from sanaedit.errors import ModelFolderError
-from sanaedit.formats.exported import TransformerGraph, check_graph_file
-from sanaedit.formats.index import EXPORT_CLASS, MODEL_INDEX, TINY_GRAPHS, read_index
+from sanaedit.formats.exported import ControlledGraph, TransformerGraph, check_graph_file
+from sanaedit.formats.index import CONTROLLED_GRAPH, EXPORT_CLASS, MODEL_INDEX, TINY_GRAPHS, read_index
 from sanaedit.formats.prompt_cache import load_prompt_cache, save_prompt_cache
 from sanaedit.formats.refiner import folder_refiner, load_refiner_graph
 from sanaedit.formats.release_files import (
@@ -249,6 +249,7 @@ class ReleaseFolder:
             has_tiny_vae=all(n in entries for n in TINY_GRAPHS),
             has_refiner=REFINER_GRAPH in entries or (folder / REFINER_FILE).is_file(),
             release_layout=True,
+            controlnet=folder / entries[CONTROLLED_GRAPH]["file"] if CONTROLLED_GRAPH in entries else None,
         )
 
     def networks(self, plan: RunPlan) -> Networks:
@@ -304,6 +305,12 @@ class ReleaseFolder:
             refiner=load_refiner_graph(folder, manifest or {}, Backend.MNN, threads) or folder_refiner(folder),
             arrays=NumpyArrays(),  # graphs: NumPy in and out
         )
+        if plan.controlnet is not None:  # ours, beside the release's files: checked now, loaded when first used
+            entry = entries[CONTROLLED_GRAPH]
+            check_graph_file(folder, entry)
+            flow.controlnet = ControlledGraph(
+                lambda: load_graph(folder / entry["file"], Backend.MNN, entry["inputs"], entry["outputs"], threads)
+            )
 
         def text_encoder():  # a fresh one each time: releasing it frees the tokenizer, connector and projector too
             return ReleaseTextEncoder(

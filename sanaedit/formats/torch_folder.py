@@ -14,7 +14,15 @@ from sanaedit.core.atomic import atomic_folder
 from sanaedit.core.choices import Format, Vae
 from sanaedit.core.config import PipelineConfig
 from sanaedit.errors import ModelFolderError
-from sanaedit.formats.index import META_QUERIES_FILE, MODEL_CLASS, TINY_VAE, read_index, stored_int8, write_index
+from sanaedit.formats.index import (
+    CONTROLNET,
+    META_QUERIES_FILE,
+    MODEL_CLASS,
+    TINY_VAE,
+    read_index,
+    stored_int8,
+    write_index,
+)
 from sanaedit.formats.prompt_cache import load_prompt_cache, write_prompt_cache
 from sanaedit.formats.refiner import folder_refiner
 from sanaedit.formats.source import Networks
@@ -64,6 +72,10 @@ def check_model_folder(model_dir: str | Path) -> dict:
         from sanaedit.models.tiny_vae import TinyAutoencoder
 
         check_diffusers_component(model_dir, TINY_VAE, TinyAutoencoder)
+    if (model_dir / CONTROLNET).is_dir():
+        from diffusers import SanaControlNetModel
+
+        check_diffusers_component(model_dir, CONTROLNET, SanaControlNetModel)
     make_plan(TorchFolder(model_dir).info)  # the folder's own choices fit what it holds
     folder_refiner(model_dir)
     check_text_path(model_dir, transformer.get("caption_channels"))
@@ -102,6 +114,24 @@ def _scaling_factor(model_dir: Path) -> float:
     )
 
 
+def load_controlnet(folder: Path, transformer: torch.nn.Module, device, dtype: torch.dtype):
+    """The ControlNet in `folder` (diffusers' SanaControlNetModel, streamed in as the DiT is) as the flow's
+    `controlnet`, on the DiT's device in `dtype`, checked against the DiT (errors name the folder)."""
+    from diffusers import SanaControlNetModel
+
+    from sanaedit.models.controlnet import TorchControl, check_fits
+
+    folder = Path(folder)
+
+    def load(path: Path) -> torch.nn.Module:
+        check_files(path, DIFFUSERS_WEIGHTS)
+        module = load_diffusers_model(SanaControlNetModel, path, dtype)
+        check_fits(module, transformer)  # its config (a staged DiT's weights are still on disk)
+        return module.to(device).eval()
+
+    return TorchControl(load_component(folder.parent, folder.name, load))
+
+
 def prepare_transformer(transformer: torch.nn.Module, plan: RunPlan, streamed_int8: bool) -> torch.nn.Module:
     """The DiT as a plan runs it: LoRAs merged into its weights before any speed path, int8 layers (unless they were
     made while its weights streamed in), the text K/V cache (`plan.tuned`)."""
@@ -137,6 +167,7 @@ class TorchFolder:
             has_tiny_vae=(self.folder / TINY_VAE).is_dir(),
             has_refiner=(self.folder / REFINER_FILE).is_file(),
             stored_int8=stored_int8(self.folder),
+            controlnet=self.folder / CONTROLNET if (self.folder / CONTROLNET).is_dir() else None,
         )
 
     def networks(self, plan: RunPlan) -> Networks:
@@ -213,6 +244,8 @@ class TorchFolder:
             return {"encoder": VaeEncoder, "decoder": VaeDecoder}[name](half)
 
         flow = torch_flow(transformer, dc_ae, tiny, folder_refiner(model_dir))
+        if plan.controlnet is not None:
+            flow.controlnet = load_controlnet(plan.controlnet, transformer, device, dtype)
         if staged:
             flow.placement = (torch.device(device), dtype)
         template = plan.config.template
@@ -253,6 +286,9 @@ def save_model_folder(pipe, model_dir: Path, prompt_cache: bool = True) -> Path:
         save_meta_queries(encoder.meta_queries, tmp)
         if pipe.flow.refiner is not None:
             save_refiner(pipe.flow.refiner, tmp)
+        controlnet = getattr(pipe.flow.controlnet, "module", None)
+        if controlnet is not None:
+            controlnet.save_pretrained(tmp / CONTROLNET)
         if prompt_cache:
             write_prompt_cache(tmp, encoder, [pipe.config.prompt, pipe.config.negative_prompt])
         write_index(
@@ -266,6 +302,7 @@ def save_model_folder(pipe, model_dir: Path, prompt_cache: bool = True) -> Path:
             projector=["sanaedit", "Projector"],
             meta_queries="meta_queries.safetensors",
             **({TINY_VAE: ["sanaedit", type(tiny).__name__]} if tiny is not None else {}),
+            **({CONTROLNET: ["diffusers", type(controlnet).__name__]} if controlnet is not None else {}),
         )
     return model_dir
 

@@ -28,6 +28,7 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
         encoder_attention_mask: torch.Tensor | None = None,
         ref_latents: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
+        controlnet_block_samples: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if self.ref_channels:
             if ref_latents is None:  # text-to-image through an editing model: the published runtime passes zeros
@@ -45,6 +46,7 @@ class SanaEditTransformer2DModel(SanaTransformer2DModel):
             timestep=timestep,
             guidance=guidance if self.config.guidance_embeds else None,
             encoder_attention_mask=encoder_attention_mask,
+            controlnet_block_samples=controlnet_block_samples,  # a ControlNet's residuals (models/controlnet.py)
             return_dict=False,
         )[0]
 

@@ -98,7 +98,12 @@ class RandomWeights:
         text_encoder = MetaQueryTextEncoder(llm, tokenizer, queries, connector.eval(), projector.eval())
         place_modules([transformer, vae, text_encoder], plan.device, getattr(torch, plan.dtype))
         transformer = prepare_transformer(transformer, plan, streamed_int8=False)
-        return Networks(flow=torch_flow(transformer, vae), text_encoder=text_encoder)
+        flow = torch_flow(transformer, vae)
+        if plan.controlnet is not None:  # a ControlNet folder given for the random DiT (it must fit it)
+            from sanaedit.formats.torch_folder import load_controlnet
+
+            flow.controlnet = load_controlnet(plan.controlnet, transformer, plan.device, getattr(torch, plan.dtype))
+        return Networks(flow=flow, text_encoder=text_encoder)
 
 
 def build_random_pipeline(variant: Variant | str = "tiny", seed: int = 0, tokenizer=None) -> SanaEditPipeline:

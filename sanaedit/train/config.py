@@ -21,7 +21,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,18 @@ import yaml
 
 from sanaedit.core.flow import T_SAMPLING
 from sanaedit.train.optim import OPTIMIZERS
+from sanaedit.train.stage_settings import (
+    ControlNetSettings,
+    DistillSettings,
+    LoraSettings,
+    Reconstruction,
+    RefinerSettings,
+    spec,
+)
 from sanaedit.train.stages import STAGES, Stage, get_stage
 
 PRECISIONS = ("no", "fp16", "bf16", "fp8")  # accelerate's names
 DATA_BUILDERS = ("comic",)
-
-
-def _spec(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **checks: Any) -> Any:
-    """A field with checks: choices=(...), min=number, aliases={yaml value: value}, derived=True (not a key)."""
-    return field(default=default, default_factory=factory, metadata=checks)
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -55,103 +58,59 @@ class DataConfig:
     split: str = "train"
     columns: dict[str, str] | None = None
     eval_manifest: str | None = None  # images for the periodic samples
-    build: str | None = _spec(None, choices=DATA_BUILDERS)  # build a bundled training set into `root` first
-    build_args: dict[str, Any] = _spec(factory=dict)
+    build: str | None = spec(None, choices=DATA_BUILDERS)  # build a bundled training set into `root` first
+    photos: str | None = None  # a folder of photos: editing pairs made into `root` (train.controlnet.targets)
+    build_args: dict[str, Any] = spec(factory=dict)
     root: str | None = None  # where `build` writes (default: <output_dir>/data)
-    resolution: int | None = _spec(None, min=1)  # default: the model's
+    resolution: int | None = spec(None, min=1)  # default: the model's
     default_prompt: str | None = None
     skip_bad: bool = False
     pre_encode: bool = False
-    num_workers: int = _spec(0, min=0)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """Adapters of the `lora` stage (diffusers' Sana LoRA trainer's defaults: q/k/v, gaussian A, zero B)."""
-
-    rank: int = _spec(16, min=1)
-    alpha: float | None = _spec(None, min=0)  # default: the rank (scale 1)
-    targets: tuple[str, ...] = ("to_q", "to_k", "to_v")  # module-name suffixes; also "to_out.0", "conv_point"...
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    """Loss weights of the autoencoder stage."""
-
-    l1: float = 1.0
-    mse: float = 1.0
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """The `distill` stage (train/distill.py): a few-step student of the starting model."""
-
-    objective: str = _spec("ode", choices=("ode", "scm"))
-    steps: int = _spec(2, min=1)  # the student's default step count (recorded in its model folder)
-    max_steps: int = _spec(4, min=1)  # trained for the scm schedules of 1..max_steps steps
-    teacher_steps: int | None = _spec(None, min=1)  # ode: the teacher's steps per target (default: its own)
-    guidance: float | None = _spec(None, min=0)  # the teacher's CFG scale (default: its own); > 1: embedded
-    tangent_warmup: int = _spec(1000, min=0)  # scm: optimizer steps until the dv/ds term is fully on
-    tangent_norm: float = _spec(0.1, min=0)  # scm: g / (|g| + c)
-    adaptive_weight: bool = True  # scm: a learned per-noise-level weight, loss / exp(logvar) + logvar (SANA-Sprint)
-    ladd: float = _spec(0.0, min=0)  # weight of LADD's adversarial term (SANA-Sprint: 0.5); 0 = no discriminator
-    ladd_lr: float | None = _spec(None, min=0)  # the heads' rate (default 10 x train.lr: they start from scratch)
-    ladd_blocks: tuple[int, ...] | None = None  # the teacher blocks the heads read (default: Sprint's 4, spread)
-
-
-@dataclass(frozen=True)
-class RefinerSettings:
-    """The `refiner` stage (models/refiner.py, train/refiner_data.py)."""
-
-    width: int = _spec(24, min=1)  # a new refiner's channels (a model that has one keeps its own layout)
-    unshuffle: int = _spec(1, min=1)  # a new refiner's pixel-block size (2: 4x fewer conv positions)
-    crop: int = _spec(128, min=16)  # training crops' side, at the pictures' own resolution
-    crops_per_picture: int = _spec(48, min=1)
-    synthetic: int = _spec(12, min=0)  # synthetic scenes besides the bundled photos (data.build: comic)
-    style: str = _spec("comic", choices=("comic", "ghibli"))  # the bundled pictures' targets (data.build: comic)
+    num_workers: int = spec(0, min=0)
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    stage: str = _spec("stage3", choices=tuple(STAGES))
+    stage: str = spec("stage3", choices=tuple(STAGES))
     trainable: tuple[str, ...] | None = None  # overrides the stage's list
-    steps: int = _spec(100, min=1)
-    batch_size: int = _spec(4, min=1)  # per process
-    grad_accum: int = _spec(1, min=1)
-    optimizer: str = _spec("came", choices=OPTIMIZERS)
-    optimizer_args: dict[str, Any] = _spec(factory=dict)
-    lr: float = _spec(1e-4, min=0)
-    warmup: int = _spec(0, min=0)
-    grad_clip: float = _spec(0.1, min=0)  # 0 = off
-    t_sampling: str = _spec("logit_normal", choices=T_SAMPLING)
-    shift: float = _spec(3.0, min=0)
-    text_dropout: float = _spec(0.0, min=0)  # chance of training on the negative prompt instead (needed for CFG)
-    mixed_precision: str = _spec("no", choices=PRECISIONS, aliases={False: "no"})
+    steps: int = spec(100, min=1)
+    batch_size: int = spec(4, min=1)  # per process
+    grad_accum: int = spec(1, min=1)
+    optimizer: str = spec("came", choices=OPTIMIZERS)
+    optimizer_args: dict[str, Any] = spec(factory=dict)
+    lr: float = spec(1e-4, min=0)
+    warmup: int = spec(0, min=0)
+    grad_clip: float = spec(0.1, min=0)  # 0 = off
+    t_sampling: str = spec("logit_normal", choices=T_SAMPLING)
+    shift: float = spec(3.0, min=0)
+    text_dropout: float = spec(0.0, min=0)  # chance of training on the negative prompt instead (needed for CFG)
+    mixed_precision: str = spec("no", choices=PRECISIONS, aliases={False: "no"})
     gradient_checkpointing: bool = False
-    ema: float = _spec(0.0, min=0)  # EMA decay; 0 = off
-    reconstruction: Reconstruction = _spec(factory=Reconstruction)
-    lora: LoraSettings = _spec(factory=LoraSettings)
-    distill: DistillSettings = _spec(factory=DistillSettings)
-    refiner: RefinerSettings = _spec(factory=RefinerSettings)
+    ema: float = spec(0.0, min=0)  # EMA decay; 0 = off
+    reconstruction: Reconstruction = spec(factory=Reconstruction)
+    lora: LoraSettings = spec(factory=LoraSettings)
+    distill: DistillSettings = spec(factory=DistillSettings)
+    refiner: RefinerSettings = spec(factory=RefinerSettings)
+    controlnet: ControlNetSettings = spec(factory=ControlNetSettings)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    every: int = _spec(10, min=1)
+    every: int = spec(10, min=1)
     tensorboard: bool = False
     progress: bool = True
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    every: int = _spec(0, min=0)  # 0 = never
-    count: int = _spec(4, min=1)
-    steps: int = _spec(10, min=1)
+    every: int = spec(0, min=0)  # 0 = never
+    count: int = spec(4, min=1)
+    steps: int = spec(10, min=1)
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = _spec(100, min=0)  # 0 = never
+    every: int = spec(100, min=0)  # 0 = never
     keep: int = 2  # <= 0 keeps all
 
 
@@ -161,20 +120,20 @@ class StageConfig:
 
     output_dir: str = "runs/train"
     seed: int = 0
-    device: str = _spec("auto", choices=("auto", "cpu"))  # "cpu" forces the CPU even where a GPU is present
+    device: str = spec("auto", choices=("auto", "cpu"))  # "cpu" forces the CPU even where a GPU is present
     name: str | None = None  # the stage's folder name (default: train.stage)
-    model: ModelConfig = _spec(factory=ModelConfig)
-    data: DataConfig = _spec(factory=DataConfig)
-    train: TrainSettings = _spec(factory=TrainSettings)
-    log: LogConfig = _spec(factory=LogConfig)
-    sample: SampleConfig = _spec(factory=SampleConfig)
-    checkpoint: CheckpointConfig = _spec(factory=CheckpointConfig)
-    export: dict[str, Any] = _spec(factory=dict)  # PipelineConfig fields for the exported model
+    model: ModelConfig = spec(factory=ModelConfig)
+    data: DataConfig = spec(factory=DataConfig)
+    train: TrainSettings = spec(factory=TrainSettings)
+    log: LogConfig = spec(factory=LogConfig)
+    sample: SampleConfig = spec(factory=SampleConfig)
+    checkpoint: CheckpointConfig = spec(factory=CheckpointConfig)
+    export: dict[str, Any] = spec(factory=dict)  # PipelineConfig fields for the exported model
     # derived by load_config (not config keys)
-    stage: Stage = _spec(STAGES["stage3"], derived=True)  # train.stage with train.trainable applied
-    stage_dir: Path = _spec(Path("runs/train"), derived=True)
-    stage_index: int = _spec(0, derived=True)
-    num_stages: int = _spec(1, derived=True)
+    stage: Stage = spec(STAGES["stage3"], derived=True)  # train.stage with train.trainable applied
+    stage_dir: Path = spec(Path("runs/train"), derived=True)
+    stage_index: int = spec(0, derived=True)
+    num_stages: int = spec(1, derived=True)
 
     def starting_from(self, folder: str | Path) -> StageConfig:
         """This stage, starting from a model folder (the previous stage's export) instead of `model.*`."""
@@ -300,6 +259,12 @@ def _check(cfg: StageConfig) -> StageConfig:
         raise ValueError(f"config key 'train.ema' is an EMA decay: 0 (off) or in (0, 1), got {cfg.train.ema}")
     if cfg.train.text_dropout > 1:
         raise ValueError(f"config key 'train.text_dropout' is a probability, got {cfg.train.text_dropout}")
+    if cfg.train.controlnet.dropout > 1:
+        raise ValueError(f"config key 'train.controlnet.dropout' is a probability, got {cfg.train.controlnet.dropout}")
+    if stage.name == "controlnet" and stage.trainable != ("controlnet",):
+        raise ValueError("config key 'train.trainable': the controlnet stage trains the ControlNet only ([controlnet])")
+    if cfg.data.photos and (cfg.data.build or cfg.data.manifest or cfg.data.hf):
+        raise ValueError("config key 'data.photos': give one data source (photos, build, manifest or hf), not several")
     if stage.name == "distill" and stage.trainable != ("transformer",):
         raise ValueError("config key 'train.trainable': the distill stage trains the student DiT only ([transformer])")
     if cfg.train.distill.steps > cfg.train.distill.max_steps:

@@ -4,7 +4,7 @@ optional pre-encoding of latents (and frozen text features) to disk.
 Manifest (JSONL, one object a line, or CSV with a header), paths relative to the manifest's folder:
 
     {"image": "a.png", "prompt": "a cat"}                                    text-image pair (stages 1, 2)
-    {"source": "in/a.png", "target": "out/a.png", "prompt": "make it comic"}  editing triple (stage 3)
+    {"source": "in/a.png", "target": "out/a.png", "prompt": "make it comic"}  editing triple (stage 3, controlnet)
     {"image": "a.png"}                                                         image only (autoencoder stage)
 
 Images are read and prepared by the pipeline's own code (`sanaedit.image.io`: EXIF orientation, colour profile to
@@ -30,6 +30,8 @@ from sanaedit.errors import DataError, ImageLoadError
 from sanaedit.image.io import load_image, preprocess, upright_rgb
 
 REQUIRED = {"images": ("image",), "text_image": ("image", "prompt"), "edit": ("source", "target", "prompt")}
+REQUIRED["control"] = REQUIRED["edit"]  # editing triples; the control image is computed from the source (edges)
+PAIRED = ("edit", "control")  # the kinds with a source beside each target
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:
@@ -70,7 +72,7 @@ def _expand(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def _normalise(record: dict[str, Any], kind: str, where: str, default_prompt: str | None) -> dict[str, Any]:
     """Map the accepted aliases onto one schema and check the kind's required fields."""
     r = dict(record)
-    if kind != "edit" and "image" not in r and "target" in r:
+    if kind not in PAIRED and "image" not in r and "target" in r:
         r["image"] = r["target"]  # an editing manifest also serves the image-only and text-image stages
     if "prompt" not in r and "text" in r:
         r["prompt"] = r["text"]
@@ -82,16 +84,19 @@ def _normalise(record: dict[str, Any], kind: str, where: str, default_prompt: st
     return r
 
 
+def load_picture(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image or a path -> the upright RGB picture the pipeline reads (DataError names a bad file)."""
+    if isinstance(image, Image.Image):
+        return upright_rgb(image)
+    try:
+        return load_image(image)
+    except ImageLoadError as err:
+        raise DataError(str(err)) from err
+
+
 def load_pixels(image: Image.Image | str | Path, resolution: int) -> torch.Tensor:
     """A PIL image or a path -> [3, R, R] in [-1, 1]: exactly the pipeline's input for that image."""
-    if isinstance(image, Image.Image):
-        image = upright_rgb(image)
-    else:
-        try:
-            image = load_image(image)
-        except ImageLoadError as err:
-            raise DataError(str(err)) from err
-    return torch.from_numpy(preprocess(image, resolution)[0][0])
+    return torch.from_numpy(preprocess(load_picture(image), resolution)[0][0])
 
 
 class SampleDataset(Dataset):
@@ -114,10 +119,15 @@ class SampleDataset(Dataset):
         try:
             r = self._record(index)
             item: dict[str, Any] = {"index": index, "prompt": r.get("prompt", "")}
-            key = "target" if self.kind == "edit" else "image"
+            key = "target" if self.kind in PAIRED else "image"
             item["target"] = load_pixels(self._image(r, key), self.resolution)
-            if self.kind == "edit":
-                item["source"] = load_pixels(self._image(r, "source"), self.resolution)
+            if self.kind in PAIRED:
+                source = load_picture(self._image(r, "source"))
+                item["source"] = load_pixels(source, self.resolution)
+            if self.kind == "control":  # computed on the fly from the stored picture, as an edit computes it
+                from sanaedit.image.edges import edge_picture
+
+                item["control"] = load_pixels(edge_picture(source), self.resolution)
             return item
         except DataError as err:
             if not self.skip_bad:
@@ -248,7 +258,8 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         return batch
     batch["index"] = torch.tensor([it["index"] for it in kept])
     batch["prompt"] = [it["prompt"] for it in kept]
-    for key in ("target", "source", "edit", "target_latents", "ref_latents", "llm_features"):
+    for key in ("target", "source", "edit", "control", "target_latents", "ref_latents", "control_latents",
+                "llm_features"):  # fmt: skip
         if key in kept[0]:
             batch[key] = torch.stack([it[key] for it in kept])
     return batch
@@ -298,11 +309,14 @@ def pre_encode(
         with torch.no_grad():
             target = encode_image(batch["target"])
             source = encode_image(batch["source"]) if "source" in batch else None
+            control = encode_image(batch["control"]) if "control" in batch else None
         for j in range(batch["size"]):
             n = len(prompts)
             tensors[f"{n}.target"] = target[j].float().contiguous().cpu()
             if source is not None:
                 tensors[f"{n}.ref"] = source[j].float().contiguous().cpu()
+            if control is not None:
+                tensors[f"{n}.control"] = control[j].float().contiguous().cpu()
             prompts.append(batch["prompt"][j])
     if encode_text is not None:
         unique = list(dict.fromkeys(prompts))
@@ -323,7 +337,8 @@ def pre_encode(
 
 
 class LatentDataset(Dataset):
-    """Samples from a `pre_encode` folder: {"index", "target_latents", "ref_latents"?, "llm_features"?, "prompt"}."""
+    """Samples from a `pre_encode` folder: {"index", "target_latents", "ref_latents"?, "control_latents"?,
+    "llm_features"?, "prompt"}."""
 
     def __init__(self, cache_dir: str | Path):
         from safetensors.torch import load_file
@@ -344,6 +359,8 @@ class LatentDataset(Dataset):
         item = {"index": index, "prompt": self.prompts[index], "target_latents": self.tensors[f"{index}.target"]}
         if f"{index}.ref" in self.tensors:
             item["ref_latents"] = self.tensors[f"{index}.ref"]
+        if f"{index}.control" in self.tensors:
+            item["control_latents"] = self.tensors[f"{index}.control"]
         if self.text_ids:
             item["llm_features"] = self.tensors[f"text.{self.text_ids[index]}"]
         return item

@@ -47,8 +47,8 @@ from sanaedit.core.flow import FlowModel
 from sanaedit.core.sampling import flow_sigmas, get_sampler, scm_times, trig_to_flow
 from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.train.config import DistillSettings
 from sanaedit.train.parts import TrainParts
+from sanaedit.train.stage_settings import DistillSettings
 from sanaedit.train.stages import Stage
 
 OBJECTIVES = ("ode", "scm")

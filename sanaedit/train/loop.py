@@ -33,7 +33,7 @@ from sanaedit.train.model import build_model, export_pipeline, set_latent_scale
 from sanaedit.train.optim import build_optimizer, warmup_constant
 from sanaedit.train.parts import TrainParts
 from sanaedit.train.previews import Previews
-from sanaedit.train.sampler import StreamBatches, distill_draws, first_position, sample_draws
+from sanaedit.train.sampler import StreamBatches, control_draws, distill_draws, first_position, sample_draws
 from sanaedit.train.sources import build_dataset, pre_encoded
 from sanaedit.train.stages import apply_stage
 
@@ -85,10 +85,12 @@ class Trainer:
 
             parts = DistillParts(self.pipe, self.stage, t.distill)
         else:
-            parts = TrainParts(self.pipe, self.stage, t.reconstruction, t.refiner)
+            parts = TrainParts(self.pipe, self.stage, t.reconstruction, t.refiner, t.controlnet)
         trainable = apply_stage(parts, self.stage)
-        if t.gradient_checkpointing and "transformer" in self.stage.trainable:
-            parts.transformer.enable_gradient_checkpointing()
+        if t.gradient_checkpointing and {"transformer", "controlnet"} & set(self.stage.trainable):
+            parts.transformer.enable_gradient_checkpointing()  # a ControlNet's gradients pass through the DiT too
+            if parts.controlnet is not None:
+                parts.controlnet.enable_gradient_checkpointing()
         self.parts = parts
         self.log(
             f"stage {self.stage.name}: training {', '.join(self.stage.trainable)} "
@@ -228,6 +230,9 @@ class Trainer:
                 batch["ladd_u"] = torch.cat([e[2] for e in extra]).to(device)
                 batch["ladd_noise"] = torch.stack([e[3] for e in extra]).to(device)
                 self.unwrapped().step = micro // t.grad_accum
+            if self.stage.data == "control" and t.controlnet.dropout:
+                dropped = [control_draws(self.cfg.seed, first + j, t.controlnet.dropout) for j in range(batch["size"])]
+                batch["control_dropped"] = torch.tensor(dropped, device=device)
             if t.text_dropout:
                 drop = [d[2] for d in draws]
                 negative = self.pipe.config.negative_prompt
@@ -289,6 +294,8 @@ class Trainer:
                 self.log(f"autoencoder latent std {1 / scale:.4f}: scaling_factor set to {scale:.5f}")
             if "lora" in self.stage.trainable:  # a style file in diffusers' Sana LoRA format, not a model
                 self._with_ema(lambda: save_lora(self.unwrapped().transformer, out))
+            elif "controlnet" in self.stage.trainable:  # diffusers' SanaControlNetModel folder, not a model
+                self._with_ema(lambda: save_controlnet(self.unwrapped().controlnet, out))
             else:
                 self._with_ema(lambda: self.export_pipeline().save_pretrained(out))
             done = self.dir / f".{DONE_FILE}.tmp"
@@ -301,8 +308,21 @@ class Trainer:
 
 
 def stage_output(cfg: StageConfig) -> Path:
-    """What a stage exports: its model folder, or for the `lora` stage the folder of its LoRA file."""
-    return cfg.stage_dir / ("lora" if "lora" in cfg.stage.trainable else "model")
+    """What a stage exports: its model folder; the `lora` stage the folder of its LoRA file, the `controlnet` stage
+    its ControlNet folder."""
+    for kind in ("lora", "controlnet"):
+        if kind in cfg.stage.trainable:
+            return cfg.stage_dir / kind
+    return cfg.stage_dir / "model"
+
+
+def save_controlnet(controlnet: torch.nn.Module, out: Path) -> Path:
+    """The trained ControlNet as diffusers writes it (`SanaControlNetModel.from_pretrained` reads it), atomically."""
+    from sanaedit.core.atomic import atomic_folder
+
+    with atomic_folder(out) as tmp:
+        controlnet.save_pretrained(tmp)
+    return out
 
 
 def train(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | None = None, resume: bool = False) -> Path:
@@ -310,8 +330,9 @@ def train(config: str | Path | Mapping[str, Any], overrides: Sequence[str] | Non
     stage, which must come last). Finished stages are skipped on `resume`; the stage in progress continues from
     its latest checkpoint."""
     stages = load_config(config, overrides)
-    if any("lora" in cfg.stage.trainable for cfg in stages[:-1]):
-        raise ValueError("a lora stage writes a LoRA file, not a model folder: it must be the last stage")
+    for kind, writes in (("lora", "a LoRA file"), ("controlnet", "a ControlNet folder")):
+        if any(kind in cfg.stage.trainable for cfg in stages[:-1]):
+            raise ValueError(f"a {kind} stage writes {writes}, not a model folder: it must be the last stage")
     previous: Path | None = None
     for cfg in stages:
         if previous is not None:

@@ -47,6 +47,7 @@ def export_pipeline(
     config's `export:` fields over them."""
     fields = {**vars(base), "resolution": resolution, **export}
     flow = torch_flow(parts.transformer, parts.vae, getattr(parts, "tiny_vae", None), getattr(parts, "refiner", None))
+    flow.controlnet = getattr(parts.flow, "controlnet", None)  # the model's ControlNet stays with it
     return SanaEditPipeline(flow, parts.text_encoder, PipelineConfig.from_dict(fields))
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from sanaedit.models.torch_flow import torch_flow
 from sanaedit.pipeline import SanaEditPipeline
-from sanaedit.train.config import Reconstruction, RefinerSettings
+from sanaedit.train.stage_settings import ControlNetSettings, Reconstruction, RefinerSettings
 from sanaedit.train.stages import Stage
 
 
@@ -30,6 +30,7 @@ class TrainParts(nn.Module):
         stage: Stage,
         reconstruction: Reconstruction | None = None,
         refiner: RefinerSettings | None = None,
+        controlnet: ControlNetSettings | None = None,
     ):
         super().__init__()
         self.transformer, self.vae, self.text_encoder = pipe.transformer, pipe.vae, pipe.text_encoder
@@ -45,10 +46,23 @@ class TrainParts(nn.Module):
 
             settings = refiner or RefinerSettings()
             self.refiner = Refiner(settings.width, unshuffle=settings.unshuffle)
+        self.controlnet = pipe.controlnet  # the model's ControlNet, if it has one (trained on by its own stage)
+        if self.controlnet is None and "controlnet" in stage.trainable:
+            from sanaedit.models.controlnet import controlnet_from_transformer
+
+            layers = (controlnet or ControlNetSettings()).layers
+            self.controlnet = controlnet_from_transformer(
+                self.transformer, min(layers, self.transformer.config.num_layers - 1)
+            )
         self.flow = torch_flow(self.transformer, self.vae)  # what sampling calls too: one convention
+        if self.controlnet is not None:
+            from sanaedit.models.controlnet import TorchControl
+
+            self.flow.controlnet = TorchControl(self.controlnet)
         # The frozen LLM with frozen queries maps a prompt to fixed features: compute each prompt once.
         self.cache_text = "meta_queries" not in stage.trainable
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._blank: dict[tuple[int, ...], torch.Tensor] = {}
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.flow.encode(pixels)
@@ -70,17 +84,34 @@ class TrainParts(nn.Module):
             if "tiny_vae" in self.stage.trainable:
                 return self.distillation_loss(batch["target"])
             return self.reconstruction_loss(batch["target"])
+        paired = self.stage.data in ("edit", "control")
         if "target_latents" in batch:
-            x0, ref = batch["target_latents"], batch.get("ref_latents")
+            x0, ref, control = batch["target_latents"], batch.get("ref_latents"), batch.get("control_latents")
         else:
             with torch.no_grad():  # the autoencoder is frozen outside its own stage
                 x0 = self.encode_images(batch["target"])
-                ref = self.encode_images(batch["source"]) if self.stage.data == "edit" else None
+                ref = self.encode_images(batch["source"]) if paired else None
+                control = self.encode_images(batch["control"]) if "control" in batch else None
         feats = batch["llm_features"] if "llm_features" in batch else self.llm_features(batch["prompt"])
         hidden, mask = self.text_encoder.condition(feats)
-        if self.stage.data != "edit":
+        if not paired:
             ref = None  # text-to-image through the editing model: zeros, as the published runtime passes
-        return self.flow.loss(x0, noise, t, hidden, mask, ref)
+        if self.stage.data != "control":
+            control = None
+        elif "control_dropped" in batch:  # conditioning dropout: an empty (black) control image instead
+            dropped = batch["control_dropped"].view(-1, 1, 1, 1).to(control.device)
+            control = torch.where(dropped, self.blank_control(control), control)
+        return self.flow.loss(x0, noise, t, hidden, mask, ref, control)
+
+    def blank_control(self, like: torch.Tensor) -> torch.Tensor:
+        """The latent of an all-black control image (no edges at all): what a dropped condition becomes (encoded
+        once per size)."""
+        key = tuple(like.shape[2:])
+        if key not in self._blank:
+            with torch.no_grad():
+                black = -torch.ones(1, 3, *(s * self.flow.vae_scale for s in key), device=like.device)
+                self._blank[key] = self.encode_images(black.to(like.dtype))
+        return self._blank[key].to(like.dtype).expand_as(like)
 
     def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels in [-1, 1] through the autoencoder this stage trains (previews)."""

@@ -59,9 +59,10 @@ class Previews:
                 tiles = []
                 for i in range(count):
                     gen = torch.Generator().manual_seed(i)
-                    if self.stage.data == "edit":
+                    if self.stage.data in ("edit", "control"):
                         src = postprocess(self.pixels(i)[None], None)
-                        tiles += [src, pipe(src, num_inference_steps=steps, generator=gen).images[0]]
+                        control = {"control_image": "edges"} if self.stage.data == "control" else {}
+                        tiles += [src, pipe(src, num_inference_steps=steps, generator=gen, **control).images[0]]
                     else:
                         tiles.append(pipe(None, prompt=self.prompt(i), num_inference_steps=steps).images[0])
             w = tiles[0].width

@@ -63,3 +63,10 @@ def distill_draws(seed: int, position: int, shape: tuple[int, ...]) -> tuple[tor
     gen = torch.Generator().manual_seed(seed * 1_000_003 + position + (1 << 48))
     level_u, fresh = torch.rand(1, generator=gen), torch.randn(shape, generator=gen)
     return level_u, fresh, torch.randn(1, generator=gen), torch.randn(shape, generator=gen)
+
+
+def control_draws(seed: int, position: int, dropout: float) -> bool:
+    """Whether the controlnet stage trains the sample at global stream `position` on an empty control image
+    (conditioning dropout). A stream of its own, so the other draws stay what they are."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + position + (2 << 48))
+    return bool(torch.rand(1, generator=gen) < dropout)

@@ -41,6 +41,14 @@ def resolve_sources(cfg: StageConfig, resolution: int) -> DataSources:
         root = Path(d.root or Path(cfg.output_dir) / "data")
         build_comic_dataset(root, resolution=resolution, **d.build_args)
         return DataSources(d.manifest or str(root / "train"), d.eval_manifest or str(root / "eval"))
+    if d.photos:
+        from sanaedit.train.control_data import build_photo_pairs
+
+        c = cfg.train.controlnet
+        root = Path(d.root or Path(cfg.output_dir) / "data")
+        train = build_photo_pairs(d.photos, root, resolution, c.targets, c.teacher or cfg.model.from_,
+                                  progress=cfg.log.progress)  # fmt: skip
+        return DataSources(str(train), d.eval_manifest)
     return DataSources(d.manifest, d.eval_manifest)
 
 

@@ -8,6 +8,7 @@
     lora         LoRA adapters on the DiT (a style file)
     distill      a few-step, CFG-free student of the starting model's DiT (train/distill.py)
     refiner      the learned full-resolution refiner (models/refiner.py) on the frozen editor's own outputs
+    controlnet   a ControlNet (models/controlnet.py) beside the frozen editor, on edges of its photos
 
 A config may override `trainable` (any of COMPONENTS except the LLM, which stays frozen: the design reads it
 through the queries, never changes it).
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-COMPONENTS = ("meta_queries", "connector", "projector", "transformer", "vae", "lora", "tiny_vae", "refiner")
-DATA_KINDS = ("images", "text_image", "edit", "full_res")  # full_res: photo/edit/target crops (refiner_data.py)
+COMPONENTS = (
+    "meta_queries", "connector", "projector", "transformer", "vae", "lora", "tiny_vae", "refiner", "controlnet",
+)  # fmt: skip
+# full_res: photo/edit/target crops (refiner_data.py); control: editing triples + the source's edges
+DATA_KINDS = ("images", "text_image", "edit", "full_res", "control")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ STAGES = {
     "lora": Stage("lora", ("lora",), "edit"),  # LoRA adapters on the DiT only: a style file, not a model folder
     "distill": Stage("distill", ("transformer",), "edit"),  # a few-step student of the start (distill.py)
     "refiner": Stage("refiner", ("refiner",), "full_res"),  # after the editor, on its outputs (refiner_data.py)
+    "controlnet": Stage("controlnet", ("controlnet",), "control"),  # a ControlNet folder, not a model folder
 }
 
 
@@ -68,6 +73,7 @@ def component_parameters(parts: nn.Module) -> dict[str, list[nn.Parameter]]:
         "lora": [p for n, p in parts.transformer.named_parameters() if ".lora_" in n],
         "tiny_vae": list(parts.tiny_vae.parameters()) if getattr(parts, "tiny_vae", None) is not None else [],
         "refiner": list(parts.refiner.parameters()) if getattr(parts, "refiner", None) is not None else [],
+        "controlnet": list(parts.controlnet.parameters()) if getattr(parts, "controlnet", None) is not None else [],
     }
 
 

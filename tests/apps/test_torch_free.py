@@ -138,8 +138,17 @@ def test_a_missing_extra_deeper_down_is_named_too(tmp_path):
     code = main(["info"])"""
     code, err, _ = run(tmp_path, body, blocked=["cv2"])
     assert code == 1 and err.strip().splitlines() == [
-        "sanaedit info: error: this needs cv2, which is not installed: pip install 'sanaedit[train]'"
+        "sanaedit info: error: this needs cv2, which is not installed: pip install 'sanaedit[control]'"
     ]
+
+
+def test_edges_without_opencv_say_which_extra_before_the_model_loads(tmp_path):
+    code, err, loaded = cli(tmp_path, "edit", str(SAMPLE_PHOTO), "-o", str(tmp_path / "x.png"), "--control-image",
+                            "edges", blocked=[*TORCH_EXTRA, "cv2"])  # fmt: skip
+    assert code == 1 and err.strip().splitlines() == [
+        "sanaedit edit: error: --control-image edges needs cv2, which is not installed: pip install 'sanaedit[control]'"
+    ]
+    assert "onnxruntime" not in loaded and not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -155,6 +164,7 @@ def test_a_missing_extra_deeper_down_is_named_too(tmp_path):
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--model", "no-such-model"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--lora", "no-such-lora"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--sampler", "nope"],
+        ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--control-image", "no-such-control.png"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--strength", "0"],
         ["edit", str(SAMPLE_PHOTO), "-o", "out.png", "--mask", "no-such-mask.png"],
         ["info", "no-such-model"],

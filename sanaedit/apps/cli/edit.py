@@ -20,6 +20,7 @@ from sanaedit.apps.cli import (
     int_range,
     warn_if_prompt_ignored,
 )
+from sanaedit.apps.cli.control import add_control_args, control_images, each_file
 from sanaedit.core.choices import Backend, Upsample, Vae
 
 STRENGTH_FLAGS = ("--strength", "--steps")  # what check_strength names, on the command line
@@ -128,7 +129,8 @@ def edit_share(args: argparse.Namespace, processes) -> int:
     check_prompt(args.prompt, "--prompt")  # before the model loads
     check_prompt(args.negative_prompt, "--negative-prompt")
     check_strength(args.strength, args.steps or default_steps(args.model), STRENGTH_FLAGS)
-    per_file = plan_masks(args, inputs, folder_mode)
+    controls = control_images(args.control_image, inputs[0] if folder_mode else None)
+    per_file = each_file(plan_masks(args, inputs, folder_mode), controls)  # each photo's mask and control image
     if processes.main:
         warn_if_prompt_ignored(args.model, args.prompt, args.negative_prompt)
     pipe = load_pipeline(
@@ -141,7 +143,14 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         vae=args.vae,
         upsample=args.upsample,
         staged=args.low_memory,
+        controlnet=args.controlnet,
+        control=controls is not None,
     )
+    if controls is not None and pipe.flow.controlnet is None:  # before any edit, not per photo
+        raise ValueError(
+            "--control-image steers the edit through a ControlNet, and this model has none: give one with "
+            "--controlnet DIR (or put it in the model folder as controlnet/)"
+        )
     processes.agree()  # every process has its model (or all stop now: none waits for one that failed)
     single = not folder_mode and len(inputs) == 1
     settings = dict(
@@ -153,19 +162,20 @@ def edit_share(args: argparse.Namespace, processes) -> int:
         sampler=args.sampler,
         strength=args.strength,
         progress=single and not args.quiet,  # one photo: a bar over its steps; many: a bar over the photos
+        controlnet_conditioning_scale=args.control_scale,
     )
 
-    def edit_one(image, mask=None):  # every image gets the same seed, whatever its place in the batch
-        masked = {}
+    def edit_one(image, mask=None, control_image=None):  # every image gets the same seed, whatever its place
+        own = {} if control_image is None else {"control_image": control_image}  # this photo's (per_file)
         if mask is not None:  # (its name, the picture): it must fit this photo
             from sanaedit.image.masks import check_mask_size
 
             check_mask_size(mask[1].size, image.size, mask[0])
-            masked["mask_image"] = mask[1]
+            own["mask_image"] = mask[1]
         if args.candidates > 1:  # seeds seed..seed+N-1, the judge's favourite kept
             from sanaedit.tools.best_of import best_of
 
-            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings, **masked)
+            best, scores = best_of(pipe, image, args.candidates, judge, seed=args.seed, **settings, **own)
             ranks = [-math.inf if math.isnan(score) else score for score in scores]  # as best_of ranks them
             won = ranks.index(max(ranks))
             logging.getLogger(__name__).info(
@@ -173,7 +183,7 @@ def edit_share(args: argparse.Namespace, processes) -> int:
                 f"(score {scores[won]:.4f}; --seed {args.seed + won} --candidates 1 gives it alone)"
             )
             return best
-        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings, **masked).images[0]
+        return pipe(image, generator=pipe.flow.arrays.generator(args.seed), **settings, **own).images[0]
 
     if folder_mode:
         summary = edit_folder(
@@ -276,7 +286,8 @@ sanaedit edit photos/ -o comics/ --processes 2       2 processes (GPUs if any, e
 sanaedit edit photo.jpg -o out.png --model DIR --steps 20 --guidance 4.5 --seed 7
 sanaedit edit photo.jpg -o out.png --mask sky.png      only the mask's white part; the rest stays the photo's
 sanaedit edit photos/ -o out/ --mask-dir masks/        photos/a.jpg with masks/a.png (photos without one: whole)
-sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last half of the steps, from the photo""",
+sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last half of the steps, from the photo
+sanaedit edit photo.jpg -o out.png --control-image edges   the photo's edges steer it (the model's ControlNet)""",
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image(s), or one folder")
     p.add_argument(
@@ -355,6 +366,7 @@ sanaedit edit photo.jpg -o out.png --strength 0.5      a lighter edit: the last 
         help="score(source, candidate) -> float, higher is better (default: sanaedit.tools.best_of:structure_judge, "
         "how well the edit's edges follow the photo's; docs/family.md)",
     )
+    add_control_args(p)
     p.add_argument("-r", "--recursive", action="store_true", help="folder input: walk sub-folders too")
     p.add_argument("--resume", action="store_true", help="skip images whose output already exists")
     add_processes_option(p, "edit a folder as N processes on this machine, each its share")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sanaedit.apps.cli import add_command
 from sanaedit.formats.index import (
+    CONTROLNET,
     EXPORT_CLASS,
     META_QUERIES_FILE,
     PROMPT_CACHE_FILE,
@@ -51,7 +52,7 @@ def describe(model_dir: Path) -> list[str]:
     grand_total = 0
     from sanaedit.models.refine_tiles import REFINER_FILE
 
-    optional = [n for n in (TINY_VAE, REFINER_FILE) if (model_dir / n).exists()]
+    optional = [n for n in (TINY_VAE, REFINER_FILE, CONTROLNET) if (model_dir / n).exists()]
     for name in (*REQUIRED, META_QUERIES_FILE, *optional):
         path = model_dir / name
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]

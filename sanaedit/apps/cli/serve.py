@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             "guidance": cfg.guidance_scale,
             "prompt": cfg.prompt,
             "follows_prompts": pipe.model_dir is None or follows_prompts(pipe.model_dir),
+            "controlnet": pipe.flow.controlnet is not None,  # the page offers its control picker
         },
         allowed_hosts=allowed_hosts,
         token=token,

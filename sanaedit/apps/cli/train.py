@@ -57,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:  # -q: no progress bars (a later --log.progress=true on the line still wins)
         overrides.insert(0, "--log.progress=false")
     out = train(resolve_config(args.config), overrides=overrides, resume=resume)
-    use = f"--lora {out}" if (out / "pytorch_lora_weights.safetensors").is_file() else f"--model {out}"
+    if (out / "pytorch_lora_weights.safetensors").is_file():
+        use = f"--lora {out}"
+    elif out.name == "controlnet":  # a ControlNet folder, for the model it was trained beside
+        use = f"--model MODEL --controlnet {out} --control-image edges"
+    else:
+        use = f"--model {out}"
     result(args, f"wrote {out}: edit with it: `sanaedit edit PHOTO -o OUT {use}`")
     return 0
 
@@ -71,6 +76,7 @@ def add_parser(sub) -> None:
         "\nAny config key can be overridden: --key=value or --key value (hyphens or underscores).",
         examples="""
 sanaedit train comic --output-dir runs/comic          reproduce the bundled model (about 1 h 45 min on 2 CPU cores)
+sanaedit train controlnet --model.from=MODEL --data.photos=DIR --output-dir OUT   a ControlNet: OUT/controlnet
 sanaedit train my.yaml --train.steps 2000 --train.lr=5e-5
 sanaedit train my.yaml --resume                       continue after a crash
 sanaedit train my.yaml --processes 2                  two processes (DDP) on this machine

@@ -3,8 +3,8 @@
     GET  /                        the page
     GET  /api/health              {"status": "ok"|"error", "worker": "idle"|"running"|"stopped", "queued": n, ...}
     GET  /api/config              defaults and limits for the page
-    POST /api/jobs?steps=&guidance=&seed=&strength=   body: the image bytes, or multipart with an `image` field
-                                  (and a `mask`: white = edit) -> 202
+    POST /api/jobs?steps=&guidance=&seed=&strength=&control=   body: the image bytes, or multipart with an `image`
+                                  field (and a `mask`: white = edit; a `control_image` with control=upload) -> 202
     GET  /api/jobs/{id}           state and per-step progress
     DELETE /api/jobs/{id}         cancel a queued or running job
     GET  /api/jobs/{id}/result    the edited PNG (download)
@@ -53,6 +53,7 @@ from sanaedit.apps.serve.security import (
 )
 from sanaedit.apps.serve.settings import merge_form_fields, settings_model
 from sanaedit.apps.serve.uploads import UploadLimits, read_upload
+from sanaedit.core.choices import Control
 from sanaedit.core.inputs import check_strength
 from sanaedit.errors import ImageLoadError, QueueFull
 from sanaedit.image.io import DEFAULT_MAX_ASPECT, decode_cost, decode_image, decode_mask, decode_reduced
@@ -65,7 +66,8 @@ log = logging.getLogger("sanaedit.apps.serve")
 UPLOAD_BODY = {
     "description": "the photo: its bytes as the body, or a multipart/form-data field `image` (curl -F image=@a.jpg); "
     "multipart may add a `mask` field (-F mask=@m.png): only its white part is edited, the rest keeps the photo's "
-    "pixels; it has the photo's size or aspect ratio (else 422), and a masked photo is decoded at full size",
+    "pixels; it has the photo's size or aspect ratio (else 422), and a masked photo is decoded at full size; and a "
+    "`control_image` field with control=upload (a picture that steers the model's ControlNet)",
     "required": True,
     "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -75,10 +77,11 @@ UPLOAD_BODY = {
                 "properties": {
                     "image": {"type": "string", "format": "binary"},
                     "mask": {"type": "string", "format": "binary"},
+                    "control_image": {"type": "string", "format": "binary"},
                 },
                 "required": ["image"],
             },
-            "encoding": {"image": {"contentType": "image/*"}, "mask": {"contentType": "image/*"}},
+            "encoding": {field: {"contentType": "image/*"} for field in ("image", "mask", "control_image")},
         },
     },
 }
@@ -207,11 +210,15 @@ def create_app(
                 check_strength(given.strength, given.steps)
             except ValueError as err:
                 raise HTTPException(422, str(err)) from None
-            body, mask_body = upload.image, upload.mask
+            body, mask_body, control_body = upload.image, upload.mask, upload.control
             # only ever echoed in messages and download names, never a path
             label = "".join(c for c in (given.name or upload.filename[:200] or "upload") if c.isprintable())
-            # a masked photo is decoded whole: the pixels outside its mask come back exactly, not scaled back up
-            reduce_to, mask = (None if mask_body is not None else work_side), None
+            control = check_control(given.control, control_body is not None)
+            # a masked photo is decoded whole: the pixels outside its mask come back exactly, not scaled back up; a
+            # photo steered by its edges too: they are found at its own size
+            whole = mask_body is not None or control == Control.EDGES
+            reduce_to, mask = (None if whole else work_side), None
+            control_image = Control.EDGES if control == Control.EDGES else None  # an upload's: decoded below
             try:
                 # the header says what decoding costs; decodes wait for room in the memory budget, and run off the
                 # event loop (status polls stay answered)
@@ -220,14 +227,22 @@ def create_app(
                 )
                 if mask_body is not None:
                     cost += await run_in_threadpool(decode_cost, mask_body, f"{label} (mask)", max_pixels=max_pixels)
+                control_label = f"{label} (control image)"
+                if control_body is not None:  # decoded as a photo is, no larger than the model needs
+                    cost += await run_in_threadpool(
+                        decode_cost, control_body, control_label, max_pixels=max_pixels, max_aspect=max_aspect,
+                        reduce_to=work_side,
+                    )  # fmt: skip
                 async with budget.hold(cost):
                     image, size = await run_in_threadpool(decode, body, label, reduce_to)
                     if mask_body is not None:
                         mask = await run_in_threadpool(decode_mask, mask_body, f"{label} (mask)", max_pixels)
+                    if control_body is not None:
+                        control_image, _ = await run_in_threadpool(decode, control_body, control_label, work_side)
             except ImageLoadError as err:
                 raise HTTPException(415, str(err)) from None
             finally:
-                del body, mask_body, upload
+                del body, mask_body, control_body, upload
             if mask is not None:
                 try:
                     check_mask_size(mask.size, image.size, f"the mask of {label}")
@@ -241,8 +256,10 @@ def create_app(
                 settings["prompt"] = prompt  # else the model's own (its conditioning is cached)
             if given.strength < 1.0:
                 settings["strength"] = given.strength  # else a full edit, as before strength existed
+            if control != Control.NONE:
+                settings["control"] = control  # said on the card and in the PNG; the picture goes with the job
             try:
-                job = jobs.submit(image, settings, size, name=label, mask=mask)
+                job = jobs.submit(image, settings, size, name=label, mask=mask, control=control_image)
             except QueueFull as err:
                 raise HTTPException(503, str(err), headers={"Retry-After": str(retry_after)}) from None
         finally:
@@ -254,12 +271,23 @@ def create_app(
     submit.__annotations__["query"] = Annotated[Settings, Query()]
     app.post("/api/jobs", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})(submit)
 
+    def check_control(control: str, uploaded: bool) -> str:
+        """The page's control picker (none, the photo's edges, an uploaded picture), checked: 400 if it cannot be."""
+        if control != Control.NONE and not defaults.get("controlnet"):
+            raise HTTPException(400, "this model has no ControlNet: send control=none")
+        if (control == "upload") != uploaded:
+            raise HTTPException(400, "a control image comes as the multipart field `control_image`, with "
+                                "control=upload (and only then)")  # fmt: skip
+        return control
+
     def described(job) -> dict:
         """The job's state, its settings (the page shows them on the card) and its download's file name."""
         given = job.settings
         settings = {"steps": given.get("num_inference_steps"), "guidance": given.get("guidance_scale")}
         settings.update(seed=given.get("seed"), prompt=given.get("prompt"), strength=given.get("strength", 1.0))
         settings["masked"] = job.masked
+        if "control" in given:  # an edit steered by the model's ControlNet
+            settings["control"] = given["control"]
         filename = download_name(job.name)
         return {**job.public(), "position": jobs.position(job), "settings": settings, "filename": filename}
 
@@ -315,7 +343,7 @@ def pipeline_editor(pipe):
     tells the server that uploads need not be decoded larger than the model's resolution."""
 
     def edit(image, num_inference_steps, guidance_scale, seed, callback=None, prompt=None, strength=1.0,
-             mask_image=None):  # fmt: skip
+             mask_image=None, control=None, control_image=None):  # fmt: skip
         generator = pipe.flow.arrays.generator(seed)  # torch's on PyTorch networks, noise.Generator on graphs
         return pipe(
             image,
@@ -326,6 +354,7 @@ def pipeline_editor(pipe):
             prompt=prompt,
             strength=strength,
             mask_image=mask_image,
+            control_image=control_image,  # "edges" or a picture; `control` only names it (the job's settings)
         ).images[0]
 
     edit.work_side = pipe.config.resolution

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -40,6 +41,7 @@ class Job:
     image: Image.Image | None = None  # dropped as soon as the job has run
     mask: Image.Image | None = None  # a masked edit's mask (white = edit), dropped with the image
     masked: bool = False  # whether it came with a mask (its card and its PNG say so once the mask is dropped)
+    control: Any = None  # a ControlNet's control image ("edges" or a picture), dropped with the image
     size: tuple[int, int] | None = None  # the upload's own size, when `image` was decoded smaller
     result: Path | None = None
     name: str = ""  # the upload's file name, as the client gave it: the download is named after it (never a path)
@@ -104,13 +106,14 @@ class JobQueue:
         size: tuple[int, int] | None = None,
         name: str = "",
         mask: Image.Image | None = None,
+        control: Any = None,
     ) -> Job:
         if self._closing:
             raise QueueFull("the server is shutting down")
         if not self.worker_alive:  # never queue a job nobody will run; /api/health says so too
             raise QueueFull("the server's worker has stopped; see the server's log")
         job = Job(id=uuid.uuid4().hex, settings=settings, image=image, total=settings.get("num_inference_steps", 0))
-        job.size, job.name, job.mask, job.masked = size, name, mask, mask is not None
+        job.size, job.name, job.mask, job.masked, job.control = size, name, mask, mask is not None, control
         with self._lock:
             try:
                 self._pending.put_nowait(job)
@@ -138,7 +141,7 @@ class JobQueue:
                     if job in self._pending.queue:
                         self._pending.queue.remove(job)
                         self._pending.not_full.notify()
-                job.state, job.image, job.mask = "cancelled", None, None
+                job.state, job.image, job.mask, job.control = "cancelled", None, None, None
                 return job.state
             if job.state == "running":
                 job.cancel = True
@@ -176,7 +179,7 @@ class JobQueue:
 
     def _drop(self, job: Job, reason: str) -> None:
         job.state, job.error = "failed", f"{reason} before this photo's turn: send it again"
-        job.image = job.mask = None
+        job.image = job.mask = job.control = None
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish the running job and stop the worker (queued jobs are dropped), so no thread dies mid-compute."""
@@ -213,8 +216,9 @@ class JobQueue:
         result = None
         try:
             masked = {} if job.mask is None else {"mask_image": job.mask}
-            result = self.edit(job.image, callback=on_step, **job.settings, **masked)
-            job.image = job.mask = None
+            steered = {} if job.control is None else {"control_image": job.control}
+            result = self.edit(job.image, callback=on_step, **job.settings, **masked, **steered)
+            job.image = job.mask = job.control = None
             if job.cancel:  # asked after its last step: its result is not wanted either
                 raise Cancelled
             if job.size is not None and result.size != tuple(job.size):  # decoded smaller: back to its own size
@@ -230,7 +234,7 @@ class JobQueue:
         else:
             job.result, job.state = path, "done"
         finally:
-            job.image, job.mask, result, self.running = None, None, None, None
+            job.image, job.mask, job.control, result, self.running = None, None, None, None, None
             try:
                 self._prune()
             except Exception:  # e.g. an old result that cannot be deleted: logged, never fatal

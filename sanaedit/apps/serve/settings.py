@@ -5,7 +5,7 @@ documents the query form in /docs from the same model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -24,6 +24,14 @@ def settings_model(defaults: dict[str, Any]) -> type[BaseModel]:
         name=(str | None, Field(None, max_length=200, description="the photo's file name (default: the form's)")),
         prompt=(str | None, Field(None, max_length=2000)),
         strength=(float, Field(1.0, gt=0.0, le=1.0, description="how far from the photo: the last part of the steps")),
+        control=(
+            Literal["none", "edges", "upload"],
+            Field(
+                "none",
+                description="steer through the model's ControlNet: none, the photo's edges, or the "
+                "multipart upload's `control_image` field",
+            ),
+        ),  # fmt: skip
     )
 
 

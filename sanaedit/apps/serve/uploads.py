@@ -1,15 +1,16 @@
 """Reading an upload: the raw request body (the page, `curl --data-binary @photo.jpg`), or the `image` field of a
 multipart/form-data body (`curl -F image=@photo.jpg`, requests' `files=`, an HTML form, the page with a painted
-mask), with an optional `mask` field beside it (a masked edit: white = edit).
+mask), with an optional `mask` field beside it (a masked edit: white = edit) and an optional `control_image` (the
+picture that steers a model's ControlNet).
 
 Both are read in chunks under the same limits: the total size (413, counted while reading, so an oversized body is
 never held whole), an idle timeout, a minimum average rate after a short grace and a total timeout (408). The rate is
 Apache mod_reqtimeout's `MinRate` idea (nginx has only the idle timeout, `client_body_timeout`; uvicorn, h11 and
 hypercorn bound neither): a client trickling a byte now and then never goes idle, yet must not hold an upload place
 for the whole total timeout. A multipart body is parsed as it streams in (python-multipart's streaming parser):
-the `image` and `mask` parts' bytes are kept, and the text of the fields the caller names (the job's settings, up to
-`MAX_FIELD_BYTES` each); other fields are skipped. Nothing is written to disk: starlette's `request.form()` would
-spool large files to a temporary file and has no cap on a file's size, so it is not used.
+the `image`, `mask` and `control_image` parts' bytes are kept, and the text of the fields the caller names (the
+job's settings, up to `MAX_FIELD_BYTES` each); other fields are skipped. Nothing is written to disk: starlette's
+`request.form()` would spool large files to a temporary file and has no cap on a file's size, so it is not used.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi import HTTPException, Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-FIELD, MASK_FIELD = b"image", b"mask"
+FIELD, MASK_FIELD, CONTROL_FIELD = b"image", b"mask", b"control_image"
 # the parser walks each part's boundary and headers in Python: 25 MB of tiny parts held the event loop ~4 s
 MAX_PARTS = 16
 MIN_RATE_GRACE_S = 5.0  # a connection's first seconds may be slow (TCP slow start, a phone waking its radio)
@@ -84,6 +85,7 @@ class Upload:
     filename: str = ""  # the file name a multipart upload gave, else ""
     fields: dict[str, str] = field(default_factory=dict)  # a multipart upload's text fields among those asked for
     mask: bytes | None = None  # a multipart upload's `mask` part, when it has one
+    control: bytes | None = None  # ... and its `control_image` part
 
 
 async def read_upload(request: Request, limits: UploadLimits, text_fields: Collection[str] = ()) -> Upload:
@@ -106,16 +108,16 @@ async def read_upload(request: Request, limits: UploadLimits, text_fields: Colle
         raise HTTPException(400, "malformed multipart body (it ends before its closing boundary)")
     if FIELD not in form.files:
         raise HTTPException(400, "multipart upload has no `image` field: send the photo as image=@photo.jpg")
-    mask = form.files.get(MASK_FIELD)
-    return Upload(b"".join(form.files[FIELD]), form.filename, form.fields, None if mask is None else b"".join(mask))
+    mask, control = (b"".join(form.files[name]) if name in form.files else None for name in (MASK_FIELD, CONTROL_FIELD))
+    return Upload(b"".join(form.files[FIELD]), form.filename, form.fields, mask, control)
 
 
 class _FormParts:
-    """Callbacks for python-multipart's parser that keep the `image` and `mask` parts' bytes, the image's file name,
-    and the text of the fields named in `text_fields`; nothing else."""
+    """Callbacks for python-multipart's parser that keep the `image`, `mask` and `control_image` parts' bytes, the
+    image's file name, and the text of the fields named in `text_fields`; nothing else."""
 
     def __init__(self, text_fields: set[bytes]):
-        self.files: dict[bytes, list[bytes]] = {}  # `image` / `mask` -> its chunks
+        self.files: dict[bytes, list[bytes]] = {}  # `image` / `mask` / `control_image` -> its chunks
         self.filename = ""
         self.fields: dict[str, str] = {}
         self.ended = False
@@ -159,7 +161,7 @@ class _FormParts:
                 raise HTTPException(400, f"the field `{name.decode()}` is given twice")
             self._text, self._text_name = [], name
             return
-        if name not in (FIELD, MASK_FIELD):
+        if name not in (FIELD, MASK_FIELD, CONTROL_FIELD):
             return
         if name in self.files:
             raise HTTPException(400, f"more than one `{name.decode()}` field: send one photo per request")
