@@ -111,9 +111,9 @@ def test_one_shot_use_frees_the_llm_once_the_features_exist(tiny_model_dir):
 
 
 def test_in_memory_prompt_cache_is_bounded_and_keeps_the_model_prompts(tiny_pipe, monkeypatch):
-    import sanaedit.pipeline as pipeline_module
+    import sanaedit.runtime.prompts as prompts_module
 
-    monkeypatch.setattr(pipeline_module, "PROMPT_CACHE_SIZE", 4)
+    monkeypatch.setattr(prompts_module, "PROMPT_CACHE_SIZE", 4)
     tiny_pipe.encode_prompt([tiny_pipe.config.prompt])
     for i in range(10):
         tiny_pipe.encode_prompt([f"prompt number {i}"])
