@@ -219,6 +219,12 @@ def wait_js(page, expression, timeout=30.0):
         time.sleep(0.1)
 
 
+def open_server_page(page, url):
+    """`sanaedit serve`'s page at `url`, once it has loaded the server's defaults into its form."""
+    page.goto(url)
+    wait_js(page, "document.getElementById('steps').value !== ''")
+
+
 def restyled_export(folder, **pipeline):
     """A copy of the bundled model's ONNX export in `folder`, whose model_index.json asks for other pipeline
     settings (`sampler="dpm"`, `guidance_scale=2.0`, ...)."""

@@ -12,7 +12,7 @@ from PIL import Image
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.pipeline import SanaEditPipeline
 from tests.apps.serve.test_serve_live import start_server as start_server  # noqa: F401  (a fixture this file uses)
-from tests.conftest import LOCAL, boxed, launch_chromium, png, wait_js, wait_state
+from tests.conftest import LOCAL, boxed, launch_chromium, open_server_page, png, wait_js, wait_state
 
 
 def photo_bytes() -> bytes:
@@ -85,11 +85,9 @@ def test_the_page_sends_the_pickers_choice(start_server, tmp_path):
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         page = browser.new_page()
-        page.goto(plain_url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, plain_url)
         assert not page.is_visible("#control-picker")
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, url)
         assert page.is_visible("#control-picker") and not page.is_visible("#control-upload")
         for cards, choice in enumerate(("edges", "upload"), 1):
             page.select_option("#control", choice)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from sanaedit.apps.serve.app import create_app, pipeline_editor
 from sanaedit.apps.serve.server import DrainingServer
-from tests.conftest import free_port, launch_chromium, serve_in_thread, wait_js
+from tests.conftest import free_port, launch_chromium, open_server_page, serve_in_thread, wait_js
 
 
 @pytest.fixture
@@ -78,8 +78,7 @@ def test_browser_uploads_photos_and_gets_the_comics_back(start_server, tiny_pipe
         page = browser.new_page()
         statuses = []
         page.on("response", lambda r: statuses.append(r.status) if "/api/jobs?" in r.url else None)
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")  # defaults loaded
+        open_server_page(page, url)
         page.fill("#steps", "3")
         page.set_input_files("#file", [str(p) for p in photos])
         page.click("#go")
@@ -167,8 +166,7 @@ def test_page_form_errors_progress_prompt_and_phone_layout(start_server, tiny_pi
         wait_js(page, "document.getElementById('prompt-hint').textContent !== ''")
         assert page.is_disabled("#prompt") and "stand-in" in page.inner_text("#prompt-hint")
 
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, url)
         assert not page.is_disabled("#prompt") and page.get_attribute("#prompt", "placeholder") == "own"
         assert "1 = off" in page.inner_text("label:has(#guidance)")
         page.fill("#guidance", "4.3")
@@ -234,8 +232,7 @@ def test_stopping_the_server_finishes_the_running_photo_and_the_page_retries(sta
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         page = browser.new_page()
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, url)
         page.fill("#steps", "6")
         page.set_input_files("#file", [str(p) for p in photos])
         page.click("#go")
@@ -326,8 +323,7 @@ def test_the_page_cancels_a_queued_and_a_running_photo(start_server, tmp_path):
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         page = browser.new_page()
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, url)
         page.set_input_files("#file", [str(p) for p in photos])
         page.click("#go")
         wait_js(page, "[...document.querySelectorAll('.cancel')].every(b => !b.hidden)")
@@ -371,8 +367,7 @@ def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server,
         browser = launch_chromium(pw)
         context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
         page = context.new_page()
-        page.goto(url)
-        wait_js(page, "document.getElementById('steps').value !== ''")
+        open_server_page(page, url)
         assert not page.is_visible("#painter")
         page.set_input_files("#file", [str(photo)])
         wait_js(page, "document.getElementById('paint-mask').width === 300")
