@@ -187,7 +187,7 @@ def test_page_form_errors_progress_prompt_and_phone_layout(start_server, tiny_pi
         page.fill("#prompt", "a watercolour")
         record_statuses(page)
         page.click("#go")
-        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        wait_js(page, "document.querySelector('.card .status')?.textContent === 'done'", timeout=60)
         seen = page.evaluate("window.seen")
         assert "preparing…" in seen and "finishing…" in seen, seen
         assert len({s for s in seen if s.startswith("step ")}) >= 2, seen  # not 0 then done
@@ -415,7 +415,7 @@ def test_the_page_brush_paints_a_mask_and_only_that_part_is_edited(start_server,
         assert page.inner_text("#strength-value") == "0.5: closer to the photo"
         page.fill("#steps", "4")
         page.click("#go")
-        wait_js(page, "document.querySelector('.card .status').textContent === 'done'", timeout=60)
+        wait_js(page, "document.querySelector('.card .status')?.textContent === 'done'", timeout=60)
         assert page.inner_text(".card .meta") == "seed 0 · 4 steps · guidance 4.5 · strength 0.5 · masked"
         result_url = page.get_attribute("img.after", "src")
         browser.close()
